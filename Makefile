@@ -1,0 +1,34 @@
+# `make demo` and `make test` install what they need (scripts/setup.sh), then run.
+SHELL := /bin/bash
+CARGO ?= cargo
+export SEXTANT_VENV := $(CURDIR)/.venv
+
+.PHONY: setup demo test bench crds fmt lint
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(CARGO) run --release -q -p sextantctl -- simulate
+
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) run -q -p sextant-crds --bin crdgen -- target/crds-check >/dev/null
+	@if command -v cargo-nextest >/dev/null; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+	$(CARGO) test --workspace --doc
+
+bench: setup
+	$(CARGO) run --release -q -p sextantctl -- bench
+
+crds:
+	$(CARGO) run -q -p sextant-crds --bin crdgen
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,1 @@
+//! AWS EC2 through aws-sdk-ec2.

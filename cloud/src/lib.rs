@@ -1,0 +1,77 @@
+//! The clouds Sextant takes pod IPs from, behind one trait.
+//!
+//! ```text
+//!   controllers ──▶ Cloud (deadline ─▶ governor limiter per action class ─▶ retry with full jitter ─▶ metrics)
+//!                     │
+//!                     ▼ dyn EniCloud
+//!            ┌────────┼──────────┐
+//!          aws     alibaba      sim
+//!      (aws-sdk-ec2) (ECS RPC,   (in-process VPC with EC2 token buckets /
+//!                     POP sig)    Alibaba per-minute windows, faults)
+//! ```
+//!
+//! [`EniCloud`] is the raw provider: one method per cloud call, typed
+//! [`Error`]s, no retries. [`Cloud`] wraps any provider with what every caller
+//! needs: a deadline per call, a client-side rate limit per [`ActionClass`],
+//! retries of throttled and unavailable calls with exponential backoff and full
+//! jitter, and Prometheus metrics per [`Action`].
+
+mod action;
+mod error;
+mod tags;
+mod types;
+
+pub mod alibaba;
+pub mod aws;
+pub mod sim;
+
+pub use action::{Action, ActionClass};
+pub use error::{Error, Result};
+pub use tags::{EniTags, TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE};
+pub use types::*;
+
+use async_trait::async_trait;
+use std::net::Ipv4Addr;
+
+/// What ENI IPAM needs from a cloud. One method is one API call (or, where the
+/// provider needs it, a short fixed sequence); implementations do not retry.
+#[async_trait]
+pub trait EniCloud: Send + Sync {
+    /// Which provider this is (`aws`, `alibaba`, `sim`), for metrics and logs.
+    fn provider(&self) -> &'static str;
+
+    /// The ENIs (with their addresses) attached to one instance: the scoped
+    /// resync, one describe call filtered by instance.
+    async fn instance_network(&self, instance_id: &str) -> Result<InstanceNetwork>;
+
+    /// One page of every ENI in a VPC: the periodic full resync.
+    async fn list_enis(&self, vpc_id: &str, page: PageRequest) -> Result<Page<Eni>>;
+
+    /// Subnets (vSwitches) of a VPC with their tags and free address counts.
+    async fn subnets(&self, vpc_id: &str) -> Result<Vec<Subnet>>;
+
+    /// Security groups of a VPC with their tags.
+    async fn security_groups(&self, vpc_id: &str) -> Result<Vec<SecurityGroup>>;
+
+    /// ENI and address limits of an instance type.
+    async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits>;
+
+    /// Creates an unattached ENI, with `secondary_ips` addresses assigned at creation.
+    async fn create_eni(&self, request: &CreateEni) -> Result<Eni>;
+
+    /// Attaches an ENI to an instance at a device index.
+    async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<()>;
+
+    /// Assigns secondary addresses to an ENI; returns the addresses now assigned by this call.
+    async fn assign_ips(&self, eni_id: &str, request: &AssignIps) -> Result<Vec<Ipv4Addr>>;
+
+    /// Removes secondary addresses from an ENI.
+    async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<()>;
+
+    /// Detaches an ENI from its instance (`eni` as last described, for the
+    /// attachment id or instance the provider needs).
+    async fn detach_eni(&self, eni: &Eni) -> Result<()>;
+
+    /// Deletes an unattached ENI.
+    async fn delete_eni(&self, eni_id: &str) -> Result<()>;
+}
