@@ -17,7 +17,11 @@
 //! jitter, and Prometheus metrics per [`Action`].
 
 mod action;
+mod backoff;
+mod cloud;
 mod error;
+mod limits;
+mod metrics;
 mod tags;
 mod types;
 
@@ -26,7 +30,11 @@ pub mod aws;
 pub mod sim;
 
 pub use action::{Action, ActionClass};
+pub use backoff::{Backoff, BackoffKind};
+pub use cloud::{Cloud, CloudConfig};
 pub use error::{Error, Result};
+pub use limits::{RateLimit, RateLimits};
+pub use metrics::{ActionTotals, CloudMetrics};
 pub use tags::{EniTags, TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE};
 pub use types::*;
 

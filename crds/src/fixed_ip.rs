@@ -20,10 +20,18 @@ pub const DEFAULT_RETAIN_TTL_SECONDS: u64 = 24 * 3600;
     status = "FixedIPStatus",
     cel,
     printcolumn(name = "IP", type_ = "string", json_path = ".spec.ip"),
-    printcolumn(name = "StatefulSet", type_ = "string", json_path = ".spec.statefulSet"),
+    printcolumn(
+        name = "StatefulSet",
+        type_ = "string",
+        json_path = ".spec.statefulSet"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("self.reclaimPolicy == 'Retain' || !has(self.ttlSeconds)").message("ttlSeconds applies only to reclaimPolicy Retain"),
@@ -63,7 +71,9 @@ impl FixedIPSpec {
 }
 
 /// What happens to a fixed address when its ordinal disappears.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 pub enum ReclaimPolicy {
     /// Keep the address for a TTL so a scale-up within it gets it back.
     #[default]

@@ -21,7 +21,10 @@ pub use node_network::*;
 use kube::CustomResourceExt;
 
 /// Every CRD Sextant installs, with the file name `crdgen` gives it.
-pub fn all_crds() -> Vec<(&'static str, k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition)> {
+pub fn all_crds() -> Vec<(
+    &'static str,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
     vec![
         ("nodenetworks.sextant.io.yaml", NodeNetwork::crd()),
         ("fixedips.sextant.io.yaml", FixedIP::crd()),

@@ -25,9 +25,17 @@ pub const DEFAULT_PRE_ALLOCATE: u32 = 8;
     printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instanceId"),
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.instanceType"),
     printcolumn(name = "ENIs", type_ = "integer", json_path = ".status.summary.enis"),
-    printcolumn(name = "Pool", type_ = "integer", json_path = ".status.summary.poolSize"),
+    printcolumn(
+        name = "Pool",
+        type_ = "integer",
+        json_path = ".status.summary.poolSize"
+    ),
     printcolumn(name = "Used", type_ = "integer", json_path = ".status.summary.used"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("self.provider == 'static' || (has(self.instanceId) && self.instanceId != '')").message("instanceId is required for cloud providers"),
@@ -58,7 +66,9 @@ pub struct NodeNetworkSpec {
 }
 
 /// Source of a node's pod IPs.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// AWS EC2 ENIs with secondary private IPv4 addresses.
@@ -242,7 +252,9 @@ pub enum ReleaseState {
 }
 
 /// Counts shown as printer columns.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSummary {
     /// ENIs attached for pods.
