@@ -1,1 +1,548 @@
 //! AWS EC2 through aws-sdk-ec2.
+//!
+//! [`AwsCloud`] is the raw [`EniCloud`] for AWS: each method is one EC2 API
+//! call (Query protocol over HTTPS, SigV4 signed), with the SDK's own retries
+//! turned off, because retries, rate limits and metrics belong to
+//! [`crate::Cloud`] in front of it. EC2 error codes become typed [`Error`]s
+//! ([`errors`]), and responses become the crate's plain types ([`parse`]);
+//! a response that lacks what Sextant needs is an [`Error::malformed`], never
+//! a panic.
+//!
+//! ```text
+//!   Cloud ──▶ AwsCloud ──▶ aws-sdk-ec2 (no retries, operation timeout)
+//!                 ▲            │  rustls on ring, hyper 1
+//!                 │            ▼
+//!     parse / errors ◀── EC2 Query API (or moto_server in tests)
+//! ```
+
+mod errors;
+mod parse;
+
+use std::{fmt, net::Ipv4Addr, time::Duration};
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_sdk_ec2::{
+    Client,
+    config::Credentials,
+    types::{Filter, InstanceType, ResourceType, Tag, TagSpecification},
+};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use tracing::{debug, warn};
+
+use crate::{
+    Action, AssignIps, CreateEni, Eni, EniCloud, Error, InstanceLimits, InstanceNetwork, Page,
+    PageRequest, Result, SecurityGroup, Subnet,
+};
+
+/// Bounds EC2 puts on `MaxResults` of DescribeNetworkInterfaces.
+const LIST_PAGE_MIN: u32 = 5;
+const LIST_PAGE_MAX: u32 = 1000;
+/// Pages a whole-VPC describe (subnets, security groups) may take before we
+/// suspect a provider that hands out tokens forever.
+const MAX_PAGES: usize = 1000;
+
+/// Static access keys, for tests and for setups without the default
+/// credential chain. `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    /// `AKIA...`
+    pub access_key_id: String,
+    /// The secret key.
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How to reach EC2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsConfig {
+    /// Region, e.g. `us-east-1`.
+    pub region: String,
+    /// Endpoint override (moto_server, a VPC endpoint); `None` for the
+    /// region's public endpoint.
+    pub endpoint_url: Option<String>,
+    /// Static keys; `None` uses the default provider chain (environment,
+    /// profile, web identity / IRSA, ECS, IMDS).
+    pub credentials: Option<StaticCredentials>,
+    /// Deadline of one call, connection and response included; past it the
+    /// call fails with [`Error::DeadlineExceeded`].
+    pub operation_timeout: Duration,
+    /// Deadline of establishing a connection.
+    pub connect_timeout: Duration,
+}
+
+impl AwsConfig {
+    /// Settings for `region` with the default endpoint and credential chain,
+    /// a 10 s operation timeout and a 3 s connect timeout.
+    pub fn new(region: impl Into<String>) -> Self {
+        AwsConfig {
+            region: region.into(),
+            endpoint_url: None,
+            credentials: None,
+            operation_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The AWS EC2 provider of [`EniCloud`].
+#[derive(Clone)]
+pub struct AwsCloud {
+    client: Client,
+    operation_timeout: Duration,
+}
+
+impl fmt::Debug for AwsCloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCloud")
+            .field("operation_timeout", &self.operation_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsCloud {
+    /// Builds the EC2 client: rustls (ring) over hyper, SDK retries off,
+    /// the configured timeouts, and static keys or the default credential
+    /// chain. Loading the chain is lazy: no network call happens here.
+    pub async fn new(config: AwsConfig) -> Self {
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region))
+            .http_client(http_client)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(config.operation_timeout)
+                    .connect_timeout(config.connect_timeout)
+                    .build(),
+            );
+        if let Some(url) = config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(keys) = config.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                keys.access_key_id,
+                keys.secret_access_key,
+                None,
+                None,
+                "sextant-static",
+            ));
+        }
+        let sdk_config = loader.load().await;
+        AwsCloud::from_client(Client::new(&sdk_config), config.operation_timeout)
+    }
+
+    /// Wraps a client built elsewhere. `operation_timeout` should be the one
+    /// the client was configured with: it is reported in
+    /// [`Error::DeadlineExceeded`].
+    pub fn from_client(client: Client, operation_timeout: Duration) -> Self {
+        AwsCloud {
+            client,
+            operation_timeout,
+        }
+    }
+
+    /// The underlying EC2 client, for calls the trait does not cover
+    /// (test fixtures, tooling).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn sdk_error<E>(
+        &self,
+        action: Action,
+        err: aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+    ) -> Error
+    where
+        E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let error = errors::from_sdk(action, self.operation_timeout, err);
+        debug!(%action, kind = error.metric_label(), error = %error, "ec2 call failed");
+        error
+    }
+
+    /// One DescribeNetworkInterfaces page; `filter` selects the ENIs.
+    async fn describe_enis(
+        &self,
+        action: Action,
+        filter: Filter,
+        max_results: Option<i32>,
+        token: Option<String>,
+    ) -> Result<Page<Eni>> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(filter)
+            .set_max_results(max_results)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(action, e))?;
+        let items = out
+            .network_interfaces()
+            .iter()
+            .map(|ni| parse::eni(action, ni))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            next: next_token(out.next_token()),
+        })
+    }
+}
+
+/// EC2 ends the last page with no token; some servers send an empty one.
+fn next_token(token: Option<&str>) -> Option<String> {
+    token.filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// Guards a token loop against a server that repeats a token.
+fn check_progress(
+    action: Action,
+    pages: usize,
+    previous: Option<&str>,
+    next: Option<&str>,
+) -> Result<()> {
+    if next.is_some() && pages >= MAX_PAGES {
+        return Err(Error::malformed(
+            action,
+            format!("more than {MAX_PAGES} pages"),
+        ));
+    }
+    if next.is_some() && next == previous {
+        return Err(Error::malformed(
+            action,
+            "the same NextToken twice in a row",
+        ));
+    }
+    Ok(())
+}
+
+fn to_i32(action: Action, what: &str, value: u32) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Error::InvalidRequest {
+        action,
+        message: format!("{what} {value} is out of range"),
+    })
+}
+
+#[async_trait]
+impl EniCloud for AwsCloud {
+    fn provider(&self) -> &'static str {
+        "aws"
+    }
+
+    /// One DescribeNetworkInterfaces filtered by `attachment.instance-id`.
+    /// An instance with no interface at all is unknown or terminated:
+    /// [`Error::NotFound`].
+    async fn instance_network(&self, instance_id: &str) -> Result<InstanceNetwork> {
+        let action = Action::DescribeInstanceNetwork;
+        let mut enis = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        // Without MaxResults EC2 answers in one page; follow a token anyway
+        // rather than silently drop interfaces.
+        loop {
+            let page = self
+                .describe_enis(
+                    action,
+                    filter("attachment.instance-id", instance_id),
+                    None,
+                    token.clone(),
+                )
+                .await?;
+            pages += 1;
+            enis.extend(page.items);
+            check_progress(action, pages, token.as_deref(), page.next.as_deref())?;
+            match page.next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        if enis.is_empty() {
+            return Err(Error::NotFound {
+                action,
+                message: format!("no network interface is attached to instance {instance_id}"),
+            });
+        }
+        enis.sort_by_key(|e| e.attachment.as_ref().map_or(u32::MAX, |a| a.device_index));
+        Ok(InstanceNetwork {
+            instance_id: instance_id.to_owned(),
+            enis,
+        })
+    }
+
+    /// DescribeNetworkInterfaces filtered by `vpc-id`, `MaxResults` clamped
+    /// to EC2's 5..=1000.
+    async fn list_enis(&self, vpc_id: &str, page: PageRequest) -> Result<Page<Eni>> {
+        let size = page.size.clamp(LIST_PAGE_MIN, LIST_PAGE_MAX);
+        self.describe_enis(
+            Action::ListEnis,
+            filter("vpc-id", vpc_id),
+            Some(to_i32(Action::ListEnis, "page size", size)?),
+            page.token,
+        )
+        .await
+    }
+
+    /// DescribeSubnets filtered by `vpc-id`, every page.
+    async fn subnets(&self, vpc_id: &str) -> Result<Vec<Subnet>> {
+        let action = Action::DescribeSubnets;
+        let mut subnets = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let out = self
+                .client
+                .describe_subnets()
+                .filters(filter("vpc-id", vpc_id))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| self.sdk_error(action, e))?;
+            pages += 1;
+            for s in out.subnets() {
+                subnets.push(parse::subnet(action, vpc_id, s)?);
+            }
+            let next = next_token(out.next_token());
+            check_progress(action, pages, token.as_deref(), next.as_deref())?;
+            match next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        Ok(subnets)
+    }
+
+    /// DescribeSecurityGroups filtered by `vpc-id`, every page.
+    async fn security_groups(&self, vpc_id: &str) -> Result<Vec<SecurityGroup>> {
+        let action = Action::DescribeSecurityGroups;
+        let mut groups = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let out = self
+                .client
+                .describe_security_groups()
+                .filters(filter("vpc-id", vpc_id))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| self.sdk_error(action, e))?;
+            pages += 1;
+            for g in out.security_groups() {
+                groups.push(parse::security_group(action, vpc_id, g)?);
+            }
+            let next = next_token(out.next_token());
+            check_progress(action, pages, token.as_deref(), next.as_deref())?;
+            match next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        Ok(groups)
+    }
+
+    /// DescribeInstanceTypes for one type: `MaximumNetworkInterfaces` and
+    /// `Ipv4AddressesPerInterface`.
+    async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits> {
+        let action = Action::DescribeInstanceTypes;
+        let out = self
+            .client
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(action, e))?;
+        let info = out
+            .instance_types()
+            .iter()
+            .find(|t| t.instance_type().map(InstanceType::as_str) == Some(instance_type))
+            .ok_or_else(|| Error::NotFound {
+                action,
+                message: format!("instance type {instance_type} is not described"),
+            })?;
+        parse::instance_limits(action, instance_type, info)
+    }
+
+    /// CreateNetworkInterface with `SecondaryPrivateIpAddressCount` and the
+    /// tags as a `TagSpecification` (the SDK fills the idempotency token).
+    async fn create_eni(&self, request: &CreateEni) -> Result<Eni> {
+        let action = Action::CreateEni;
+        let mut call = self
+            .client
+            .create_network_interface()
+            .subnet_id(&request.subnet_id)
+            .set_groups(Some(request.security_groups.clone()))
+            .description(&request.description);
+        if request.secondary_ips > 0 {
+            call = call.secondary_private_ip_address_count(to_i32(
+                action,
+                "secondary address count",
+                request.secondary_ips,
+            )?);
+        }
+        if !request.tags.is_empty() {
+            let tags = request
+                .tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect();
+            call = call.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::NetworkInterface)
+                    .set_tags(Some(tags))
+                    .build(),
+            );
+        }
+        let out = call.send().await.map_err(|e| self.sdk_error(action, e))?;
+        let ni = out
+            .network_interface()
+            .ok_or_else(|| Error::malformed(action, "no NetworkInterface in the answer"))?;
+        let eni = parse::eni(action, ni)?;
+        debug!(eni = %eni.id, subnet = %eni.subnet_id, secondary = eni.secondary_ips.len(), "created eni");
+        Ok(eni)
+    }
+
+    /// AttachNetworkInterface at `DeviceIndex`.
+    async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<()> {
+        let action = Action::AttachEni;
+        let out = self
+            .client
+            .attach_network_interface()
+            .network_interface_id(eni_id)
+            .instance_id(instance_id)
+            .device_index(to_i32(action, "device index", device_index)?)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(action, e))?;
+        debug!(eni = %eni_id, instance = %instance_id, device_index, attachment = ?out.attachment_id(), "attached eni");
+        Ok(())
+    }
+
+    /// AssignPrivateIpAddresses; returns `AssignedPrivateIpAddresses`.
+    async fn assign_ips(&self, eni_id: &str, request: &AssignIps) -> Result<Vec<Ipv4Addr>> {
+        let action = Action::AssignIps;
+        if request.is_empty() {
+            return Ok(Vec::new());
+        }
+        let call = self
+            .client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni_id);
+        let call = match request {
+            AssignIps::Count(n) => {
+                call.secondary_private_ip_address_count(to_i32(action, "address count", *n)?)
+            }
+            AssignIps::Specific {
+                ips,
+                allow_reassignment,
+            } => call
+                .set_private_ip_addresses(Some(ips.iter().map(Ipv4Addr::to_string).collect()))
+                .allow_reassignment(*allow_reassignment),
+        };
+        let out = call.send().await.map_err(|e| self.sdk_error(action, e))?;
+        let listed = out
+            .assigned_private_ip_addresses()
+            .iter()
+            .map(|a| parse::ipv4(action, "AssignedPrivateIpAddresses", a.private_ip_address()))
+            .collect::<Result<Vec<_>>>()?;
+        let assigned = match request {
+            AssignIps::Specific { ips, .. } => {
+                let missing: Vec<_> = ips.iter().filter(|ip| !listed.contains(ip)).collect();
+                if !missing.is_empty() {
+                    return Err(Error::malformed(
+                        action,
+                        format!("requested addresses {missing:?} are not listed as assigned"),
+                    ));
+                }
+                ips.clone()
+            }
+            AssignIps::Count(n) => {
+                let n = *n as usize;
+                if listed.len() < n {
+                    return Err(Error::malformed(
+                        action,
+                        format!(
+                            "asked for {n} addresses, {} listed as assigned",
+                            listed.len()
+                        ),
+                    ));
+                }
+                if listed.len() > n {
+                    // EC2 lists only the new addresses. Some emulators
+                    // (moto) list every address of the interface, newest
+                    // last; keep the newest so callers get what they asked.
+                    warn!(eni = %eni_id, asked = n, listed = listed.len(), "assign listed more addresses than asked; keeping the last");
+                }
+                listed[listed.len() - n..].to_vec()
+            }
+        };
+        debug!(eni = %eni_id, count = assigned.len(), "assigned addresses");
+        Ok(assigned)
+    }
+
+    /// UnassignPrivateIpAddresses.
+    async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<()> {
+        let action = Action::UnassignIps;
+        if ips.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .set_private_ip_addresses(Some(ips.iter().map(Ipv4Addr::to_string).collect()))
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(action, e))?;
+        debug!(eni = %eni_id, count = ips.len(), "unassigned addresses");
+        Ok(())
+    }
+
+    /// DetachNetworkInterface by the attachment id of `eni`, without force.
+    async fn detach_eni(&self, eni: &Eni) -> Result<()> {
+        let action = Action::DetachEni;
+        let attachment = eni
+            .attachment
+            .as_ref()
+            .filter(|a| !a.id.is_empty())
+            .ok_or_else(|| Error::InvalidRequest {
+                action,
+                message: format!("{} has no attachment to detach", eni.id),
+            })?;
+        self.client
+            .detach_network_interface()
+            .attachment_id(&attachment.id)
+            .force(false)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(action, e))?;
+        debug!(eni = %eni.id, instance = %attachment.instance_id, attachment = %attachment.id, "detached eni");
+        Ok(())
+    }
+
+    /// DeleteNetworkInterface.
+    async fn delete_eni(&self, eni_id: &str) -> Result<()> {
+        let action = Action::DeleteEni;
+        self.client
+            .delete_network_interface()
+            .network_interface_id(eni_id)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(action, e))?;
+        debug!(eni = %eni_id, "deleted eni");
+        Ok(())
+    }
+}
