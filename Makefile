@@ -13,7 +13,6 @@ demo: setup
 
 test: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) run -q -p sextant-crds --bin crdgen -- target/crds-check >/dev/null
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

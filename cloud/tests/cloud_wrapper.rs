@@ -152,7 +152,10 @@ async fn limiter_holds_a_thousand_concurrent_callers_under_the_rate() {
             .count();
         worst = worst.max(in_window);
     }
-    assert!(worst <= 30, "{worst} calls in one second, limit 20/s + burst 10");
+    assert!(
+        worst <= 30,
+        "{worst} calls in one second, limit 20/s + burst 10"
+    );
     // And the limiter does not over-throttle: 990 calls past the burst at 20/s.
     let last = times.last().unwrap().as_secs_f64();
     assert!(

@@ -211,6 +211,9 @@ pub struct EniStatus {
     /// Security groups of the ENI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<String>,
+    /// The ENI carries one of `excludeInterfaceTags`: its addresses are not pod IPs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub excluded: bool,
 }
 
 /// Where a pool IP lives.

@@ -50,14 +50,34 @@ fn crds_have_status_subresource_printer_columns_and_scope() {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(cols, ["Provider", "Instance", "Type", "ENIs", "Pool", "Used", "Age"]);
+    assert_eq!(
+        cols,
+        [
+            "Provider", "Instance", "Type", "ENIs", "Pool", "Used", "Age"
+        ]
+    );
     let fip = &crds["fixedips.sextant.io.yaml"];
     assert_eq!(fip.spec.scope, "Namespaced");
-    assert!(fip.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
+    assert!(
+        fip.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .status
+            .is_some()
+    );
     // Conditions are the standard metav1.Condition shape.
     let yaml = crd_yaml(nn).unwrap();
-    for field in ["lastTransitionTime", "observedGeneration", "reason", "message"] {
-        assert!(yaml.contains(field), "{field} missing from conditions schema");
+    for field in [
+        "lastTransitionTime",
+        "observedGeneration",
+        "reason",
+        "message",
+    ] {
+        assert!(
+            yaml.contains(field),
+            "{field} missing from conditions schema"
+        );
     }
 }
 
@@ -72,7 +92,10 @@ fn cel_rejects_min_allocate_above_max_allocate() {
     spec.ipam.min_allocate = Some(20);
     spec.ipam.max_allocate = Some(10);
     let err = nn(spec.clone()).validate_cel().unwrap_err();
-    assert!(format!("{err:?}").contains("minAllocate must not exceed maxAllocate"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("minAllocate must not exceed maxAllocate"),
+        "{err:?}"
+    );
     assert_eq!(
         spec.validate(),
         Err(SpecError::Watermarks {
@@ -92,7 +115,10 @@ fn cel_requires_an_instance_for_cloud_providers_and_cidrs_for_static() {
     let mut spec = aws_spec();
     spec.instance_id = None;
     assert!(nn(spec.clone()).validate_cel().is_err());
-    assert_eq!(spec.validate(), Err(SpecError::MissingInstanceId(Provider::Aws)));
+    assert_eq!(
+        spec.validate(),
+        Err(SpecError::MissingInstanceId(Provider::Aws))
+    );
 
     let mut bare = NodeNetworkSpec {
         provider: Provider::Static,
@@ -104,7 +130,10 @@ fn cel_requires_an_instance_for_cloud_providers_and_cidrs_for_static() {
     assert!(nn(bare.clone()).validate_cel().is_ok());
     assert!(bare.validate().is_ok());
     bare.pod_cidrs = vec!["10.244.1.0/33".into()];
-    assert!(matches!(bare.validate(), Err(SpecError::BadPodCidr { index: 0, .. })));
+    assert!(matches!(
+        bare.validate(),
+        Err(SpecError::BadPodCidr { index: 0, .. })
+    ));
 }
 
 #[test]
@@ -172,11 +201,23 @@ fn set_condition_keeps_transition_time_while_status_holds() {
     let t0 = "2026-01-01T00:00:00Z".parse().unwrap();
     let t1 = "2026-01-01T00:05:00Z".parse().unwrap();
     let mut conds = vec![];
-    assert!(set_condition(&mut conds, condition("PoolReady", false, "Filling", "2/8", Some(1), t0)));
-    assert!(set_condition(&mut conds, condition("PoolReady", false, "Filling", "5/8", Some(1), t1)));
+    assert!(set_condition(
+        &mut conds,
+        condition("PoolReady", false, "Filling", "2/8", Some(1), t0)
+    ));
+    assert!(set_condition(
+        &mut conds,
+        condition("PoolReady", false, "Filling", "5/8", Some(1), t1)
+    ));
     assert_eq!(conds[0].last_transition_time.0, t0);
-    assert!(!set_condition(&mut conds, condition("PoolReady", false, "Filling", "5/8", Some(1), t1)));
-    assert!(set_condition(&mut conds, condition("PoolReady", true, "Ready", "8/8", Some(1), t1)));
+    assert!(!set_condition(
+        &mut conds,
+        condition("PoolReady", false, "Filling", "5/8", Some(1), t1)
+    ));
+    assert!(set_condition(
+        &mut conds,
+        condition("PoolReady", true, "Ready", "8/8", Some(1), t1)
+    ));
     assert_eq!(conds[0].last_transition_time.0, t1);
     assert_eq!(conds.len(), 1);
 }

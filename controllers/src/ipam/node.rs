@@ -1,0 +1,375 @@
+//! One node's reconcile, without Kubernetes: observe (cached VPC facts, the
+//! status, a scoped describe when needed), plan, execute, and the status to
+//! write. The operator's kube shell and `sextantctl simulate` both call it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use sextant_cloud::{EniCloud, InstanceLimits, SecurityGroup, Subnet};
+use sextant_crds::{NodeNetwork, NodeNetworkStatus, Provider, condition, set_condition};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{
+    execute::{Target, execute},
+    plan::{Plan, PlanInput, plan},
+    resync::{InstanceResync, InstanceScoped, apply_enis, eni_statuses, refresh_summary},
+    watermark::{IpamDefaults, Watermarks},
+};
+use crate::{Error, metrics::IpamMetrics};
+
+/// Settings of node IPAM.
+#[derive(Clone, Debug)]
+pub struct IpamConfig {
+    /// Cluster name, tagged on every ENI.
+    pub cluster: String,
+    /// Defaults for knobs a node leaves unset.
+    pub defaults: IpamDefaults,
+    /// How long subnet and security-group facts of a VPC are reused.
+    pub vpc_cache_ttl: Duration,
+    /// Requeue while a pool is still filling.
+    pub requeue_busy: Duration,
+    /// Requeue when a limit blocks the pool.
+    pub requeue_blocked: Duration,
+    /// Requeue when all is well (events trigger earlier reconciles).
+    pub requeue_idle: Duration,
+}
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        IpamConfig {
+            cluster: "default".into(),
+            defaults: IpamDefaults::default(),
+            vpc_cache_ttl: Duration::from_secs(60),
+            requeue_busy: Duration::from_secs(1),
+            requeue_blocked: Duration::from_secs(60),
+            requeue_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct VpcFacts {
+    subnets: Arc<Vec<Subnet>>,
+    security_groups: Arc<Vec<SecurityGroup>>,
+    fetched: Instant,
+}
+
+/// Shared state of node IPAM: the cloud, caches and metrics.
+pub struct NodeIpam {
+    cloud: Arc<dyn EniCloud>,
+    resync: Arc<dyn InstanceResync>,
+    config: IpamConfig,
+    limits: Mutex<HashMap<String, InstanceLimits>>,
+    vpcs: Mutex<HashMap<String, VpcFacts>>,
+    instance_vpc: Mutex<HashMap<String, String>>,
+    metrics: IpamMetrics,
+}
+
+/// The result of one reconcile.
+#[derive(Debug)]
+pub struct Reconciled {
+    /// The status to write (operator-owned fields; see [`crate::status_patch`]).
+    pub status: NodeNetworkStatus,
+    /// The plan that was made.
+    pub plan: Plan,
+    /// Kinds of the cloud steps done.
+    pub done: Vec<&'static str>,
+    /// When to look again.
+    pub requeue_after: Duration,
+    /// A cloud error met while executing; the status above is still worth writing.
+    pub error: Option<Error>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl NodeIpam {
+    /// Node IPAM over `cloud`, resyncing instances with scoped describes.
+    pub fn new(cloud: Arc<dyn EniCloud>, config: IpamConfig, metrics: IpamMetrics) -> Self {
+        Self::with_resync(cloud, Arc::new(InstanceScoped), config, metrics)
+    }
+
+    /// Node IPAM with another resync strategy (the simulator's baselines).
+    pub fn with_resync(
+        cloud: Arc<dyn EniCloud>,
+        resync: Arc<dyn InstanceResync>,
+        config: IpamConfig,
+        metrics: IpamMetrics,
+    ) -> Self {
+        NodeIpam {
+            cloud,
+            resync,
+            config,
+            limits: Mutex::default(),
+            vpcs: Mutex::default(),
+            instance_vpc: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &IpamConfig {
+        &self.config
+    }
+
+    /// The cloud this works against.
+    pub fn cloud(&self) -> &Arc<dyn EniCloud> {
+        &self.cloud
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> &IpamMetrics {
+        &self.metrics
+    }
+
+    async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits, Error> {
+        if let Some(l) = lock(&self.limits).get(instance_type) {
+            return Ok(l.clone());
+        }
+        let l = self.cloud.instance_limits(instance_type).await?;
+        lock(&self.limits).insert(instance_type.to_owned(), l.clone());
+        Ok(l)
+    }
+
+    async fn vpc_facts(&self, vpc_id: &str) -> Result<VpcFacts, Error> {
+        if let Some(f) = lock(&self.vpcs).get(vpc_id)
+            && f.fetched.elapsed() < self.config.vpc_cache_ttl
+        {
+            return Ok(f.clone());
+        }
+        let subnets = self.cloud.subnets(vpc_id).await?;
+        let security_groups = self.cloud.security_groups(vpc_id).await?;
+        let f = VpcFacts {
+            subnets: Arc::new(subnets),
+            security_groups: Arc::new(security_groups),
+            fetched: Instant::now(),
+        };
+        lock(&self.vpcs).insert(vpc_id.to_owned(), f.clone());
+        Ok(f)
+    }
+
+    /// Forgets cached subnet facts of a VPC (after the cloud said a subnet is full).
+    pub fn invalidate_vpc(&self, vpc_id: &str) {
+        lock(&self.vpcs).remove(vpc_id);
+    }
+
+    /// Reconciles one node. Errors before any mutation are returned as `Err`;
+    /// errors while executing come back in [`Reconciled::error`] with the
+    /// status that still has to be written.
+    pub async fn reconcile(&self, nn: &NodeNetwork, now: Timestamp) -> Result<Reconciled, Error> {
+        let _timer = self.metrics.reconcile_timer();
+        let name = nn.metadata.name.as_deref().unwrap_or_default();
+        let spec = &nn.spec;
+        let generation = nn.metadata.generation;
+        let mut status = nn.status.clone().unwrap_or_default();
+
+        if let Err(e) = spec.validate() {
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    "SpecValid",
+                    false,
+                    "InvalidSpec",
+                    e.to_string(),
+                    generation,
+                    now,
+                ),
+            );
+            return Err(Error::InvalidSpec {
+                node: name.to_owned(),
+                source: e,
+                status: Box::new(status),
+            });
+        }
+        set_condition(
+            &mut status.conditions,
+            condition("SpecValid", true, "Valid", "", generation, now),
+        );
+        if spec.provider == Provider::Static {
+            // Bare metal: the pool is the pod CIDRs; nothing to ask a cloud.
+            status.observed_generation = generation;
+            refresh_summary(&mut status);
+            return Ok(Reconciled {
+                status,
+                plan: Plan::default(),
+                done: vec![],
+                requeue_after: self.config.requeue_idle,
+                error: None,
+            });
+        }
+        let instance_id = spec.instance_id.clone().unwrap_or_default();
+        let instance_type =
+            spec.instance_type
+                .clone()
+                .ok_or_else(|| Error::MissingInstanceType {
+                    node: name.to_owned(),
+                })?;
+        let limits = self.instance_limits(&instance_type).await?;
+        let first = spec.ipam.first_interface_index();
+
+        // Never planned from nothing: the first reconcile resyncs the instance.
+        if status.last_resync.is_none() {
+            self.resync_into(
+                &mut status,
+                &instance_id,
+                spec.vpc_id.as_deref(),
+                &spec.ipam.exclude_interface_tags,
+                first,
+                now,
+            )
+            .await?;
+        }
+        let vpc_id = match &spec.vpc_id {
+            Some(v) => v.clone(),
+            None => lock(&self.instance_vpc)
+                .get(&instance_id)
+                .cloned()
+                .ok_or_else(|| Error::MissingVpc {
+                    node: name.to_owned(),
+                })?,
+        };
+        let facts = self.vpc_facts(&vpc_id).await?;
+
+        let watermarks = Watermarks::resolve(&spec.ipam, &self.config.defaults);
+        let the_plan = plan(&PlanInput {
+            spec,
+            status: &status,
+            watermarks,
+            limits: &limits,
+            subnets: &facts.subnets,
+            security_groups: &facts.security_groups,
+        });
+        debug!(node = name, steps = the_plan.steps.len(), counts = ?the_plan.counts, "planned");
+        for (ip, change) in &the_plan.release {
+            match change {
+                Some(state) => {
+                    status.release.insert(ip.clone(), *state);
+                }
+                None => {
+                    status.release.remove(ip);
+                }
+            }
+        }
+
+        let executed = execute(
+            self.cloud.as_ref(),
+            Target {
+                cluster: &self.config.cluster,
+                node: name,
+                instance_id: &instance_id,
+            },
+            the_plan.steps.clone(),
+            &mut status,
+            now,
+        )
+        .await;
+        for kind in &executed.done {
+            self.metrics.step(kind);
+        }
+        let mutated = executed.mutated();
+        let mut error = executed.error.map(Error::from);
+        if let Some(Error::Cloud {
+            source: sextant_cloud::Error::InsufficientAddresses { .. },
+        }) = &error
+        {
+            self.invalidate_vpc(&vpc_id);
+        }
+        if mutated || error.is_some() {
+            if let Err(e) = self
+                .resync_into(
+                    &mut status,
+                    &instance_id,
+                    Some(&vpc_id),
+                    &spec.ipam.exclude_interface_tags,
+                    first,
+                    now,
+                )
+                .await
+            {
+                error.get_or_insert(e);
+            }
+        }
+
+        let c = the_plan.counts;
+        let ready = c.available
+            >= watermarks
+                .pre_allocate
+                .min(c.pool.max(watermarks.pre_allocate));
+        set_condition(
+            &mut status.conditions,
+            condition(
+                "PoolReady",
+                ready && the_plan.steps.is_empty(),
+                if ready { "Ready" } else { "Filling" },
+                format!(
+                    "{} available of {} in pool, {} used, {} releasing; preAllocate {}",
+                    c.available, c.pool, c.used, c.releasing, watermarks.pre_allocate
+                ),
+                generation,
+                now,
+            ),
+        );
+        match &the_plan.limit {
+            Some(limit) => set_condition(
+                &mut status.conditions,
+                condition(
+                    "LimitReached",
+                    true,
+                    limit.reason(),
+                    limit.message(c.unmet.max(1)),
+                    generation,
+                    now,
+                ),
+            ),
+            None => set_condition(
+                &mut status.conditions,
+                condition("LimitReached", false, "WithinLimits", "", generation, now),
+            ),
+        };
+        status.observed_generation = generation;
+        refresh_summary(&mut status);
+        self.metrics.pool(name, &status, c.available);
+
+        let requeue_after = if !the_plan.steps.is_empty() || error.is_some() {
+            self.config.requeue_busy
+        } else if the_plan.limit.is_some() {
+            self.config.requeue_blocked
+        } else {
+            self.config.requeue_idle
+        };
+        Ok(Reconciled {
+            status,
+            plan: the_plan,
+            done: executed.done,
+            requeue_after,
+            error,
+        })
+    }
+
+    async fn resync_into(
+        &self,
+        status: &mut NodeNetworkStatus,
+        instance_id: &str,
+        vpc_id: Option<&str>,
+        exclude: &std::collections::BTreeMap<String, String>,
+        first_interface_index: u32,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let net = self
+            .resync
+            .instance(self.cloud.as_ref(), instance_id, vpc_id.unwrap_or_default())
+            .await?;
+        if let Some(e) = net.enis.first() {
+            lock(&self.instance_vpc).insert(instance_id.to_owned(), e.vpc_id.clone());
+        }
+        apply_enis(status, eni_statuses(&net, exclude), first_interface_index);
+        status.last_resync = Some(now.to_string());
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! Sextant's operator: the NodeNetwork IPAM reconciler and what runs beside
+//! it (ENI garbage collection, full resyncs, leader election).
+//!
+//! The decisions live in pure `plan` functions ([`ipam::plan`], [`ipam::gc`]);
+//! [`ipam::node::NodeIpam`] wraps them with the cloud calls and is shared by
+//! the Kubernetes controller and by `sextantctl simulate`.
+
+mod error;
+pub mod ipam;
+pub mod metrics;
+
+pub use error::{Error, Result};
+pub use ipam::status::status_patch;
