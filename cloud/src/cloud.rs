@@ -79,10 +79,11 @@ impl Cloud {
         self.config.backoff.delay(attempt, retry_after, &mut *rng)
     }
 
-    /// Runs one call: waits for the limiter, sends with a deadline, retries
-    /// transient failures with jittered backoff until attempts or the total
-    /// deadline run out.
-    async fn call<T, F, Fut>(&self, action: Action, f: F) -> Result<T>
+    /// Runs one provider call as `action`: waits for the limiter, sends with
+    /// a deadline, retries transient failures with jittered backoff until
+    /// attempts or the total deadline run out, and records metrics. The trait
+    /// methods go through here; so can calls a provider offers beyond the trait.
+    pub async fn call<T, F, Fut>(&self, action: Action, f: F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T>>,

@@ -11,3 +11,9 @@ pub mod metrics;
 
 pub use error::{Error, Result};
 pub use ipam::status::status_patch;
+pub mod controller;
+pub mod full_resync;
+pub mod http;
+pub mod leader;
+pub mod node_watch;
+pub mod runtime;

@@ -1,1 +1,18 @@
-fn main() {}
+//! `sextant-operator`: parses flags (with `SEXTANT_*` environment fallbacks)
+//! and hands over to [`sextant_operator::runtime`].
+
+use clap::Parser;
+use sextant_operator::runtime::{Args, ErrorChain, init_tracing};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    match args.run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %ErrorChain(&e), "sextant-operator failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Thundering herd after a control-plane outage.

@@ -1,0 +1,107 @@
+//! Test fixtures: a kube `Client` over a tower-test mock service, and an
+//! API server stand-in that asserts each request's method, path and body
+//! and answers it (controller-rs's `ApiServerVerifier` pattern).
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::{Client, client::Body};
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+/// The server side of a mocked API server.
+pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
+
+/// A client whose requests go to the returned verifier.
+pub fn mock_client() -> (Client, ApiServerVerifier) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), ApiServerVerifier(handle))
+}
+
+/// A request as the verifier saw it.
+#[derive(Debug)]
+pub struct Seen {
+    /// Its `content-type` header.
+    pub content_type: Option<String>,
+    /// Its body as JSON (`Null` when empty).
+    pub body: Value,
+}
+
+/// A `metav1.Status` failure body with `code`.
+pub fn status_failure(code: u16, reason: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("{reason} (test)"),
+        "reason": reason,
+        "code": code,
+    })
+}
+
+impl ApiServerVerifier {
+    /// Takes the next request, asserts its method and path (with query), and
+    /// answers `code` with `reply`. Fails the test after a second without one.
+    pub async fn expect(&mut self, method: Method, path: &str, code: u16, reply: Value) -> Seen {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+            .unwrap_or_else(|| panic!("client gone; expected {method} {path}"));
+        let got_path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        assert_eq!(
+            (request.method(), got_path.as_str()),
+            (&method, path),
+            "request method and path"
+        );
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .expect("request body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("request body is JSON")
+        };
+        let response = Response::builder()
+            .status(StatusCode::from_u16(code).expect("status code"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
+            .expect("response");
+        send.send_response(response);
+        Seen { content_type, body }
+    }
+
+    /// Asserts that no further request comes within a short while.
+    pub async fn expect_no_more(mut self) {
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_millis(100), self.0.next_request()).await
+        {
+            panic!(
+                "unexpected request {} {}",
+                request.method(),
+                request.uri()
+            );
+        }
+    }
+}
+
+/// Awaits a spawned verifier script, failing the test if it hangs.
+pub async fn finish<T>(script: tokio::task::JoinHandle<T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(10), script).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => panic!("verifier failed: {e}"),
+        Err(_) => panic!("verifier timed out"),
+    }
+}

@@ -1,0 +1,472 @@
+//! The periodic full resync: one paged listing per VPC (never per subnet)
+//! brings every NodeNetwork's ENIs back in line with the cloud, and the same
+//! listing feeds ENI garbage collection.
+//!
+//! ```text
+//!  every interval:  VPCs of all NodeNetworks (+ --vpc-id)
+//!                     └─▶ resync::list_vpc (paged) ─▶ by_instance ─┬─▶ resync_patch per node (pure) ─▶ PATCH status (resourceVersion-guarded)
+//!                                                                  └─▶ gc::plan_gc (pure) ─▶ DeleteNetworkInterface, a batch per round
+//! ```
+//!
+//! A node the reconciler resynced after the listing started is skipped (its
+//! status is fresher than the listing), and every patch carries the
+//! resourceVersion it was computed from, so a concurrent write makes it fail
+//! with a conflict instead of overwriting newer ENIs with older ones.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::reflector::Store,
+};
+use prometheus_client::{
+    metrics::{counter::Counter, histogram::Histogram},
+    registry::Registry,
+};
+use serde_json::{Value, json};
+use sextant_cloud::{Eni, EniCloud, InstanceNetwork};
+use sextant_crds::NodeNetwork;
+use tracing::{debug, info, instrument, warn};
+
+use crate::{
+    controller::{Clock, ErrorChain, FIELD_MANAGER, is_conflict},
+    ipam::{
+        gc::{GcPolicy, plan_gc},
+        resync::{apply_enis, by_instance, eni_statuses, list_vpc},
+    },
+    status_patch,
+};
+
+/// Settings of the full resync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullResyncConfig {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Cluster name: only ENIs tagged with it are ever collected.
+    pub cluster: String,
+    /// Garbage collection grace and batch.
+    pub gc: GcPolicy,
+    /// VPCs listed even when no NodeNetwork names them (nodes whose VPC is
+    /// learnt from their ENIs, garbage left after the last node went).
+    pub vpcs: Vec<String>,
+}
+
+/// Full resync metrics (`sextant_operator_full_resync_*`, `sextant_operator_gc_*`).
+#[derive(Clone)]
+pub struct FullResyncMetrics {
+    rounds: Counter,
+    duration: Histogram,
+    list_failures: Counter,
+    patched: Counter,
+    conflicts: Counter,
+    gc_deleted: Counter,
+    gc_failures: Counter,
+}
+
+impl Default for FullResyncMetrics {
+    fn default() -> Self {
+        FullResyncMetrics {
+            rounds: Counter::default(),
+            duration: Histogram::new([0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            list_failures: Counter::default(),
+            patched: Counter::default(),
+            conflicts: Counter::default(),
+            gc_deleted: Counter::default(),
+            gc_failures: Counter::default(),
+        }
+    }
+}
+
+impl FullResyncMetrics {
+    /// Registers under `registry` (the `sextant_operator` one).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "full_resync_rounds",
+            "Full resync rounds run",
+            self.rounds.clone(),
+        );
+        registry.register(
+            "full_resync_duration_seconds",
+            "Duration of one full resync round",
+            self.duration.clone(),
+        );
+        registry.register(
+            "full_resync_list_failures",
+            "VPC listings that failed",
+            self.list_failures.clone(),
+        );
+        registry.register(
+            "full_resync_patched_nodes",
+            "NodeNetworks whose ENIs the full resync corrected",
+            self.patched.clone(),
+        );
+        registry.register(
+            "full_resync_conflicts",
+            "Full resync patches that lost to a concurrent write",
+            self.conflicts.clone(),
+        );
+        registry.register(
+            "gc_deleted_enis",
+            "Leaked ENIs deleted",
+            self.gc_deleted.clone(),
+        );
+        registry.register(
+            "gc_delete_failures",
+            "ENI deletions that failed",
+            self.gc_failures.clone(),
+        );
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// VPCs listed successfully.
+    pub vpcs: usize,
+    /// VPCs whose listing failed.
+    pub failed_vpcs: usize,
+    /// ENIs seen.
+    pub enis: usize,
+    /// NodeNetworks patched.
+    pub patched: Vec<String>,
+    /// NodeNetworks whose patch lost to a concurrent write.
+    pub conflicts: Vec<String>,
+    /// ENIs deleted by garbage collection.
+    pub deleted: Vec<String>,
+    /// ENIs whose deletion failed.
+    pub delete_failures: usize,
+}
+
+/// The VPCs a round lists: those the NodeNetworks name, plus the configured ones.
+pub fn vpcs_to_list<'a>(
+    nns: impl IntoIterator<Item = &'a NodeNetwork>,
+    configured: &[String],
+) -> BTreeSet<String> {
+    nns.into_iter()
+        .filter_map(|nn| nn.spec.vpc_id.clone())
+        .chain(configured.iter().cloned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The status merge patch bringing `nn` in line with the listing of its
+/// instance, guarded by the resourceVersion it was computed from; `None`
+/// when its ENIs already match, or when the reconciler resynced it after
+/// `listed_at` (its status is fresher than the listing).
+pub fn resync_patch(
+    nn: &NodeNetwork,
+    net: &InstanceNetwork,
+    listed_at: Timestamp,
+    now: Timestamp,
+) -> Option<Value> {
+    let old = nn.status.clone().unwrap_or_default();
+    let fresher = old
+        .last_resync
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_some_and(|t| t >= listed_at);
+    if fresher {
+        return None;
+    }
+    let enis = eni_statuses(net, &nn.spec.ipam.exclude_interface_tags);
+    if enis == old.enis {
+        return None;
+    }
+    let mut new = old.clone();
+    apply_enis(&mut new, enis, nn.spec.ipam.first_interface_index());
+    new.last_resync = Some(now.to_string());
+    let mut patch = status_patch(&old, &new)?;
+    if let (Some(rv), Some(obj)) = (nn.resource_version(), patch.as_object_mut()) {
+        obj.insert("metadata".into(), json!({ "resourceVersion": rv }));
+    }
+    Some(patch)
+}
+
+/// Runs full resync rounds.
+pub struct FullResync {
+    client: Client,
+    cloud: Arc<dyn EniCloud>,
+    config: FullResyncConfig,
+    clock: Clock,
+    metrics: FullResyncMetrics,
+}
+
+impl FullResync {
+    /// A full resync over `cloud` (give it the rate-limited [`sextant_cloud::Cloud`]).
+    pub fn new(
+        client: Client,
+        cloud: Arc<dyn EniCloud>,
+        config: FullResyncConfig,
+        clock: Clock,
+        metrics: FullResyncMetrics,
+    ) -> Self {
+        FullResync {
+            client,
+            cloud,
+            config,
+            clock,
+            metrics,
+        }
+    }
+
+    /// One round over the NodeNetworks given.
+    #[instrument(skip_all, fields(nodes = nns.len()))]
+    pub async fn round(&self, nns: &[Arc<NodeNetwork>]) -> RoundReport {
+        self.metrics.rounds.inc();
+        let started = tokio::time::Instant::now();
+        let listed_at = (self.clock)();
+        let mut report = RoundReport::default();
+        let mut all: Vec<Eni> = Vec::new();
+        for vpc in vpcs_to_list(nns.iter().map(|nn| nn.as_ref()), &self.config.vpcs) {
+            match list_vpc(self.cloud.as_ref(), &vpc).await {
+                Ok(enis) => {
+                    debug!(%vpc, enis = enis.len(), "listed");
+                    report.vpcs += 1;
+                    all.extend(enis);
+                }
+                Err(e) => {
+                    warn!(%vpc, error = %ErrorChain(&e), "listing the VPC failed");
+                    self.metrics.list_failures.inc();
+                    report.failed_vpcs += 1;
+                }
+            }
+        }
+        report.enis = all.len();
+        let now = (self.clock)();
+        let doomed = plan_gc(&all, &self.config.cluster, now, self.config.gc);
+        let instances: BTreeMap<String, InstanceNetwork> = by_instance(all);
+
+        let api: Api<NodeNetwork> = Api::all(self.client.clone());
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        for nn in nns {
+            let Some(net) = nn
+                .spec
+                .instance_id
+                .as_deref()
+                .and_then(|i| instances.get(i))
+            else {
+                continue;
+            };
+            let Some(patch) = resync_patch(nn, net, listed_at, now) else {
+                continue;
+            };
+            let node = nn.name_any();
+            match api.patch_status(&node, &pp, &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(%node, "ENIs corrected by the full resync");
+                    self.metrics.patched.inc();
+                    report.patched.push(node);
+                }
+                Err(e) if is_conflict(&e) => {
+                    debug!(%node, "written meanwhile; the next round looks again");
+                    self.metrics.conflicts.inc();
+                    report.conflicts.push(node);
+                }
+                Err(e) => warn!(%node, error = %ErrorChain(&e), "full resync patch failed"),
+            }
+        }
+
+        for eni in doomed {
+            match self.cloud.delete_eni(&eni).await {
+                Ok(()) | Err(sextant_cloud::Error::NotFound { .. }) => {
+                    info!(%eni, "deleted leaked ENI");
+                    self.metrics.gc_deleted.inc();
+                    report.deleted.push(eni);
+                }
+                Err(e) => {
+                    warn!(%eni, error = %ErrorChain(&e), "deleting leaked ENI failed");
+                    self.metrics.gc_failures.inc();
+                    report.delete_failures += 1;
+                }
+            }
+        }
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        report
+    }
+
+    /// Runs a round every interval over the NodeNetworks in `store`, the
+    /// first one an interval after the store is ready (new nodes resync on
+    /// their first reconcile anyway).
+    pub async fn run(&self, store: Store<NodeNetwork>) {
+        if store.wait_until_ready().await.is_err() {
+            warn!("NodeNetwork store gone; full resync stops");
+            return;
+        }
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.interval,
+            self.config.interval,
+        );
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let report = self.round(&store.state()).await;
+            info!(
+                vpcs = report.vpcs,
+                failed_vpcs = report.failed_vpcs,
+                enis = report.enis,
+                patched = report.patched.len(),
+                conflicts = report.conflicts.len(),
+                deleted = report.deleted.len(),
+                "full resync done"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sextant_cloud::{Attachment, EniState, Tags};
+    use sextant_crds::{EniStatus, NodeNetworkSpec, NodeNetworkStatus, Provider};
+    use std::net::Ipv4Addr;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn mk_nn(name: &str, vpc: Option<&str>, status: NodeNetworkStatus) -> NodeNetwork {
+        let mut nn = NodeNetwork::new(
+            name,
+            NodeNetworkSpec {
+                provider: Provider::Aws,
+                instance_id: Some(format!("i-{name}")),
+                instance_type: Some("m5.large".into()),
+                vpc_id: vpc.map(str::to_owned),
+                ..NodeNetworkSpec::default()
+            },
+        );
+        nn.metadata.resource_version = Some("41".into());
+        nn.status = Some(status);
+        nn
+    }
+
+    fn mk_eni(id: &str, device_index: u32, ips: &[[u8; 4]]) -> Eni {
+        Eni {
+            id: id.into(),
+            subnet_id: "subnet-1".into(),
+            vpc_id: "vpc-1".into(),
+            zone: "us-east-1a".into(),
+            mac: format!("02:00:00:00:00:0{device_index}"),
+            primary_ip: Ipv4Addr::new(10, 0, 0, 10 + device_index as u8),
+            secondary_ips: ips.iter().map(|o| Ipv4Addr::from(*o)).collect(),
+            security_groups: vec!["sg-1".into()],
+            tags: Tags::new(),
+            state: EniState::InUse,
+            attachment: Some(Attachment {
+                id: format!("attach-{id}"),
+                instance_id: "i-a".into(),
+                device_index,
+            }),
+        }
+    }
+
+    fn net(enis: Vec<Eni>) -> InstanceNetwork {
+        InstanceNetwork {
+            instance_id: "i-a".into(),
+            enis,
+        }
+    }
+
+    #[test]
+    fn every_vpc_is_listed_once() {
+        let nns = [
+            mk_nn("a", Some("vpc-1"), Default::default()),
+            mk_nn("b", Some("vpc-1"), Default::default()),
+            mk_nn("c", Some("vpc-2"), Default::default()),
+            mk_nn("d", None, Default::default()),
+        ];
+        let vpcs = vpcs_to_list(&nns, &["vpc-3".into(), "vpc-1".into()]);
+        assert_eq!(
+            vpcs.into_iter().collect::<Vec<_>>(),
+            ["vpc-1", "vpc-2", "vpc-3"]
+        );
+    }
+
+    #[test]
+    fn differing_enis_become_a_guarded_status_patch() {
+        let nn = mk_nn("a", Some("vpc-1"), NodeNetworkStatus::default());
+        let listing = net(vec![
+            mk_eni("eni-0", 0, &[]),
+            mk_eni("eni-1", 1, &[[10, 0, 1, 5], [10, 0, 1, 6]]),
+        ]);
+        let patch = resync_patch(
+            &nn,
+            &listing,
+            ts("2026-11-25T12:00:00Z"),
+            ts("2026-11-25T12:00:01Z"),
+        )
+        .unwrap();
+        assert_eq!(patch["metadata"], json!({ "resourceVersion": "41" }));
+        let s = &patch["status"];
+        assert_eq!(s["enis"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            s["pool"],
+            json!({ "10.0.1.5": { "eni": "eni-1" }, "10.0.1.6": { "eni": "eni-1" } })
+        );
+        assert_eq!(s["lastResync"], json!("2026-11-25T12:00:01Z"));
+        assert_eq!(
+            s["summary"],
+            json!({ "enis": 2, "poolSize": 2, "used": 0 })
+        );
+    }
+
+    #[test]
+    fn matching_enis_need_no_write() {
+        let listing = net(vec![
+            mk_eni("eni-0", 0, &[]),
+            mk_eni("eni-1", 1, &[[10, 0, 1, 5]]),
+        ]);
+        let mut status = NodeNetworkStatus::default();
+        apply_enis(
+            &mut status,
+            eni_statuses(&listing, &BTreeMap::new()),
+            1,
+        );
+        let nn = mk_nn("a", Some("vpc-1"), status);
+        assert_eq!(
+            resync_patch(
+                &nn,
+                &listing,
+                ts("2026-11-25T12:00:00Z"),
+                ts("2026-11-25T12:00:01Z")
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_node_resynced_after_the_listing_started_is_left_alone() {
+        let status = NodeNetworkStatus {
+            enis: vec![EniStatus {
+                id: "eni-new".into(),
+                ..EniStatus::default()
+            }],
+            last_resync: Some("2026-11-25T12:00:00.5Z".into()),
+            ..NodeNetworkStatus::default()
+        };
+        let nn = mk_nn("a", Some("vpc-1"), status);
+        let listing = net(vec![mk_eni("eni-0", 0, &[])]);
+        assert_eq!(
+            resync_patch(
+                &nn,
+                &listing,
+                ts("2026-11-25T12:00:00Z"),
+                ts("2026-11-25T12:00:01Z")
+            ),
+            None
+        );
+        let older = ts("2026-11-25T12:00:01Z");
+        assert!(resync_patch(&nn, &listing, older, older).is_some());
+    }
+}

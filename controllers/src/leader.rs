@@ -1,0 +1,477 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that of several
+//! operator replicas only one runs the controllers and talks to the cloud.
+//!
+//! ```text
+//!  every renew period:  GET lease ─▶ decide (pure) ─▶ Create: POST
+//!                                                   ├▶ Acquire / Renew: PUT with the read resourceVersion
+//!                                                   └▶ Held: wait
+//!  409 on POST/PUT = another replica won the race ─▶ not leader
+//!  no successful renewal within the renew deadline ─▶ step down
+//! ```
+//!
+//! The PUT carries the resourceVersion that was read, so two replicas that
+//! both see an expired lease cannot both take it: the API server accepts
+//! only the first write.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
+use tokio::{sync::watch, time::Instant};
+use tracing::{debug, info, warn};
+
+use crate::controller::{Clock, ErrorChain, FIELD_MANAGER};
+
+/// What to do with the lease this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseDecision {
+    /// There is no Lease object: create one naming us.
+    Create,
+    /// Nobody holds it, or the holder let it expire: take it over.
+    Acquire,
+    /// We hold it: renew it.
+    Renew,
+    /// Someone else holds a live lease.
+    Held {
+        /// The holder's identity.
+        holder: String,
+        /// When it expires unless renewed.
+        expires: Timestamp,
+    },
+}
+
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
+}
+
+/// Decides from the lease as read (`None`: it does not exist) what `me`
+/// does at `now`. The lease's own duration counts; `duration` stands in when
+/// it has none.
+pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp, duration: Duration) -> LeaseDecision {
+    let Some(lease) = lease else {
+        return LeaseDecision::Create;
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.unwrap_or_default();
+    if holder.is_empty() {
+        return LeaseDecision::Acquire;
+    }
+    if holder == me {
+        return LeaseDecision::Renew;
+    }
+    let Some(MicroTime(last)) = spec.renew_time.or(spec.acquire_time) else {
+        return LeaseDecision::Acquire;
+    };
+    let secs = spec
+        .lease_duration_seconds
+        .filter(|s| *s > 0)
+        .unwrap_or_else(|| seconds(duration));
+    let expires = last.saturating_add(SignedDuration::from_secs(i64::from(secs)));
+    match expires {
+        Ok(expires) if expires > now => LeaseDecision::Held { holder, expires },
+        _ => LeaseDecision::Acquire,
+    }
+}
+
+/// Where the lease lives and who we are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    /// How long a lease stays valid without renewal.
+    pub duration: Duration,
+}
+
+impl LeaseConfig {
+    /// How often the leader renews (and others retry): a third of the duration.
+    pub fn renew_period(&self) -> Duration {
+        (self.duration / 3).max(Duration::from_millis(100))
+    }
+
+    /// How long the leader keeps leading without a successful renewal:
+    /// two thirds of the duration, so it stops before others may take over.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}
+
+/// The lease to write for `decision` (`Held` writes nothing).
+pub fn desired_lease(
+    current: Option<&Lease>,
+    decision: &LeaseDecision,
+    config: &LeaseConfig,
+    now: Timestamp,
+) -> Option<Lease> {
+    let mut lease = current.cloned().unwrap_or_else(|| Lease {
+        metadata: ObjectMeta {
+            name: Some(config.name.clone()),
+            namespace: Some(config.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    });
+    let mut spec = lease.spec.take().unwrap_or_default();
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    match decision {
+        LeaseDecision::Held { .. } => return None,
+        LeaseDecision::Create => {
+            spec = LeaseSpec {
+                lease_transitions: Some(0),
+                acquire_time: Some(MicroTime(now)),
+                ..LeaseSpec::default()
+            };
+        }
+        LeaseDecision::Acquire => {
+            spec.lease_transitions = Some(transitions.saturating_add(1));
+            spec.acquire_time = Some(MicroTime(now));
+        }
+        LeaseDecision::Renew => {
+            spec.acquire_time.get_or_insert(MicroTime(now));
+        }
+    }
+    spec.holder_identity = Some(config.identity.clone());
+    spec.lease_duration_seconds = Some(seconds(config.duration));
+    spec.renew_time = Some(MicroTime(now));
+    lease.spec = Some(spec);
+    Some(lease)
+}
+
+/// A failed lease round.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Reading the lease failed.
+    #[error("reading Lease {namespace}/{name}")]
+    Read {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the lease failed (other than losing a race).
+    #[error("writing Lease {namespace}/{name}")]
+    Write {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Whether this replica leads: `sextant_operator_leader` (1 or 0).
+#[derive(Clone, Default)]
+pub struct LeaderMetrics {
+    leader: Gauge,
+    transitions: prometheus_client::metrics::counter::Counter,
+}
+
+impl LeaderMetrics {
+    /// Registers under `registry` (the `sextant_operator` one).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "leader",
+            "Whether this replica holds the leader lease",
+            self.leader.clone(),
+        );
+        registry.register(
+            "leader_changes",
+            "Times this replica became or stopped being the leader",
+            self.transitions.clone(),
+        );
+    }
+}
+
+/// Runs leader election for one replica.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    clock: Clock,
+    metrics: LeaderMetrics,
+}
+
+impl LeaderElector {
+    /// An elector for the lease `config` names.
+    pub fn new(client: kube::Client, config: LeaseConfig, clock: Clock, metrics: LeaderMetrics) -> Self {
+        LeaderElector {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            clock,
+            metrics,
+        }
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    fn read_error(&self, source: kube::Error) -> LeaseError {
+        LeaseError::Read {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            source,
+        }
+    }
+
+    fn write_error(&self, source: kube::Error) -> LeaseError {
+        LeaseError::Write {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            source,
+        }
+    }
+
+    /// One round: read, decide, write. `Ok(true)` when we hold the lease
+    /// after it; losing a race (409) is `Ok(false)`.
+    pub async fn try_lead(&self) -> Result<bool, LeaseError> {
+        let now = (self.clock)();
+        let current = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        let decision = decide(
+            current.as_ref(),
+            &self.config.identity,
+            now,
+            self.config.duration,
+        );
+        let Some(lease) = desired_lease(current.as_ref(), &decision, &self.config, now) else {
+            if let LeaseDecision::Held { holder, expires } = &decision {
+                debug!(%holder, %expires, "lease held by another replica");
+            }
+            return Ok(false);
+        };
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        let written = match decision {
+            LeaseDecision::Create => self.api.create(&pp, &lease).await,
+            _ => self.api.replace(&self.config.name, &pp, &lease).await,
+        };
+        match written {
+            Ok(_) => {
+                if decision != LeaseDecision::Renew {
+                    info!(identity = %self.config.identity, ?decision, "acquired the leader lease");
+                }
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => {
+                debug!(?decision, "lost the lease race");
+                Ok(false)
+            }
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Gives the lease up (on shutdown) so another replica need not wait for
+    /// it to expire. Only a lease we still hold is touched.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.read_error(e))?
+        else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime((self.clock)()));
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        match self.api.replace(&self.config.name, &pp, &lease).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Runs rounds forever, publishing whether we lead on `leading`. A
+    /// leader that cannot renew within the renew deadline steps down.
+    pub async fn run(&self, leading: watch::Sender<bool>) {
+        let mut last_renewed: Option<Instant> = None;
+        loop {
+            let was = *leading.borrow();
+            let now_leading = match self.try_lead().await {
+                Ok(held) => {
+                    last_renewed = held.then(Instant::now);
+                    held
+                }
+                Err(e) => {
+                    warn!(error = %ErrorChain(&e), "lease round failed");
+                    last_renewed.is_some_and(|t| t.elapsed() < self.config.renew_deadline())
+                }
+            };
+            if now_leading != was {
+                self.metrics.transitions.inc();
+                if now_leading {
+                    info!(identity = %self.config.identity, "leading");
+                } else {
+                    warn!(identity = %self.config.identity, "stepped down: lease lost");
+                }
+            }
+            self.metrics.leader.set(i64::from(now_leading));
+            leading.send_replace(now_leading);
+            tokio::time::sleep(self.config.renew_period()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn mk_lease(holder: Option<&str>, renewed: &str, secs: i32) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("sextant-operator".into()),
+                namespace: Some("sextant-system".into()),
+                resource_version: Some("7".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                lease_duration_seconds: Some(secs),
+                acquire_time: Some(MicroTime(ts("2026-11-25T11:00:00Z"))),
+                renew_time: Some(MicroTime(ts(renewed))),
+                lease_transitions: Some(2),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    fn config() -> LeaseConfig {
+        LeaseConfig {
+            namespace: "sextant-system".into(),
+            name: "sextant-operator".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(15),
+        }
+    }
+
+    const NOW: &str = "2026-11-25T12:00:00Z";
+    const D: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn missing_lease_is_created() {
+        assert_eq!(decide(None, "me", ts(NOW), D), LeaseDecision::Create);
+        let l = desired_lease(None, &LeaseDecision::Create, &config(), ts(NOW)).unwrap();
+        let spec = l.spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("me"));
+        assert_eq!(spec.lease_duration_seconds, Some(15));
+        assert_eq!(spec.lease_transitions, Some(0));
+        assert_eq!(spec.renew_time, Some(MicroTime(ts(NOW))));
+        assert_eq!(l.metadata.namespace.as_deref(), Some("sextant-system"));
+    }
+
+    #[test]
+    fn a_live_lease_of_another_replica_is_left_alone() {
+        let l = mk_lease(Some("other"), "2026-11-25T11:59:50Z", 15);
+        assert_eq!(
+            decide(Some(&l), "me", ts(NOW), D),
+            LeaseDecision::Held {
+                holder: "other".into(),
+                expires: ts("2026-11-25T12:00:05Z")
+            }
+        );
+        assert_eq!(
+            desired_lease(
+                Some(&l),
+                &decide(Some(&l), "me", ts(NOW), D),
+                &config(),
+                ts(NOW)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn an_expired_or_free_lease_is_taken_over_with_a_transition() {
+        let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
+        assert_eq!(
+            decide(Some(&expired), "me", ts(NOW), D),
+            LeaseDecision::Acquire
+        );
+        let free = mk_lease(None, "2026-11-25T11:59:59Z", 15);
+        assert_eq!(decide(Some(&free), "me", ts(NOW), D), LeaseDecision::Acquire);
+        let l = desired_lease(Some(&expired), &LeaseDecision::Acquire, &config(), ts(NOW)).unwrap();
+        assert_eq!(
+            l.metadata.resource_version.as_deref(),
+            Some("7"),
+            "the write is guarded by what was read"
+        );
+        let spec = l.spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("me"));
+        assert_eq!(spec.lease_transitions, Some(3));
+        assert_eq!(spec.acquire_time, Some(MicroTime(ts(NOW))));
+    }
+
+    #[test]
+    fn our_own_lease_is_renewed_keeping_its_acquire_time() {
+        let ours = mk_lease(Some("me"), "2026-11-25T11:59:55Z", 15);
+        assert_eq!(decide(Some(&ours), "me", ts(NOW), D), LeaseDecision::Renew);
+        let spec = desired_lease(Some(&ours), &LeaseDecision::Renew, &config(), ts(NOW))
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.acquire_time, Some(MicroTime(ts("2026-11-25T11:00:00Z"))));
+        assert_eq!(spec.renew_time, Some(MicroTime(ts(NOW))));
+        assert_eq!(spec.lease_transitions, Some(2));
+    }
+
+    #[test]
+    fn a_lease_without_duration_uses_ours_and_one_without_times_is_free() {
+        let mut l = mk_lease(Some("other"), "2026-11-25T11:59:50Z", 0);
+        assert!(matches!(
+            decide(Some(&l), "me", ts(NOW), D),
+            LeaseDecision::Held { .. }
+        ));
+        assert_eq!(
+            decide(Some(&l), "me", ts(NOW), Duration::from_secs(5)),
+            LeaseDecision::Acquire
+        );
+        if let Some(s) = l.spec.as_mut() {
+            s.renew_time = None;
+            s.acquire_time = None;
+        }
+        assert_eq!(decide(Some(&l), "me", ts(NOW), D), LeaseDecision::Acquire);
+        let bare = Lease::default();
+        assert_eq!(decide(Some(&bare), "me", ts(NOW), D), LeaseDecision::Acquire);
+    }
+
+    #[test]
+    fn renewals_come_well_before_the_deadline() {
+        let c = config();
+        assert_eq!(c.renew_period(), Duration::from_secs(5));
+        assert_eq!(c.renew_deadline(), Duration::from_secs(10));
+    }
+}

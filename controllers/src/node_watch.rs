@@ -1,0 +1,642 @@
+//! Node watch: every Kubernetes `Node` of a cloud gets its `NodeNetwork`,
+//! named after it, owned by it (so the garbage collector deletes it with the
+//! node), and filled from what the cloud controller wrote on the node: the
+//! instance from `spec.providerID`, the type and zone from the well-known
+//! labels.
+//!
+//! ```text
+//!  watch Node ─▶ strip status ─▶ fingerprint changed? ─▶ node_network_for (pure) ─▶ POST unless the NodeNetwork cache has it
+//! ```
+//!
+//! Existing NodeNetworks are never rewritten here: their spec belongs to the
+//! platform team once created (per-node overrides).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::PostParams,
+    runtime::{
+        PredicateConfig, WatchStreamExt,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use sextant_cloud::Backoff;
+use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
+use tracing::{debug, info, instrument, warn};
+
+use crate::controller::{ErrorChain, FIELD_MANAGER};
+
+/// Label with the instance type, set by the kubelet or cloud controller.
+pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
+/// Deprecated spelling of [`LABEL_INSTANCE_TYPE`] that older nodes still carry.
+pub const LABEL_INSTANCE_TYPE_BETA: &str = "beta.kubernetes.io/instance-type";
+/// Label with the availability zone.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// Label Sextant puts on the NodeNetworks it creates.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// What a NodeNetwork created for a node starts with, besides what the node says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeNetworkDefaults {
+    /// VPC written into new specs; `None` lets the reconciler learn it from the
+    /// instance's ENIs.
+    pub vpc_id: Option<String>,
+    /// IPAM knobs written into new specs (subnet and security-group
+    /// selection). Watermarks are better left unset here: unset knobs follow
+    /// the operator's flags even after they change.
+    pub ipam: IpamSpec,
+}
+
+/// A cloud instance as a node's `spec.providerID` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderId {
+    /// Instance id (`i-...`).
+    pub instance_id: String,
+    /// Zone, where the provider id carries one (AWS).
+    pub zone: Option<String>,
+}
+
+/// Why a node cannot get a NodeNetwork.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NodeWatchError {
+    /// `spec.providerID` is not of the shape the provider's cloud controller writes.
+    #[error("node {node}: providerID {provider_id:?} is not an {provider} provider id ({expected})")]
+    BadProviderId {
+        /// Node name.
+        node: String,
+        /// The value found.
+        provider_id: String,
+        /// The operator's provider.
+        provider: Provider,
+        /// The shape expected.
+        expected: &'static str,
+    },
+    /// The node has no name or uid (not read from the API server).
+    #[error("node without metadata.name or metadata.uid")]
+    MissingIdentity,
+}
+
+impl NodeWatchError {
+    /// Label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            NodeWatchError::BadProviderId { .. } => "bad_provider_id",
+            NodeWatchError::MissingIdentity => "node_without_identity",
+        }
+    }
+}
+
+fn valid_instance_id(id: &str) -> bool {
+    id.len() > 2
+        && id.starts_with("i-")
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn valid_zone(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Parses a provider id: AWS `aws:///us-east-1a/i-0abc123` (the zone may be
+/// empty), Alibaba `cn-hangzhou.i-xxxx` (optionally `alicloud://`-prefixed).
+/// `None` when it does not have that shape.
+pub fn parse_provider_id(provider: Provider, provider_id: &str) -> Option<ProviderId> {
+    match provider {
+        Provider::Aws => {
+            let rest = provider_id.strip_prefix("aws:///")?;
+            let (zone, instance_id) = rest.split_once('/').unwrap_or(("", rest));
+            if !valid_instance_id(instance_id) || !(zone.is_empty() || valid_zone(zone)) {
+                return None;
+            }
+            Some(ProviderId {
+                instance_id: instance_id.to_owned(),
+                zone: (!zone.is_empty()).then(|| zone.to_owned()),
+            })
+        }
+        Provider::Alibaba => {
+            let rest = provider_id
+                .strip_prefix("alicloud://")
+                .unwrap_or(provider_id);
+            let (region, instance_id) = rest.split_once('.')?;
+            if !valid_zone(region) || !valid_instance_id(instance_id) {
+                return None;
+            }
+            Some(ProviderId {
+                instance_id: instance_id.to_owned(),
+                zone: None,
+            })
+        }
+        Provider::Static => None,
+    }
+}
+
+fn expected_shape(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Aws => "aws:///<zone>/i-<id>",
+        Provider::Alibaba => "<region>.i-<id>",
+        Provider::Static => "none",
+    }
+}
+
+/// The NodeNetwork a node should have, or `None` while the node does not say
+/// enough yet (no `providerID` or instance-type label: the cloud controller
+/// sets them shortly after the node registers, and that update brings the
+/// node back here). A provider id of the wrong shape is an error, never a
+/// panic.
+pub fn node_network_for(
+    node: &Node,
+    provider: Provider,
+    defaults: &NodeNetworkDefaults,
+) -> Result<Option<NodeNetwork>, NodeWatchError> {
+    let (Some(name), Some(_uid)) = (node.metadata.name.as_deref(), node.metadata.uid.as_deref())
+    else {
+        return Err(NodeWatchError::MissingIdentity);
+    };
+    let labels = node.labels();
+    let zone_label = labels.get(LABEL_ZONE).filter(|z| !z.is_empty()).cloned();
+    let spec = match provider {
+        Provider::Static => {
+            let cidrs: Vec<String> = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidrs.clone())
+                .unwrap_or_default();
+            if cidrs.is_empty() {
+                return Ok(None);
+            }
+            NodeNetworkSpec {
+                provider,
+                instance_id: None,
+                instance_type: None,
+                zone: zone_label,
+                vpc_id: None,
+                ipam: defaults.ipam.clone(),
+                pod_cidrs: cidrs,
+            }
+        }
+        Provider::Aws | Provider::Alibaba => {
+            let Some(provider_id) = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .filter(|p| !p.is_empty())
+            else {
+                return Ok(None);
+            };
+            let parsed = parse_provider_id(provider, provider_id).ok_or_else(|| {
+                NodeWatchError::BadProviderId {
+                    node: name.to_owned(),
+                    provider_id: provider_id.to_owned(),
+                    provider,
+                    expected: expected_shape(provider),
+                }
+            })?;
+            let Some(instance_type) = labels
+                .get(LABEL_INSTANCE_TYPE)
+                .or_else(|| labels.get(LABEL_INSTANCE_TYPE_BETA))
+                .filter(|t| !t.is_empty())
+            else {
+                return Ok(None);
+            };
+            NodeNetworkSpec {
+                provider,
+                instance_id: Some(parsed.instance_id),
+                instance_type: Some(instance_type.clone()),
+                zone: zone_label.or(parsed.zone),
+                vpc_id: defaults.vpc_id.clone(),
+                ipam: defaults.ipam.clone(),
+                pod_cidrs: vec![],
+            }
+        }
+    };
+    let mut nn = NodeNetwork::new(name, spec);
+    nn.metadata.owner_references = node.controller_owner_ref(&()).map(|o| vec![o]);
+    nn.metadata.labels = Some(
+        [(LABEL_MANAGED_BY.to_owned(), FIELD_MANAGER.to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    Ok(Some(nn))
+}
+
+/// A fingerprint of what [`node_network_for`] reads, so node heartbeats do
+/// not wake the node controller.
+pub fn node_fingerprint(node: &Node) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.metadata.uid.hash(&mut h);
+    node.spec.as_ref().map(|s| &s.provider_id).hash(&mut h);
+    node.spec.as_ref().map(|s| &s.pod_cidrs).hash(&mut h);
+    for key in [LABEL_INSTANCE_TYPE, LABEL_INSTANCE_TYPE_BETA, LABEL_ZONE] {
+        node.labels().get(key).hash(&mut h);
+    }
+    Some(h.finish())
+}
+
+/// Node watch metrics (`sextant_operator_node_networks_created`, `sextant_operator_node_watch_errors`).
+#[derive(Clone, Default)]
+pub struct NodeWatchMetrics {
+    created: Counter,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+impl NodeWatchMetrics {
+    /// Registers under `registry` (the `sextant_operator` one).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "node_networks_created",
+            "NodeNetworks created for new nodes",
+            self.created.clone(),
+        );
+        registry.register(
+            "node_watch_errors",
+            "Nodes that could not get a NodeNetwork, by error",
+            self.errors.clone(),
+        );
+    }
+}
+
+/// What the node watch works with.
+pub struct NodeContext {
+    /// Kubernetes client.
+    pub client: Client,
+    /// The operator's provider.
+    pub provider: Provider,
+    /// What new NodeNetworks start with.
+    pub defaults: NodeNetworkDefaults,
+    /// NodeNetworks known to the NodeNetwork controller, so existing ones
+    /// cost no API call.
+    pub node_networks: Store<NodeNetwork>,
+    /// Retries of a failed create.
+    pub retry: Backoff,
+    /// Metrics.
+    pub metrics: NodeWatchMetrics,
+}
+
+/// Why a node did not get its NodeNetwork.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeReconcileError {
+    /// The node cannot be turned into a NodeNetwork.
+    #[error(transparent)]
+    Node(#[from] NodeWatchError),
+    /// Creating the NodeNetwork failed.
+    #[error("node {node}: creating its NodeNetwork")]
+    Create {
+        /// Node name.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl NodeReconcileError {
+    /// Label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            NodeReconcileError::Node(e) => e.metric_label(),
+            NodeReconcileError::Create { .. } => "kube_create",
+        }
+    }
+}
+
+/// What [`ensure_node_network`] found or did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// The node already has its NodeNetwork.
+    Exists,
+    /// The node does not name its instance yet.
+    Waiting,
+    /// The NodeNetwork was created now.
+    Created,
+}
+
+/// Creates the node's NodeNetwork when it has none.
+#[instrument(skip_all, fields(node = %node.name_any()))]
+pub async fn ensure_node_network(
+    node: &Node,
+    ctx: &NodeContext,
+) -> Result<NodeOutcome, NodeReconcileError> {
+    let name = node.name_any();
+    if ctx
+        .node_networks
+        .get(&ObjectRef::<NodeNetwork>::new(&name))
+        .is_some()
+    {
+        return Ok(NodeOutcome::Exists);
+    }
+    let Some(nn) = node_network_for(node, ctx.provider, &ctx.defaults)? else {
+        debug!("node does not name its instance yet; waiting for its next update");
+        return Ok(NodeOutcome::Waiting);
+    };
+    let api: Api<NodeNetwork> = Api::all(ctx.client.clone());
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&pp, &nn).await {
+        Ok(_) => {
+            info!(
+                instance = nn.spec.instance_id.as_deref().unwrap_or_default(),
+                instance_type = nn.spec.instance_type.as_deref().unwrap_or_default(),
+                "created NodeNetwork"
+            );
+            ctx.metrics.created.inc();
+            Ok(NodeOutcome::Created)
+        }
+        // Created meanwhile (a former leader, or our cache lagging).
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(NodeOutcome::Exists),
+        Err(source) => Err(NodeReconcileError::Create { node: name, source }),
+    }
+}
+
+/// [`ensure_node_network`] with retries of failed creates (jittered
+/// backoff); a node that cannot be turned into a NodeNetwork is reported
+/// and left until it changes.
+pub async fn handle_node(node: &Node, ctx: &NodeContext) {
+    let mut attempt = 0;
+    loop {
+        let err = match ensure_node_network(node, ctx).await {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        ctx.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                error: err.metric_label(),
+            })
+            .inc();
+        attempt += 1;
+        let retry = matches!(err, NodeReconcileError::Create { .. })
+            && attempt < ctx.retry.max_attempts;
+        warn!(node = %node.name_any(), error = %ErrorChain(&err), attempt, retry, "node without NodeNetwork");
+        if !retry {
+            return;
+        }
+        let delay = ctx
+            .retry
+            .delay(attempt - 1, Some(ctx.retry.base), &mut rand::rng());
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Watches Nodes and gives each its NodeNetwork, a few nodes at a time.
+/// Nodes are not cached (their status is large and unused): only a
+/// fingerprint of what matters is kept, so heartbeats do nothing. Ends only
+/// if the watch ends.
+pub async fn watch_nodes(ctx: Arc<NodeContext>, concurrency: usize) {
+    if ctx.node_networks.wait_until_ready().await.is_err() {
+        return;
+    }
+    let nodes = watcher(Api::<Node>::all(ctx.client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|n: &mut Node| {
+            n.status = None;
+            n.metadata.managed_fields = None;
+        })
+        .applied_objects()
+        .predicate_filter(node_fingerprint, PredicateConfig::default());
+    nodes
+        .for_each_concurrent(concurrency, |r| {
+            let ctx = ctx.clone();
+            async move {
+                match r {
+                    Ok(node) => handle_node(&node, &ctx).await,
+                    Err(e) => warn!(error = %ErrorChain(&e), "node watch"),
+                }
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use kube::api::ObjectMeta;
+
+    fn mk_node(name: &str, provider_id: Option<&str>, labels: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                provider_id: provider_id.map(str::to_owned),
+                ..NodeSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    const TYPE_AND_ZONE: [(&str, &str); 2] = [
+        (LABEL_INSTANCE_TYPE, "m5.large"),
+        (LABEL_ZONE, "us-east-1a"),
+    ];
+
+    #[test]
+    fn aws_provider_id_gives_zone_and_instance() {
+        assert_eq!(
+            parse_provider_id(Provider::Aws, "aws:///us-east-1a/i-0abc123"),
+            Some(ProviderId {
+                instance_id: "i-0abc123".into(),
+                zone: Some("us-east-1a".into())
+            })
+        );
+        assert_eq!(
+            parse_provider_id(Provider::Aws, "aws:////i-0abc123"),
+            Some(ProviderId {
+                instance_id: "i-0abc123".into(),
+                zone: None
+            })
+        );
+    }
+
+    #[test]
+    fn alibaba_provider_id_gives_instance() {
+        for id in ["cn-hangzhou.i-bp1abc", "alicloud://cn-hangzhou.i-bp1abc"] {
+            assert_eq!(
+                parse_provider_id(Provider::Alibaba, id),
+                Some(ProviderId {
+                    instance_id: "i-bp1abc".into(),
+                    zone: None
+                }),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_provider_ids_do_not_parse() {
+        for (provider, id) in [
+            (Provider::Aws, "gce://project/zone/vm"),
+            (Provider::Aws, "aws:///us-east-1a/"),
+            (Provider::Aws, "aws:///us-east-1a/vol-123"),
+            (Provider::Aws, "aws:///us east/i-1"),
+            (Provider::Aws, "aws://"),
+            (Provider::Aws, "cn-hangzhou.i-bp1abc"),
+            (Provider::Alibaba, "aws:///us-east-1a/i-0abc123"),
+            (Provider::Alibaba, "i-bp1abc"),
+            (Provider::Alibaba, "cn-hangzhou."),
+            (Provider::Alibaba, "."),
+            (Provider::Alibaba, "cn-hangzhou.i-ü"),
+        ] {
+            assert_eq!(parse_provider_id(provider, id), None, "{provider} {id}");
+        }
+    }
+
+    #[test]
+    fn aws_node_becomes_a_node_network_owned_by_the_node() {
+        let node = mk_node(
+            "ip-10-0-0-1",
+            Some("aws:///us-east-1a/i-0abc123"),
+            &TYPE_AND_ZONE,
+        );
+        let defaults = NodeNetworkDefaults {
+            vpc_id: Some("vpc-1".into()),
+            ..NodeNetworkDefaults::default()
+        };
+        let nn = node_network_for(&node, Provider::Aws, &defaults)
+            .unwrap()
+            .unwrap();
+        assert_eq!(nn.metadata.name.as_deref(), Some("ip-10-0-0-1"));
+        assert_eq!(nn.spec.provider, Provider::Aws);
+        assert_eq!(nn.spec.instance_id.as_deref(), Some("i-0abc123"));
+        assert_eq!(nn.spec.instance_type.as_deref(), Some("m5.large"));
+        assert_eq!(nn.spec.zone.as_deref(), Some("us-east-1a"));
+        assert_eq!(nn.spec.vpc_id.as_deref(), Some("vpc-1"));
+        let owners = nn.metadata.owner_references.unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "Node");
+        assert_eq!(owners[0].api_version, "v1");
+        assert_eq!(owners[0].name, "ip-10-0-0-1");
+        assert_eq!(owners[0].uid, "uid-ip-10-0-0-1");
+        assert_eq!(owners[0].controller, Some(true));
+    }
+
+    #[test]
+    fn zone_falls_back_to_the_provider_id_and_type_to_the_beta_label() {
+        let node = mk_node(
+            "n",
+            Some("aws:///eu-west-1b/i-1"),
+            &[(LABEL_INSTANCE_TYPE_BETA, "c5.xlarge")],
+        );
+        let nn = node_network_for(&node, Provider::Aws, &NodeNetworkDefaults::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(nn.spec.zone.as_deref(), Some("eu-west-1b"));
+        assert_eq!(nn.spec.instance_type.as_deref(), Some("c5.xlarge"));
+        assert_eq!(nn.spec.vpc_id, None);
+    }
+
+    #[test]
+    fn alibaba_node_takes_the_zone_from_its_label() {
+        let node = mk_node(
+            "cn-hangzhou.192.168.0.1",
+            Some("cn-hangzhou.i-bp1abc"),
+            &[
+                (LABEL_INSTANCE_TYPE, "ecs.g7.large"),
+                (LABEL_ZONE, "cn-hangzhou-h"),
+            ],
+        );
+        let nn = node_network_for(&node, Provider::Alibaba, &NodeNetworkDefaults::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(nn.spec.provider, Provider::Alibaba);
+        assert_eq!(nn.spec.instance_id.as_deref(), Some("i-bp1abc"));
+        assert_eq!(nn.spec.zone.as_deref(), Some("cn-hangzhou-h"));
+        assert!(nn.spec.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_provider_id_shape_is_a_clear_error() {
+        let node = mk_node("n", Some("gce://proj/us-central1-a/vm-1"), &TYPE_AND_ZONE);
+        let err = node_network_for(&node, Provider::Aws, &NodeNetworkDefaults::default())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node n: providerID \"gce://proj/us-central1-a/vm-1\" is not an aws provider id (aws:///<zone>/i-<id>)"
+        );
+        assert_eq!(err.metric_label(), "bad_provider_id");
+    }
+
+    #[test]
+    fn nodes_that_do_not_name_their_instance_yet_wait() {
+        let defaults = NodeNetworkDefaults::default();
+        for node in [
+            mk_node("n", None, &TYPE_AND_ZONE),
+            mk_node("n", Some(""), &TYPE_AND_ZONE),
+            mk_node("n", Some("aws:///us-east-1a/i-1"), &[(LABEL_ZONE, "a")]),
+        ] {
+            assert!(matches!(
+                node_network_for(&node, Provider::Aws, &defaults),
+                Ok(None)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_node_without_uid_cannot_own_anything() {
+        let mut node = mk_node("n", Some("aws:///us-east-1a/i-1"), &TYPE_AND_ZONE);
+        node.metadata.uid = None;
+        assert!(matches!(
+            node_network_for(&node, Provider::Aws, &NodeNetworkDefaults::default()),
+            Err(NodeWatchError::MissingIdentity)
+        ));
+    }
+
+    #[test]
+    fn static_nodes_take_their_pod_cidrs() {
+        let mut node = mk_node("bm-1", None, &[]);
+        assert!(matches!(
+            node_network_for(&node, Provider::Static, &NodeNetworkDefaults::default()),
+            Ok(None)
+        ));
+        if let Some(spec) = node.spec.as_mut() {
+            spec.pod_cidrs = Some(vec!["10.1.0.0/24".into()]);
+        }
+        let nn = node_network_for(&node, Provider::Static, &NodeNetworkDefaults::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(nn.spec.pod_cidrs, ["10.1.0.0/24"]);
+        assert!(nn.spec.validate().is_ok());
+    }
+
+    #[test]
+    fn heartbeats_do_not_change_the_fingerprint() {
+        let a = mk_node("n", Some("aws:///us-east-1a/i-1"), &TYPE_AND_ZONE);
+        let mut b = a.clone();
+        b.metadata.resource_version = Some("42".into());
+        b.status = Some(Default::default());
+        assert_eq!(node_fingerprint(&a), node_fingerprint(&b));
+        let mut c = a.clone();
+        c.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_INSTANCE_TYPE.into(), "m5.xlarge".into());
+        assert_ne!(node_fingerprint(&a), node_fingerprint(&c));
+    }
+}
