@@ -1,0 +1,1 @@
+//! Sextant node agent (work in progress, issue 5).
