@@ -91,7 +91,10 @@ impl SimulateArgs {
             burst: self.burst,
             wave_interval: Duration::from_secs(self.wave_interval),
             provider,
-            instance_type: self.instance_type.clone().unwrap_or_else(|| default_type.into()),
+            instance_type: self
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| default_type.into()),
             pods_per_node: self.pods_per_node,
             churn_per_minute: self.churn,
             throttle_ratio: self.throttle_ratio,
@@ -124,14 +127,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if base.instance_type.is_empty()
                 || sextant_cloud::sim::instance_type(&base.instance_type).is_none()
             {
-                let known: Vec<_> = sextant_cloud::sim::INSTANCE_TYPES.iter().map(|t| t.0).collect();
+                let known: Vec<_> = sextant_cloud::sim::INSTANCE_TYPES
+                    .iter()
+                    .map(|t| t.0)
+                    .collect();
                 anyhow::bail!(
                     "unknown instance type {:?}; the simulator knows {}",
                     base.instance_type,
                     known.join(", ")
                 );
             }
-            if !(0.0..1.0).contains(&base.throttle_ratio) || !(0.0..1.0).contains(&base.error_ratio) {
+            if !(0.0..1.0).contains(&base.throttle_ratio) || !(0.0..1.0).contains(&base.error_ratio)
+            {
                 anyhow::bail!("--throttle-ratio and --error-ratio must be in [0, 1)");
             }
             println!(
@@ -148,7 +155,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let strategies = if args.no_baselines {
                 vec![Strategy::InstanceScoped]
             } else {
-                vec![Strategy::InstanceScoped, Strategy::PerSubnet, Strategy::VpcWide]
+                vec![
+                    Strategy::InstanceScoped,
+                    Strategy::PerSubnet,
+                    Strategy::VpcWide,
+                ]
             };
             let mut reports = Vec::new();
             for s in strategies {
@@ -163,7 +174,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if !bad.is_empty() {
                 anyhow::bail!(
                     "safety violated in {}: double allocations, released used IPs or leaks above",
-                    bad.iter().map(|r| r.strategy.name()).collect::<Vec<_>>().join(", ")
+                    bad.iter()
+                        .map(|r| r.strategy.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             Ok(())

@@ -27,7 +27,10 @@ pub struct Ledger {
 
 impl Ledger {
     fn take(&self, ip: Ipv4Addr, owner: String) {
-        let mut o = self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = self
+            .owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if o.insert(ip, owner).is_some() {
             self.double_allocations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -67,7 +70,13 @@ pub struct Tick {
 }
 
 impl Agent {
-    pub fn new(node: String, seed: u64, pods: u32, churn_per_minute: f64, report_interval: Duration) -> Self {
+    pub fn new(
+        node: String,
+        seed: u64,
+        pods: u32,
+        churn_per_minute: f64,
+        report_interval: Duration,
+    ) -> Self {
         Agent {
             node,
             rng: SmallRng::seed_from_u64(seed),
@@ -149,7 +158,11 @@ impl Agent {
                         && !self.cooling.contains_key(ip)
                         && !matches!(
                             status.release.get(&ip.to_string()),
-                            Some(ReleaseState::Marked | ReleaseState::ReadyForRelease | ReleaseState::Released)
+                            Some(
+                                ReleaseState::Marked
+                                    | ReleaseState::ReadyForRelease
+                                    | ReleaseState::Released
+                            )
                         )
                 })
                 .collect();

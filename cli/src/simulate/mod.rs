@@ -13,6 +13,7 @@
 //! seconds. The same seed replays the same run, so strategies compare fairly.
 
 mod agent;
+pub mod baselines;
 mod report;
 mod store;
 mod world;

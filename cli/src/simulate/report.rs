@@ -139,12 +139,21 @@ pub fn print_comparison(reports: &[Report]) -> String {
     row("reconciles", &|r| r.reconciles.to_string());
     row("pods running", &|r| r.pods.to_string());
     row("IP utilisation (used / pool)", &|r| {
-        format!("{:.0}% ({}/{})", r.utilisation() * 100.0, r.used_ips, r.pool_size)
+        format!(
+            "{:.0}% ({}/{})",
+            r.utilisation() * 100.0,
+            r.used_ips,
+            r.pool_size
+        )
     });
     row("double allocations", &|r| r.double_allocations.to_string());
     row("used IPs released", &|r| r.used_ips_lost.to_string());
-    row("leaked IPs / ENIs", &|r| format!("{} / {}", r.leaked_ips, r.leaked_enis));
+    row("leaked IPs / ENIs", &|r| {
+        format!("{} / {}", r.leaked_ips, r.leaked_enis)
+    });
     row("ENIs garbage-collected", &|r| r.gc_deleted.to_string());
-    row("simulated time", &|r| format!("{:.0} s", r.simulated.as_secs_f64()));
+    row("simulated time", &|r| {
+        format!("{:.0} s", r.simulated.as_secs_f64())
+    });
     t.to_string()
 }

@@ -10,11 +10,9 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sextant_cloud::{
-    Action, Backoff, Cloud, CloudConfig, CloudMetrics, EniCloud, EniTags, InstanceNetwork,
-    RateLimits, Tags,
+    Action, Backoff, Cloud, CloudConfig, CloudMetrics, EniTags, RateLimits, Tags,
     sim::{Faults, SimCloud, SimConfig, SimProvider},
 };
 use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
@@ -34,6 +32,7 @@ use tokio::time::Instant;
 use super::{
     SimulateConfig, Strategy,
     agent::{Agent, Ledger},
+    baselines::{PerSubnet, VpcWide},
     report::Report,
     store::{Queue, Store},
 };
@@ -43,59 +42,6 @@ const VPC: &str = "vpc-sim";
 const ZONE: &str = "us-east-1a";
 /// Step of the simulated agents.
 const AGENT_TICK: Duration = Duration::from_secs(1);
-
-/// The pre-fix resync: one describe per subnet of the VPC, each through the
-/// same limiter and retries.
-struct PerSubnet {
-    sim: Arc<SimCloud>,
-    cloud: Arc<Cloud>,
-    subnets: Vec<String>,
-}
-
-#[async_trait]
-impl InstanceResync for PerSubnet {
-    async fn instance(
-        &self,
-        _cloud: &dyn EniCloud,
-        instance_id: &str,
-        _vpc_id: &str,
-    ) -> sextant_cloud::Result<InstanceNetwork> {
-        let mut enis = Vec::new();
-        for s in &self.subnets {
-            let found = self
-                .cloud
-                .call(Action::ListEnis, || self.sim.describe_subnet_enis(s))
-                .await?;
-            enis.extend(found);
-        }
-        Ok(by_instance(enis)
-            .remove(instance_id)
-            .unwrap_or(InstanceNetwork {
-                instance_id: instance_id.to_owned(),
-                enis: vec![],
-            }))
-    }
-}
-
-/// A paged listing of the whole VPC after each mutation.
-struct VpcWide;
-
-#[async_trait]
-impl InstanceResync for VpcWide {
-    async fn instance(
-        &self,
-        cloud: &dyn EniCloud,
-        instance_id: &str,
-        vpc_id: &str,
-    ) -> sextant_cloud::Result<InstanceNetwork> {
-        Ok(by_instance(list_vpc(cloud, vpc_id).await?)
-            .remove(instance_id)
-            .unwrap_or(InstanceNetwork {
-                instance_id: instance_id.to_owned(),
-                enis: vec![],
-            }))
-    }
-}
 
 /// Per-node bookkeeping for the report.
 #[derive(Default, Clone, Copy)]
@@ -130,7 +76,9 @@ impl World {
     }
 
     async fn reconcile_one(self: &Arc<Self>, name: &str, attempts: &mut HashMap<String, u32>) {
-        let Some(nn) = self.store.get(name) else { return };
+        let Some(nn) = self.store.get(name) else {
+            return;
+        };
         self.reconciles.fetch_add(1, Ordering::Relaxed);
         let old = nn.status.clone().unwrap_or_default();
         let requeue = match self.ipam.reconcile(&nn, self.now()).await {
@@ -165,7 +113,12 @@ impl World {
     }
 
     /// Counts the error and picks a jittered, growing requeue delay.
-    fn backoff(&self, name: &str, e: &OperatorError, attempts: &mut HashMap<String, u32>) -> Duration {
+    fn backoff(
+        &self,
+        name: &str,
+        e: &OperatorError,
+        attempts: &mut HashMap<String, u32>,
+    ) -> Duration {
         *lock(&self.surfaced).entry(e.metric_label()).or_default() += 1;
         let n = attempts.entry(name.to_owned()).or_default();
         *n += 1;
@@ -218,7 +171,10 @@ impl World {
             name.clone(),
             Agent::new(
                 name.clone(),
-                self.config.seed.wrapping_mul(1_000_003).wrapping_add(index as u64),
+                self.config
+                    .seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(index as u64),
                 self.config.pods_per_node,
                 self.config.churn_per_minute,
                 self.config.agent_report_interval,
@@ -254,10 +210,14 @@ impl World {
         let enis = list_vpc(self.ipam.cloud().as_ref(), VPC).await?;
         let by_inst = by_instance(enis.clone());
         for nn in self.store.all() {
-            let (Some(name), Some(instance)) = (nn.metadata.name.as_deref(), nn.spec.instance_id.as_deref()) else {
+            let (Some(name), Some(instance)) =
+                (nn.metadata.name.as_deref(), nn.spec.instance_id.as_deref())
+            else {
                 continue;
             };
-            let Some(net) = by_inst.get(instance) else { continue };
+            let Some(net) = by_inst.get(instance) else {
+                continue;
+            };
             let old = nn.status.clone().unwrap_or_default();
             let mut new = old.clone();
             apply_enis(
@@ -281,7 +241,10 @@ impl World {
 }
 
 /// Runs one simulation on its own paused-clock runtime and reports.
-pub fn run(config: SimulateConfig, progress: Option<indicatif::ProgressBar>) -> anyhow::Result<Report> {
+pub fn run(
+    config: SimulateConfig,
+    progress: Option<indicatif::ProgressBar>,
+) -> anyhow::Result<Report> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -289,7 +252,10 @@ pub fn run(config: SimulateConfig, progress: Option<indicatif::ProgressBar>) -> 
     rt.block_on(simulate(config, progress))
 }
 
-async fn simulate(config: SimulateConfig, progress: Option<indicatif::ProgressBar>) -> anyhow::Result<Report> {
+async fn simulate(
+    config: SimulateConfig,
+    progress: Option<indicatif::ProgressBar>,
+) -> anyhow::Result<Report> {
     let sim = Arc::new(SimCloud::new(SimConfig {
         faults: Faults {
             throttle_ratio: config.throttle_ratio,
@@ -422,7 +388,12 @@ async fn simulate(config: SimulateConfig, progress: Option<indicatif::ProgressBa
     Ok(report(&world, &cloud_metrics, all_ready_at, gc_deleted))
 }
 
-fn report(world: &World, metrics: &CloudMetrics, all_ready_at: Option<Duration>, gc_deleted: usize) -> Report {
+fn report(
+    world: &World,
+    metrics: &CloudMetrics,
+    all_ready_at: Option<Duration>,
+    gc_deleted: usize,
+) -> Report {
     let stats = world.sim.stats();
     let enis = world.sim.all_enis();
     let mut pool_size = 0;
