@@ -1,0 +1,160 @@
+//! Device-plugin metrics (`sextant_device_plugin_*`).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::devices::DeviceList;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+    result: &'static str,
+}
+
+/// Device-plugin metrics; clones share the series.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    capacity: Gauge,
+    healthy: Gauge,
+    registrations: Family<ResultLabels, Counter>,
+    agent_polls: Family<ResultLabels, Counter>,
+    rpcs: Family<MethodLabels, Counter>,
+    list_updates: Counter,
+}
+
+impl Metrics {
+    /// Registers under `registry` (give it a `sextant_device_plugin` prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "capacity_devices",
+            "sextant.io/ip devices advertised to kubelet",
+            self.capacity.clone(),
+        );
+        registry.register(
+            "healthy_devices",
+            "Advertised devices that are healthy (kubelet's allocatable)",
+            self.healthy.clone(),
+        );
+        registry.register(
+            "registrations",
+            "Registrations with kubelet, by result (ok or error label)",
+            self.registrations.clone(),
+        );
+        registry.register(
+            "agent_polls",
+            "Polls of the agent's /v1/healthz, by result (ok or error label)",
+            self.agent_polls.clone(),
+        );
+        registry.register(
+            "rpcs",
+            "Device-plugin API calls served, by method and result",
+            self.rpcs.clone(),
+        );
+        registry.register(
+            "list_updates",
+            "Device-list changes published to ListAndWatch",
+            self.list_updates.clone(),
+        );
+    }
+
+    /// A registry holding only these metrics, prefixed `sextant_device_plugin`.
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix("sextant_device_plugin");
+        self.register(&mut registry);
+        registry
+    }
+
+    /// Records a published device list.
+    pub fn published(&self, list: &DeviceList) {
+        self.capacity.set(i64::from(list.total));
+        self.healthy.set(i64::from(list.healthy()));
+        self.list_updates.inc();
+    }
+
+    /// Records a registration attempt.
+    pub fn registration(&self, result: &'static str) {
+        self.registrations
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Records an agent poll.
+    pub fn agent_poll(&self, result: &'static str) {
+        self.agent_polls
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Records a served call.
+    pub fn rpc(&self, method: &'static str, result: &'static str) {
+        self.rpcs
+            .get_or_create(&MethodLabels { method, result })
+            .inc();
+    }
+}
+
+/// Serves `/metrics` (Prometheus text) and `/healthz` on `listener` until
+/// the task is dropped; HTTP/1.1, one task per connection.
+pub async fn serve(listener: tokio::net::TcpListener, registry: std::sync::Arc<Registry>) {
+    use http::{Method, Response, StatusCode, header};
+    use http_body_util::Full;
+    use hyper::{body::Bytes, server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+
+    const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (status, content_type, body) = match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/metrics") => {
+                        let mut text = String::new();
+                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                            Ok(()) => (StatusCode::OK, CONTENT_TYPE, text),
+                            Err(e) => (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "text/plain",
+                                format!("encoding metrics: {e}\n"),
+                            ),
+                        }
+                    }
+                    (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".into()),
+                    _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+                };
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                *resp.status_mut() = status;
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(content_type),
+                );
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let conn = http1::Builder::new()
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
