@@ -262,12 +262,16 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
 
 /// Counts the failure and picks the requeue with [`requeue_for`].
 pub fn error_policy(nn: Arc<NodeNetwork>, err: &ControllerError, ctx: Arc<Context>) -> Action {
-    let node = nn.name_any();
+    action(failure_requeue(&nn.name_any(), err, &ctx))
+}
+
+/// The requeue [`error_policy`] picks, after counting the failure.
+fn failure_requeue(node: &str, err: &ControllerError, ctx: &Context) -> Option<Duration> {
     ctx.ipam.metrics().error(err.metric_label());
-    let attempt = ctx.failed(&node);
+    let attempt = ctx.failed(node);
     let requeue = requeue_for(err, attempt, &ctx.policy, &mut *lock(&ctx.rng));
     warn!(%node, error = %ErrorChain(err), kind = err.metric_label(), attempt, ?requeue, "reconcile failed");
-    action(requeue)
+    requeue
 }
 
 /// Displays an error with its sources, `a: b: c`.
@@ -286,6 +290,7 @@ impl std::fmt::Display for ErrorChain<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use kube::core::Status;
@@ -326,7 +331,10 @@ mod tests {
             source: SpecError::MissingPodCidrs,
             status: Box::default(),
         });
-        assert_eq!(requeue_for(&err, 0, &RequeuePolicy::default(), &mut rng()), None);
+        assert_eq!(
+            requeue_for(&err, 0, &RequeuePolicy::default(), &mut rng()),
+            None
+        );
         assert_eq!(action(None), Action::await_change());
         assert_eq!(err.metric_label(), "invalid_spec");
     }
@@ -380,9 +388,15 @@ mod tests {
             },
         });
         let d = requeue_for(&unavailable, 0, &policy, &mut rng()).unwrap();
-        assert!(d >= policy.backoff.base && d <= policy.backoff.base * 2, "{d:?}");
+        assert!(
+            d >= policy.backoff.base && d <= policy.backoff.base * 2,
+            "{d:?}"
+        );
         let later = requeue_for(&unavailable, 20, &policy, &mut rng()).unwrap();
-        assert!(later <= policy.backoff.base + policy.backoff.cap, "{later:?}");
+        assert!(
+            later <= policy.backoff.base + policy.backoff.cap,
+            "{later:?}"
+        );
         let missing_vpc = ipam_err(Error::MissingVpc { node: "n".into() });
         assert_eq!(
             requeue_for(&missing_vpc, 0, &policy, &mut rng()),
@@ -399,6 +413,452 @@ mod tests {
         assert_eq!(
             ErrorChain(&err).to_string(),
             "NodeNetwork n: reconcile failed: cloud call failed: assign_ips: throttled by the cloud API"
+        );
+    }
+
+    // The kube calls of a whole reconcile, against a mocked API server and
+    // the simulated cloud.
+
+    use http::Method;
+    use serde_json::{Value, json};
+    use sextant_cloud::{
+        Tags,
+        sim::{Faults, SimCloud, SimConfig, SimProvider},
+    };
+    use sextant_crds::{AgentUsage, NodeNetworkSpec, Provider};
+
+    use crate::{
+        fixtures::{ApiServerVerifier, mock_client, status_failure},
+        ipam::node::IpamConfig,
+        metrics::IpamMetrics,
+    };
+
+    const NOW: &str = "2026-11-25T12:00:00Z";
+    const STATUS: &str =
+        "/apis/sextant.io/v1alpha1/nodenetworks/node-a/status?&fieldManager=sextant-operator";
+    const MERGE_PATCH: &str = "application/merge-patch+json";
+
+    /// A simulated cloud with one instance, and a controller context whose
+    /// client talks to the returned verifier.
+    struct World {
+        sim: Arc<SimCloud>,
+        ctx: Arc<Context>,
+        server: ApiServerVerifier,
+        instance: String,
+    }
+
+    fn world() -> World {
+        let sim = Arc::new(SimCloud::new(SimConfig {
+            describe_latency: Duration::ZERO,
+            mutate_latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            server_throttling: false,
+            ..SimConfig::new(SimProvider::Aws, 7)
+        }));
+        let subnet = sim
+            .add_subnet("vpc-1", "us-east-1a", "10.0.0.0/24", Tags::new())
+            .unwrap();
+        sim.add_security_group("vpc-1", "pods", Tags::new());
+        let instance = sim.add_instance("m5.large", &subnet).unwrap();
+        let ipam = Arc::new(NodeIpam::new(
+            sim.clone(),
+            IpamConfig {
+                cluster: "test".into(),
+                ..IpamConfig::default()
+            },
+            IpamMetrics::default(),
+        ));
+        let (client, server) = mock_client();
+        let now: Timestamp = NOW.parse().unwrap();
+        let ctx = Context::with_clock(
+            client,
+            ipam,
+            RequeuePolicy::default(),
+            Arc::new(move || now),
+        );
+        World {
+            sim,
+            ctx: Arc::new(ctx),
+            server,
+            instance,
+        }
+    }
+
+    fn mk_nn(instance: Option<&str>) -> NodeNetwork {
+        let mut nn = NodeNetwork::new(
+            "node-a",
+            NodeNetworkSpec {
+                provider: Provider::Aws,
+                instance_id: instance.map(str::to_owned),
+                instance_type: Some("m5.large".into()),
+                zone: Some("us-east-1a".into()),
+                vpc_id: Some("vpc-1".into()),
+                ..NodeNetworkSpec::default()
+            },
+        );
+        nn.metadata.generation = Some(1);
+        nn.metadata.resource_version = Some("5".into());
+        nn
+    }
+
+    /// RFC 7386: what the API server makes of a merge patch.
+    fn merge(target: &mut Value, patch: &Value) {
+        let Value::Object(patch) = patch else {
+            *target = patch.clone();
+            return;
+        };
+        if !target.is_object() {
+            *target = json!({});
+        }
+        let Some(target) = target.as_object_mut() else {
+            return;
+        };
+        for (k, v) in patch {
+            if v.is_null() {
+                target.remove(k);
+            } else {
+                merge(target.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+
+    /// `nn` as the API server keeps it after `patch`.
+    fn patched(nn: &NodeNetwork, patch: &Value) -> NodeNetwork {
+        let mut v = serde_json::to_value(nn).unwrap();
+        merge(&mut v, patch);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn condition_of<'a>(status: &'a Value, type_: &str) -> &'a Value {
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+    }
+
+    /// Runs one reconcile against a server that answers its status write
+    /// with `code` (and the object, on success); returns what it sent.
+    async fn reconcile_answering(
+        nn: &NodeNetwork,
+        ctx: &Arc<Context>,
+        server: &mut ApiServerVerifier,
+        code: u16,
+    ) -> (Result<Action, ControllerError>, Value) {
+        let reply = match code {
+            200 => json!(nn),
+            409 => status_failure(409, "Conflict"),
+            _ => status_failure(code, "InternalError"),
+        };
+        let (result, seen) = tokio::join!(
+            reconcile(Arc::new(nn.clone()), ctx.clone()),
+            server.expect(Method::PATCH, STATUS, code, reply),
+        );
+        assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
+        (result, seen.body)
+    }
+
+    fn spec_valid() -> Value {
+        json!({
+            "type": "SpecValid", "status": "True", "reason": "Valid", "message": "",
+            "observedGeneration": 1, "lastTransitionTime": NOW,
+        })
+    }
+
+    fn within_limits() -> Value {
+        json!({
+            "type": "LimitReached", "status": "False", "reason": "WithinLimits", "message": "",
+            "observedGeneration": 1, "lastTransitionTime": NOW,
+        })
+    }
+
+    #[tokio::test]
+    async fn reconcile_writes_the_pool_as_a_merge_patch_of_status() {
+        let World {
+            sim,
+            ctx,
+            mut server,
+            instance,
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (result, body) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        drop(ctx);
+        server.expect_no_more().await;
+
+        // The first reconcile resyncs the instance (its primary ENI), creates
+        // an ENI with preAllocate (8) addresses and writes all of it, once.
+        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(1)));
+        let pool: serde_json::Map<String, Value> = (6..=13)
+            .map(|i| (format!("10.0.0.{i}"), json!({ "eni": "eni-00000005" })))
+            .collect();
+        assert_eq!(
+            body,
+            json!({ "status": {
+                "enis": [
+                    {
+                        "id": "eni-00000004", "subnetId": "subnet-00000001", "deviceIndex": 0,
+                        "mac": "02:d1:bb:b4:8e:b9", "primaryIp": "10.0.0.4",
+                    },
+                    {
+                        "id": "eni-00000005", "subnetId": "subnet-00000001", "deviceIndex": 1,
+                        "mac": "02:d1:bc:b4:8e:b9", "primaryIp": "10.0.0.5",
+                        "addresses": (6..=13).map(|i| format!("10.0.0.{i}")).collect::<Vec<_>>(),
+                    },
+                ],
+                "pool": pool,
+                "summary": { "enis": 2, "poolSize": 8, "used": 0 },
+                "conditions": [
+                    spec_valid(),
+                    {
+                        "type": "PoolReady", "status": "False", "reason": "Filling",
+                        "message": "0 available of 0 in pool, 0 used, 0 releasing; preAllocate 8",
+                        "observedGeneration": 1, "lastTransitionTime": NOW,
+                    },
+                    within_limits(),
+                ],
+                "observedGeneration": 1,
+                "lastResync": NOW,
+            }})
+        );
+        let stats = sim.stats().by_action;
+        assert_eq!(stats[&sextant_cloud::Action::CreateEni].calls, 1);
+        assert!(!stats.contains_key(&sextant_cloud::Action::AssignIps));
+        let created = sim
+            .all_enis()
+            .into_iter()
+            .find(|e| e.id == "eni-00000005")
+            .unwrap();
+        assert_eq!(created.secondary_ips.len(), 8);
+        assert_eq!(
+            created.attachment.map(|a| (a.instance_id, a.device_index)),
+            Some((instance, 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_converged_node_costs_no_request() {
+        let World {
+            sim,
+            ctx,
+            mut server,
+            instance,
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (_, first) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        let nn = patched(&nn, &first);
+
+        // The pool is full: only the PoolReady condition still changes.
+        let (result, second) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+        assert_eq!(
+            second,
+            json!({ "status": { "conditions": [
+                spec_valid(),
+                {
+                    "type": "PoolReady", "status": "True", "reason": "Ready",
+                    "message": "8 available of 8 in pool, 0 used, 0 releasing; preAllocate 8",
+                    "observedGeneration": 1, "lastTransitionTime": NOW,
+                },
+                within_limits(),
+            ]}})
+        );
+        let nn = patched(&nn, &second);
+
+        // Nothing left to change: no request at all.
+        let calls = sim.stats().total_calls();
+        let result = reconcile(Arc::new(nn), ctx.clone()).await;
+        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+        drop(ctx);
+        server.expect_no_more().await;
+        assert_eq!(sim.stats().total_calls(), calls, "no cloud call either");
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_status_write_requeues_at_once() {
+        let World {
+            ctx,
+            mut server,
+            instance,
+            ..
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (result, _) = reconcile_answering(&nn, &ctx, &mut server, 409).await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, ControllerError::WriteStatus { node, source } if node == "node-a" && is_conflict(source)),
+            "{err:?}"
+        );
+        assert_eq!(err.metric_label(), "kube_conflict");
+        for _ in 0..3 {
+            assert_eq!(
+                error_policy(Arc::new(nn.clone()), &err, ctx.clone()),
+                Action::requeue(Duration::ZERO)
+            );
+        }
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_status_write_backs_off() {
+        let World {
+            ctx,
+            mut server,
+            instance,
+            ..
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (result, _) = reconcile_answering(&nn, &ctx, &mut server, 500).await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, ControllerError::WriteStatus { source, .. } if !is_conflict(source)),
+            "{err:?}"
+        );
+        assert_eq!(err.metric_label(), "kube");
+        // Not at once, unlike a conflict: the base plus full jitter.
+        let base = RequeuePolicy::default().backoff.base;
+        let after = failure_requeue("node-a", &err, &ctx).unwrap();
+        assert!((base..=base * 2).contains(&after), "{after:?}");
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_writes_the_condition_and_waits_for_a_change() {
+        let World {
+            sim,
+            ctx,
+            mut server,
+            ..
+        } = world();
+        let nn = mk_nn(None);
+        let (result, body) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        assert_eq!(
+            body,
+            json!({ "status": { "conditions": [{
+                "type": "SpecValid", "status": "False", "reason": "InvalidSpec",
+                "message": "spec.instanceId is required for provider aws",
+                "observedGeneration": 1, "lastTransitionTime": NOW,
+            }]}})
+        );
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ControllerError::Ipam {
+                    source: Error::InvalidSpec { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            error_policy(Arc::new(nn.clone()), &err, ctx.clone()),
+            Action::await_change()
+        );
+
+        // Once the condition is written, the same spec writes nothing again.
+        let nn = patched(&nn, &body);
+        let again = reconcile(Arc::new(nn), ctx.clone()).await;
+        assert!(
+            matches!(again, Err(ControllerError::Ipam { .. })),
+            "{again:?}"
+        );
+        drop(ctx);
+        server.expect_no_more().await;
+        assert_eq!(
+            sim.stats().total_calls(),
+            0,
+            "an invalid spec asks no cloud"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cloud_error_before_any_change_writes_nothing_and_backs_off() {
+        let World {
+            sim,
+            ctx,
+            server,
+            instance,
+        } = world();
+        sim.set_faults(Faults {
+            throttle_ratio: 1.0,
+            ..Faults::default()
+        });
+        let nn = mk_nn(Some(&instance));
+        let err = reconcile(Arc::new(nn), ctx.clone()).await.unwrap_err();
+        assert_eq!(err.metric_label(), "throttled");
+        let policy = RequeuePolicy::default();
+        let after = failure_requeue("node-a", &err, &ctx).unwrap();
+        let ceiling = policy.throttled_floor + policy.backoff.ceiling(0);
+        assert!(
+            (policy.throttled_floor..=ceiling).contains(&after),
+            "{after:?}"
+        );
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_cloud_error_while_executing_still_writes_the_status() {
+        let World {
+            sim,
+            ctx,
+            mut server,
+            instance,
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (_, first) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        let mut nn = patched(&nn, &first);
+        // The agent reports five pods: the pool must grow by five.
+        if let Some(status) = nn.status.as_mut() {
+            status.usage = Some(AgentUsage {
+                used: (6..=10)
+                    .map(|i| (format!("10.0.0.{i}"), format!("default/pod-{i}")))
+                    .collect(),
+                ..AgentUsage::default()
+            });
+        }
+        sim.set_faults(Faults {
+            throttle_ratio: 1.0,
+            ..Faults::default()
+        });
+        let (result, body) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        drop(ctx);
+        server.expect_no_more().await;
+
+        assert_eq!(
+            sim.stats().by_action[&sextant_cloud::Action::AssignIps].throttled,
+            1
+        );
+        let status = &body["status"];
+        let mut keys: Vec<&str> = status
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["conditions", "summary"], "never the agent's usage");
+        assert_eq!(
+            status["summary"],
+            json!({ "enis": 2, "poolSize": 8, "used": 5 })
+        );
+        assert_eq!(
+            condition_of(status, "PoolReady")["message"],
+            "3 available of 8 in pool, 5 used, 0 releasing; preAllocate 8"
+        );
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ControllerError::Ipam {
+                    source: Error::Cloud {
+                        source: sextant_cloud::Error::Throttled { .. }
+                    },
+                    ..
+                }
+            ),
+            "{err:?}"
         );
     }
 }

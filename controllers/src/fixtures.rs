@@ -1,6 +1,11 @@
 //! Test fixtures: a kube `Client` over a tower-test mock service, and an
 //! API server stand-in that asserts each request's method, path and body
 //! and answers it (controller-rs's `ApiServerVerifier` pattern).
+//!
+//! A test runs the code under test and the verifier's script side by side
+//! (`tokio::join!`), then drops every clone of the client and calls
+//! [`ApiServerVerifier::expect_no_more`], which fails on any request the
+//! script did not expect.
 
 use std::time::Duration;
 
@@ -8,6 +13,10 @@ use http::{Method, Request, Response, StatusCode};
 use kube::{Client, client::Body};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
+
+/// How long the verifier waits for a request (or for the client to go)
+/// before failing the test.
+const PATIENCE: Duration = Duration::from_secs(5);
 
 /// The server side of a mocked API server.
 pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
@@ -27,7 +36,7 @@ pub struct Seen {
     pub body: Value,
 }
 
-/// A `metav1.Status` failure body with `code`.
+/// A `metav1.Status` failure body with `code`, as the API server sends it.
 pub fn status_failure(code: u16, reason: &str) -> Value {
     json!({
         "kind": "Status",
@@ -42,9 +51,9 @@ pub fn status_failure(code: u16, reason: &str) -> Value {
 
 impl ApiServerVerifier {
     /// Takes the next request, asserts its method and path (with query), and
-    /// answers `code` with `reply`. Fails the test after a second without one.
+    /// answers `code` with `reply`. Fails the test when none comes in time.
     pub async fn expect(&mut self, method: Method, path: &str, code: u16, reply: Value) -> Seen {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+        let (request, send) = tokio::time::timeout(PATIENCE, self.0.next_request())
             .await
             .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
             .unwrap_or_else(|| panic!("client gone; expected {method} {path}"));
@@ -82,26 +91,16 @@ impl ApiServerVerifier {
         Seen { content_type, body }
     }
 
-    /// Asserts that no further request comes within a short while.
+    /// Asserts that the client sent nothing more before every clone of it
+    /// was dropped. Waiting for the client to go, rather than for a quiet
+    /// moment, cannot miss a request that comes late.
     pub async fn expect_no_more(mut self) {
-        if let Ok(Some((request, _))) =
-            tokio::time::timeout(Duration::from_millis(100), self.0.next_request()).await
-        {
-            panic!(
-                "unexpected request {} {}",
-                request.method(),
-                request.uri()
-            );
+        match tokio::time::timeout(PATIENCE, self.0.next_request()).await {
+            Ok(None) => {}
+            Ok(Some((request, _))) => {
+                panic!("unexpected request {} {}", request.method(), request.uri())
+            }
+            Err(_) => panic!("the client is still alive: drop it before expect_no_more"),
         }
-    }
-}
-
-/// Awaits a spawned verifier script, failing the test if it hangs.
-pub async fn finish<T>(script: tokio::task::JoinHandle<T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(10), script).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Ok(Err(e)) => panic!("verifier failed: {e}"),
-        Err(_) => panic!("verifier timed out"),
     }
 }

@@ -325,6 +325,7 @@ impl FullResync {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use sextant_cloud::{Attachment, EniState, Tags};
@@ -415,10 +416,7 @@ mod tests {
             json!({ "10.0.1.5": { "eni": "eni-1" }, "10.0.1.6": { "eni": "eni-1" } })
         );
         assert_eq!(s["lastResync"], json!("2026-11-25T12:00:01Z"));
-        assert_eq!(
-            s["summary"],
-            json!({ "enis": 2, "poolSize": 2, "used": 0 })
-        );
+        assert_eq!(s["summary"], json!({ "enis": 2, "poolSize": 2, "used": 0 }));
     }
 
     #[test]
@@ -428,11 +426,7 @@ mod tests {
             mk_eni("eni-1", 1, &[[10, 0, 1, 5]]),
         ]);
         let mut status = NodeNetworkStatus::default();
-        apply_enis(
-            &mut status,
-            eni_statuses(&listing, &BTreeMap::new()),
-            1,
-        );
+        apply_enis(&mut status, eni_statuses(&listing, &BTreeMap::new()), 1);
         let nn = mk_nn("a", Some("vpc-1"), status);
         assert_eq!(
             resync_patch(

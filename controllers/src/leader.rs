@@ -53,7 +53,12 @@ fn seconds(d: Duration) -> i32 {
 /// Decides from the lease as read (`None`: it does not exist) what `me`
 /// does at `now`. The lease's own duration counts; `duration` stands in when
 /// it has none.
-pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp, duration: Duration) -> LeaseDecision {
+pub fn decide(
+    lease: Option<&Lease>,
+    me: &str,
+    now: Timestamp,
+    duration: Duration,
+) -> LeaseDecision {
     let Some(lease) = lease else {
         return LeaseDecision::Create;
     };
@@ -206,7 +211,12 @@ pub struct LeaderElector {
 
 impl LeaderElector {
     /// An elector for the lease `config` names.
-    pub fn new(client: kube::Client, config: LeaseConfig, clock: Clock, metrics: LeaderMetrics) -> Self {
+    pub fn new(
+        client: kube::Client,
+        config: LeaseConfig,
+        clock: Clock,
+        metrics: LeaderMetrics,
+    ) -> Self {
         LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
@@ -343,6 +353,7 @@ impl LeaderElector {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -422,7 +433,10 @@ mod tests {
             LeaseDecision::Acquire
         );
         let free = mk_lease(None, "2026-11-25T11:59:59Z", 15);
-        assert_eq!(decide(Some(&free), "me", ts(NOW), D), LeaseDecision::Acquire);
+        assert_eq!(
+            decide(Some(&free), "me", ts(NOW), D),
+            LeaseDecision::Acquire
+        );
         let l = desired_lease(Some(&expired), &LeaseDecision::Acquire, &config(), ts(NOW)).unwrap();
         assert_eq!(
             l.metadata.resource_version.as_deref(),
@@ -443,7 +457,10 @@ mod tests {
             .unwrap()
             .spec
             .unwrap();
-        assert_eq!(spec.acquire_time, Some(MicroTime(ts("2026-11-25T11:00:00Z"))));
+        assert_eq!(
+            spec.acquire_time,
+            Some(MicroTime(ts("2026-11-25T11:00:00Z")))
+        );
         assert_eq!(spec.renew_time, Some(MicroTime(ts(NOW))));
         assert_eq!(spec.lease_transitions, Some(2));
     }
@@ -465,7 +482,10 @@ mod tests {
         }
         assert_eq!(decide(Some(&l), "me", ts(NOW), D), LeaseDecision::Acquire);
         let bare = Lease::default();
-        assert_eq!(decide(Some(&bare), "me", ts(NOW), D), LeaseDecision::Acquire);
+        assert_eq!(
+            decide(Some(&bare), "me", ts(NOW), D),
+            LeaseDecision::Acquire
+        );
     }
 
     #[test]

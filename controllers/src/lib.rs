@@ -6,6 +6,8 @@
 //! the Kubernetes controller and by `sextantctl simulate`.
 
 mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod ipam;
 pub mod metrics;
 

@@ -69,7 +69,9 @@ pub struct ProviderId {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NodeWatchError {
     /// `spec.providerID` is not of the shape the provider's cloud controller writes.
-    #[error("node {node}: providerID {provider_id:?} is not an {provider} provider id ({expected})")]
+    #[error(
+        "node {node}: providerID {provider_id:?} is not an {provider} provider id ({expected})"
+    )]
     BadProviderId {
         /// Node name.
         node: String,
@@ -383,8 +385,8 @@ pub async fn handle_node(node: &Node, ctx: &NodeContext) {
             })
             .inc();
         attempt += 1;
-        let retry = matches!(err, NodeReconcileError::Create { .. })
-            && attempt < ctx.retry.max_attempts;
+        let retry =
+            matches!(err, NodeReconcileError::Create { .. }) && attempt < ctx.retry.max_attempts;
         warn!(node = %node.name_any(), error = %ErrorChain(&err), attempt, retry, "node without NodeNetwork");
         if !retry {
             return;
@@ -404,14 +406,17 @@ pub async fn watch_nodes(ctx: Arc<NodeContext>, concurrency: usize) {
     if ctx.node_networks.wait_until_ready().await.is_err() {
         return;
     }
-    let nodes = watcher(Api::<Node>::all(ctx.client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|n: &mut Node| {
-            n.status = None;
-            n.metadata.managed_fields = None;
-        })
-        .applied_objects()
-        .predicate_filter(node_fingerprint, PredicateConfig::default());
+    let nodes = watcher(
+        Api::<Node>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|n: &mut Node| {
+        n.status = None;
+        n.metadata.managed_fields = None;
+    })
+    .applied_objects()
+    .predicate_filter(node_fingerprint, PredicateConfig::default());
     nodes
         .for_each_concurrent(concurrency, |r| {
             let ctx = ctx.clone();
@@ -426,6 +431,7 @@ pub async fn watch_nodes(ctx: Arc<NodeContext>, concurrency: usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::NodeSpec;
@@ -574,8 +580,8 @@ mod tests {
     #[test]
     fn unknown_provider_id_shape_is_a_clear_error() {
         let node = mk_node("n", Some("gce://proj/us-central1-a/vm-1"), &TYPE_AND_ZONE);
-        let err = node_network_for(&node, Provider::Aws, &NodeNetworkDefaults::default())
-            .unwrap_err();
+        let err =
+            node_network_for(&node, Provider::Aws, &NodeNetworkDefaults::default()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "node n: providerID \"gce://proj/us-central1-a/vm-1\" is not an aws provider id (aws:///<zone>/i-<id>)"
