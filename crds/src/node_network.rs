@@ -235,6 +235,11 @@ pub struct AgentUsage {
     /// IPs freed recently and still in cooldown; counted as used by the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cooling: Vec<String>,
+    /// Pod address requests (CNI ADDs) waiting because the pool had no free
+    /// IP; the operator adds them to its target, so a burst of pods is met in
+    /// one round instead of one `preAllocate` at a time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pending: u32,
     /// When the agent wrote this report (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<String>,
@@ -329,4 +334,8 @@ impl NodeNetworkSpec {
         }
         Ok(())
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -184,11 +184,15 @@ impl Agent {
                     .map(|(p, ip)| (ip.to_string(), format!("pod-{p}")))
                     .collect(),
                 cooling: self.cooling.keys().map(|ip| ip.to_string()).collect(),
+                pending: self.pending,
                 reported_at: None,
             };
             let changed = self.reported.as_ref() != Some(&usage);
-            // Usage goes out at the report interval; the handshake at once.
-            if (changed && report_due) || (allocated && self.reported.is_none()) {
+            // Usage goes out at the report interval; the handshake at once,
+            // and so does demand the operator does not know of yet (pods
+            // waiting on an empty pool), so a burst is not held up a whole interval.
+            let starving = self.pending > self.reported.as_ref().map_or(0, |r| r.pending);
+            if (changed && report_due) || starving || (allocated && self.reported.is_none()) {
                 status.usage = Some(usage.clone());
                 self.reported = Some(usage);
                 self.last_report = Some(now);

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!   available = pool − used − cooling − in release handshake
-//!   deficit   = max(preAllocate − available, minAllocate − pool)   → cancel marks, assign, create ENI
-//!   excess    = available − (preAllocate + maxAboveWatermark)        → mark for release
+//!   wanted    = preAllocate + pending (pods the agent could not serve)
+//!   deficit   = max(wanted − available, minAllocate − pool)        → cancel marks, assign, create ENI
+//!   excess    = available − (wanted + maxAboveWatermark)             → mark for release
 //!   ready-for-release and not used                                   → unassign
 //! ```
 
@@ -267,8 +268,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         unmet: 0,
     };
 
-    let deficit = w
-        .pre_allocate
+    let pending = input.status.usage.as_ref().map_or(0, |u| u.pending);
+    let wanted = w.pre_allocate.saturating_add(pending);
+    let deficit = wanted
         .saturating_sub(available)
         .max(w.min_allocate.saturating_sub(pool_len));
     if deficit > 0 {
@@ -301,7 +303,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
         grow(input, &pool, remaining, &mut out);
     } else {
-        let high = w.pre_allocate.saturating_add(w.max_above_watermark);
+        let high = wanted.saturating_add(w.max_above_watermark);
         let excess = available
             .saturating_sub(high)
             .min(pool_len.saturating_sub(w.min_allocate));

@@ -76,6 +76,7 @@ fn mk_status(pod_enis: Vec<EniStatus>, used: &[&str]) -> NodeNetworkStatus {
             .map(|ip| (ip.to_string(), "pod".to_string()))
             .collect(),
         cooling: vec![],
+        pending: 0,
         reported_at: None,
     });
     st
@@ -90,7 +91,12 @@ fn wm(pre: u32, min: u32, max: Option<u32>, above: u32) -> Watermarks {
     }
 }
 
-fn run(spec: &NodeNetworkSpec, status: &NodeNetworkStatus, w: Watermarks, subnets: &[Subnet]) -> Plan {
+fn run(
+    spec: &NodeNetworkSpec,
+    status: &NodeNetworkStatus,
+    w: Watermarks,
+    subnets: &[Subnet],
+) -> Plan {
     let limits = m5_large();
     let sgs = vec![SecurityGroup {
         id: "sg-tagged".into(),
@@ -119,7 +125,12 @@ fn empty_node_creates_an_eni_with_pre_allocate_ips_in_its_zone() {
         mk_subnet("s-small", "a", 50, &[]),
         mk_subnet("s-big", "a", 500, &[]),
     ];
-    let p = run(&mk_spec(), &mk_status(vec![], &[]), wm(8, 0, None, 0), &subnets);
+    let p = run(
+        &mk_spec(),
+        &mk_status(vec![], &[]),
+        wm(8, 0, None, 0),
+        &subnets,
+    );
     assert_eq!(
         p.steps,
         vec![Step::CreateEni {
@@ -133,6 +144,52 @@ fn empty_node_creates_an_eni_with_pre_allocate_ips_in_its_zone() {
 }
 
 #[test]
+fn pods_waiting_on_an_empty_pool_are_added_to_the_target_in_one_round() {
+    // eni-1 holds 4 addresses, all used; 6 more pods wait. Want 8 free + 6.
+    let used = ["10.0.1.10", "10.0.1.11", "10.0.1.12", "10.0.1.13"];
+    let mut status = mk_status(vec![mk_eni("eni-1", 1, 10, 4)], &used);
+    if let Some(u) = status.usage.as_mut() {
+        u.pending = 6;
+    }
+    let p = run(&mk_spec(), &status, wm(8, 0, None, 0), &default_subnets());
+    // eni-1 has room for 9 - 4 = 5; the new ENI takes the other 9.
+    assert_eq!(
+        p.steps,
+        vec![
+            Step::AssignIps {
+                eni_id: "eni-1".into(),
+                count: 5
+            },
+            Step::CreateEni {
+                subnet_id: "s1".into(),
+                security_groups: vec!["sg-primary".into()],
+                device_index: 2,
+                ips: 9,
+            },
+        ]
+    );
+}
+
+#[test]
+fn free_ips_owed_to_waiting_pods_are_not_marked_as_excess() {
+    // 9 free on eni-1, preAllocate 2 with nothing above: excess 7 without
+    // demand; 5 pods waiting for the agent's next allocation keep 5 of them.
+    let mut status = mk_status(vec![mk_eni("eni-1", 1, 10, 9)], &[]);
+    if let Some(u) = status.usage.as_mut() {
+        u.pending = 5;
+    }
+    let p = run(&mk_spec(), &status, wm(2, 0, None, 0), &default_subnets());
+    assert!(p.steps.is_empty(), "{:?}", p.steps);
+    assert_eq!(
+        p.release
+            .values()
+            .filter(|s| **s == Some(ReleaseState::Marked))
+            .count(),
+        2
+    );
+}
+
+#[test]
 fn subnet_and_security_group_tags_select_where_the_eni_goes() {
     let mut spec = mk_spec();
     spec.ipam.subnet_tags = BTreeMap::from([("tier".into(), "pods".into())]);
@@ -143,7 +200,13 @@ fn subnet_and_security_group_tags_select_where_the_eni_goes() {
     ];
     let p = run(&spec, &mk_status(vec![], &[]), wm(8, 0, None, 0), &subnets);
     match &p.steps[..] {
-        [Step::CreateEni { subnet_id, security_groups, .. }] => {
+        [
+            Step::CreateEni {
+                subnet_id,
+                security_groups,
+                ..
+            },
+        ] => {
             assert_eq!(subnet_id, "s-pods");
             assert_eq!(security_groups, &vec!["sg-tagged".to_string()]);
         }
@@ -181,7 +244,12 @@ fn reports_instance_limit_when_every_slot_is_full() {
     let b = mk_eni("eni-2", 2, 10, 9);
     let used: Vec<String> = a.addresses.iter().chain(&b.addresses).cloned().collect();
     let used: Vec<&str> = used.iter().map(String::as_str).collect();
-    let p = run(&mk_spec(), &mk_status(vec![a, b], &used), wm(8, 0, None, 0), &default_subnets());
+    let p = run(
+        &mk_spec(),
+        &mk_status(vec![a, b], &used),
+        wm(8, 0, None, 0),
+        &default_subnets(),
+    );
     assert!(p.steps.is_empty());
     assert_eq!(
         p.limit,
@@ -196,7 +264,12 @@ fn reports_instance_limit_when_every_slot_is_full() {
 #[test]
 fn max_allocate_caps_the_pool_and_says_so() {
     let status = mk_status(vec![mk_eni("eni-1", 1, 10, 4)], &[]);
-    let p = run(&mk_spec(), &status, wm(8, 0, Some(6), 0), &default_subnets());
+    let p = run(
+        &mk_spec(),
+        &status,
+        wm(8, 0, Some(6), 0),
+        &default_subnets(),
+    );
     assert_eq!(
         p.steps,
         vec![Step::AssignIps {
@@ -213,7 +286,10 @@ fn no_matching_subnet_blocks_creation_with_a_reason() {
         &mk_spec(),
         &mk_status(vec![], &[]),
         wm(8, 0, None, 0),
-        &[mk_subnet("s-full", "a", 3, &[]), mk_subnet("s-b", "b", 900, &[])],
+        &[
+            mk_subnet("s-full", "a", 3, &[]),
+            mk_subnet("s-b", "b", 900, &[]),
+        ],
     );
     assert!(p.steps.is_empty());
     assert_eq!(p.limit, Some(Limit::NoSubnet));
@@ -237,7 +313,10 @@ fn excess_ips_are_marked_not_released() {
     // 9 free, want 2 + 3 above: 4 excess.
     let status = mk_status(vec![mk_eni("eni-1", 1, 10, 9)], &[]);
     let p = run(&mk_spec(), &status, wm(2, 0, None, 3), &default_subnets());
-    assert!(p.steps.is_empty(), "nothing unassigned before the agent answers");
+    assert!(
+        p.steps.is_empty(),
+        "nothing unassigned before the agent answers"
+    );
     let marked: Vec<_> = p
         .release
         .iter()
@@ -286,7 +365,13 @@ fn never_releases_an_ip_the_agent_reports_in_use() {
 fn demand_cancels_pending_releases_before_asking_the_cloud() {
     let mut status = mk_status(
         vec![mk_eni("eni-1", 1, 10, 9)],
-        &["10.0.1.10", "10.0.1.11", "10.0.1.12", "10.0.1.13", "10.0.1.14"],
+        &[
+            "10.0.1.10",
+            "10.0.1.11",
+            "10.0.1.12",
+            "10.0.1.13",
+            "10.0.1.14",
+        ],
     );
     status.release = BTreeMap::from([
         ("10.0.1.17".into(), ReleaseState::Marked),
@@ -308,7 +393,11 @@ fn excluded_and_low_index_enis_are_not_pod_enis() {
     let mut status = NodeNetworkStatus::default();
     apply_enis(
         &mut status,
-        vec![mk_eni("eni-primary", 0, 1, 0), mk_eni("eni-1", 1, 10, 9), excluded],
+        vec![
+            mk_eni("eni-primary", 0, 1, 0),
+            mk_eni("eni-1", 1, 10, 9),
+            excluded,
+        ],
         2,
     );
     assert!(status.pool.is_empty());
@@ -322,7 +411,13 @@ fn excluded_and_low_index_enis_are_not_pod_enis() {
 fn a_steady_pool_plans_nothing() {
     let status = mk_status(vec![mk_eni("eni-1", 1, 10, 8)], &["10.0.1.10", "10.0.1.11"]);
     let p = run(&mk_spec(), &status, wm(6, 0, None, 2), &default_subnets());
-    assert_eq!(p, Plan { counts: p.counts, ..Plan::default() });
+    assert_eq!(
+        p,
+        Plan {
+            counts: p.counts,
+            ..Plan::default()
+        }
+    );
     assert_eq!(p.counts.available, 6);
 }
 
@@ -383,12 +478,18 @@ fn apply(status: &NodeNetworkStatus, p: &Plan, next_ip: &mut u32) -> NodeNetwork
     let mut enis = st.enis.clone();
     for step in &p.steps {
         match step {
-            Step::CreateEni { subnet_id, device_index, ips, .. } => {
+            Step::CreateEni {
+                subnet_id,
+                device_index,
+                ips,
+                ..
+            } => {
                 let mut e = mk_eni(&format!("eni-{device_index}"), *device_index, 0, 0);
                 e.subnet_id = subnet_id.clone();
                 for _ in 0..*ips {
                     *next_ip += 1;
-                    e.addresses.push(format!("10.9.{}.{}", *next_ip / 250, *next_ip % 250));
+                    e.addresses
+                        .push(format!("10.9.{}.{}", *next_ip / 250, *next_ip % 250));
                 }
                 enis.push(e);
             }
@@ -396,7 +497,8 @@ fn apply(status: &NodeNetworkStatus, p: &Plan, next_ip: &mut u32) -> NodeNetwork
                 let e = enis.iter_mut().find(|e| &e.id == eni_id).unwrap();
                 for _ in 0..*count {
                     *next_ip += 1;
-                    e.addresses.push(format!("10.9.{}.{}", *next_ip / 250, *next_ip % 250));
+                    e.addresses
+                        .push(format!("10.9.{}.{}", *next_ip / 250, *next_ip % 250));
                 }
             }
             Step::UnassignIps { eni_id, ips } => {
@@ -411,7 +513,11 @@ fn apply(status: &NodeNetworkStatus, p: &Plan, next_ip: &mut u32) -> NodeNetwork
     }
     apply_enis(&mut st, enis, 1);
     // The agent: answers marks (free ones ready), drops released entries.
-    let used: BTreeSet<String> = st.usage.iter().flat_map(|u| u.used.keys().cloned()).collect();
+    let used: BTreeSet<String> = st
+        .usage
+        .iter()
+        .flat_map(|u| u.used.keys().cloned())
+        .collect();
     let release = std::mem::take(&mut st.release);
     for (ip, s) in release {
         match s {
