@@ -27,7 +27,10 @@ pub fn respond(registry: &Registry, method: &Method, path: &str) -> Response<Ful
         r
     };
     if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
     }
     match path {
         "/metrics" => {
@@ -92,16 +95,21 @@ mod tests {
         let mut root = Registry::default();
         let c: Counter = Counter::default();
         c.inc();
-        root.sub_registry_with_prefix("sextant_operator")
-            .register("reconciles", "NodeNetwork reconciles", c);
+        root.sub_registry_with_prefix("sextant_operator").register(
+            "reconciles",
+            "NodeNetwork reconciles",
+            c,
+        );
         root
     }
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out

@@ -127,7 +127,11 @@ impl RateLimitArgs {
         };
         RateLimits {
             describe: apply(preset.describe, self.describe_qps, self.describe_burst),
-            mutate_eni: apply(preset.mutate_eni, self.mutate_eni_qps, self.mutate_eni_burst),
+            mutate_eni: apply(
+                preset.mutate_eni,
+                self.mutate_eni_qps,
+                self.mutate_eni_burst,
+            ),
             mutate_other: apply(
                 preset.mutate_other,
                 self.mutate_other_qps,
@@ -139,7 +143,11 @@ impl RateLimitArgs {
 
 /// Flags of `sextant-operator`; each has a `SEXTANT_*` environment fallback.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "sextant-operator", version, about = "Sextant's ENI IPAM operator")]
+#[command(
+    name = "sextant-operator",
+    version,
+    about = "Sextant's ENI IPAM operator"
+)]
 pub struct Args {
     /// Cluster name, tagged on every ENI; garbage collection only touches ENIs with it.
     #[arg(long, env = "SEXTANT_CLUSTER_NAME")]
@@ -383,11 +391,7 @@ impl Args {
 
         let shared = Leading {
             client: client.clone(),
-            ctx: Arc::new(Context::new(
-                client.clone(),
-                ipam,
-                RequeuePolicy::default(),
-            )),
+            ctx: Arc::new(Context::new(client.clone(), ipam, RequeuePolicy::default())),
             provider: self.provider.into(),
             node_defaults: self.node_network_defaults(),
             concurrency: self.reconcile_concurrency,
@@ -586,7 +590,10 @@ mod tests {
         let a = Args::try_parse_from(argv).unwrap();
         let d = a.node_network_defaults();
         assert_eq!(d.vpc_id.as_deref(), Some("vpc-1"));
-        assert_eq!(d.ipam.subnet_tags.get("role").map(String::as_str), Some("pods"));
+        assert_eq!(
+            d.ipam.subnet_tags.get("role").map(String::as_str),
+            Some("pods")
+        );
         assert_eq!(d.ipam.subnet_tags.len(), 2);
         assert!(parse_key_value("novalue").is_err());
     }
@@ -621,8 +628,12 @@ mod tests {
         assert_eq!(c.security_token.as_deref(), Some("sts"));
         assert_eq!(c.endpoint(), "http://127.0.0.1:1");
         assert!(!format!("{c:?}").contains("s3cr3t"));
-        let missing = alibaba_config("cn-hangzhou", None, env(&[(ENV_ALIBABA_ACCESS_KEY_ID, "x")]))
-            .unwrap_err();
+        let missing = alibaba_config(
+            "cn-hangzhou",
+            None,
+            env(&[(ENV_ALIBABA_ACCESS_KEY_ID, "x")]),
+        )
+        .unwrap_err();
         assert_eq!(
             missing.to_string(),
             "Alibaba Cloud credentials: ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set"
