@@ -1,0 +1,518 @@
+//! The running agent: pool + checkpoint + pod plumbing + datapath behind one
+//! handle, shared by the API server, the CNI endpoints and the NodeNetwork
+//! loops. Locks are std mutexes never held across an `.await`.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    api::{
+        CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceSpec, fmt_mac,
+    },
+    checkpoint::{self, Checkpoint},
+    datapath::{Datapath, Endpoint},
+    error::{Error, Result},
+    metrics::{CniLabels, Metrics, PoolLabels},
+    paths::{CHECKPOINT_FILE, POD_GATEWAY},
+    pool::{AllocKey, AllocRequest, Pool},
+    veth,
+};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// RFC 3339 timestamp of now.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Where the agent is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading and checking the checkpoint; counts are not final.
+    Restoring,
+    /// Serving.
+    Ready,
+    /// Serving, but something is wrong (datapath failed to load).
+    Degraded,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Restoring => "restoring",
+            Phase::Ready => "ready",
+            Phase::Degraded => "degraded",
+        }
+    }
+}
+
+/// What the agent needs to know to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Directory of the checkpoint.
+    pub state_dir: PathBuf,
+    /// bpffs root of the datapath; `None` runs without one (kernel routing only).
+    pub bpf_root: Option<PathBuf>,
+    /// Reuse cooldown of freed IPs.
+    pub cooldown: Duration,
+    /// Pod IPs when there is no NodeNetwork (bare metal without the operator, labs, tests).
+    pub static_pool: Vec<Ipv4Addr>,
+}
+
+struct State {
+    pool: Pool,
+    phase: Phase,
+    capacity: usize,
+    unavailable: usize,
+}
+
+/// The agent. Cheap to share behind an `Arc`.
+pub struct Agent {
+    cfg: Config,
+    state: Mutex<State>,
+    datapath: Mutex<Option<Datapath>>,
+    netlink: rtnetlink::Handle,
+    save_lock: tokio::sync::Mutex<()>,
+    ready: watch::Sender<bool>,
+    pub(crate) metrics: Metrics,
+    registry: prometheus_client::registry::Registry,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// Builds the agent in the restoring phase: reads the checkpoint (a
+    /// corrupt one or a double assignment is an error: the agent refuses to
+    /// guess) and opens the datapath. Call [`Agent::restore`] next.
+    pub fn new(cfg: Config) -> Result<Arc<Self>> {
+        let cp_path = cfg.state_dir.join(CHECKPOINT_FILE);
+        let cp = checkpoint::read(&cp_path)?;
+        let cooldown_ms = u64::try_from(cfg.cooldown.as_millis()).unwrap_or(u64::MAX);
+        let mut pool = Pool::new(cooldown_ms);
+        pool.set_pool(cfg.static_pool.iter().copied());
+        if let Some(cp) = &cp {
+            // Until every entry is checked, all of them count as in use.
+            let all = checkpoint::restore(cp, |_| true)?;
+            checkpoint::apply(&mut pool, cp, all, now_ms(), cooldown_ms);
+        }
+        let mut phase = Phase::Restoring;
+        let datapath = match &cfg.bpf_root {
+            Some(root) => match Datapath::open(root) {
+                Ok(dp) => {
+                    info!(root = %root.display(), adopted = dp.adopted(), "datapath ready");
+                    Some(dp)
+                }
+                Err(e) => {
+                    warn!(error = %crate::ErrorChain(&e), "datapath failed to load; kernel routing only");
+                    phase = Phase::Degraded;
+                    None
+                }
+            },
+            None => None,
+        };
+        let netlink = veth::connect()?;
+        let metrics = Metrics::default();
+        let registry = metrics.registry();
+        let capacity = cfg.static_pool.len();
+        Ok(Arc::new(Agent {
+            state: Mutex::new(State {
+                pool,
+                phase,
+                capacity,
+                unavailable: 0,
+            }),
+            cfg,
+            datapath: Mutex::new(datapath),
+            netlink,
+            save_lock: tokio::sync::Mutex::new(()),
+            ready: watch::channel(false).0,
+            metrics,
+            registry,
+        }))
+    }
+
+    /// Checks every checkpointed allocation against the kernel, drops those
+    /// whose netns or interface is gone, and turns the agent ready.
+    pub async fn restore(self: &Arc<Self>) -> Result<()> {
+        let allocations: Vec<_> = lock(&self.state).pool.allocations().cloned().collect();
+        let cp = Checkpoint {
+            version: checkpoint::VERSION,
+            allocations,
+            cooling: Vec::new(),
+            releasing: Vec::new(),
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            checkpoint::restore(&cp, |a| {
+                veth::interface_alive(Path::new(&a.netns), &a.ifname)
+            })
+            .map(|r| (cp, r))
+        })
+        .await
+        .map_err(|e| Error::io("restore worker", std::io::Error::other(e)))?;
+        let (_, restored) = checked?;
+        let dropped = restored.dropped.clone();
+        {
+            let mut st = lock(&self.state);
+            let now = now_ms();
+            for a in &dropped {
+                st.pool.free(&a.key(), now);
+            }
+            if st.phase == Phase::Restoring {
+                st.phase = Phase::Ready;
+            }
+        }
+        for a in &dropped {
+            warn!(ip = %a.ip, container = %a.container_id, "pod interface gone; IP back to the pool after cooldown");
+            let _ = veth::teardown(&self.netlink, &a.container_id, &a.ifname).await;
+            if let Some(dp) = lock(&self.datapath).as_mut() {
+                let _ = dp.remove_endpoint(a.ip);
+                let _ = dp.detach(&veth::host_veth_name(&a.container_id, &a.ifname));
+            }
+        }
+        self.save().await?;
+        self.ready.send_replace(true);
+        info!(
+            kept = restored.kept.len(),
+            dropped = dropped.len(),
+            "restored"
+        );
+        Ok(())
+    }
+
+    async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Writes the checkpoint of the current pool.
+    pub async fn save(&self) -> Result<()> {
+        let _guard = self.save_lock.lock().await;
+        let cp = Checkpoint::of(&lock(&self.state).pool, now_ms());
+        let path = self.cfg.state_dir.join(CHECKPOINT_FILE);
+        tokio::task::spawn_blocking(move || checkpoint::write(&path, &cp))
+            .await
+            .map_err(|e| Error::io("checkpoint worker", std::io::Error::other(e)))?
+    }
+
+    fn observe<T>(&self, op: &'static str, start: std::time::Instant, r: &Result<T>) {
+        self.metrics
+            .cni_duration
+            .observe(start.elapsed().as_secs_f64());
+        let result = if r.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .cni
+            .get_or_create(&CniLabels { op, result })
+            .inc();
+        if let Err(e) = r {
+            self.metrics.error(e);
+        }
+    }
+
+    /// CNI ADD: allocate (idempotently), checkpoint, wire the pod, program the datapath.
+    pub async fn cni_add(&self, req: &CniRequest) -> Result<CniReply> {
+        let start = std::time::Instant::now();
+        let r = self.cni_add_inner(req).await;
+        self.observe("add", start, &r);
+        r
+    }
+
+    async fn cni_add_inner(&self, req: &CniRequest) -> Result<CniReply> {
+        validate(req)?;
+        if req.netns.is_empty() {
+            return Err(Error::BadRequest("netns is required for ADD".into()));
+        }
+        self.wait_ready().await;
+        let areq = AllocRequest {
+            key: AllocKey {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+            },
+            netns: req.netns.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
+        };
+        let alloc = lock(&self.state)
+            .pool
+            .allocate(&areq, now_ms(), &now_rfc3339())?;
+        self.save().await?;
+        let link = match veth::setup(
+            &self.netlink,
+            Path::new(&req.netns),
+            &req.container_id,
+            &req.ifname,
+            alloc.ip,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                lock(&self.state).pool.free(&areq.key, now_ms());
+                let _ = veth::teardown(&self.netlink, &req.container_id, &req.ifname).await;
+                self.save().await?;
+                return Err(e);
+            }
+        };
+        if let Some(dp) = lock(&self.datapath).as_mut() {
+            // A pair built anew needs a fresh link (a pin left from an
+            // earlier interface of that name is stale); a complete one keeps its own.
+            if link.created || !dp.is_attached(&link.host_ifname) {
+                dp.attach(&link.host_ifname)?;
+            }
+            dp.upsert_endpoint(
+                alloc.ip,
+                &Endpoint {
+                    ifindex: link.host_ifindex,
+                    identity: (veth::fnv(&req.pod_namespace, "") & 0xffff_ffff) as u32,
+                    mac: link.pod_mac,
+                    host_mac: link.host_mac,
+                },
+            )?;
+        }
+        info!(ip = %alloc.ip, container = %req.container_id, veth = %link.host_ifname, "pod added");
+        Ok(CniReply {
+            ip: alloc.ip,
+            gateway: POD_GATEWAY,
+            host_ifname: link.host_ifname,
+            host_mac: fmt_mac(&link.host_mac),
+            pod_mac: fmt_mac(&link.pod_mac),
+        })
+    }
+
+    /// CNI DEL: unwire, free into cooldown, checkpoint. Already gone is fine.
+    pub async fn cni_del(&self, req: &CniRequest) -> Result<()> {
+        let start = std::time::Instant::now();
+        let r = self.cni_del_inner(req).await;
+        self.observe("del", start, &r);
+        r
+    }
+
+    async fn cni_del_inner(&self, req: &CniRequest) -> Result<()> {
+        validate(req)?;
+        self.wait_ready().await;
+        let host = veth::host_veth_name(&req.container_id, &req.ifname);
+        veth::teardown(&self.netlink, &req.container_id, &req.ifname).await?;
+        let key = AllocKey {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+        };
+        let freed = lock(&self.state).pool.free(&key, now_ms());
+        if let Some(dp) = lock(&self.datapath).as_mut() {
+            if let Some(a) = &freed {
+                dp.remove_endpoint(a.ip)?;
+            }
+            dp.detach(&host)?;
+        }
+        if let Some(a) = &freed {
+            info!(ip = %a.ip, container = %req.container_id, "pod deleted");
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// CNI CHECK: the allocation exists and the pod interface carries it.
+    pub async fn cni_check(&self, req: &CniRequest) -> Result<CniReply> {
+        let start = std::time::Instant::now();
+        let r = self.cni_check_inner(req).await;
+        self.observe("check", start, &r);
+        r
+    }
+
+    async fn cni_check_inner(&self, req: &CniRequest) -> Result<CniReply> {
+        validate(req)?;
+        self.wait_ready().await;
+        let key = AllocKey {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+        };
+        let Some(a) = lock(&self.state).pool.get(&key).cloned() else {
+            return Err(Error::BadRequest(format!("no IP allocated to {key}")));
+        };
+        let netns = if req.netns.is_empty() {
+            a.netns.clone()
+        } else {
+            req.netns.clone()
+        };
+        if !veth::check(Path::new(&netns), &req.ifname, a.ip).await? {
+            return Err(Error::BadRequest(format!(
+                "{} in {netns} does not carry {}/32",
+                req.ifname, a.ip
+            )));
+        }
+        let host = veth::host_veth_name(&req.container_id, &req.ifname);
+        let link = veth::link_by_name(&self.netlink, &host)
+            .await?
+            .ok_or_else(|| Error::BadRequest(format!("host veth {host} is missing")))?;
+        if let Some(dp) = lock(&self.datapath).as_ref() {
+            if !dp.is_attached(&host) {
+                return Err(Error::BadRequest(format!(
+                    "datapath not attached to {host}"
+                )));
+            }
+        }
+        let _ = link;
+        Ok(CniReply {
+            ip: a.ip,
+            gateway: POD_GATEWAY,
+            host_ifname: host,
+            host_mac: String::new(),
+            pod_mac: String::new(),
+        })
+    }
+
+    /// Sets (or, with no backends, removes) one ClusterIP frontend.
+    pub fn set_service(&self, spec: &ServiceSpec) -> Result<()> {
+        let mut dp = lock(&self.datapath);
+        let dp = dp
+            .as_mut()
+            .ok_or_else(|| Error::BadRequest("no datapath loaded".into()))?;
+        if spec.backends.is_empty() {
+            dp.remove_service(&spec.frontend)
+        } else {
+            dp.set_service(&spec.frontend, &spec.backends)
+        }
+    }
+
+    /// `GET /v1/healthz`.
+    pub fn health(&self) -> Health {
+        let st = lock(&self.state);
+        let c = st.pool.counts(now_ms());
+        let dp = lock(&self.datapath);
+        Health {
+            state: st.phase.as_str().to_string(),
+            ipam: IpamHealth {
+                status: format!("IPv4: {}/{} allocated", c.allocated, c.pool),
+                allocated: c.allocated,
+                pool: c.pool,
+                free: c.free,
+                cooldown: c.cooldown,
+                capacity: st.capacity.max(c.pool),
+                unavailable: st.unavailable,
+            },
+            datapath: match dp.as_ref() {
+                Some(d) => DatapathHealth {
+                    loaded: true,
+                    pinned: d.root().display().to_string(),
+                    endpoints: d.endpoint_count(),
+                    services: d.service_count(),
+                },
+                None => DatapathHealth {
+                    loaded: false,
+                    pinned: self
+                        .cfg
+                        .bpf_root
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    endpoints: 0,
+                    services: 0,
+                },
+            },
+        }
+    }
+
+    /// `GET /v1/ipam`.
+    pub fn ipam(&self) -> IpamList {
+        IpamList {
+            allocations: lock(&self.state).pool.allocations().cloned().collect(),
+        }
+    }
+
+    /// Prometheus text of every agent series, refreshed from pool and datapath.
+    pub fn metrics_text(&self) -> String {
+        {
+            let st = lock(&self.state);
+            let c = st.pool.counts(now_ms());
+            for (state, n) in [
+                ("allocated", c.allocated),
+                ("free", c.free),
+                ("cooldown", c.cooldown),
+                ("releasing", c.releasing),
+            ] {
+                self.metrics
+                    .pool
+                    .get_or_create(&PoolLabels { state })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(dp) = lock(&self.datapath).as_ref() {
+            self.metrics.sync_packets(&dp.counters());
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Applies a NodeNetwork: pool IPs, capacity, and the handshake answers
+    /// to write back (empty when nothing changed).
+    pub fn apply_node(
+        &self,
+        nn: &sextant_crds::NodeNetwork,
+    ) -> std::collections::BTreeMap<String, sextant_crds::ReleaseState> {
+        let mut st = lock(&self.state);
+        let ips = crate::usage::pool_ips(nn);
+        let n = ips.len();
+        st.pool.set_pool(ips);
+        let (cap, unavailable) = crate::usage::capacity(nn, n);
+        st.capacity = cap;
+        st.unavailable = unavailable;
+        let release = nn
+            .status
+            .as_ref()
+            .map(|s| s.release.clone())
+            .unwrap_or_default();
+        let answers = crate::handshake::plan(&st.pool, &release, now_ms());
+        st.pool.set_releasing(answers.releasing);
+        answers.patch
+    }
+
+    /// The usage patch for NodeNetwork status, with `answers`; `None` while restoring.
+    pub fn usage_patch(
+        &self,
+        answers: &std::collections::BTreeMap<String, sextant_crds::ReleaseState>,
+    ) -> Option<serde_json::Value> {
+        let st = lock(&self.state);
+        if st.phase == Phase::Restoring {
+            return None;
+        }
+        Some(crate::usage::status_patch(
+            &st.pool,
+            answers,
+            now_ms(),
+            &now_rfc3339(),
+        ))
+    }
+}
+
+fn validate(req: &CniRequest) -> Result<()> {
+    if req.container_id.is_empty() || req.ifname.is_empty() {
+        return Err(Error::BadRequest(
+            "containerId and ifname are required".into(),
+        ));
+    }
+    if req.ifname.len() > 15 || req.ifname.contains('/') {
+        return Err(Error::BadRequest(format!(
+            "invalid interface name {:?}",
+            req.ifname
+        )));
+    }
+    Ok(())
+}

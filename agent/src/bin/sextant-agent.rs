@@ -1,0 +1,28 @@
+//! `sextant-agent`: parses flags (with `SEXTANT_*` environment fallbacks)
+//! and hands over to [`sextant_agent::runtime`].
+
+use clap::Parser;
+use sextant_agent::{
+    ErrorChain,
+    runtime::{Args, enter_netns, init_tracing},
+};
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    // Before the runtime exists, so every worker thread is in the namespace.
+    let rt = enter_netns(&args).and_then(|()| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| sextant_agent::Error::io("starting the runtime", e))
+    });
+    let r = rt.and_then(|rt| rt.block_on(args.run()));
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %ErrorChain(&e), "sextant-agent failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

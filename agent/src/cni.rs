@@ -1,0 +1,332 @@
+//! `sextant-cni`: the CNI plugin (spec 1.0 / 1.1: ADD, DEL, CHECK, STATUS,
+//! VERSION). It parses the runtime's environment and stdin into typed values
+//! and forwards to the agent over its socket with a deadline; DEL falls back
+//! to removing the host veth itself when the agent is down.
+
+use std::{path::PathBuf, time::Duration};
+
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{self, CniReply, CniRequest, Health},
+    paths::DEFAULT_SOCKET,
+};
+
+/// CNI versions this plugin speaks.
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.4.0", "1.0.0", "1.1.0", "1.0.0-rc"];
+
+/// Network configuration from stdin.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    /// Spec version the runtime speaks.
+    pub cni_version: String,
+    /// Network name.
+    pub name: String,
+    /// Plugin type (`sextant-cni`).
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// Agent socket; default `/var/run/sextant/agent.sock`.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
+    /// Deadline for the agent's answer, seconds; default 10.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The operation and its parameters from the environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CniEnv {
+    /// `CNI_COMMAND`.
+    pub command: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_NETNS`.
+    pub netns: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// `CNI_ARGS` (`K=V;K=V`).
+    pub args: String,
+}
+
+impl CniEnv {
+    /// Reads the CNI variables of this process.
+    pub fn from_process() -> Self {
+        let v = |k: &str| std::env::var(k).unwrap_or_default();
+        CniEnv {
+            command: v("CNI_COMMAND"),
+            container_id: v("CNI_CONTAINERID"),
+            netns: v("CNI_NETNS"),
+            ifname: v("CNI_IFNAME"),
+            args: v("CNI_ARGS"),
+        }
+    }
+
+    fn arg(&self, key: &str) -> String {
+        self.args
+            .split(';')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A CNI error result (printed on stdout, exit status 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CniError {
+    /// Spec version echoed back.
+    #[serde(rename = "cniVersion")]
+    pub cni_version: String,
+    /// Well-known code (1 version, 4 env, 6 decode, 7 config, 11 retry, 50 unavailable) or 100+.
+    pub code: u32,
+    /// Short message.
+    pub msg: String,
+    /// Longer explanation.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub details: String,
+}
+
+impl CniError {
+    fn new(version: &str, code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        CniError {
+            cni_version: version.to_string(),
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+}
+
+/// Runs one CNI invocation; `Ok(Some(json))` is printed on stdout.
+pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    if env.command == "VERSION" {
+        return Ok(Some(json!({
+            "cniVersion": "1.1.0",
+            "supportedVersions": SUPPORTED_VERSIONS,
+        })));
+    }
+    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            "1.1.0",
+            6,
+            "failed to decode network configuration",
+            e.to_string(),
+        )
+    })?;
+    let version = conf.cni_version.clone();
+    if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
+        return Err(CniError::new(
+            "1.1.0",
+            1,
+            format!("unsupported cniVersion {version}"),
+            format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
+        ));
+    }
+    if conf.name.is_empty() {
+        return Err(CniError::new(
+            &version,
+            7,
+            "network configuration has no name",
+            "",
+        ));
+    }
+    let socket = conf
+        .agent_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let deadline = Duration::from_secs(conf.timeout_seconds.unwrap_or(10).clamp(1, 300));
+    let need = |name: &str, v: &str| {
+        if v.is_empty() {
+            Err(CniError::new(
+                &version,
+                4,
+                format!("{name} is required"),
+                "",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let req = CniRequest {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: env.netns.clone(),
+        pod_namespace: env.arg("K8S_POD_NAMESPACE"),
+        pod_name: env.arg("K8S_POD_NAME"),
+    };
+    let agent_err = |e: crate::Error| {
+        let code = match &e {
+            crate::Error::Api { reason, .. } if reason.starts_with("connecting") => 11,
+            _ => 100,
+        };
+        CniError::new(
+            &version,
+            code,
+            "sextant agent refused",
+            crate::ErrorChain(&e).to_string(),
+        )
+    };
+    match env.command.as_str() {
+        "ADD" => {
+            need("CNI_CONTAINERID", &req.container_id)?;
+            need("CNI_IFNAME", &req.ifname)?;
+            need("CNI_NETNS", &req.netns)?;
+            let r: CniReply =
+                api::call_json(&socket, Method::POST, "/v1/cni/add", Some(&req), deadline)
+                    .await
+                    .map_err(agent_err)?;
+            Ok(Some(add_result(&version, &req, &r)))
+        }
+        "DEL" => {
+            need("CNI_CONTAINERID", &req.container_id)?;
+            need("CNI_IFNAME", &req.ifname)?;
+            match api::call_json::<Value>(
+                &socket,
+                Method::POST,
+                "/v1/cni/del",
+                Some(&req),
+                deadline,
+            )
+            .await
+            {
+                Ok(_) => Ok(None),
+                Err(crate::Error::Api { reason, .. })
+                    if reason.starts_with("connecting") || reason.starts_with("no answer") =>
+                {
+                    // Agent down: clean what we can; its reconciliation frees the IP later.
+                    let cleaned = async {
+                        let h = crate::veth::connect()?;
+                        crate::veth::teardown(&h, &req.container_id, &req.ifname).await
+                    }
+                    .await;
+                    if let Err(e) = cleaned {
+                        eprintln!(
+                            "sextant-cni: agent down and local cleanup failed: {}",
+                            crate::ErrorChain(&e)
+                        );
+                    }
+                    Ok(None)
+                }
+                Err(e) => Err(agent_err(e)),
+            }
+        }
+        "CHECK" => {
+            need("CNI_CONTAINERID", &req.container_id)?;
+            need("CNI_IFNAME", &req.ifname)?;
+            let _: CniReply =
+                api::call_json(&socket, Method::POST, "/v1/cni/check", Some(&req), deadline)
+                    .await
+                    .map_err(agent_err)?;
+            Ok(None)
+        }
+        "STATUS" => {
+            let h: Health =
+                api::call_json(&socket, Method::GET, "/v1/healthz", None::<&()>, deadline)
+                    .await
+                    .map_err(|e| {
+                        CniError::new(
+                            &version,
+                            50,
+                            "sextant agent not available",
+                            crate::ErrorChain(&e).to_string(),
+                        )
+                    })?;
+            if h.state == "ready" && h.ipam.free > 0 {
+                Ok(None)
+            } else if h.state == "ready" {
+                Err(CniError::new(
+                    &version,
+                    51,
+                    "no pod IPs free on this node",
+                    h.ipam.status,
+                ))
+            } else {
+                Err(CniError::new(
+                    &version,
+                    50,
+                    format!("sextant agent is {}", h.state),
+                    "",
+                ))
+            }
+        }
+        "" => Err(CniError::new(&version, 4, "CNI_COMMAND is required", "")),
+        other => Err(CniError::new(
+            &version,
+            4,
+            format!("unknown CNI_COMMAND {other}"),
+            "",
+        )),
+    }
+}
+
+fn add_result(version: &str, req: &CniRequest, r: &CniReply) -> Value {
+    json!({
+        "cniVersion": version,
+        "interfaces": [
+            { "name": r.host_ifname, "mac": r.host_mac },
+            { "name": req.ifname, "mac": r.pod_mac, "sandbox": req.netns },
+        ],
+        "ips": [ { "address": format!("{}/32", r.ip), "gateway": r.gateway.to_string(), "interface": 1 } ],
+        "routes": [ { "dst": "0.0.0.0/0", "gw": r.gateway.to_string() } ],
+        "dns": {},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(cmd: &str) -> CniEnv {
+        CniEnv {
+            command: cmd.into(),
+            container_id: "c1".into(),
+            netns: "/var/run/netns/x".into(),
+            ifname: "eth0".into(),
+            args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn version_needs_no_config() {
+        let v = run(&env("VERSION"), b"").await.expect("ok").expect("json");
+        assert_eq!(v["cniVersion"], "1.1.0");
+    }
+
+    #[tokio::test]
+    async fn bad_stdin_is_a_decode_error() {
+        let e = run(&env("ADD"), b"{nope").await.expect_err("error");
+        assert_eq!(e.code, 6);
+        assert!(e.msg.contains("decode"));
+    }
+
+    #[tokio::test]
+    async fn unsupported_version_is_refused() {
+        let e = run(
+            &env("ADD"),
+            br#"{"cniVersion":"0.1.0","name":"n","type":"sextant-cni"}"#,
+        )
+        .await
+        .expect_err("error");
+        assert_eq!(e.code, 1);
+    }
+
+    #[tokio::test]
+    async fn add_with_agent_down_asks_to_retry() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conf = json!({"cniVersion":"1.0.0","name":"n","type":"sextant-cni",
+            "agentSocket": dir.path().join("none.sock"), "timeoutSeconds": 1});
+        let e = run(&env("ADD"), conf.to_string().as_bytes())
+            .await
+            .expect_err("error");
+        assert_eq!(e.code, 11, "{e:?}");
+    }
+
+    #[test]
+    fn cni_args_are_parsed() {
+        assert_eq!(env("ADD").arg("K8S_POD_NAME"), "web-0");
+        assert_eq!(env("ADD").arg("MISSING"), "");
+    }
+}

@@ -1,0 +1,432 @@
+//! The eBPF datapath: loads `bpf/datapath.c` (built by `build.rs`), pins its
+//! program and maps under the bpffs root, attaches it with tcx on ingress of
+//! each pod's host veth (pinning the link), and fills the maps.
+//!
+//! ```text
+//!   pod A eth0 ──▶ host veth A ── tc ingress: from_pod ──┬─▶ redirect ──▶ host veth B ──▶ pod B
+//!                                  │ SERVICES/BACKENDS   └─▶ kernel stack (not a local pod)
+//!                                  │ CT (per-flow DNAT / reverse NAT)
+//!                                  └ ENDPOINTS, COUNTERS
+//! ```
+//!
+//! On start, pins left by an earlier agent are re-adopted before anything is
+//! loaded anew, so a restart never detaches the datapath: links stay pinned
+//! and keep forwarding while no agent runs.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+
+use crate::{
+    error::{Error, Result},
+    paths::{LINKS_DIR, PROG_PIN},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const MAPS: [&str; 5] = ["ENDPOINTS", "SERVICES", "BACKENDS", "CT", "COUNTERS"];
+
+/// Counter slots of the `COUNTERS` per-CPU map (`enum counter` in datapath.h).
+pub const COUNTER_NAMES: [(&str, u32); 6] = [
+    ("forward", 0),
+    ("pass", 1),
+    ("drop_no_backend", 2),
+    ("dnat", 3),
+    ("revnat", 4),
+    ("ct_new", 5),
+];
+
+/// IP protocol numbers the service map knows.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// One pod on this node, as the datapath delivers to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host veth ifindex.
+    pub ifindex: u32,
+    /// Security identity.
+    pub identity: u32,
+    /// Pod MAC.
+    pub mac: [u8; 6],
+    /// Host veth MAC.
+    pub host_mac: [u8; 6],
+}
+
+impl Endpoint {
+    fn encode(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0..4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.identity.to_ne_bytes());
+        b[8..14].copy_from_slice(&self.mac);
+        b[14..20].copy_from_slice(&self.host_mac);
+        b
+    }
+}
+
+/// A ClusterIP service frontend.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Frontend {
+    /// Virtual IP.
+    pub vip: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub proto: Proto,
+}
+
+impl Frontend {
+    fn encode(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&self.vip.octets());
+        b[4..6].copy_from_slice(&self.port.to_be_bytes());
+        b[6] = self.proto.number();
+        b
+    }
+}
+
+/// A service backend.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Backend {
+    /// Backend pod IP.
+    pub ip: Ipv4Addr,
+    /// Backend port.
+    pub port: u16,
+}
+
+fn backend_key(id: u32, slot: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&id.to_ne_bytes());
+    b[4..8].copy_from_slice(&slot.to_ne_bytes());
+    b
+}
+
+/// The loaded, pinned datapath.
+pub struct Datapath {
+    root: PathBuf,
+    prog: SchedClassifier,
+    endpoints: HashMap<MapData, [u8; 4], [u8; 20]>,
+    services: HashMap<MapData, [u8; 8], [u8; 8]>,
+    backends: HashMap<MapData, [u8; 8], [u8; 8]>,
+    ct: HashMap<MapData, [u8; 16], [u8; 8]>,
+    counters: PerCpuArray<MapData, u64>,
+    next_service_id: u32,
+    adopted: bool,
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` if `root` is not on one already.
+pub fn ensure_bpffs(root: &Path) -> Result<()> {
+    let probe = root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/sys/fs/bpf"));
+    let on_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    if on_bpffs(probe) {
+        return Ok(());
+    }
+    let base = Path::new("/sys/fs/bpf");
+    if !root.starts_with(base) {
+        return Err(Error::io(
+            format!("{} is not on a bpffs", root.display()),
+            std::io::Error::other("pin root must live on bpffs"),
+        ));
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        base,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::io("mounting bpffs on /sys/fs/bpf", e.into()))
+}
+
+fn take<K: aya::Pod, V: aya::Pod>(m: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
+    HashMap::try_from(m).map_err(|e| Error::bpf(format!("map {name}"), e))
+}
+
+impl Datapath {
+    /// Opens the datapath pinned under `root`, loading and pinning it when
+    /// nothing is pinned yet.
+    pub fn open(root: &Path) -> Result<Self> {
+        ensure_bpffs(root)?;
+        fs::create_dir_all(root.join(LINKS_DIR))
+            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let prog_pin = root.join(PROG_PIN);
+        let adopted = prog_pin.exists() && MAPS.iter().all(|m| root.join(m).exists());
+        if !adopted {
+            if let Err(e) = Self::load_and_pin(root) {
+                // Roll back a partial load so the next start loads cleanly.
+                let _ = fs::remove_file(&prog_pin);
+                for m in MAPS {
+                    let _ = fs::remove_file(root.join(m));
+                }
+                return Err(e);
+            }
+        }
+        let prog = SchedClassifier::from_pin(&prog_pin)
+            .map_err(|e| Error::bpf(format!("opening pinned program {}", prog_pin.display()), e))?;
+        let pinned = |name: &str| {
+            MapData::from_pin(root.join(name))
+                .map_err(|e| Error::bpf(format!("opening pinned map {name}"), e))
+        };
+        let endpoints = take(Map::HashMap(pinned("ENDPOINTS")?), "ENDPOINTS")?;
+        let services = take(Map::HashMap(pinned("SERVICES")?), "SERVICES")?;
+        let backends = take(Map::HashMap(pinned("BACKENDS")?), "BACKENDS")?;
+        let ct = take(Map::LruHashMap(pinned("CT")?), "CT")?;
+        let counters = PerCpuArray::try_from(Map::PerCpuArray(pinned("COUNTERS")?))
+            .map_err(|e| Error::bpf("map COUNTERS", e))?;
+        let mut dp = Datapath {
+            root: root.to_path_buf(),
+            prog,
+            endpoints,
+            services,
+            backends,
+            ct,
+            counters,
+            next_service_id: 1,
+            adopted,
+        };
+        dp.next_service_id = dp
+            .services
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, v)| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        Ok(dp)
+    }
+
+    fn load_and_pin(root: &Path) -> Result<()> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(root)
+            .load(OBJECT)
+            .map_err(|e| Error::bpf("loading datapath.o", e))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut("from_pod")
+            .ok_or_else(|| {
+                Error::bpf(
+                    "program from_pod",
+                    std::io::Error::other("missing in datapath.o"),
+                )
+            })?
+            .try_into()
+            .map_err(|e| Error::bpf("program from_pod", e))?;
+        prog.load()
+            .map_err(|e| Error::bpf("verifying from_pod", e))?;
+        prog.pin(root.join(PROG_PIN))
+            .map_err(|e| Error::bpf("pinning from_pod", e))?;
+        Ok(())
+    }
+
+    /// Whether this datapath was re-adopted from pins of an earlier agent.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The bpffs root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn link_pin(&self, ifname: &str) -> PathBuf {
+        self.root.join(LINKS_DIR).join(ifname)
+    }
+
+    /// Attaches the program on tc ingress of `ifname` (tcx) and pins the link.
+    /// A link pinned for a previous interface of the same name is replaced.
+    pub fn attach(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(ifname);
+        let old = if pin.exists() {
+            let old = PinnedLink::from_pin(&pin)
+                .map_err(|e| Error::bpf(format!("opening link pin of {ifname}"), e))?;
+            Some(
+                old.unpin()
+                    .map_err(|e| Error::io(format!("unpinning link of {ifname}"), e))?,
+            )
+        } else {
+            None
+        };
+        let id = self
+            .prog
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| Error::bpf(format!("attaching to {ifname} ingress"), e))?;
+        let link = self
+            .prog
+            .take_link(id)
+            .map_err(|e| Error::bpf(format!("taking link of {ifname}"), e))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| Error::bpf(format!("link of {ifname}"), e))?;
+        fd.pin(&pin)
+            .map_err(|e| Error::bpf(format!("pinning link of {ifname}"), e))?;
+        drop(old);
+        Ok(())
+    }
+
+    /// Whether a link is pinned for `ifname`.
+    pub fn is_attached(&self, ifname: &str) -> bool {
+        self.link_pin(ifname).exists()
+    }
+
+    /// Drops the link pin of `ifname` (the link goes with its interface).
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        match fs::remove_file(self.link_pin(ifname)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing link pin of {ifname}"), e)),
+        }
+    }
+
+    /// Adds or replaces the endpoint of pod IP `ip`.
+    pub fn upsert_endpoint(&mut self, ip: Ipv4Addr, ep: &Endpoint) -> Result<()> {
+        self.endpoints
+            .insert(ip.octets(), ep.encode(), 0)
+            .map_err(|e| Error::bpf(format!("writing endpoint {ip}"), e))
+    }
+
+    /// Removes the endpoint of `ip`; absent is fine.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        match self.endpoints.remove(&ip.octets()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::bpf(format!("removing endpoint {ip}"), e)),
+        }
+    }
+
+    /// Sets the backends of a frontend (empty: packets to it are dropped).
+    pub fn set_service(&mut self, fe: &Frontend, backends: &[Backend]) -> Result<()> {
+        let key = fe.encode();
+        let (id, old_count) = match self.services.get(&key, 0) {
+            Ok(v) => (
+                u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+                u32::from_ne_bytes([v[4], v[5], v[6], v[7]]),
+            ),
+            Err(_) => {
+                let id = self.next_service_id;
+                self.next_service_id += 1;
+                (id, 0)
+            }
+        };
+        let count = u32::try_from(backends.len()).map_err(|_| {
+            Error::BadRequest(format!("too many backends for {}:{}", fe.vip, fe.port))
+        })?;
+        for (slot, b) in (0u32..).zip(backends) {
+            let mut v = [0u8; 8];
+            v[0..4].copy_from_slice(&b.ip.octets());
+            v[4..6].copy_from_slice(&b.port.to_be_bytes());
+            self.backends
+                .insert(backend_key(id, slot), v, 0)
+                .map_err(|e| Error::bpf(format!("writing backend {}", b.ip), e))?;
+        }
+        let mut v = [0u8; 8];
+        v[0..4].copy_from_slice(&id.to_ne_bytes());
+        v[4..8].copy_from_slice(&count.to_ne_bytes());
+        self.services
+            .insert(key, v, 0)
+            .map_err(|e| Error::bpf(format!("writing service {}:{}", fe.vip, fe.port), e))?;
+        for slot in count..old_count {
+            let _ = self.backends.remove(&backend_key(id, slot));
+        }
+        Ok(())
+    }
+
+    /// Removes a frontend and its backends.
+    pub fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
+        let key = fe.encode();
+        let Ok(v) = self.services.get(&key, 0) else {
+            return Ok(());
+        };
+        let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+        let count = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]);
+        self.services
+            .remove(&key)
+            .map_err(|e| Error::bpf(format!("removing service {}:{}", fe.vip, fe.port), e))?;
+        for slot in 0..count {
+            let _ = self.backends.remove(&backend_key(id, slot));
+        }
+        Ok(())
+    }
+
+    /// Endpoints in the map.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Frontends in the map.
+    pub fn service_count(&self) -> usize {
+        self.services.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Conntrack entries (both directions).
+    pub fn conntrack_count(&self) -> usize {
+        self.ct.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Packet counters summed over CPUs, by name.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        COUNTER_NAMES
+            .iter()
+            .map(|(name, idx)| {
+                let sum = self
+                    .counters
+                    .get(idx, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*name, sum)
+            })
+            .collect()
+    }
+}
+
+/// Removes every pin under `root` (tests and `sextantctl lab` cleanup).
+pub fn remove_pins(root: &Path) -> Result<()> {
+    match fs::remove_dir_all(root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", root.display()), e)),
+    }
+}

@@ -1,0 +1,173 @@
+//! Agent errors.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+/// Result of agent work.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No IP is free for a CNI ADD.
+    #[error(
+        "no free pod IP: {allocated} allocated, {cooling} in cooldown, {releasing} being released of {pool}"
+    )]
+    PoolExhausted {
+        /// IPs attached to the node.
+        pool: usize,
+        /// IPs handed out.
+        allocated: usize,
+        /// Freed IPs still in cooldown.
+        cooling: usize,
+        /// IPs promised to the operator for release.
+        releasing: usize,
+    },
+    /// The checkpoint could not be read or written.
+    #[error("checkpoint {path}: {action}")]
+    CheckpointIo {
+        /// Checkpoint file.
+        path: PathBuf,
+        /// What we were doing.
+        action: &'static str,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint does not parse; refusing to guess which IPs are in use.
+    #[error("checkpoint {path} is corrupt")]
+    CheckpointCorrupt {
+        /// Checkpoint file.
+        path: PathBuf,
+        /// Parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The checkpoint was written by an incompatible agent.
+    #[error("checkpoint {path} has version {found}, this agent reads version {expected}")]
+    CheckpointVersion {
+        /// Checkpoint file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// Version this agent writes.
+        expected: u32,
+    },
+    /// Two checkpointed allocations hold the same IP: a double assignment.
+    #[error("checkpoint assigns {ip} twice: to {first} and to {second}; refusing to restore")]
+    DuplicateIp {
+        /// The IP.
+        ip: Ipv4Addr,
+        /// First owner (`containerId/ifname`).
+        first: String,
+        /// Second owner.
+        second: String,
+    },
+    /// A netlink operation failed.
+    #[error("netlink: {action}")]
+    Netlink {
+        /// What we were doing.
+        action: String,
+        /// The netlink error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A system call around namespaces, sockets or files failed.
+    #[error("{action}")]
+    Io {
+        /// What we were doing.
+        action: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Loading, pinning or attaching BPF failed.
+    #[error("datapath: {action}")]
+    Bpf {
+        /// What we were doing.
+        action: String,
+        /// aya's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The Kubernetes API refused or failed.
+    #[error("kubernetes: {action}")]
+    Kube {
+        /// What we were doing.
+        action: String,
+        /// kube's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A request to the agent API was malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Talking to the agent API failed (client side).
+    #[error("agent API {path}: {reason}")]
+    Api {
+        /// Request path.
+        path: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::PoolExhausted { .. } => "pool_exhausted",
+            Error::CheckpointIo { .. } => "checkpoint_io",
+            Error::CheckpointCorrupt { .. } => "checkpoint_corrupt",
+            Error::CheckpointVersion { .. } => "checkpoint_version",
+            Error::DuplicateIp { .. } => "duplicate_ip",
+            Error::Netlink { .. } => "netlink",
+            Error::Io { .. } => "io",
+            Error::Bpf { .. } => "bpf",
+            Error::Kube { .. } => "kube",
+            Error::BadRequest(_) => "bad_request",
+            Error::Api { .. } => "api",
+        }
+    }
+
+    /// Wraps an IO error with what we were doing.
+    pub fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// Wraps a netlink error with what we were doing.
+    pub fn netlink(action: impl Into<String>, source: rtnetlink::Error) -> Self {
+        Error::Netlink {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// Wraps an aya error with what we were doing.
+    pub fn bpf(
+        action: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Bpf {
+            action: action.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Displays an error with its whole `source()` chain.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}

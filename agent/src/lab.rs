@@ -1,0 +1,376 @@
+//! A node in network namespaces on this machine, for tests, benchmarks and
+//! `sextantctl lab`: a "node" namespace where the real `sextant-agent` runs
+//! (entered with `--netns`), pod namespaces wired by the real `sextant-cni`,
+//! and helpers to run traffic inside a pod. Everything is named with a
+//! unique prefix and removed on drop. Needs root.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use hyper::Method;
+use serde_json::Value;
+
+use crate::{
+    api::{self, Health, ServiceSpec},
+    error::{Error, Result},
+};
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// Unique name prefix (short: interface and netns names derive from it).
+    pub prefix: String,
+    /// Path of the `sextant-agent` binary.
+    pub agent_bin: PathBuf,
+    /// Path of the `sextant-cni` binary.
+    pub cni_bin: PathBuf,
+    /// Pod IP pool (`--static-pool`), e.g. `10.77.1.0/26`.
+    pub pool: String,
+    /// Number of pod namespaces.
+    pub pods: usize,
+    /// Load the eBPF datapath.
+    pub datapath: bool,
+}
+
+/// One pod namespace.
+#[derive(Clone, Debug)]
+pub struct LabPod {
+    /// Netns name (under /var/run/netns).
+    pub name: String,
+    /// CNI container id.
+    pub container_id: String,
+    /// IP after ADD.
+    pub ip: Option<Ipv4Addr>,
+}
+
+impl LabPod {
+    /// Netns path.
+    pub fn netns(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+}
+
+/// The running lab. See the module docs.
+pub struct Lab {
+    cfg: LabConfig,
+    /// Node namespace name.
+    pub node: String,
+    /// Pods.
+    pub pods: Vec<LabPod>,
+    /// Agent API socket.
+    pub socket: PathBuf,
+    /// bpffs pin root.
+    pub bpf_root: PathBuf,
+    /// Checkpoint dir.
+    pub state_dir: PathBuf,
+    agent: Option<Child>,
+    rt: tokio::runtime::Runtime,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| Error::io(format!("running {cmd}"), e))?;
+    if !out.status.success() {
+        return Err(Error::io(
+            format!("{cmd} {}", args.join(" ")),
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether this process may build labs (root), with the reason when not.
+pub fn can_run() -> std::result::Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("needs root (network namespaces, veths, BPF)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("needs iproute2's `ip`".into());
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Creates the node and pod namespaces (no agent yet).
+    pub fn new(cfg: LabConfig) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("lab runtime", e))?;
+        let node = format!("{}-node", cfg.prefix);
+        let dir = std::env::temp_dir().join(format!("sextant-lab-{}", cfg.prefix));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("lab dir", e))?;
+        let mut lab = Lab {
+            node: node.clone(),
+            pods: Vec::new(),
+            socket: dir.join("agent.sock"),
+            bpf_root: PathBuf::from("/sys/fs/bpf").join(format!("sextant-lab-{}", cfg.prefix)),
+            state_dir: dir.join("state"),
+            agent: None,
+            rt,
+            cfg,
+        };
+        crate::datapath::remove_pins(&lab.bpf_root)?;
+        let _ = sh("ip", &["netns", "del", &node]);
+        sh("ip", &["netns", "add", &node])?;
+        sh("ip", &["-n", &node, "link", "set", "lo", "up"])?;
+        for i in 0..lab.cfg.pods {
+            let name = format!("{}-p{i}", lab.cfg.prefix);
+            let _ = sh("ip", &["netns", "del", &name]);
+            sh("ip", &["netns", "add", &name])?;
+            lab.pods.push(LabPod {
+                container_id: format!("{}-c{i}", lab.cfg.prefix),
+                name,
+                ip: None,
+            });
+        }
+        Ok(lab)
+    }
+
+    /// Starts `sextant-agent` in the node namespace and waits until it is ready.
+    pub fn start_agent(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.cfg.agent_bin);
+        cmd.arg("--netns")
+            .arg(format!("/var/run/netns/{}", self.node))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .arg("--static-pool")
+            .arg(&self.cfg.pool)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        if !self.cfg.datapath {
+            cmd.arg("--no-datapath");
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io("starting sextant-agent", e))?;
+        self.agent = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Ok(h) = self.health() {
+                if h.state == "ready" || h.state == "degraded" {
+                    return Ok(());
+                }
+            }
+            if let Some(c) = self.agent.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return Err(Error::io(
+                        "sextant-agent",
+                        std::io::Error::other(format!("exited: {st}")),
+                    ));
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(Error::io(
+                    "sextant-agent",
+                    std::io::Error::other("not ready after 30 s"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the agent (SIGKILL: no cleanup, as a crash would).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `GET /v1/healthz`.
+    pub fn health(&self) -> Result<Health> {
+        self.rt.block_on(api::call_json(
+            &self.socket,
+            Method::GET,
+            "/v1/healthz",
+            None::<&()>,
+            Duration::from_secs(2),
+        ))
+    }
+
+    /// Sets a ClusterIP service through the agent API.
+    pub fn set_service(&self, spec: &ServiceSpec) -> Result<()> {
+        let _: Value = self.rt.block_on(api::call_json(
+            &self.socket,
+            Method::POST,
+            "/v1/services",
+            Some(spec),
+            Duration::from_secs(10),
+        ))?;
+        Ok(())
+    }
+
+    /// `GET /metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let (_, b) = self.rt.block_on(api::call(
+            &self.socket,
+            Method::GET,
+            "/metrics",
+            None,
+            Duration::from_secs(2),
+        ))?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// The CNI network configuration the lab uses.
+    pub fn net_conf(&self) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "sextant",
+            "type": "sextant-cni",
+            "agentSocket": self.socket,
+            "timeoutSeconds": 10,
+        })
+        .to_string()
+    }
+
+    /// Runs `sextant-cni` for pod `i` in the node namespace; returns
+    /// (success, stdout).
+    pub fn cni(&self, command: &str, i: usize, stdin: &str) -> Result<(bool, String)> {
+        let pod = self
+            .pods
+            .get(i)
+            .ok_or_else(|| Error::BadRequest(format!("no pod {i}")))?;
+        cni_exec(
+            &self.node,
+            &self.cfg.cni_bin,
+            command,
+            &pod.container_id,
+            &pod.netns(),
+            stdin,
+        )
+    }
+
+    /// CNI ADD for pod `i`; records its IP.
+    pub fn add(&mut self, i: usize) -> Result<Ipv4Addr> {
+        let (ok, out) = self.cni("ADD", i, &self.net_conf())?;
+        if !ok {
+            return Err(Error::Api {
+                path: "sextant-cni ADD".into(),
+                reason: out,
+            });
+        }
+        let v: Value = serde_json::from_str(&out)
+            .map_err(|e| Error::BadRequest(format!("ADD result: {e}")))?;
+        let ip = v["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Error::BadRequest(format!("ADD result without an IP: {out}")))?;
+        if let Some(p) = self.pods.get_mut(i) {
+            p.ip = Some(ip);
+        }
+        Ok(ip)
+    }
+}
+
+/// Runs a CNI plugin binary as the runtime would, inside netns `node`.
+pub fn cni_exec(
+    node: &str,
+    bin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: &Path,
+    stdin: &str,
+) -> Result<(bool, String)> {
+    use std::io::Write;
+    let node_ns = File::open(format!("/var/run/netns/{node}"))
+        .map_err(|e| Error::io(format!("opening netns {node}"), e))?;
+    let bin = bin.to_path_buf();
+    let (command, container_id, netns, stdin) = (
+        command.to_string(),
+        container_id.to_string(),
+        netns.to_path_buf(),
+        stdin.to_string(),
+    );
+    let plugin_dir = bin.parent().map(Path::to_path_buf).unwrap_or_default();
+    // A thread in the node netns spawns the plugin, which inherits it.
+    std::thread::spawn(move || -> Result<(bool, String)> {
+        nix::sched::setns(&node_ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("entering the node netns", e.into()))?;
+        let mut child = Command::new(&bin)
+            .env("CNI_COMMAND", &command)
+            .env("CNI_CONTAINERID", &container_id)
+            .env("CNI_NETNS", &netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", plugin_dir)
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=pod",
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(format!("running {}", bin.display()), e))?;
+        if let Some(mut si) = child.stdin.take() {
+            let _ = si.write_all(stdin.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("waiting for the plugin", e))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    })
+    .join()
+    .map_err(|_| Error::io("cni worker", std::io::Error::other("panicked")))?
+}
+
+/// Runs `f` on a thread inside netns `name` (for sockets in a pod).
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let ns = File::open(format!("/var/run/netns/{name}"))
+        .map_err(|e| Error::io(format!("opening netns {name}"), e))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("entering netns", e.into()))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| Error::io("netns worker", std::io::Error::other("panicked")))?
+}
+
+/// Starts a thread in netns `name` and returns its handle (servers).
+pub fn spawn_in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    let ns = File::open(format!("/var/run/netns/{name}"))
+        .map_err(|e| Error::io(format!("opening netns {name}"), e))?;
+    Ok(std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("entering netns", e.into()))?;
+        Ok(f())
+    }))
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill_agent();
+        for p in &self.pods {
+            let _ = sh("ip", &["netns", "del", &p.name]);
+        }
+        let _ = sh("ip", &["netns", "del", &self.node]);
+        let _ = crate::datapath::remove_pins(&self.bpf_root);
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Flags (with `SEXTANT_*` environment fallbacks) and the agent's main loop:
+//! API server, checkpoint restore, then the NodeNetwork watch (pool and
+//! release handshake) and the periodic usage report.
+
+use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, watcher},
+};
+use sextant_crds::NodeNetwork;
+use tracing::{info, warn};
+
+use crate::{
+    agent::{Agent, Config},
+    error::{Error, Result},
+    paths::{DEFAULT_BPF_ROOT, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
+    server, usage,
+};
+
+/// `sextant-agent` flags.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "sextant-agent", version, about = "Sextant node agent")]
+pub struct Args {
+    /// Agent API socket.
+    #[arg(long, env = "SEXTANT_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory of the allocation checkpoint.
+    #[arg(long, env = "SEXTANT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// bpffs directory for the datapath's pins.
+    #[arg(long, env = "SEXTANT_BPF_ROOT", default_value = DEFAULT_BPF_ROOT)]
+    pub bpf_root: PathBuf,
+    /// Run without the eBPF datapath (kernel routing only).
+    #[arg(long, env = "SEXTANT_NO_DATAPATH")]
+    pub no_datapath: bool,
+    /// Seconds a freed IP waits before reuse.
+    #[arg(long, env = "SEXTANT_IP_COOLDOWN_SECONDS", default_value_t = 30)]
+    pub ip_cooldown_seconds: u64,
+    /// Seconds between usage reports into NodeNetwork status.
+    #[arg(long, env = "SEXTANT_IPAM_NODE_UPDATE_RATE", default_value_t = 15)]
+    pub ipam_node_update_rate: u64,
+    /// This node's name (its NodeNetwork's name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Network namespace (path) to run in, entered before any thread starts;
+    /// the node's host namespace by default.
+    #[arg(long, env = "SEXTANT_NETNS")]
+    pub netns: Option<PathBuf>,
+    /// Pod IPs or IPv4 CIDRs to serve without a NodeNetwork (comma separated).
+    #[arg(long, env = "SEXTANT_STATIC_POOL", value_delimiter = ',')]
+    pub static_pool: Vec<String>,
+}
+
+/// Expands `10.0.0.5` and `10.0.0.0/28` (network and broadcast excluded) into IPs.
+pub fn expand_pool(items: &[String]) -> Result<Vec<Ipv4Addr>> {
+    let mut out = Vec::new();
+    for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if let Ok(ip) = item.parse::<Ipv4Addr>() {
+            out.push(ip);
+            continue;
+        }
+        let (net, len) = sextant_crds::parse_ipv4_cidr(item).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "--static-pool entry {item:?} is not an IPv4 address or CIDR"
+            ))
+        })?;
+        if len < 16 {
+            return Err(Error::BadRequest(format!(
+                "--static-pool {item}: prefix shorter than /16"
+            )));
+        }
+        let base = u32::from(net) & (u32::MAX << (32 - u32::from(len)));
+        let size = 1u32 << (32 - u32::from(len));
+        let range = if size <= 2 { 0..size } else { 1..size - 1 };
+        out.extend(range.map(|i| Ipv4Addr::from(base + i)));
+    }
+    Ok(out)
+}
+
+impl Args {
+    /// The agent configuration these flags describe.
+    pub fn config(&self) -> Result<Config> {
+        Ok(Config {
+            state_dir: self.state_dir.clone(),
+            bpf_root: (!self.no_datapath).then(|| self.bpf_root.clone()),
+            cooldown: Duration::from_secs(self.ip_cooldown_seconds),
+            static_pool: expand_pool(&self.static_pool)?,
+        })
+    }
+
+    /// Runs the agent until SIGTERM or SIGINT.
+    pub async fn run(self) -> Result<()> {
+        let agent = Agent::new(self.config()?)?;
+        let listener = server::bind(&self.socket)?;
+        info!(socket = %self.socket.display(), "agent API listening");
+        let srv = tokio::spawn(server::serve(agent.clone(), listener));
+        agent.restore().await?;
+        let node_loop = match (&self.node_name, self.static_pool.is_empty()) {
+            (Some(node), true) => {
+                let client = Client::try_default().await.map_err(|source| Error::Kube {
+                    action: "building the Kubernetes client".into(),
+                    source,
+                })?;
+                let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
+                Some(tokio::spawn(node_loops(
+                    agent.clone(),
+                    Api::all(client),
+                    node.clone(),
+                    rate,
+                )))
+            }
+            (None, true) => {
+                warn!("neither --node-name nor --static-pool: the pool stays empty");
+                None
+            }
+            _ => None,
+        };
+        shutdown().await;
+        info!("shutting down; the datapath stays pinned");
+        srv.abort();
+        if let Some(l) = node_loop {
+            l.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        agent.save().await
+    }
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Watches this node's NodeNetwork (pool, release marks) and reports usage
+/// every `rate`; answers to the handshake are written as soon as they change.
+pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, rate: Duration) {
+    let reporter = {
+        let (agent, api, node) = (agent.clone(), api.clone(), node.clone());
+        async move {
+            let mut tick = tokio::time::interval(rate);
+            loop {
+                tick.tick().await;
+                if let Some(patch) = agent.usage_patch(&Default::default()) {
+                    match usage::write(&api, &node, &patch).await {
+                        Ok(()) => {
+                            agent.metrics.reports.inc();
+                        }
+                        Err(e) => {
+                            agent.metrics.error(&e);
+                            warn!(error = %crate::ErrorChain(&e), %node, "usage report failed");
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let watch = async move {
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+        let mut stream = std::pin::pin!(
+            watcher(api.clone(), cfg)
+                .default_backoff()
+                .applied_objects()
+        );
+        while let Some(ev) = stream.next().await {
+            let nn = match ev {
+                Ok(nn) => nn,
+                Err(e) => {
+                    warn!(error = %e, %node, "NodeNetwork watch");
+                    continue;
+                }
+            };
+            let answers = agent.apply_node(&nn);
+            if answers.is_empty() {
+                continue;
+            }
+            if let Err(e) = agent.save().await {
+                warn!(error = %crate::ErrorChain(&e), "checkpoint after handshake");
+            }
+            if let Some(patch) = agent.usage_patch(&answers) {
+                if let Err(e) = usage::write(&api, &node, &patch).await {
+                    agent.metrics.error(&e);
+                    warn!(error = %crate::ErrorChain(&e), %node, "handshake answer failed");
+                }
+            }
+        }
+    };
+    tokio::join!(reporter, watch);
+}
+
+/// Enters `--netns` on the calling thread; call before starting the runtime
+/// so that every worker thread inherits it.
+pub fn enter_netns(args: &Args) -> Result<()> {
+    let Some(path) = &args.netns else {
+        return Ok(());
+    };
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("opening netns {}", path.display()), e))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Error::io(format!("entering netns {}", path.display()), e.into()))
+}
+
+/// Installs the tracing subscriber (`RUST_LOG`, default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_pool_expands_cidrs_without_network_and_broadcast() {
+        let ips = expand_pool(&["10.9.0.0/30".into(), "10.9.1.7".into()]).expect("pool");
+        assert_eq!(
+            ips,
+            vec![
+                Ipv4Addr::new(10, 9, 0, 1),
+                Ipv4Addr::new(10, 9, 0, 2),
+                Ipv4Addr::new(10, 9, 1, 7)
+            ]
+        );
+        assert!(expand_pool(&["nope".into()]).is_err());
+    }
+}

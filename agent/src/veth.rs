@@ -1,0 +1,359 @@
+//! Pod plumbing over netlink: a veth pair per pod interface, one end moved
+//! into the pod's network namespace with the pod's /32, a default route via
+//! the link-local gateway (a permanent neighbour entry points it at the host
+//! veth's MAC), and a host route to the pod.
+//!
+//! Work inside a pod namespace runs on a short-lived thread that has entered
+//! it (`setns` changes only the calling thread), with its own netlink socket.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+    path::Path,
+};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        address::AddressAttribute,
+        link::{LinkAttribute, LinkMessage},
+        neighbour::NeighbourState,
+        route::RouteScope,
+    },
+};
+
+use crate::{
+    error::{Error, Result},
+    paths::{HOST_VETH_PREFIX, POD_GATEWAY},
+};
+
+/// Host-side veth name of a pod interface: short, stable and unique.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    format!(
+        "{HOST_VETH_PREFIX}{:011x}",
+        fnv(container_id, ifname) & 0xfff_ffff_ffff
+    )
+}
+
+fn peer_temp_name(container_id: &str, ifname: &str) -> String {
+    format!("sp{:011x}", fnv(container_id, ifname) & 0xfff_ffff_ffff)
+}
+
+/// FNV-1a over the key; also the pod's numeric identity seed.
+pub fn fnv(a: &str, b: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in a.bytes().chain([0u8]).chain(b.bytes()) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// What ADD built, for the datapath and the CNI result.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLink {
+    /// Host-side veth name.
+    pub host_ifname: String,
+    /// Host-side veth ifindex.
+    pub host_ifindex: u32,
+    /// Host-side veth MAC.
+    pub host_mac: [u8; 6],
+    /// Pod-side interface name.
+    pub pod_ifname: String,
+    /// Pod-side MAC.
+    pub pod_mac: [u8; 6],
+    /// Whether this call created the pair (false: it was already complete).
+    #[serde(default)]
+    pub created: bool,
+}
+
+/// A netlink handle in the calling thread's network namespace; the
+/// connection task runs on the current tokio runtime.
+pub fn connect() -> Result<Handle> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn mac_of(msg: &LinkMessage) -> [u8; 6] {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(b);
+                Some(m)
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.raw_code() == -libc::ENODEV || m.raw_code() == -libc::ENOENT || m.raw_code() == -libc::ESRCH)
+}
+
+/// The link called `name`, if any.
+pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(Error::netlink(format!("looking up link {name}"), e)),
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns`, with a
+/// current-thread runtime for netlink.
+pub fn in_netns<T, F, Fut>(netns: &Path, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let ns = File::open(netns)
+        .map_err(|e| Error::io(format!("opening netns {}", netns.display()), e))?;
+    let shown = netns.display().to_string();
+    let t = std::thread::spawn(move || -> Result<T> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io(format!("entering netns {shown}"), e.into()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting a runtime in the pod netns", e))?;
+        rt.block_on(async move { f(connect()?).await })
+    });
+    t.join()
+        .map_err(|_| Error::io("netns worker", std::io::Error::other("thread panicked")))?
+}
+
+/// Async wrapper of [`in_netns`] that keeps the runtime's worker free.
+pub async fn in_netns_async<T, F, Fut>(netns: &Path, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let netns = netns.to_path_buf();
+    tokio::task::spawn_blocking(move || in_netns(&netns, f))
+        .await
+        .map_err(|e| Error::io("netns worker", std::io::Error::other(e)))?
+}
+
+/// Pod side of the wiring as the pod sees it: (MAC, has the IP).
+async fn pod_side(h: Handle, ifname: String, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+    let Some(link) = link_by_name(&h, &ifname).await? else {
+        return Ok(None);
+    };
+    let idx = link.header.index;
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(|e| Error::netlink(format!("listing addresses of {ifname}"), e))?
+    {
+        if a.attributes
+            .iter()
+            .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(v)) if *v == ip))
+            && a.header.prefix_len == 32
+        {
+            return Ok(Some(mac_of(&link)));
+        }
+    }
+    Ok(None)
+}
+
+/// Builds (or finds already built) the wiring of one pod interface.
+pub async fn setup(
+    h: &Handle,
+    netns: &Path,
+    container_id: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+) -> Result<PodLink> {
+    let host = host_veth_name(container_id, ifname);
+    if let Some(link) = link_by_name(h, &host).await? {
+        let (pif, pip) = (ifname.to_string(), ip);
+        if let Ok(Some(pod_mac)) = in_netns_async(netns, move |ph| pod_side(ph, pif, pip)).await {
+            return Ok(PodLink {
+                host_ifname: host,
+                host_ifindex: link.header.index,
+                host_mac: mac_of(&link),
+                pod_ifname: ifname.to_string(),
+                pod_mac,
+                created: false,
+            });
+        }
+        // Half-built by an earlier attempt: start over.
+        h.link()
+            .del(link.header.index)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("deleting stale {host}"), e))?;
+    }
+    let peer = peer_temp_name(container_id, ifname);
+    if let Some(stale) = link_by_name(h, &peer).await? {
+        h.link()
+            .del(stale.header.index)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("deleting stale {peer}"), e))?;
+    }
+    h.link()
+        .add(LinkVeth::new(&host, &peer).build())
+        .execute()
+        .await
+        .map_err(|e| Error::netlink(format!("creating veth {host}"), e))?;
+    let ns = File::open(netns)
+        .map_err(|e| Error::io(format!("opening netns {}", netns.display()), e))?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_name(&peer)
+                .setns_by_fd(ns.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| Error::netlink(format!("moving {peer} into {}", netns.display()), e))?;
+    let link = link_by_name(h, &host).await?.ok_or_else(|| Error::Api {
+        path: host.clone(),
+        reason: "host veth vanished after creation".into(),
+    })?;
+    let host_ifindex = link.header.index;
+    let host_mac = mac_of(&link);
+    h.link()
+        .set(LinkUnspec::new_with_index(host_ifindex).up().build())
+        .execute()
+        .await
+        .map_err(|e| Error::netlink(format!("setting {host} up"), e))?;
+
+    let pif = ifname.to_string();
+    let pod_mac = in_netns_async(netns, move |ph| async move {
+        let link = link_by_name(&ph, &peer).await?.ok_or_else(|| Error::Api {
+            path: peer.clone(),
+            reason: "peer missing in the pod netns".into(),
+        })?;
+        let idx = link.header.index;
+        ph.link()
+            .set(LinkUnspec::new_with_index(idx).name(pif.clone()).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("renaming {peer} to {pif}"), e))?;
+        if let Some(lo) = link_by_name(&ph, "lo").await? {
+            ph.link()
+                .set(LinkUnspec::new_with_index(lo.header.index).up().build())
+                .execute()
+                .await
+                .map_err(|e| Error::netlink("setting lo up", e))?;
+        }
+        ph.link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting {pif} up"), e))?;
+        ph.address()
+            .add(idx, IpAddr::V4(ip), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("adding {ip}/32 to {pif}"), e))?;
+        ph.neighbours()
+            .add(idx, IpAddr::V4(POD_GATEWAY))
+            .link_layer_address(&host_mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("adding the gateway neighbour", e))?;
+        let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(POD_GATEWAY, 32)
+            .output_interface(idx)
+            .scope(RouteScope::Link)
+            .build();
+        ph.route()
+            .add(gw_route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("adding the gateway route", e))?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(POD_GATEWAY)
+            .output_interface(idx)
+            .build();
+        ph.route()
+            .add(default)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("adding the default route", e))?;
+        Ok(mac_of(&link))
+    })
+    .await?;
+
+    let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(ip, 32)
+        .output_interface(host_ifindex)
+        .scope(RouteScope::Link)
+        .build();
+    h.route()
+        .add(host_route)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| Error::netlink(format!("adding host route {ip}/32 dev {host}"), e))?;
+    Ok(PodLink {
+        host_ifname: host,
+        host_ifindex,
+        host_mac,
+        pod_ifname: ifname.to_string(),
+        pod_mac,
+        created: true,
+    })
+}
+
+/// Removes the wiring of one pod interface; succeeds when it is already gone.
+pub async fn teardown(h: &Handle, container_id: &str, ifname: &str) -> Result<bool> {
+    let host = host_veth_name(container_id, ifname);
+    let Some(link) = link_by_name(h, &host).await? else {
+        return Ok(false);
+    };
+    match h.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(Error::netlink(format!("deleting {host}"), e)),
+    }
+}
+
+/// Whether the pod interface exists in `netns` and carries `ip`/32.
+pub async fn check(netns: &Path, ifname: &str, ip: Ipv4Addr) -> Result<bool> {
+    if !netns.exists() {
+        return Ok(false);
+    }
+    let pif = ifname.to_string();
+    Ok(in_netns_async(netns, move |ph| pod_side(ph, pif, ip))
+        .await?
+        .is_some())
+}
+
+/// Whether the interface `ifname` exists in `netns` (checkpoint restore).
+pub fn interface_alive(netns: &Path, ifname: &str) -> bool {
+    if !netns.exists() {
+        return false;
+    }
+    let pif = ifname.to_string();
+    in_netns(netns, move |ph| async move {
+        Ok(link_by_name(&ph, &pif).await?.is_some())
+    })
+    .unwrap_or(false)
+}

@@ -1,0 +1,282 @@
+//! Kernel tests: real namespaces, veths, BPF programs and packets. Each test
+//! builds its own uniquely named lab (node + pod namespaces, bpffs root) and
+//! removes it on drop, so tests run in parallel. Without root they print why
+//! and skip.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use sextant_agent::{
+    api::ServiceSpec,
+    datapath::{Backend, Frontend, Proto},
+    lab::{Lab, LabConfig, can_run, in_netns, spawn_in_netns},
+};
+
+fn lab(name: &str, pods: usize) -> Option<Lab> {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED {name}: {why}");
+        return None;
+    }
+    let cfg = LabConfig {
+        prefix: format!("sx{name}{}", std::process::id() % 100_000),
+        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
+        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
+        pool: "10.77.0.0/26".into(),
+        pods,
+        datapath: true,
+    };
+    let mut lab = Lab::new(cfg).expect("lab namespaces");
+    lab.start_agent().expect("agent starts");
+    Some(lab)
+}
+
+/// A TCP server in pod `pod` on `port` that answers each line with `tag`.
+fn tag_server(lab: &Lab, pod: usize, port: u16, tag: String) {
+    let ip = lab.pods[pod].ip.expect("pod added");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = spawn_in_netns(&lab.pods[pod].name, move || {
+        let l = TcpListener::bind(SocketAddrV4::new(ip, port)).expect("bind");
+        let _ = tx.send(());
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().expect("clone");
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if writeln!(w, "{tag} {line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server bound");
+}
+
+fn connect(to: SocketAddrV4) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
+    let s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let r = BufReader::new(s.try_clone()?);
+    Ok((s, r))
+}
+
+fn ask(s: &mut TcpStream, r: &mut BufReader<TcpStream>, msg: &str) -> std::io::Result<String> {
+    writeln!(s, "{msg}")?;
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+fn counter(lab: &Lab, verdict: &str) -> u64 {
+    let text = lab.metrics().expect("metrics");
+    let key = format!("sextant_agent_datapath_packets_total{{verdict=\"{verdict}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn cni_add_del_check_are_idempotent_and_del_works_with_the_agent_down() {
+    let Some(mut lab) = lab("idem", 2) else {
+        return;
+    };
+    let conf = lab.net_conf();
+    let ip = lab.add(0).expect("ADD");
+    let again = lab.add(0).expect("second ADD");
+    assert_eq!(ip, again, "ADD twice gives the same IP");
+    let (ok, out) = lab.cni("CHECK", 0, &conf).expect("CHECK runs");
+    assert!(ok, "CHECK right after ADD: {out}");
+    let h = lab.health().expect("healthz");
+    assert_eq!(h.state, "ready");
+    assert_eq!(h.ipam.allocated, 1);
+    assert_eq!(h.ipam.status, format!("IPv4: 1/{} allocated", h.ipam.pool));
+    assert_eq!(h.datapath.endpoints, 1);
+
+    let (ok, out) = lab.cni("DEL", 0, &conf).expect("DEL runs");
+    assert!(ok, "DEL: {out}");
+    let (ok, out) = lab.cni("DEL", 0, &conf).expect("DEL runs");
+    assert!(ok, "second DEL of a gone pod succeeds: {out}");
+    let (ok, out) = lab.cni("CHECK", 0, &conf).expect("CHECK runs");
+    assert!(!ok, "CHECK after DEL fails");
+    assert!(out.contains("\"code\""), "CNI error JSON: {out}");
+    assert_eq!(lab.health().expect("healthz").ipam.cooldown, 1);
+
+    lab.add(1).expect("ADD pod 1");
+    lab.kill_agent();
+    let (ok, out) = lab.cni("DEL", 1, &conf).expect("DEL runs");
+    assert!(ok, "DEL with the agent down succeeds: {out}");
+    let (ok, out) = lab.cni("ADD", 1, "{not json").expect("ADD runs");
+    assert!(!ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("error JSON");
+    assert_eq!(v["code"], 6, "{out}");
+}
+
+#[test]
+fn checkpoint_restore_keeps_live_pods_and_never_reissues_their_ips() {
+    let Some(mut lab) = lab("rest", 3) else {
+        return;
+    };
+    let a = lab.add(0).expect("ADD 0");
+    let b = lab.add(1).expect("ADD 1");
+    lab.kill_agent();
+    // Pod 1 vanishes while the agent is down.
+    let p1 = lab.pods[1].name.clone();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &p1])
+        .status();
+    lab.start_agent().expect("restart");
+    let h = lab.health().expect("healthz");
+    assert_eq!(h.ipam.allocated, 1, "{h:?}");
+    assert_eq!(h.ipam.cooldown, 1, "the gone pod's IP waits out a cooldown");
+    let c = lab.add(2).expect("ADD 2");
+    assert_ne!(c, a);
+    assert_ne!(c, b);
+}
+
+#[test]
+fn pod_to_pod_tcp_goes_through_the_bpf_redirect() {
+    let Some(mut lab) = lab("p2p", 2) else { return };
+    lab.add(0).expect("ADD 0");
+    let server = lab.add(1).expect("ADD 1");
+    tag_server(&lab, 1, 8080, "b".into());
+    let before = counter(&lab, "forward");
+    let answer = in_netns(
+        &lab.pods[0].name.clone(),
+        move || -> std::io::Result<String> {
+            let (mut s, mut r) = connect(SocketAddrV4::new(server, 8080))?;
+            ask(&mut s, &mut r, "hello")
+        },
+    )
+    .expect("netns")
+    .expect("TCP to the other pod");
+    assert_eq!(answer, "b hello");
+    assert!(
+        counter(&lab, "forward") > before,
+        "packets were redirected by BPF"
+    );
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn service_lab(name: &str) -> Option<Lab> {
+    let mut lab = lab(name, 4)?;
+    for i in 0..4 {
+        lab.add(i).expect("ADD");
+    }
+    let mut backends = Vec::new();
+    for i in 1..4 {
+        tag_server(&lab, i, 8080, format!("backend{i}"));
+        backends.push(Backend {
+            ip: lab.pods[i].ip.expect("ip"),
+            port: 8080,
+        });
+    }
+    lab.set_service(&ServiceSpec {
+        frontend: Frontend {
+            vip: VIP,
+            port: 80,
+            proto: Proto::Tcp,
+        },
+        backends,
+    })
+    .expect("service");
+    Some(lab)
+}
+
+#[test]
+fn cluster_ip_spreads_new_connections_and_keeps_each_on_one_backend() {
+    let Some(lab) = service_lab("svc") else {
+        return;
+    };
+    let seen = in_netns(
+        &lab.pods[0].name.clone(),
+        || -> std::io::Result<Vec<String>> {
+            let mut seen = Vec::new();
+            for c in 0..30 {
+                let (mut s, mut r) = connect(SocketAddrV4::new(VIP, 80))?;
+                let first = ask(&mut s, &mut r, &format!("c{c}m0"))?;
+                let tag = first.split(' ').next().unwrap_or_default().to_string();
+                for m in 1..5 {
+                    let again = ask(&mut s, &mut r, &format!("c{c}m{m}"))?;
+                    assert_eq!(
+                        again,
+                        format!("{tag} c{c}m{m}"),
+                        "a connection stays on its backend"
+                    );
+                }
+                seen.push(tag);
+            }
+            Ok(seen)
+        },
+    )
+    .expect("netns")
+    .expect("connections through the VIP");
+    let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "30 connections reach all three backends: {seen:?}"
+    );
+    assert!(counter(&lab, "dnat") > 0 && counter(&lab, "revnat") > 0);
+}
+
+#[test]
+fn established_tcp_flow_survives_an_agent_restart() {
+    let Some(mut lab) = service_lab("r4") else {
+        return;
+    };
+    let client = lab.pods[0].name.clone();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let flow = spawn_in_netns(&client, move || -> std::io::Result<(usize, usize)> {
+        let (mut s, mut r) = connect(SocketAddrV4::new(VIP, 80))?;
+        let tag = ask(&mut s, &mut r, "m0")?
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let _ = ready_tx.send(());
+        let mut n = 1;
+        let mut after_restart = 0;
+        let mut restarted = false;
+        loop {
+            if !restarted && go_rx.try_recv().is_ok() {
+                restarted = true;
+            }
+            let got = ask(&mut s, &mut r, &format!("m{n}"))?;
+            assert_eq!(got, format!("{tag} m{n}"));
+            n += 1;
+            if restarted {
+                after_restart += 1;
+                if after_restart >= 200 {
+                    return Ok((n, after_restart));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+    .expect("client thread");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("flow established");
+    lab.kill_agent();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.start_agent().expect("agent restarts");
+    let h = lab.health().expect("healthz");
+    assert_eq!(h.ipam.allocated, 4, "allocations survive");
+    assert_eq!(h.datapath.services, 1, "service map re-adopted");
+    go_tx.send(()).expect("signal");
+    let (sent, after) = flow
+        .join()
+        .expect("thread")
+        .expect("netns")
+        .expect("flow never broke");
+    assert!(sent > after && after >= 200);
+}
