@@ -271,6 +271,17 @@ pub struct PoolSummary {
     pub pool_size: u32,
     /// IPs the agent reports in use.
     pub used: u32,
+    /// Pod IPs the node can ever hold: pod ENI slots x (IPv4 per ENI - 1),
+    /// capped by `maxAllocate`; on bare metal the pod CIDRs' usable
+    /// addresses. 0 until the operator has read the instance's limits.
+    #[serde(default)]
+    pub capacity: u32,
+    /// ENIs the instance type allows, the primary included (0: unknown).
+    #[serde(default)]
+    pub max_enis: u32,
+    /// IPv4 addresses per ENI the instance type allows, the primary included (0: unknown).
+    #[serde(default)]
+    pub ipv4_per_eni: u32,
 }
 
 /// A reason the spec cannot be acted on; surfaces as the `SpecValid` condition.

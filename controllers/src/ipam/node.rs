@@ -16,8 +16,10 @@ use tracing::debug;
 
 use super::{
     execute::{Target, execute},
-    plan::{Plan, PlanInput, plan},
-    resync::{InstanceResync, InstanceScoped, apply_enis, eni_statuses, refresh_summary},
+    plan::{Plan, PlanInput, instance_capacity, plan, pod_cidr_capacity},
+    resync::{
+        InstanceResync, InstanceScoped, apply_enis, eni_statuses, refresh_summary, set_capacity,
+    },
     watermark::{IpamDefaults, Watermarks},
 };
 use crate::{Error, metrics::IpamMetrics};
@@ -195,6 +197,7 @@ impl NodeIpam {
             // Bare metal: the pool is the pod CIDRs; nothing to ask a cloud.
             status.observed_generation = generation;
             refresh_summary(&mut status);
+            set_capacity(&mut status, pod_cidr_capacity(&spec.pod_cidrs), 0, 0);
             return Ok(Reconciled {
                 status,
                 plan: Plan::default(),
@@ -334,6 +337,15 @@ impl NodeIpam {
         };
         status.observed_generation = generation;
         refresh_summary(&mut status);
+        let capacity = instance_capacity(&limits, first);
+        set_capacity(
+            &mut status,
+            watermarks
+                .max_allocate
+                .map_or(capacity, |m| capacity.min(m)),
+            limits.max_enis,
+            limits.ipv4_per_eni,
+        );
         self.metrics.pool(name, &status, c.available);
 
         let requeue_after = if !the_plan.steps.is_empty() || error.is_some() {

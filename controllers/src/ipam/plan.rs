@@ -321,6 +321,33 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     out
 }
 
+/// Pod IPs an instance can hold on its pod ENIs: the device indexes from
+/// `first_interface_index` up, each with its secondary addresses.
+pub fn instance_capacity(limits: &InstanceLimits, first_interface_index: u32) -> u32 {
+    limits
+        .max_enis
+        .saturating_sub(first_interface_index)
+        .saturating_mul(limits.secondary_per_eni())
+}
+
+/// Pod IPs of bare-metal pod CIDRs: each IPv4 CIDR's addresses less its
+/// network and gateway addresses; unparsable entries count nothing (the spec
+/// validation reports them).
+pub fn pod_cidr_capacity(cidrs: &[String]) -> u32 {
+    cidrs
+        .iter()
+        .filter_map(|c| {
+            let (addr, len) = c.split_once('/')?;
+            addr.parse::<Ipv4Addr>().ok()?;
+            let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+            let size = 1u64 << (32 - len);
+            Some(if size > 2 { size - 2 } else { size })
+        })
+        .fold(0u32, |acc, n| {
+            acc.saturating_add(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+}
+
 /// Adds assign / create steps for `wanted` more addresses.
 fn grow(input: &PlanInput<'_>, pool: &Pool<'_>, wanted: u32, out: &mut Plan) {
     if wanted == 0 {
@@ -329,8 +356,7 @@ fn grow(input: &PlanInput<'_>, pool: &Pool<'_>, wanted: u32, out: &mut Plan) {
     let limits = input.limits;
     let per_eni = limits.secondary_per_eni();
     let first = input.spec.ipam.first_interface_index();
-    let pod_slots = limits.max_enis.saturating_sub(first);
-    let instance_cap = pod_slots.saturating_mul(per_eni);
+    let instance_cap = instance_capacity(limits, first);
     let pool_len = count(pool.ips.len());
     let mut cap = instance_cap;
     let mut limit = Limit::InstanceLimit {

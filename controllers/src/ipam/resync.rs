@@ -132,9 +132,14 @@ pub fn apply_enis(
     refresh_summary(status);
 }
 
-/// Recomputes the printer-column counts.
+/// Recomputes the printer-column counts, keeping the node's capacity and
+/// limits (set by [`set_capacity`]).
 pub fn refresh_summary(status: &mut NodeNetworkStatus) {
+    let kept = status.summary.unwrap_or_default();
     status.summary = Some(PoolSummary {
+        capacity: kept.capacity,
+        max_enis: kept.max_enis,
+        ipv4_per_eni: kept.ipv4_per_eni,
         enis: u32::try_from(status.enis.len()).unwrap_or(u32::MAX),
         pool_size: u32::try_from(status.pool.len()).unwrap_or(u32::MAX),
         used: status
@@ -143,4 +148,18 @@ pub fn refresh_summary(status: &mut NodeNetworkStatus) {
             .map(|u| u32::try_from(u.used.len()).unwrap_or(u32::MAX))
             .unwrap_or(0),
     });
+}
+
+/// Records what the node can ever hold: `capacity` pod IPs on an instance
+/// allowing `max_enis` ENIs of `ipv4_per_eni` addresses (0 and 0 on bare metal).
+pub fn set_capacity(
+    status: &mut NodeNetworkStatus,
+    capacity: u32,
+    max_enis: u32,
+    ipv4_per_eni: u32,
+) {
+    let summary = status.summary.get_or_insert_with(Default::default);
+    summary.capacity = capacity;
+    summary.max_enis = max_enis;
+    summary.ipv4_per_eni = ipv4_per_eni;
 }

@@ -614,3 +614,21 @@ proptest! {
         prop_assert!(c.available <= high.max(w.min_allocate.saturating_sub(c.used)) || c.pool <= w.min_allocate, "{c:?} {w:?}");
     }
 }
+
+#[test]
+fn capacity_counts_pod_eni_slots_and_bare_metal_cidrs() {
+    use super::plan::{instance_capacity, pod_cidr_capacity};
+    // m5.large: 3 ENIs of 10; device 0 is the node's: 2 x 9.
+    assert_eq!(instance_capacity(&m5_large(), 1), 18);
+    assert_eq!(instance_capacity(&m5_large(), 0), 27);
+    assert_eq!(instance_capacity(&m5_large(), 5), 0);
+    assert_eq!(
+        pod_cidr_capacity(&[
+            "10.1.0.0/24".into(),
+            "10.2.0.0/26".into(),
+            "bad".into(),
+            "10.3.0.0/40".into()
+        ]),
+        254 + 62
+    );
+}
