@@ -35,7 +35,7 @@ pub use cloud::{Cloud, CloudConfig};
 pub use error::{Error, Result};
 pub use limits::{RateLimit, RateLimits};
 pub use metrics::{ActionTotals, CloudMetrics};
-pub use tags::{EniTags, TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE};
+pub use tags::{EniTags, ROLE_PARKING, TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE, TAG_ROLE};
 pub use types::*;
 
 use async_trait::async_trait;

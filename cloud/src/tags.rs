@@ -13,6 +13,11 @@ pub const TAG_NODE: &str = "sextant.io/node";
 /// Creation time, RFC 3339.
 pub const TAG_CREATED_AT: &str = "sextant.io/created-at";
 
+/// What an ENI is for, when not a node's pod ENI.
+pub const TAG_ROLE: &str = "sextant.io/role";
+/// [`TAG_ROLE`] of an unattached ENI parking reserved fixed IPs of one subnet.
+pub const ROLE_PARKING: &str = "fixed-ip-parking";
+
 /// The tag set of a Sextant-created ENI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EniTags {

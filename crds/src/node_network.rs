@@ -172,6 +172,11 @@ pub struct NodeNetworkStatus {
     /// What the agent last reported as in use (written by the agent only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<AgentUsage>,
+    /// Fixed IPs on this node's ENIs, each mapped to the pod it belongs to
+    /// (`namespace/name`); written by the FixedIP controller. The agent hands
+    /// them to that pod only, and node IPAM never counts or releases them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fixed_ips: BTreeMap<String, String>,
     /// Release handshake, per IP: the operator marks, the agent answers, the operator releases.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub release: BTreeMap<String, ReleaseState>,

@@ -156,6 +156,7 @@ impl Agent {
                 .filter(|ip| {
                     !in_use.contains_key(ip)
                         && !self.cooling.contains_key(ip)
+                        && !status.fixed_ips.contains_key(&ip.to_string())
                         && !matches!(
                             status.release.get(&ip.to_string()),
                             Some(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use sextant_cloud::{Eni, EniState, EniTags};
+use sextant_cloud::{Eni, EniState, EniTags, ROLE_PARKING, TAG_ROLE};
 
 /// Settings of the collector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub fn plan_gc(enis: &[Eni], cluster: &str, now: Timestamp, policy: GcPolicy) ->
     let mut candidates: Vec<(Timestamp, &str)> = enis
         .iter()
         .filter(|e| e.state == EniState::Available && e.attachment.is_none())
+        // Parking ENIs hold reserved fixed IPs while no node has them.
+        .filter(|e| e.tags.get(TAG_ROLE).map(String::as_str) != Some(ROLE_PARKING))
         .filter_map(|e| {
             let tags = EniTags::parse(&e.tags)?;
             (tags.cluster == cluster && now.duration_since(tags.created_at) >= grace)
@@ -97,6 +99,15 @@ mod tests {
                 false,
             ),
             eni("untagged", Tags::new(), false),
+            eni(
+                "parking",
+                {
+                    let mut t = ours("prod", "2026-11-25T10:00:00Z");
+                    t.insert(TAG_ROLE.into(), ROLE_PARKING.into());
+                    t
+                },
+                false,
+            ),
             eni(
                 "hand-made",
                 Tags::from([("sextant.io/cluster".into(), "prod".into())]),

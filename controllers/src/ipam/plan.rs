@@ -184,10 +184,11 @@ impl<'a> Pool<'a> {
                 }
             }
         }
-        let held = match &input.status.usage {
-            Some(u) => parse_ips(u.used.keys().chain(u.cooling.iter())),
-            None => BTreeSet::new(),
-        };
+        // Fixed IPs belong to their pods wherever they are: held, never released.
+        let mut held = parse_ips(input.status.fixed_ips.keys());
+        if let Some(u) = &input.status.usage {
+            held.extend(parse_ips(u.used.keys().chain(u.cooling.iter())));
+        }
         let releasing = input
             .status
             .release

@@ -632,3 +632,34 @@ fn capacity_counts_pod_eni_slots_and_bare_metal_cidrs() {
         254 + 62
     );
 }
+
+#[test]
+fn fixed_ips_on_the_node_are_never_counted_free_or_marked_for_release() {
+    // 9 addresses on eni-1, none used by the agent, 4 of them fixed IPs of
+    // StatefulSet pods: with preAllocate 2 and nothing above, only the 5
+    // ordinary ones are candidates, 3 of them excess.
+    let mut status = mk_status(vec![mk_eni("eni-1", 1, 10, 9)], &[]);
+    for ip in ["10.0.1.10", "10.0.1.11", "10.0.1.12", "10.0.1.13"] {
+        status.fixed_ips.insert(ip.into(), "db/web-0".into());
+    }
+    let p = run(&mk_spec(), &status, wm(2, 0, None, 0), &default_subnets());
+    let marked: BTreeSet<&str> = p
+        .release
+        .iter()
+        .filter(|(_, s)| **s == Some(ReleaseState::Marked))
+        .map(|(ip, _)| ip.as_str())
+        .collect();
+    assert_eq!(marked.len(), 3, "{marked:?}");
+    assert!(marked.iter().all(|ip| !status.fixed_ips.contains_key(*ip)));
+    // And an agent's ready-for-release on a fixed IP is cancelled, not unassigned.
+    status
+        .release
+        .insert("10.0.1.10".into(), ReleaseState::ReadyForRelease);
+    let p = run(&mk_spec(), &status, wm(2, 0, None, 0), &default_subnets());
+    assert_eq!(p.release.get("10.0.1.10"), Some(&None));
+    assert!(
+        !p.steps
+            .iter()
+            .any(|s| matches!(s, Step::UnassignIps { .. }))
+    );
+}
