@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use kube::{Client, client::Body};
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle};
+use tower_test::mock::{self, Handle, SendResponse};
 
 /// How long the verifier waits for a request (or for the client to go)
 /// before failing the test.
@@ -36,6 +36,9 @@ pub struct Seen {
     pub body: Value,
 }
 
+/// A request left unanswered until this is dropped.
+pub struct Hung(#[allow(dead_code)] SendResponse<Response<Body>>);
+
 /// A `metav1.Status` failure body with `code`, as the API server sends it.
 pub fn status_failure(code: u16, reason: &str) -> Value {
     json!({
@@ -53,6 +56,24 @@ impl ApiServerVerifier {
     /// Takes the next request, asserts its method and path (with query), and
     /// answers `code` with `reply`. Fails the test when none comes in time.
     pub async fn expect(&mut self, method: Method, path: &str, code: u16, reply: Value) -> Seen {
+        let (seen, send) = self.next(method, path).await;
+        let response = Response::builder()
+            .status(StatusCode::from_u16(code).expect("status code"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
+            .expect("response");
+        send.send_response(response);
+        seen
+    }
+
+    /// Takes the next request like [`expect`](Self::expect) but leaves it
+    /// unanswered while the returned handle lives: an API server that hangs.
+    pub async fn expect_and_hang(&mut self, method: Method, path: &str) -> Hung {
+        let (_, send) = self.next(method, path).await;
+        Hung(send)
+    }
+
+    async fn next(&mut self, method: Method, path: &str) -> (Seen, SendResponse<Response<Body>>) {
         let (request, send) = tokio::time::timeout(PATIENCE, self.0.next_request())
             .await
             .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
@@ -82,13 +103,7 @@ impl ApiServerVerifier {
         } else {
             serde_json::from_slice(&bytes).expect("request body is JSON")
         };
-        let response = Response::builder()
-            .status(StatusCode::from_u16(code).expect("status code"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
-            .expect("response");
-        send.send_response(response);
-        Seen { content_type, body }
+        (Seen { content_type, body }, send)
     }
 
     /// Asserts that the client sent nothing more before every clone of it

@@ -322,21 +322,35 @@ impl LeaderElector {
     }
 
     /// Runs rounds forever, publishing whether we lead on `leading`. A
-    /// leader that cannot renew within the renew deadline steps down.
+    /// leader that cannot renew within the renew deadline steps down, also
+    /// when the API server stops answering: a round that has not finished by
+    /// then is given up, since the Lease expires for the other replicas all
+    /// the same.
     pub async fn run(&self, leading: watch::Sender<bool>) {
+        // When the round that last renewed began: the lease's renewTime was
+        // read from the clock then, so the deadline counts from there.
         let mut last_renewed: Option<Instant> = None;
         loop {
             let was = *leading.borrow();
-            let now_leading = match self.try_lead().await {
-                Ok(held) => {
-                    last_renewed = held.then(Instant::now);
+            let started = Instant::now();
+            let deadline = last_renewed.unwrap_or(started) + self.config.renew_deadline();
+            let now_leading = match tokio::time::timeout_at(deadline, self.try_lead()).await {
+                Ok(Ok(held)) => {
+                    last_renewed = held.then_some(started);
                     held
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(error = %ErrorChain(&e), "lease round failed");
-                    last_renewed.is_some_and(|t| t.elapsed() < self.config.renew_deadline())
+                    Instant::now() < deadline && last_renewed.is_some()
+                }
+                Err(_) => {
+                    warn!(timeout = ?self.config.renew_deadline(), "lease round timed out");
+                    false
                 }
             };
+            if !now_leading {
+                last_renewed = None;
+            }
             if now_leading != was {
                 self.metrics.transitions.inc();
                 if now_leading {
@@ -347,7 +361,11 @@ impl LeaderElector {
             }
             self.metrics.leader.set(i64::from(now_leading));
             leading.send_replace(now_leading);
-            tokio::time::sleep(self.config.renew_period()).await;
+            // A leader whose renewal failed tries again before its deadline,
+            // or steps down at it.
+            let next = Instant::now() + self.config.renew_period();
+            let next = last_renewed.map_or(next, |t| next.min(t + self.config.renew_deadline()));
+            tokio::time::sleep_until(next).await;
         }
     }
 }
@@ -493,5 +511,325 @@ mod tests {
         let c = config();
         assert_eq!(c.renew_period(), Duration::from_secs(5));
         assert_eq!(c.renew_deadline(), Duration::from_secs(10));
+    }
+
+    // The lease round trips, against a mocked API server.
+
+    use std::sync::Arc;
+
+    use http::Method;
+    use serde_json::{Value, json};
+
+    use crate::fixtures::{ApiServerVerifier, mock_client, status_failure};
+
+    const LEASE: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases/sextant-operator";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases?&fieldManager=sextant-operator";
+    const PUT_LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases/sextant-operator?&fieldManager=sextant-operator";
+    /// [`NOW`] as the API server spells a `MicroTime`.
+    const NOW_MICRO: &str = "2026-11-25T12:00:00.000000Z";
+
+    fn elector_with(config: LeaseConfig, clock: Clock) -> (LeaderElector, ApiServerVerifier) {
+        let (client, server) = mock_client();
+        let elector = LeaderElector::new(client, config, clock, LeaderMetrics::default());
+        (elector, server)
+    }
+
+    fn elector() -> (LeaderElector, ApiServerVerifier) {
+        let now = ts(NOW);
+        elector_with(config(), Arc::new(move || now))
+    }
+
+    fn not_found() -> Value {
+        status_failure(404, "NotFound")
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_naming_us() {
+        let (elector, mut server) = elector();
+        let script = async {
+            server.expect(Method::GET, LEASE, 404, not_found()).await;
+            server
+                .expect(
+                    Method::POST,
+                    LEASES,
+                    201,
+                    json!(mk_lease(Some("me"), NOW, 15)),
+                )
+                .await
+        };
+        let (led, created) = tokio::join!(elector.try_lead(), script);
+        assert!(led.unwrap());
+        assert_eq!(created.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            created.body,
+            json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": { "name": "sextant-operator", "namespace": "sextant-system" },
+                "spec": {
+                    "holderIdentity": "me",
+                    "leaseDurationSeconds": 15,
+                    "acquireTime": NOW_MICRO,
+                    "renewTime": NOW_MICRO,
+                    "leaseTransitions": 0,
+                },
+            })
+        );
+        drop(elector);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_replica_is_read_and_not_written() {
+        let (elector, mut server) = elector();
+        let live = mk_lease(Some("other"), "2026-11-25T11:59:50Z", 15);
+        let (led, read) = tokio::join!(
+            elector.try_lead(),
+            server.expect(Method::GET, LEASE, 200, json!(live)),
+        );
+        assert!(!led.unwrap());
+        assert_eq!(read.body, Value::Null);
+        drop(elector);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_by_a_put_guarded_by_its_resource_version() {
+        let (elector, mut server) = elector();
+        let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
+        let script = async {
+            server.expect(Method::GET, LEASE, 200, json!(expired)).await;
+            server
+                .expect(Method::PUT, PUT_LEASE, 200, json!(expired))
+                .await
+        };
+        let (led, put) = tokio::join!(elector.try_lead(), script);
+        assert!(led.unwrap());
+        assert_eq!(put.content_type.as_deref(), Some("application/json"));
+        assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            put.body["spec"],
+            json!({
+                "holderIdentity": "me",
+                "leaseDurationSeconds": 15,
+                "acquireTime": NOW_MICRO,
+                "renewTime": NOW_MICRO,
+                "leaseTransitions": 3,
+            })
+        );
+        drop(elector);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn our_own_lease_is_renewed_by_a_put_keeping_its_acquire_time() {
+        let (elector, mut server) = elector();
+        let ours = mk_lease(Some("me"), "2026-11-25T11:59:55Z", 15);
+        let script = async {
+            server.expect(Method::GET, LEASE, 200, json!(ours)).await;
+            server
+                .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
+                .await
+        };
+        let (led, put) = tokio::join!(elector.try_lead(), script);
+        assert!(led.unwrap());
+        assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            put.body["spec"]["acquireTime"],
+            "2026-11-25T11:00:00.000000Z"
+        );
+        assert_eq!(put.body["spec"]["renewTime"], NOW_MICRO);
+        assert_eq!(put.body["spec"]["leaseTransitions"], 2);
+        drop(elector);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn losing_the_race_to_write_the_lease_means_not_leading_this_round() {
+        // Another replica wrote the expired lease first: 409 Conflict.
+        let (elector, mut server) = elector();
+        let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
+        let script = async {
+            server.expect(Method::GET, LEASE, 200, json!(expired)).await;
+            server
+                .expect(Method::PUT, PUT_LEASE, 409, status_failure(409, "Conflict"))
+                .await;
+            // Another replica created the lease first: 409 AlreadyExists.
+            server.expect(Method::GET, LEASE, 404, not_found()).await;
+            server
+                .expect(
+                    Method::POST,
+                    LEASES,
+                    409,
+                    status_failure(409, "AlreadyExists"),
+                )
+                .await;
+        };
+        let (lost_put, lost_post) = tokio::join!(
+            async { (elector.try_lead().await, elector.try_lead().await) },
+            script
+        )
+        .0;
+        assert!(!lost_put.unwrap());
+        assert!(!lost_post.unwrap());
+        drop(elector);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_or_write_is_an_error_not_a_verdict() {
+        let (elector, mut server) = elector();
+        let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
+        let script = async {
+            server
+                .expect(
+                    Method::GET,
+                    LEASE,
+                    500,
+                    status_failure(500, "InternalError"),
+                )
+                .await;
+            server.expect(Method::GET, LEASE, 200, json!(expired)).await;
+            server
+                .expect(
+                    Method::PUT,
+                    PUT_LEASE,
+                    500,
+                    status_failure(500, "InternalError"),
+                )
+                .await;
+        };
+        let ((read, write), ()) = tokio::join!(
+            async { (elector.try_lead().await, elector.try_lead().await) },
+            script
+        );
+        assert!(matches!(read, Err(LeaseError::Read { .. })), "{read:?}");
+        assert!(matches!(write, Err(LeaseError::Write { .. })), "{write:?}");
+        drop(elector);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn release_frees_only_a_lease_we_hold() {
+        let (elector, mut server) = elector();
+        let ours = mk_lease(Some("me"), "2026-11-25T11:59:55Z", 15);
+        let theirs = mk_lease(Some("other"), "2026-11-25T11:59:55Z", 15);
+        let script = async {
+            server.expect(Method::GET, LEASE, 200, json!(ours)).await;
+            let put = server
+                .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
+                .await;
+            server.expect(Method::GET, LEASE, 200, json!(theirs)).await;
+            server.expect(Method::GET, LEASE, 404, not_found()).await;
+            put
+        };
+        let (released, put) = tokio::join!(
+            async {
+                [
+                    elector.release().await.is_ok(),
+                    elector.release().await.is_ok(),
+                    elector.release().await.is_ok(),
+                ]
+            },
+            script
+        );
+        assert_eq!(released, [true; 3]);
+        assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+        let spec = &put.body["spec"];
+        assert_eq!(spec.get("holderIdentity"), None, "nobody holds it");
+        assert_eq!(spec["leaseDurationSeconds"], 1);
+        assert_eq!(spec["renewTime"], NOW_MICRO);
+        drop(elector);
+        server.expect_no_more().await;
+    }
+
+    /// A clock that follows tokio's (paused) time from [`NOW`].
+    fn tokio_clock() -> Clock {
+        let start = Instant::now();
+        let epoch = ts(NOW);
+        Arc::new(move || {
+            let since = SignedDuration::try_from(start.elapsed()).unwrap();
+            epoch.checked_add(since).unwrap()
+        })
+    }
+
+    /// A lease of 3 s: renewed every second, given up after 2 s without renewal.
+    fn short_config() -> LeaseConfig {
+        LeaseConfig {
+            duration: Duration::from_secs(3),
+            ..config()
+        }
+    }
+
+    /// Starts `run`; returns the verifier after the first round made us leader.
+    async fn leading_elector() -> (
+        Arc<LeaderElector>,
+        ApiServerVerifier,
+        watch::Receiver<bool>,
+        tokio::task::JoinHandle<()>,
+        Instant,
+    ) {
+        let (elector, mut server) = elector_with(short_config(), tokio_clock());
+        let elector = Arc::new(elector);
+        let (tx, mut leading) = watch::channel(false);
+        let started = Instant::now();
+        let run = tokio::spawn({
+            let elector = elector.clone();
+            async move { elector.run(tx).await }
+        });
+        server.expect(Method::GET, LEASE, 404, not_found()).await;
+        let lease = mk_lease(Some("me"), NOW, 3);
+        server.expect(Method::POST, LEASES, 201, json!(lease)).await;
+        leading.wait_for(|l| *l).await.unwrap();
+        (elector, server, leading, run, started)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_by_the_renew_deadline() {
+        let (elector, mut server, mut leading, run, renewed) = leading_elector().await;
+        let failing = async {
+            loop {
+                server
+                    .expect(
+                        Method::GET,
+                        LEASE,
+                        500,
+                        status_failure(500, "InternalError"),
+                    )
+                    .await;
+            }
+        };
+        tokio::select! {
+            stepped_down = leading.wait_for(|l| !*l) => { stepped_down.unwrap(); }
+            () = failing => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => panic!("never stepped down"),
+        }
+        assert!(
+            renewed.elapsed() <= short_config().renew_deadline(),
+            "stepped down {:?} after the last renewal",
+            renewed.elapsed()
+        );
+        assert_eq!(elector.metrics.leader.get(), 0);
+        assert_eq!(elector.metrics.transitions.get(), 2);
+        run.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewal_hangs_steps_down_by_the_renew_deadline() {
+        // The API server takes the GET and never answers (a half-open
+        // connection): the lease expires for everyone else all the same.
+        let (_elector, mut server, mut leading, run, renewed) = leading_elector().await;
+        let _hung = server.expect_and_hang(Method::GET, LEASE).await;
+        tokio::time::timeout(Duration::from_secs(30), leading.wait_for(|l| !*l))
+            .await
+            .expect("a hung renewal must not keep us leading")
+            .unwrap();
+        assert!(
+            renewed.elapsed() <= short_config().renew_deadline(),
+            "stepped down {:?} after the last renewal",
+            renewed.elapsed()
+        );
+        run.abort();
     }
 }

@@ -645,4 +645,216 @@ mod tests {
             .insert(LABEL_INSTANCE_TYPE.into(), "m5.xlarge".into());
         assert_ne!(node_fingerprint(&a), node_fingerprint(&c));
     }
+
+    // The node watch's kube calls, against a mocked API server.
+
+    use std::time::Duration;
+
+    use http::Method;
+    use kube::runtime::{reflector, watcher};
+    use serde_json::{Value, json};
+
+    use crate::fixtures::{ApiServerVerifier, mock_client, status_failure};
+
+    const NODE_NETWORKS: &str =
+        "/apis/sextant.io/v1alpha1/nodenetworks?&fieldManager=sextant-operator";
+
+    /// A node watch context whose client talks to the returned verifier and
+    /// whose NodeNetwork cache holds `known`.
+    fn node_ctx(known: &[NodeNetwork]) -> (NodeContext, ApiServerVerifier) {
+        let (client, server) = mock_client();
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for nn in known {
+            writer.apply_watcher_event(&watcher::Event::InitApply(nn.clone()));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let ctx = NodeContext {
+            client,
+            provider: Provider::Aws,
+            defaults: NodeNetworkDefaults {
+                vpc_id: Some("vpc-1".into()),
+                ..NodeNetworkDefaults::default()
+            },
+            node_networks: store,
+            retry: Backoff {
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(5),
+                max_attempts: 3,
+                ..Backoff::default()
+            },
+            metrics: NodeWatchMetrics::default(),
+        };
+        (ctx, server)
+    }
+
+    fn new_node() -> Node {
+        mk_node(
+            "ip-10-0-0-1",
+            Some("aws:///us-east-1a/i-0abc123"),
+            &TYPE_AND_ZONE,
+        )
+    }
+
+    /// The NodeNetwork the API server should receive for [`new_node`].
+    fn expected_body() -> Value {
+        json!({
+            "apiVersion": "sextant.io/v1alpha1",
+            "kind": "NodeNetwork",
+            "metadata": {
+                "name": "ip-10-0-0-1",
+                "labels": { "app.kubernetes.io/managed-by": "sextant-operator" },
+                "ownerReferences": [{
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "name": "ip-10-0-0-1",
+                    "uid": "uid-ip-10-0-0-1",
+                    "controller": true,
+                }],
+            },
+            "spec": {
+                "provider": "aws",
+                "instanceId": "i-0abc123",
+                "instanceType": "m5.large",
+                "zone": "us-east-1a",
+                "vpcId": "vpc-1",
+                "ipam": {},
+            },
+        })
+    }
+
+    fn errors(ctx: &NodeContext, error: &'static str) -> u64 {
+        ctx.metrics
+            .errors
+            .get_or_create(&ErrorLabels { error })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_new_node_gets_exactly_one_post_of_its_node_network() {
+        let (ctx, mut server) = node_ctx(&[]);
+        let node = new_node();
+        let (outcome, seen) = tokio::join!(
+            ensure_node_network(&node, &ctx),
+            server.expect(Method::POST, NODE_NETWORKS, 201, expected_body()),
+        );
+        assert_eq!(outcome.unwrap(), NodeOutcome::Created);
+        assert_eq!(seen.content_type.as_deref(), Some("application/json"));
+        assert_eq!(seen.body, expected_body());
+        assert_eq!(ctx.metrics.created.get(), 1);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_network_created_meanwhile_is_not_an_error() {
+        let (ctx, mut server) = node_ctx(&[]);
+        let node = new_node();
+        let (outcome, _) = tokio::join!(
+            handle_node(&node, &ctx),
+            server.expect(
+                Method::POST,
+                NODE_NETWORKS,
+                409,
+                status_failure(409, "AlreadyExists")
+            ),
+        );
+        assert_eq!(outcome, ());
+        assert_eq!(ctx.metrics.created.get(), 0);
+        assert_eq!(errors(&ctx, "kube_create"), 0, "not an error, not retried");
+        let (again, _) = tokio::join!(
+            ensure_node_network(&node, &ctx),
+            server.expect(
+                Method::POST,
+                NODE_NETWORKS,
+                409,
+                status_failure(409, "AlreadyExists")
+            ),
+        );
+        assert_eq!(again.unwrap(), NodeOutcome::Exists);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_network_in_the_cache_costs_no_request() {
+        let node = new_node();
+        let known = node_network_for(&node, Provider::Aws, &NodeNetworkDefaults::default())
+            .unwrap()
+            .unwrap();
+        let (ctx, server) = node_ctx(&[known]);
+        assert_eq!(
+            ensure_node_network(&node, &ctx).await.unwrap(),
+            NodeOutcome::Exists
+        );
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn nodes_that_cannot_have_a_node_network_yet_send_nothing() {
+        let (ctx, server) = node_ctx(&[]);
+        let waiting = mk_node("n", None, &TYPE_AND_ZONE);
+        assert_eq!(
+            ensure_node_network(&waiting, &ctx).await.unwrap(),
+            NodeOutcome::Waiting
+        );
+        let foreign = mk_node("g", Some("gce://p/us-central1-a/vm-1"), &TYPE_AND_ZONE);
+        handle_node(&foreign, &ctx).await;
+        assert_eq!(
+            errors(&ctx, "bad_provider_id"),
+            1,
+            "reported once, not retried"
+        );
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_retried_until_it_succeeds() {
+        let (ctx, mut server) = node_ctx(&[]);
+        let node = new_node();
+        let script = async {
+            let failed = server
+                .expect(
+                    Method::POST,
+                    NODE_NETWORKS,
+                    500,
+                    status_failure(500, "InternalError"),
+                )
+                .await;
+            let retried = server
+                .expect(Method::POST, NODE_NETWORKS, 201, expected_body())
+                .await;
+            assert_eq!(failed.body, retried.body, "the same object again");
+        };
+        tokio::join!(handle_node(&node, &ctx), script);
+        assert_eq!(errors(&ctx, "kube_create"), 1);
+        assert_eq!(ctx.metrics.created.get(), 1);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_create_that_keeps_failing_stops_after_the_retry_budget() {
+        let (ctx, mut server) = node_ctx(&[]);
+        let node = new_node();
+        let script = async {
+            for _ in 0..3 {
+                server
+                    .expect(
+                        Method::POST,
+                        NODE_NETWORKS,
+                        503,
+                        status_failure(503, "ServiceUnavailable"),
+                    )
+                    .await;
+            }
+        };
+        tokio::join!(handle_node(&node, &ctx), script);
+        assert_eq!(errors(&ctx, "kube_create"), 3);
+        assert_eq!(ctx.metrics.created.get(), 0);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
 }
