@@ -361,12 +361,12 @@ impl Agent {
         let link = veth::link_by_name(&self.netlink, &host)
             .await?
             .ok_or_else(|| Error::BadRequest(format!("host veth {host} is missing")))?;
-        if let Some(dp) = lock(&self.datapath).as_ref() {
-            if !dp.is_attached(&host) {
-                return Err(Error::BadRequest(format!(
-                    "datapath not attached to {host}"
-                )));
-            }
+        if let Some(dp) = lock(&self.datapath).as_ref()
+            && !dp.is_attached(&host)
+        {
+            return Err(Error::BadRequest(format!(
+                "datapath not attached to {host}"
+            )));
         }
         let _ = link;
         Ok(CniReply {

@@ -139,14 +139,14 @@ pub struct Restored {
 pub fn restore(cp: &Checkpoint, mut alive: impl FnMut(&Allocation) -> bool) -> Result<Restored> {
     let mut owners: BTreeMap<Ipv4Addr, &Allocation> = BTreeMap::new();
     for a in &cp.allocations {
-        if let Some(first) = owners.insert(a.ip, a) {
-            if first.key() != a.key() {
-                return Err(Error::DuplicateIp {
-                    ip: a.ip,
-                    first: first.key().to_string(),
-                    second: a.key().to_string(),
-                });
-            }
+        if let Some(first) = owners.insert(a.ip, a)
+            && first.key() != a.key()
+        {
+            return Err(Error::DuplicateIp {
+                ip: a.ip,
+                first: first.key().to_string(),
+                second: a.key().to_string(),
+            });
         }
     }
     let mut out = Restored::default();

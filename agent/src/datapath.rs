@@ -157,7 +157,7 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
         .unwrap_or(Path::new("/sys/fs/bpf"));
     let on_bpffs = |p: &Path| {
         nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
             .unwrap_or(false)
     };
     if on_bpffs(probe) {
@@ -193,15 +193,13 @@ impl Datapath {
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
         let prog_pin = root.join(PROG_PIN);
         let adopted = prog_pin.exists() && MAPS.iter().all(|m| root.join(m).exists());
-        if !adopted {
-            if let Err(e) = Self::load_and_pin(root) {
-                // Roll back a partial load so the next start loads cleanly.
-                let _ = fs::remove_file(&prog_pin);
-                for m in MAPS {
-                    let _ = fs::remove_file(root.join(m));
-                }
-                return Err(e);
+        if !adopted && let Err(e) = Self::load_and_pin(root) {
+            // Roll back a partial load so the next start loads cleanly.
+            let _ = fs::remove_file(&prog_pin);
+            for m in MAPS {
+                let _ = fs::remove_file(root.join(m));
             }
+            return Err(e);
         }
         let prog = SchedClassifier::from_pin(&prog_pin)
             .map_err(|e| Error::bpf(format!("opening pinned program {}", prog_pin.display()), e))?;

@@ -94,9 +94,9 @@ pub enum Error {
     Kube {
         /// What we were doing.
         action: String,
-        /// kube's error.
+        /// kube's error (boxed: it is large).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A request to the agent API was malformed.
     #[error("bad request: {0}")]

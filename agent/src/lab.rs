@@ -159,18 +159,18 @@ impl Lab {
         self.agent = Some(child);
         let start = Instant::now();
         loop {
-            if let Ok(h) = self.health() {
-                if h.state == "ready" || h.state == "degraded" {
-                    return Ok(());
-                }
+            if let Ok(h) = self.health()
+                && (h.state == "ready" || h.state == "degraded")
+            {
+                return Ok(());
             }
-            if let Some(c) = self.agent.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    return Err(Error::io(
-                        "sextant-agent",
-                        std::io::Error::other(format!("exited: {st}")),
-                    ));
-                }
+            if let Some(c) = self.agent.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                return Err(Error::io(
+                    "sextant-agent",
+                    std::io::Error::other(format!("exited: {st}")),
+                ));
             }
             if start.elapsed() > Duration::from_secs(30) {
                 return Err(Error::io(

@@ -379,11 +379,10 @@ pub(crate) mod tests {
             for o in ops {
                 match o {
                     Op::Add(i) => {
-                        if let Ok(a) = p.allocate(&mk_req(&i.to_string()), now, "t") {
-                            if let Some(t) = freed_at.get(&a.ip) {
+                        if let Ok(a) = p.allocate(&mk_req(&i.to_string()), now, "t")
+                            && let Some(t) = freed_at.get(&a.ip) {
                                 prop_assert!(now >= t + DEFAULT_COOLDOWN_MS);
                             }
-                        }
                     }
                     Op::Del(i) => {
                         let key = mk_req(&i.to_string()).key;

@@ -101,7 +101,7 @@ impl Args {
             (Some(node), true) => {
                 let client = Client::try_default().await.map_err(|source| Error::Kube {
                     action: "building the Kubernetes client".into(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
                 Some(tokio::spawn(node_loops(
@@ -188,11 +188,11 @@ pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, 
             if let Err(e) = agent.save().await {
                 warn!(error = %crate::ErrorChain(&e), "checkpoint after handshake");
             }
-            if let Some(patch) = agent.usage_patch(&answers) {
-                if let Err(e) = usage::write(&api, &node, &patch).await {
-                    agent.metrics.error(&e);
-                    warn!(error = %crate::ErrorChain(&e), %node, "handshake answer failed");
-                }
+            if let Some(patch) = agent.usage_patch(&answers)
+                && let Err(e) = usage::write(&api, &node, &patch).await
+            {
+                agent.metrics.error(&e);
+                warn!(error = %crate::ErrorChain(&e), %node, "handshake answer failed");
             }
         }
     };

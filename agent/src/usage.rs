@@ -80,7 +80,7 @@ pub async fn write(api: &Api<NodeNetwork>, node: &str, patch: &Value) -> Result<
         .map(|_| ())
         .map_err(|source| Error::Kube {
             action: format!("patching NodeNetwork {node} status"),
-            source,
+            source: Box::new(source),
         })
 }
 

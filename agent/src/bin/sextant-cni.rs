@@ -8,10 +8,10 @@ use sextant_agent::cni::{CniEnv, run};
 fn main() -> std::process::ExitCode {
     let mut stdin = Vec::new();
     let env = CniEnv::from_process();
-    if env.command != "VERSION" {
-        if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-            eprintln!("sextant-cni: reading stdin: {e}");
-        }
+    if env.command != "VERSION"
+        && let Err(e) = std::io::stdin().read_to_end(&mut stdin)
+    {
+        eprintln!("sextant-cni: reading stdin: {e}");
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

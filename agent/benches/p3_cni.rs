@@ -1,0 +1,105 @@
+//! P3: CNI ADD latency from a warm pool, `sextant-cni` + agent against
+//! Debian's reference `bridge` + `host-local` plugins, invoked the same way
+//! (a fresh plugin process per ADD, in the same node namespace) in one run.
+
+mod common;
+
+use std::{path::Path, time::Instant};
+
+use sextant_agent::lab::{Lab, LabConfig, cni_exec};
+
+const N: usize = 150;
+const REFERENCE_BRIDGE: &str = "/usr/lib/cni/bridge";
+
+fn main() {
+    if !common::can_run("P3") {
+        return;
+    }
+    if !Path::new(REFERENCE_BRIDGE).exists() {
+        println!(
+            "P3: SKIPPED: {REFERENCE_BRIDGE} missing (containernetworking-plugins; scripts/setup.sh installs it)"
+        );
+        return;
+    }
+    if let Err(e) = run() {
+        println!("P3: FAILED: {}", sextant_agent::ErrorChain(&e));
+        std::process::exit(1);
+    }
+}
+
+fn run() -> sextant_agent::Result<()> {
+    let mut lab = Lab::new(LabConfig {
+        prefix: format!("p3b{}", std::process::id() % 100_000),
+        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
+        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
+        pool: "10.78.0.0/22".into(),
+        pods: 2 * N,
+        datapath: true,
+    })?;
+    lab.start_agent()?;
+    let ipam_dir =
+        std::env::temp_dir().join(format!("sextant-p3-hostlocal-{}", std::process::id()));
+    let ref_conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "p3ref",
+        "type": "bridge",
+        "bridge": "p3ref0",
+        "isGateway": true,
+        "ipMasq": false,
+        "ipam": { "type": "host-local", "subnet": "10.79.0.0/22", "dataDir": ipam_dir },
+    })
+    .to_string();
+    let conf = lab.net_conf();
+    let mut ours = Vec::with_capacity(N);
+    let mut theirs = Vec::with_capacity(N);
+    // Interleaved, so both see the same machine state over the run.
+    for i in 0..N {
+        let pod = lab.pods[i].clone();
+        let t = Instant::now();
+        let (ok, out) = cni_exec(
+            &lab.node,
+            Path::new(env!("CARGO_BIN_EXE_sextant-cni")),
+            "ADD",
+            &pod.container_id,
+            &pod.netns(),
+            &conf,
+        )?;
+        ours.push(t.elapsed());
+        if !ok {
+            return Err(sextant_agent::Error::BadRequest(format!(
+                "sextant ADD failed: {out}"
+            )));
+        }
+        let pod = lab.pods[N + i].clone();
+        let t = Instant::now();
+        let (ok, out) = cni_exec(
+            &lab.node,
+            Path::new(REFERENCE_BRIDGE),
+            "ADD",
+            &pod.container_id,
+            &pod.netns(),
+            &ref_conf,
+        )?;
+        theirs.push(t.elapsed());
+        if !ok {
+            return Err(sextant_agent::Error::BadRequest(format!(
+                "reference ADD failed: {out}"
+            )));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&ipam_dir);
+    drop(lab);
+    ours.sort();
+    theirs.sort();
+    let (o50, o99) = (common::pct(&ours, 50.0), common::pct(&ours, 99.0));
+    let (t50, t99) = (common::pct(&theirs, 50.0), common::pct(&theirs, 99.0));
+    println!(
+        "P3 cni-add p50: sextant {o50:.2} ms, reference {t50:.2} ms, ratio {:.1}x",
+        t50 / o50
+    );
+    println!(
+        "P3 cni-add p99: sextant {o99:.2} ms, reference {t99:.2} ms, ratio {:.1}x",
+        t99 / o99
+    );
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! P4a: connect latency (TCP handshake + one echo) from a pod to a ClusterIP
+//! with 10, 1K and 10K services installed: the BPF service map against
+//! kube-proxy-style iptables rules (KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP
+//! DNAT, nat PREROUTING) on the same veth path, in one run. The measured
+//! service is the last one installed (the end of the iptables chain).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sextant_agent::{
+    Error, Result,
+    api::ServiceSpec,
+    datapath::{Backend, Frontend, Proto},
+    lab::{Lab, LabConfig, in_netns, spawn_in_netns},
+};
+
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+const CONNECTIONS: usize = 300;
+
+fn vip(i: usize) -> Ipv4Addr {
+    let i = u32::try_from(i).unwrap_or(0) + 1;
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i)
+}
+
+fn main() {
+    if !common::can_run("P4a") {
+        return;
+    }
+    if Command::new("iptables-restore")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("P4a: SKIPPED: iptables-restore missing (scripts/setup.sh installs iptables)");
+        return;
+    }
+    if let Err(e) = run() {
+        println!("P4a: FAILED: {}", sextant_agent::ErrorChain(&e));
+        std::process::exit(1);
+    }
+}
+
+fn mk_lab(tag: &str, datapath: bool) -> Result<Lab> {
+    let mut lab = Lab::new(LabConfig {
+        prefix: format!("p4{tag}{}", std::process::id() % 100_000),
+        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
+        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
+        pool: "10.80.0.0/28".into(),
+        pods: 2,
+        datapath,
+    })?;
+    lab.start_agent()?;
+    lab.add(0)?;
+    let backend = lab.add(1)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = spawn_in_netns(&lab.pods[1].name.clone(), move || {
+        let Ok(l) = TcpListener::bind(SocketAddrV4::new(backend, 8080)) else {
+            return;
+        };
+        let _ = tx.send(());
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut w) = s.try_clone() else { return };
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if writeln!(w, "{line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(5))
+        .map_err(|_| Error::BadRequest("backend did not bind".into()))?;
+    Ok(lab)
+}
+
+fn measure(lab: &Lab, target: Ipv4Addr) -> Result<Vec<Duration>> {
+    in_netns(
+        &lab.pods[0].name.clone(),
+        move || -> std::io::Result<Vec<Duration>> {
+            let mut out = Vec::with_capacity(CONNECTIONS);
+            for i in 0..CONNECTIONS + 20 {
+                let t = Instant::now();
+                let s = TcpStream::connect_timeout(
+                    &SocketAddrV4::new(target, 80).into(),
+                    Duration::from_secs(3),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                let mut w = s.try_clone()?;
+                writeln!(w, "ping")?;
+                let mut line = String::new();
+                BufReader::new(s).read_line(&mut line)?;
+                if i >= 20 {
+                    out.push(t.elapsed());
+                }
+            }
+            out.sort();
+            Ok(out)
+        },
+    )?
+    .map_err(|e| Error::io(format!("connecting to {target}:80"), e))
+}
+
+fn iptables_rules(n: usize, backend: Ipv4Addr) -> String {
+    let mut r = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n",
+    );
+    for i in 0..n {
+        r.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n:KUBE-SEP-{i} - [0:0]\n"));
+    }
+    r.push_str("-A PREROUTING -j KUBE-SERVICES\n");
+    for i in 0..n {
+        let v = vip(i);
+        r.push_str(&format!(
+            "-A KUBE-SERVICES -d {v}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}\n\
+             -A KUBE-SVC-{i} -j KUBE-SEP-{i}\n\
+             -A KUBE-SEP-{i} -p tcp -m tcp -j DNAT --to-destination {backend}:8080\n"
+        ));
+    }
+    r.push_str("COMMIT\n");
+    r
+}
+
+fn in_node(lab: &Lab, args: &[&str], stdin: Option<String>) -> Result<()> {
+    let mut full = vec!["netns", "exec", lab.node.as_str()];
+    full.extend_from_slice(args);
+    let mut child = Command::new("ip")
+        .args(&full)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("running ip netns exec", e))?;
+    if let (Some(body), Some(mut si)) = (stdin, child.stdin.take()) {
+        si.write_all(body.as_bytes())
+            .map_err(|e| Error::io("writing rules", e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io("waiting", e))?;
+    if !out.status.success() {
+        return Err(Error::io(
+            args.join(" "),
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        ));
+    }
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let bpf = mk_lab("b", true)?;
+    let ipt = mk_lab("i", false)?;
+    in_node(&ipt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
+    let bpf_backend = bpf.pods[1]
+        .ip
+        .ok_or_else(|| Error::BadRequest("no backend".into()))?;
+    let ipt_backend = ipt.pods[1]
+        .ip
+        .ok_or_else(|| Error::BadRequest("no backend".into()))?;
+    let mut installed = 0;
+    let mut rows = Vec::new();
+    for n in SIZES {
+        for i in installed..n {
+            bpf.set_service(&ServiceSpec {
+                frontend: Frontend {
+                    vip: vip(i),
+                    port: 80,
+                    proto: Proto::Tcp,
+                },
+                backends: vec![Backend {
+                    ip: bpf_backend,
+                    port: 8080,
+                }],
+            })?;
+        }
+        installed = n;
+        in_node(
+            &ipt,
+            &["iptables-restore", "-w"],
+            Some(iptables_rules(n, ipt_backend)),
+        )?;
+        let target = vip(n - 1);
+        let b = measure(&bpf, target)?;
+        let t = measure(&ipt, target)?;
+        rows.push((
+            n,
+            common::pct(&b, 50.0),
+            common::pct(&b, 99.0),
+            common::pct(&t, 50.0),
+            common::pct(&t, 99.0),
+        ));
+    }
+    println!(
+        "P4a service connect latency (TCP connect + 1 echo, {CONNECTIONS} connections, last service of n):"
+    );
+    println!(
+        "{:>8} {:>12} {:>12} {:>14} {:>14} {:>9} {:>9}",
+        "services", "bpf p50 ms", "bpf p99 ms", "iptables p50", "iptables p99", "p50 x", "p99 x"
+    );
+    for (n, b50, b99, t50, t99) in rows {
+        println!(
+            "{n:>8} {b50:>12.3} {b99:>12.3} {t50:>14.3} {t99:>14.3} {:>8.2}x {:>8.2}x",
+            t50 / b50,
+            t99 / b99
+        );
+        println!(
+            "P4a services={n} p99: sextant-bpf {b99:.3} ms, iptables {t99:.3} ms, ratio {:.2}x",
+            t99 / b99
+        );
+    }
+    Ok(())
+}
