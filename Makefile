@@ -22,6 +22,8 @@ test: setup
 
 bench: setup
 	$(CARGO) run --release -q -p sextantctl -- bench
+	$(CARGO) bench -q -p sextant-agent --bench p3_cni
+	$(CARGO) bench -q -p sextant-agent --bench p4a_service
 
 crds:
 	$(CARGO) run -q -p sextant-crds --bin crdgen
