@@ -6,6 +6,7 @@
 //! the Kubernetes controller and by `sextantctl simulate`.
 
 mod error;
+pub mod fixed_ip;
 #[cfg(test)]
 mod fixtures;
 pub mod ipam;
@@ -19,3 +20,4 @@ pub mod http;
 pub mod leader;
 pub mod node_watch;
 pub mod runtime;
+pub mod webhook;
