@@ -1,0 +1,115 @@
+//! The kube-scheduler extender protocol (`k8s.io/kube-scheduler/extender/v1`).
+//!
+//! The Go structs carry no `json` tags, so kube-scheduler writes the Go field
+//! names (`{"Pod": …, "Nodes": null, "NodeNames": ["n1"]}`) and reads the
+//! answer with Go's case-insensitive decoder. These types write exactly the
+//! Go names and also accept the lower-case spellings that hand-written
+//! clients (and extenders with their own tagged copies) use.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    List,
+    api::core::v1::{Node, Pod},
+};
+use serde::{Deserialize, Serialize};
+
+/// Highest score an extender may give (`MaxExtenderPriority`); kube-scheduler
+/// multiplies it by the extender's `weight` and by 10.
+pub const MAX_EXTENDER_PRIORITY: i64 = 10;
+
+/// Lowest score an extender may give (`MinExtenderPriority`).
+pub const MIN_EXTENDER_PRIORITY: i64 = 0;
+
+/// `v1.NodeList` as kube-scheduler sends it when `nodeCacheCapable` is false.
+pub type NodeList = List<Node>;
+
+/// The body of a filter or prioritize call.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ExtenderArgs {
+    /// The pod being scheduled.
+    #[serde(rename = "Pod", alias = "pod", default)]
+    pub pod: Option<Pod>,
+    /// Candidate nodes as full objects (`nodeCacheCapable: false`).
+    #[serde(rename = "Nodes", alias = "nodes", default)]
+    pub nodes: Option<NodeList>,
+    /// Candidate node names (`nodeCacheCapable: true`).
+    #[serde(
+        rename = "NodeNames",
+        alias = "nodenames",
+        alias = "nodeNames",
+        default
+    )]
+    pub node_names: Option<Vec<String>>,
+}
+
+/// Node name -> why the pod cannot go there (`FailedNodesMap`).
+pub type FailedNodesMap = BTreeMap<String, String>;
+
+/// The answer to a filter call.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ExtenderFilterResult {
+    /// Nodes that pass, as full objects (when the request sent `Nodes`).
+    #[serde(rename = "Nodes", alias = "nodes", default)]
+    pub nodes: Option<NodeList>,
+    /// Nodes that pass, by name (when the request sent `NodeNames`).
+    #[serde(
+        rename = "NodeNames",
+        alias = "nodenames",
+        alias = "nodeNames",
+        default
+    )]
+    pub node_names: Option<Vec<String>>,
+    /// Every filtered node with its reason.
+    #[serde(
+        rename = "FailedNodes",
+        alias = "failedNodes",
+        default,
+        deserialize_with = "null_as_empty"
+    )]
+    pub failed_nodes: FailedNodesMap,
+    /// Filtered nodes where preempting pods would not help; kube-scheduler
+    /// gives this map precedence over `FailedNodes`.
+    #[serde(
+        rename = "FailedAndUnresolvableNodes",
+        alias = "failedAndUnresolvableNodes",
+        default,
+        deserialize_with = "null_as_empty"
+    )]
+    pub failed_and_unresolvable_nodes: FailedNodesMap,
+    /// Set when the extender could not decide; kube-scheduler then fails
+    /// this scheduling attempt with the message (unless `ignorable`).
+    #[serde(rename = "Error", alias = "error", default)]
+    pub error: String,
+}
+
+impl ExtenderFilterResult {
+    /// A result that only carries an error message.
+    pub fn error(message: impl Into<String>) -> Self {
+        ExtenderFilterResult {
+            error: message.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One node's score (`HostPriority`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HostPriority {
+    /// Node name.
+    #[serde(rename = "Host", alias = "host")]
+    pub host: String,
+    /// 0..=[`MAX_EXTENDER_PRIORITY`], higher is better.
+    #[serde(rename = "Score", alias = "score")]
+    pub score: i64,
+}
+
+/// The answer to a prioritize call (`HostPriorityList`).
+pub type HostPriorityList = Vec<HostPriority>;
+
+fn null_as_empty<'de, D>(d: D) -> Result<FailedNodesMap, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<FailedNodesMap>::deserialize(d)?.unwrap_or_default())
+}

@@ -1,0 +1,234 @@
+//! Filter: which candidate nodes a pod may go to, each refusal with a
+//! reason. Pure: an index snapshot and the request in, a verdict out.
+//!
+//! - A pod with a FixedIP goes only where its address is or can be
+//!   attached: the node already holding it; else, on a cloud node in the
+//!   address's zone, an attached pod ENI in its subnet with room for one more
+//!   address, or a free ENI slot; on bare metal (`static`), only the node
+//!   whose pod CIDRs contain it.
+//! - Every pod stays off nodes whose pod IPs are used up (used + pending >=
+//!   capacity, when the capacity is known). The fixed-IP pod's own holder is
+//!   exempt: its address is already on the node.
+//! - A node without NodeNetwork passes a plain pod (no opinion) and fails a
+//!   fixed-IP pod (nowhere to attach the address).
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use sextant_crds::Provider;
+
+use crate::{
+    error::{Error, Result},
+    index::{Index, NodeEntry},
+    pod::{FixedTarget, PodRef, fixed_target},
+};
+
+/// Why a node cannot take the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Fixed-IP pod, node without NodeNetwork.
+    NoNodeNetwork {
+        /// The pod's address.
+        ip: Ipv4Addr,
+    },
+    /// Fixed-IP pod, node in another zone (or of unknown zone).
+    WrongZone {
+        /// The pod's address.
+        ip: Ipv4Addr,
+        /// The address's zone.
+        want: String,
+        /// The node's zone.
+        have: Option<String>,
+    },
+    /// Fixed-IP pod, bare-metal node whose pod CIDRs do not contain the address.
+    NotInPodCidrs {
+        /// The pod's address.
+        ip: Ipv4Addr,
+    },
+    /// Fixed-IP pod, cloud node whose ENI limits are not known yet.
+    LimitsUnknown {
+        /// The pod's address.
+        ip: Ipv4Addr,
+    },
+    /// Fixed-IP pod, no ENI of the subnet with room and no free ENI slot.
+    CannotAttach {
+        /// The pod's address.
+        ip: Ipv4Addr,
+        /// The address's subnet.
+        subnet: Option<String>,
+        /// Attached pod ENIs.
+        enis: u32,
+        /// ENIs the instance allows.
+        max_enis: u32,
+        /// Addresses per ENI the instance allows.
+        ipv4_per_eni: u32,
+    },
+    /// The node's pod IPs are used up.
+    NoIpCapacity {
+        /// IPs in use.
+        used: u32,
+        /// Requests waiting on the pool.
+        pending: u32,
+        /// IPs the node can ever hold.
+        capacity: u32,
+    },
+}
+
+impl Reason {
+    /// Whether preempting pods on the node could not make it fit: freeing
+    /// pod IPs helps a full node, nothing helps a wrong zone or subnet.
+    pub fn is_unresolvable(&self) -> bool {
+        !matches!(self, Reason::NoIpCapacity { .. })
+    }
+
+    /// Short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::NoNodeNetwork { .. } => "no_node_network",
+            Reason::WrongZone { .. } => "wrong_zone",
+            Reason::NotInPodCidrs { .. } => "not_in_pod_cidrs",
+            Reason::LimitsUnknown { .. } => "limits_unknown",
+            Reason::CannotAttach { .. } => "cannot_attach",
+            Reason::NoIpCapacity { .. } => "no_ip_capacity",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NoNodeNetwork { ip } => write!(
+                f,
+                "sextant: fixed IP {ip} cannot be attached: node has no NodeNetwork"
+            ),
+            Reason::WrongZone { ip, want, have } => write!(
+                f,
+                "sextant: fixed IP {ip} lives in zone {want}, node is in zone {}",
+                have.as_deref().unwrap_or("<unknown>")
+            ),
+            Reason::NotInPodCidrs { ip } => write!(
+                f,
+                "sextant: fixed IP {ip} is not in this bare-metal node's pod CIDRs"
+            ),
+            Reason::LimitsUnknown { ip } => write!(
+                f,
+                "sextant: fixed IP {ip} cannot be placed yet: the node's ENI limits are not known (NodeNetwork status.summary.maxEnis is 0)"
+            ),
+            Reason::CannotAttach {
+                ip,
+                subnet,
+                enis,
+                max_enis,
+                ipv4_per_eni,
+            } => write!(
+                f,
+                "sextant: fixed IP {ip} cannot be attached: no pod ENI in subnet {} with a free address slot and no free ENI slot ({enis} pod ENIs, instance allows {max_enis} ENIs x {ipv4_per_eni} IPv4)",
+                subnet.as_deref().unwrap_or("<unset>")
+            ),
+            Reason::NoIpCapacity {
+                used,
+                pending,
+                capacity,
+            } => write!(
+                f,
+                "sextant: no pod IP left ({used} used + {pending} pending >= capacity {capacity})"
+            ),
+        }
+    }
+}
+
+/// One node's verdict.
+pub fn judge(node: Option<&NodeEntry>, fixed: Option<&FixedTarget>) -> Result<(), Reason> {
+    let Some(node) = node else {
+        return match fixed {
+            Some(t) => Err(Reason::NoNodeNetwork { ip: t.ip }),
+            None => Ok(()),
+        };
+    };
+    if let Some(t) = fixed {
+        if node.held.contains(&t.ip) {
+            // The address is already here: it needs no new capacity.
+            return Ok(());
+        }
+        attachable(node, t)?;
+    }
+    if node.is_full() {
+        return Err(Reason::NoIpCapacity {
+            used: node.used,
+            pending: node.pending,
+            capacity: node.capacity,
+        });
+    }
+    Ok(())
+}
+
+/// Whether the fixed address can be brought to a node that does not hold it.
+fn attachable(node: &NodeEntry, t: &FixedTarget) -> Result<(), Reason> {
+    let ip = t.ip;
+    if node.provider == Provider::Static {
+        return if node.pod_cidrs.iter().any(|c| c.contains(ip)) {
+            Ok(())
+        } else {
+            Err(Reason::NotInPodCidrs { ip })
+        };
+    }
+    if let Some(want) = &t.zone
+        && node.zone.as_ref() != Some(want)
+    {
+        return Err(Reason::WrongZone {
+            ip,
+            want: want.clone(),
+            have: node.zone.clone(),
+        });
+    }
+    if node.max_enis == 0 || node.ipv4_per_eni == 0 {
+        return Err(Reason::LimitsUnknown { ip });
+    }
+    let eni_room = t.subnet_id.as_deref().is_some_and(|s| node.eni_room_in(s));
+    if eni_room || node.free_eni_slots > 0 {
+        Ok(())
+    } else {
+        Err(Reason::CannotAttach {
+            ip,
+            subnet: t.subnet_id.clone(),
+            enis: u32::try_from(node.pod_enis.len()).unwrap_or(u32::MAX),
+            max_enis: node.max_enis,
+            ipv4_per_eni: node.ipv4_per_eni,
+        })
+    }
+}
+
+/// The filter's decision over the candidates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterOutcome {
+    /// Positions (in the request's order) of the nodes that pass.
+    pub passed: Vec<usize>,
+    /// Every filtered node with its reason.
+    pub failed: BTreeMap<String, String>,
+    /// The filtered nodes preemption cannot help (a subset of `failed`).
+    pub unresolvable: BTreeMap<String, String>,
+}
+
+/// Filters `nodes` for `pod` against an index snapshot.
+pub fn filter(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<FilterOutcome> {
+    index
+        .check_synced()
+        .map_err(|pending| Error::NotSynced { pending })?;
+    let fixed = fixed_target(index, pod)?;
+    let mut out = FilterOutcome {
+        passed: Vec::with_capacity(nodes.len()),
+        ..FilterOutcome::default()
+    };
+    for (i, name) in nodes.iter().enumerate() {
+        match judge(index.node(name), fixed.as_ref()) {
+            Ok(()) => out.passed.push(i),
+            Err(reason) => {
+                let text = reason.to_string();
+                if reason.is_unresolvable() {
+                    out.unresolvable.insert((*name).to_owned(), text.clone());
+                }
+                out.failed.insert((*name).to_owned(), text);
+            }
+        }
+    }
+    Ok(out)
+}

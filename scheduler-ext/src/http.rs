@@ -1,0 +1,396 @@
+//! The extender's HTTP endpoint (HTTP/1.1 on hyper, one task per connection):
+//!
+//! - `POST {prefix}/filter` and `POST {prefix}/prioritize`: the
+//!   kube-scheduler extender calls;
+//! - `GET /healthz` (the process serves), `GET /readyz` (the index is
+//!   synced), `GET /metrics` (Prometheus text).
+//!
+//! Error answers. A filter call that cannot be decided (malformed body, index
+//! not synced, failed FixedIP lookup) is answered **HTTP 200 with
+//! `ExtenderFilterResult.Error` set**: kube-scheduler only decodes the body of
+//! a 200 and reports its `Error` text in the pod's `FailedScheduling` event,
+//! whereas any other status becomes a bare "failed filter with extender at
+//! URL …, code N". Prioritize answers a bare `HostPriorityList` with no room
+//! for an error, so its failures are HTTP 400 (the request is at fault) or
+//! 503 (the extender cannot answer yet) with a text body; kube-scheduler
+//! ignores a failing extender's scores for that cycle. Every request has a
+//! deadline: headers must arrive within it, and the body too.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::{
+    body::{Body, Bytes},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::{
+    error::{Error, ErrorChain, Result},
+    extender::{ExtenderArgs, ExtenderFilterResult, HostPriorityList},
+    filter::filter,
+    index::SharedIndex,
+    metrics::Metrics,
+    pod::PodRef,
+    prioritize::prioritize,
+};
+
+/// Content type of the Prometheus/OpenMetrics text `encode` writes.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How the endpoint is reached and bounded.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Path prefix of the extender verbs (`""` or `/sextant`), the path part
+    /// of the scheduler configuration's `urlPrefix`.
+    pub prefix: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Deadline for a request's headers and for its body.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            prefix: String::new(),
+            max_body_bytes: 128 << 20,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The prefix with one leading slash and no trailing one (`""` stays empty).
+    fn normalized_prefix(&self) -> String {
+        let p = self.prefix.trim_matches('/');
+        if p.is_empty() {
+            String::new()
+        } else {
+            format!("/{p}")
+        }
+    }
+}
+
+/// Which extender verb a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    Filter,
+    Prioritize,
+}
+
+/// Answers extender calls from the shared index.
+pub struct Extender {
+    index: SharedIndex,
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    filter_path: String,
+    prioritize_path: String,
+}
+
+impl Extender {
+    /// An extender over `index`; `registry` is what `/metrics` serves.
+    pub fn new(
+        index: SharedIndex,
+        metrics: Metrics,
+        registry: Arc<Registry>,
+        config: ServerConfig,
+    ) -> Extender {
+        let prefix = config.normalized_prefix();
+        Extender {
+            index,
+            metrics,
+            registry,
+            filter_path: format!("{prefix}/filter"),
+            prioritize_path: format!("{prefix}/prioritize"),
+            config,
+        }
+    }
+
+    /// The answer to one HTTP request.
+    pub async fn respond<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path();
+        let verb = if path == self.filter_path {
+            Some(Verb::Filter)
+        } else if path == self.prioritize_path {
+            Some(Verb::Prioritize)
+        } else {
+            None
+        };
+        if let Some(verb) = verb {
+            if req.method() != Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
+            }
+            return match verb {
+                Verb::Filter => self.filter(req.into_body()).await,
+                Verb::Prioritize => self.prioritize(req.into_body()).await,
+            };
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        }
+        match path {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" => match self.read_index().check_synced() {
+                Ok(()) => text(StatusCode::OK, "ok\n".into()),
+                Err(pending) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("index not synced: still listing {pending}\n"),
+                ),
+            },
+            "/metrics" => self.metrics_text(),
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, crate::index::Index> {
+        // A writer that panicked left a consistent map behind (each call is
+        // one insert or remove); keep answering from it.
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn read_args<B>(&self, body: B) -> Result<ExtenderArgs>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let limit = self.config.max_body_bytes;
+        let deadline = self.config.request_timeout;
+        let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
+            .await
+            .map_err(|_| Error::BodyTimeout { deadline })?
+            .map_err(|source| {
+                if source.is::<LengthLimitError>() {
+                    Error::BodyTooLarge { limit }
+                } else {
+                    Error::BodyRead { source }
+                }
+            })?;
+        serde_json::from_slice(&collected.to_bytes()).map_err(|source| Error::BadRequest { source })
+    }
+
+    async fn filter<B>(&self, body: B) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let _timer = self.metrics.filter_timer();
+        let answer = match self.read_args(body).await {
+            Ok(args) => self.filter_args(args),
+            Err(e) => Err(e),
+        };
+        let result = match answer {
+            Ok(result) => {
+                let passed = result
+                    .node_names
+                    .as_ref()
+                    .map(Vec::len)
+                    .or(result.nodes.as_ref().map(|l| l.items.len()))
+                    .unwrap_or(0);
+                let label = if passed == 0 { "no_fit" } else { "pass" };
+                self.metrics.decision("filter", label);
+                debug!(
+                    passed,
+                    failed = result.failed_nodes.len(),
+                    "filter answered"
+                );
+                result
+            }
+            Err(e) => {
+                self.metrics.decision("filter", "error");
+                warn!(error = %ErrorChain(&e), reason = e.metric_label(), "filter failed");
+                ExtenderFilterResult::error(ErrorChain(&e).to_string())
+            }
+        };
+        json(&result)
+    }
+
+    /// Decides a filter call once its body is parsed.
+    pub fn filter_args(&self, args: ExtenderArgs) -> Result<ExtenderFilterResult> {
+        let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
+        let index = self.read_index();
+        match (args.node_names, args.nodes) {
+            (Some(names), _) => {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let out = filter(&index, &pod, &refs)?;
+                drop(index);
+                Ok(ExtenderFilterResult {
+                    node_names: Some(out.passed.iter().map(|&i| names[i].clone()).collect()),
+                    failed_nodes: out.failed,
+                    failed_and_unresolvable_nodes: out.unresolvable,
+                    ..ExtenderFilterResult::default()
+                })
+            }
+            (None, Some(mut list)) => {
+                let names: Vec<&str> = list
+                    .items
+                    .iter()
+                    .map(|n| n.metadata.name.as_deref().unwrap_or_default())
+                    .collect();
+                let out = filter(&index, &pod, &names)?;
+                drop(index);
+                let mut keep = vec![false; list.items.len()];
+                for &i in &out.passed {
+                    keep[i] = true;
+                }
+                let mut position = 0;
+                list.items.retain(|_| {
+                    position += 1;
+                    keep[position - 1]
+                });
+                Ok(ExtenderFilterResult {
+                    nodes: Some(list),
+                    failed_nodes: out.failed,
+                    failed_and_unresolvable_nodes: out.unresolvable,
+                    ..ExtenderFilterResult::default()
+                })
+            }
+            (None, None) => Err(Error::NoNodes),
+        }
+    }
+
+    async fn prioritize<B>(&self, body: B) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let answer = match self.read_args(body).await {
+            Ok(args) => self.prioritize_args(args),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(list) => {
+                self.metrics.decision("prioritize", "scored");
+                json(&list)
+            }
+            Err(e) => {
+                self.metrics.decision("prioritize", "error");
+                warn!(error = %ErrorChain(&e), reason = e.metric_label(), "prioritize failed");
+                let status = if e.is_bad_request() {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                text(status, format!("{}\n", ErrorChain(&e)))
+            }
+        }
+    }
+
+    /// Decides a prioritize call once its body is parsed.
+    pub fn prioritize_args(&self, args: ExtenderArgs) -> Result<HostPriorityList> {
+        let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
+        let names: Vec<&str> = match (&args.node_names, &args.nodes) {
+            (Some(names), _) => names.iter().map(String::as_str).collect(),
+            (None, Some(list)) => list
+                .items
+                .iter()
+                .map(|n| n.metadata.name.as_deref().unwrap_or_default())
+                .collect(),
+            (None, None) => return Err(Error::NoNodes),
+        };
+        prioritize(&self.read_index(), &pod, &names)
+    }
+
+    fn metrics_text(&self) -> Response<Full<Bytes>> {
+        {
+            let index = self.read_index();
+            self.metrics
+                .index_sizes(index.node_count(), index.fixed_ip_count());
+        }
+        let mut body = String::new();
+        match encode(&mut body, &self.registry) {
+            Ok(()) => {
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding metrics: {e}\n"),
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(source) => {
+            let e = Error::Encode { source };
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}\n", ErrorChain(&e)),
+            )
+        }
+    }
+}
+
+/// Serves the extender on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, extender: Arc<Extender>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, filter = %extender.filter_path, prioritize = %extender.prioritize_path, "serving the scheduler extender");
+    }
+    let header_timeout = extender.config.request_timeout;
+    loop {
+        let (stream, peer): (_, SocketAddr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let extender = extender.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let extender = extender.clone();
+                async move { Ok::<_, Infallible>(extender.respond(req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
