@@ -232,3 +232,6 @@ pub fn filter(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<FilterOutco
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

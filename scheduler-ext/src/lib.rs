@@ -20,6 +20,8 @@
 pub mod error;
 pub mod extender;
 pub mod filter;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod index;
 pub mod metrics;

@@ -90,3 +90,6 @@ pub fn fixed_target(index: &Index, pod: &PodRef) -> Result<Option<FixedTarget>> 
         subnet_id: entry.subnet_id.clone(),
     }))
 }
+
+#[cfg(test)]
+mod tests;

@@ -40,3 +40,6 @@ pub fn prioritize(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<Vec<Hos
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;

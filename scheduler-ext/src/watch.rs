@@ -153,3 +153,6 @@ pub async fn run(client: Client, index: SharedIndex, metrics: Metrics) {
     // Watcher streams do not end; if they ever do, do not spin.
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
+
+#[cfg(test)]
+mod tests;
