@@ -153,31 +153,58 @@ impl Agent {
     /// Checks every checkpointed allocation against the kernel, drops those
     /// whose netns or interface is gone, and turns the agent ready.
     pub async fn restore(self: &Arc<Self>) -> Result<()> {
-        let allocations: Vec<_> = lock(&self.state).pool.allocations().cloned().collect();
+        let (kept, dropped) = self.sweep(None).await?;
+        {
+            let mut st = lock(&self.state);
+            if st.phase == Phase::Restoring {
+                st.phase = Phase::Ready;
+            }
+        }
+        self.ready.send_replace(true);
+        info!(kept, dropped, "restored");
+        Ok(())
+    }
+
+    /// Frees allocations whose netns or interface is gone (a DEL that never
+    /// reached the agent). With `grace`, allocations younger than it are left
+    /// alone: their ADD may still be wiring the pod. Returns (kept, dropped).
+    pub async fn sweep(&self, grace: Option<Duration>) -> Result<(usize, usize)> {
+        let now = jiff::Timestamp::now();
+        let allocations: Vec<_> = lock(&self.state)
+            .pool
+            .allocations()
+            .filter(|a| match grace {
+                None => true,
+                Some(g) => a
+                    .since
+                    .parse::<jiff::Timestamp>()
+                    .map(|t| now.duration_since(t).unsigned_abs() >= g)
+                    .unwrap_or(true),
+            })
+            .cloned()
+            .collect();
         let cp = Checkpoint {
             version: checkpoint::VERSION,
             allocations,
             cooling: Vec::new(),
             releasing: Vec::new(),
         };
-        let checked = tokio::task::spawn_blocking(move || {
+        let restored = tokio::task::spawn_blocking(move || {
             checkpoint::restore(&cp, |a| {
                 veth::interface_alive(Path::new(&a.netns), &a.ifname)
             })
-            .map(|r| (cp, r))
         })
         .await
-        .map_err(|e| Error::io("restore worker", std::io::Error::other(e)))?;
-        let (_, restored) = checked?;
-        let dropped = restored.dropped.clone();
+        .map_err(|e| Error::io("sweep worker", std::io::Error::other(e)))??;
+        let dropped = restored.dropped;
+        if dropped.is_empty() {
+            return Ok((restored.kept.len(), 0));
+        }
         {
             let mut st = lock(&self.state);
             let now = now_ms();
             for a in &dropped {
                 st.pool.free(&a.key(), now);
-            }
-            if st.phase == Phase::Restoring {
-                st.phase = Phase::Ready;
             }
         }
         for a in &dropped {
@@ -189,13 +216,7 @@ impl Agent {
             }
         }
         self.save().await?;
-        self.ready.send_replace(true);
-        info!(
-            kept = restored.kept.len(),
-            dropped = dropped.len(),
-            "restored"
-        );
-        Ok(())
+        Ok((restored.kept.len(), dropped.len()))
     }
 
     async fn wait_ready(&self) {

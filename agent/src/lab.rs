@@ -374,3 +374,170 @@ impl Drop for Lab {
         }
     }
 }
+
+/// One row of the lab's connectivity table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// Source pod.
+    pub from: String,
+    /// Destination (`pod IP:port` or `VIP:port`).
+    pub to: String,
+    /// Who answered (the backend's tag), or the error.
+    pub answer: std::result::Result<String, String>,
+}
+
+/// What [`demo`] saw.
+#[derive(Clone, Debug)]
+pub struct DemoReport {
+    /// Connectivity probes.
+    pub probes: Vec<Probe>,
+    /// Datapath packet counters after the probes.
+    pub counters: Vec<(String, u64)>,
+    /// `GET /v1/healthz` after the probes.
+    pub health: Health,
+}
+
+impl std::fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<14} {:<22} answer", "from", "to")?;
+        for p in &self.probes {
+            let a = match &p.answer {
+                Ok(s) => format!("ok ({s})"),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            writeln!(f, "{:<14} {:<22} {a}", p.from, p.to)?;
+        }
+        writeln!(
+            f,
+            "agent: {} — {}",
+            self.health.state, self.health.ipam.status
+        )?;
+        let c: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(f, "datapath counters: {}", c.join(" "))
+    }
+}
+
+fn echo_server(lab: &Lab, pod: usize, port: u16, tag: String) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let ip = lab
+        .pods
+        .get(pod)
+        .and_then(|p| p.ip)
+        .ok_or_else(|| Error::BadRequest(format!("pod {pod} has no IP")))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = spawn_in_netns(&lab.pods[pod].name.clone(), move || {
+        let l = match std::net::TcpListener::bind(std::net::SocketAddrV4::new(ip, port)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(()));
+        for s in l.incoming().flatten() {
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                let Ok(mut w) = s.try_clone() else { return };
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if writeln!(w, "{tag} {line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(5))
+        .map_err(|_| Error::BadRequest("echo server did not start".into()))?
+        .map_err(|e| Error::BadRequest(format!("echo server: {e}")))
+}
+
+fn probe(lab: &Lab, from: usize, to: std::net::SocketAddrV4) -> Probe {
+    use std::io::{BufRead, BufReader, Write};
+    let name = lab.pods[from].name.clone();
+    let answer = in_netns(&name, move || -> std::io::Result<String> {
+        let s = std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut w = s.try_clone()?;
+        writeln!(w, "hello")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line.split(' ').next().unwrap_or_default().to_string())
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    Probe {
+        from: name,
+        to: to.to_string(),
+        answer,
+    }
+}
+
+/// The `sextantctl lab` scenario: a node with `pods` (>= 4) pods wired by the
+/// real agent and CNI with the eBPF datapath, a ClusterIP `10.96.0.10:80`
+/// over pods 1.., probes pod to pod and pod to service, and reports. The lab
+/// is removed when this returns.
+pub fn demo(agent_bin: &Path, cni_bin: &Path, pods: usize) -> Result<DemoReport> {
+    can_run().map_err(|why| Error::io("sextant lab", std::io::Error::other(why)))?;
+    let pods = pods.max(4);
+    let mut lab = Lab::new(LabConfig {
+        prefix: format!("sxlab{}", std::process::id() % 100_000),
+        agent_bin: agent_bin.to_path_buf(),
+        cni_bin: cni_bin.to_path_buf(),
+        pool: "10.77.0.0/26".into(),
+        pods,
+        datapath: true,
+    })?;
+    lab.start_agent()?;
+    for i in 0..pods {
+        lab.add(i)?;
+    }
+    let mut backends = Vec::new();
+    for i in 1..pods {
+        echo_server(&lab, i, 8080, format!("pod{i}"))?;
+        if let Some(ip) = lab.pods[i].ip {
+            backends.push(crate::datapath::Backend { ip, port: 8080 });
+        }
+    }
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    lab.set_service(&ServiceSpec {
+        frontend: crate::datapath::Frontend {
+            vip,
+            port: 80,
+            proto: crate::datapath::Proto::Tcp,
+        },
+        backends,
+    })?;
+    let mut probes = Vec::new();
+    for i in 1..pods {
+        if let Some(ip) = lab.pods[i].ip {
+            probes.push(probe(&lab, 0, std::net::SocketAddrV4::new(ip, 8080)));
+        }
+    }
+    for _ in 0..6 {
+        probes.push(probe(&lab, 0, std::net::SocketAddrV4::new(vip, 80)));
+    }
+    let text = lab.metrics()?;
+    let counters = crate::datapath::COUNTER_NAMES
+        .iter()
+        .map(|(name, _)| {
+            let key = format!("sextant_agent_datapath_packets_total{{verdict=\"{name}\"}}");
+            let v = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            (name.to_string(), v)
+        })
+        .collect();
+    let health = lab.health()?;
+    Ok(DemoReport {
+        probes,
+        counters,
+        health,
+    })
+}

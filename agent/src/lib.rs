@@ -12,6 +12,7 @@ pub mod paths;
 pub mod pool;
 pub mod runtime;
 pub mod server;
+pub mod services;
 pub mod usage;
 pub mod veth;
 

@@ -41,6 +41,9 @@ pub struct Args {
     /// Seconds between usage reports into NodeNetwork status.
     #[arg(long, env = "SEXTANT_IPAM_NODE_UPDATE_RATE", default_value_t = 15)]
     pub ipam_node_update_rate: u64,
+    /// Seconds between sweeps that free IPs of pods gone without a DEL.
+    #[arg(long, env = "SEXTANT_RECONCILE_SECONDS", default_value_t = 60)]
+    pub reconcile_seconds: u64,
     /// This node's name (its NodeNetwork's name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -97,6 +100,21 @@ impl Args {
         info!(socket = %self.socket.display(), "agent API listening");
         let srv = tokio::spawn(server::serve(agent.clone(), listener));
         agent.restore().await?;
+        let sweeper = {
+            let agent = agent.clone();
+            let every = Duration::from_secs(self.reconcile_seconds.max(1));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = agent.sweep(Some(every)).await {
+                        agent.metrics.error(&e);
+                        warn!(error = %crate::ErrorChain(&e), "sweep of gone pods failed");
+                    }
+                }
+            })
+        };
         let node_loop = match (&self.node_name, self.static_pool.is_empty()) {
             (Some(node), true) => {
                 let client = Client::try_default().await.map_err(|source| Error::Kube {
@@ -104,6 +122,9 @@ impl Args {
                     source: Box::new(source),
                 })?;
                 let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
+                if !self.no_datapath {
+                    tokio::spawn(crate::services::watch(agent.clone(), client.clone()));
+                }
                 Some(tokio::spawn(node_loops(
                     agent.clone(),
                     Api::all(client),
@@ -120,6 +141,7 @@ impl Args {
         shutdown().await;
         info!("shutting down; the datapath stays pinned");
         srv.abort();
+        sweeper.abort();
         if let Some(l) = node_loop {
             l.abort();
         }

@@ -352,8 +352,14 @@ pub fn interface_alive(netns: &Path, ifname: &str) -> bool {
         return false;
     }
     let pif = ifname.to_string();
-    in_netns(netns, move |ph| async move {
+    match in_netns(netns, move |ph| async move {
         Ok(link_by_name(&ph, &pif).await?.is_some())
-    })
-    .unwrap_or(false)
+    }) {
+        Ok(alive) => alive,
+        Err(e) => {
+            // Cannot tell: keeping the IP is safe, freeing it might double-assign.
+            tracing::warn!(netns = %netns.display(), error = %crate::ErrorChain(&e), "cannot check pod interface; keeping it");
+            true
+        }
+    }
 }
