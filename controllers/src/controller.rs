@@ -605,7 +605,10 @@ mod tests {
                     },
                 ],
                 "pool": pool,
-                "summary": { "enis": 2, "poolSize": 8, "used": 0 },
+                "summary": {
+                    "enis": 2, "poolSize": 8, "used": 0,
+                    "capacity": 18, "maxEnis": 3, "ipv4PerEni": 10,
+                },
                 "conditions": [
                     spec_valid(),
                     {
@@ -841,7 +844,10 @@ mod tests {
         assert_eq!(keys, ["conditions", "summary"], "never the agent's usage");
         assert_eq!(
             status["summary"],
-            json!({ "enis": 2, "poolSize": 8, "used": 5 })
+            json!({
+                "enis": 2, "poolSize": 8, "used": 5,
+                "capacity": 18, "maxEnis": 3, "ipv4PerEni": 10,
+            })
         );
         assert_eq!(
             condition_of(status, "PoolReady")["message"],

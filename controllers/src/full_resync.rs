@@ -416,7 +416,13 @@ mod tests {
             json!({ "10.0.1.5": { "eni": "eni-1" }, "10.0.1.6": { "eni": "eni-1" } })
         );
         assert_eq!(s["lastResync"], json!("2026-11-25T12:00:01Z"));
-        assert_eq!(s["summary"], json!({ "enis": 2, "poolSize": 2, "used": 0 }));
+        assert_eq!(
+            s["summary"],
+            json!({
+                "enis": 2, "poolSize": 2, "used": 0,
+                "capacity": 0, "maxEnis": 0, "ipv4PerEni": 0,
+            })
+        );
     }
 
     #[test]
@@ -462,5 +468,229 @@ mod tests {
         );
         let older = ts("2026-11-25T12:00:01Z");
         assert!(resync_patch(&nn, &listing, older, older).is_some());
+    }
+
+    // One round's kube calls, against a mocked API server and the
+    // simulated cloud.
+
+    use http::Method;
+    use sextant_cloud::{
+        CreateEni, EniTags,
+        sim::{Faults, SimCloud, SimConfig, SimProvider},
+    };
+
+    use crate::fixtures::{ApiServerVerifier, mock_client, status_failure};
+
+    const NOW: &str = "2026-11-25T12:00:00Z";
+    const STATUS_A: &str =
+        "/apis/sextant.io/v1alpha1/nodenetworks/a/status?&fieldManager=sextant-operator";
+
+    /// A simulated VPC with one instance that has a pod ENI of two
+    /// addresses, and a leaked ENI of this cluster from an hour ago.
+    struct Vpc {
+        sim: Arc<SimCloud>,
+        instance: String,
+        pod_eni: Eni,
+        leaked: String,
+    }
+
+    async fn vpc() -> Vpc {
+        let sim = Arc::new(SimCloud::new(SimConfig {
+            describe_latency: Duration::ZERO,
+            mutate_latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            server_throttling: false,
+            ..SimConfig::new(SimProvider::Aws, 7)
+        }));
+        let subnet = sim
+            .add_subnet("vpc-1", "us-east-1a", "10.0.0.0/24", Tags::new())
+            .unwrap();
+        let instance = sim.add_instance("m5.large", &subnet).unwrap();
+        let tags = |created_at: &str| {
+            EniTags {
+                cluster: "test".into(),
+                node: "a".into(),
+                created_at: ts(created_at),
+            }
+            .to_tags()
+        };
+        let request = |secondary_ips, created_at| CreateEni {
+            subnet_id: subnet.clone(),
+            security_groups: vec![],
+            tags: tags(created_at),
+            secondary_ips,
+            description: String::new(),
+        };
+        let pod_eni = sim
+            .create_eni(&request(2, "2026-11-25T11:00:00Z"))
+            .await
+            .unwrap();
+        sim.attach_eni(&pod_eni.id, &instance, 1).await.unwrap();
+        let leaked = sim
+            .create_eni(&request(0, "2026-11-25T11:00:00Z"))
+            .await
+            .unwrap()
+            .id;
+        Vpc {
+            sim,
+            instance,
+            pod_eni,
+            leaked,
+        }
+    }
+
+    fn full_resync(sim: &Arc<SimCloud>) -> (FullResync, ApiServerVerifier) {
+        let (client, server) = mock_client();
+        let now = ts(NOW);
+        let resync = FullResync::new(
+            client,
+            sim.clone(),
+            FullResyncConfig {
+                interval: Duration::from_secs(300),
+                cluster: "test".into(),
+                gc: GcPolicy::default(),
+                vpcs: vec![],
+            },
+            Arc::new(move || now),
+            FullResyncMetrics::default(),
+        );
+        (resync, server)
+    }
+
+    /// Node `name` on `instance`, with `status`.
+    fn node_on(name: &str, instance: &str, status: NodeNetworkStatus) -> Arc<NodeNetwork> {
+        let mut nn = mk_nn(name, Some("vpc-1"), status);
+        nn.spec.instance_id = Some(instance.into());
+        Arc::new(nn)
+    }
+
+    #[tokio::test]
+    async fn a_drifted_node_gets_one_status_patch_guarded_by_its_resource_version() {
+        let Vpc {
+            sim,
+            instance,
+            pod_eni,
+            leaked,
+        } = vpc().await;
+        let (resync, mut server) = full_resync(&sim);
+        let nns = [
+            // Knows nothing of its ENIs: patched.
+            node_on("a", &instance, NodeNetworkStatus::default()),
+            // Resynced by the reconciler after the listing began: left alone.
+            node_on(
+                "b",
+                &instance,
+                NodeNetworkStatus {
+                    last_resync: Some("2026-11-25T12:00:00.5Z".into()),
+                    ..NodeNetworkStatus::default()
+                },
+            ),
+            // Its instance is gone from the listing: left alone.
+            node_on("c", "i-gone", NodeNetworkStatus::default()),
+        ];
+        let reply = json!(*nns[0]);
+        let (report, seen) = tokio::join!(
+            resync.round(&nns),
+            server.expect(Method::PATCH, STATUS_A, 200, reply),
+        );
+        drop(resync);
+        server.expect_no_more().await;
+
+        assert_eq!(
+            seen.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(seen.body["metadata"], json!({ "resourceVersion": "41" }));
+        let status = &seen.body["status"];
+        let ids: Vec<&str> = status["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["id"].as_str())
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[1], pod_eni.id);
+        let pool: BTreeMap<String, Value> = pod_eni
+            .secondary_ips
+            .iter()
+            .map(|ip| (ip.to_string(), json!({ "eni": pod_eni.id })))
+            .collect();
+        assert_eq!(status["pool"], json!(pool));
+        assert_eq!(status["lastResync"], NOW);
+        assert_eq!(
+            report,
+            RoundReport {
+                vpcs: 1,
+                failed_vpcs: 0,
+                enis: 3,
+                patched: vec!["a".into()],
+                conflicts: vec![],
+                deleted: vec![leaked.clone()],
+                delete_failures: 0,
+            }
+        );
+        assert!(sim.all_enis().iter().all(|e| e.id != leaked));
+    }
+
+    #[tokio::test]
+    async fn a_patch_that_loses_to_a_concurrent_write_is_counted_and_left_to_the_next_round() {
+        let Vpc { sim, instance, .. } = vpc().await;
+        let (resync, mut server) = full_resync(&sim);
+        let nns = [node_on("a", &instance, NodeNetworkStatus::default())];
+        let (report, _) = tokio::join!(
+            resync.round(&nns),
+            server.expect(
+                Method::PATCH,
+                STATUS_A,
+                409,
+                status_failure(409, "Conflict")
+            ),
+        );
+        assert_eq!(report.conflicts, ["a"]);
+        assert!(report.patched.is_empty());
+        assert_eq!(resync.metrics.conflicts.get(), 1);
+        drop(resync);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_patch_does_not_stop_the_round() {
+        let Vpc {
+            sim,
+            instance,
+            leaked,
+            ..
+        } = vpc().await;
+        let (resync, mut server) = full_resync(&sim);
+        let nns = [node_on("a", &instance, NodeNetworkStatus::default())];
+        let (report, _) = tokio::join!(
+            resync.round(&nns),
+            server.expect(
+                Method::PATCH,
+                STATUS_A,
+                500,
+                status_failure(500, "InternalError")
+            ),
+        );
+        assert!(report.patched.is_empty() && report.conflicts.is_empty());
+        assert_eq!(report.deleted, [leaked], "garbage collection still runs");
+        drop(resync);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_vpc_listing_writes_and_deletes_nothing() {
+        let Vpc { sim, instance, .. } = vpc().await;
+        sim.set_faults(Faults {
+            error_ratio: 1.0,
+            ..Faults::default()
+        });
+        let (resync, server) = full_resync(&sim);
+        let nns = [node_on("a", &instance, NodeNetworkStatus::default())];
+        let report = resync.round(&nns).await;
+        assert_eq!((report.vpcs, report.failed_vpcs), (0, 1));
+        assert!(report.patched.is_empty() && report.deleted.is_empty());
+        drop(resync);
+        server.expect_no_more().await;
     }
 }
