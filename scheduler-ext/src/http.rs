@@ -394,3 +394,6 @@ pub async fn serve(listener: TcpListener, extender: Arc<Extender>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
