@@ -537,3 +537,99 @@ fn validate(req: &CniRequest) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use sextant_crds::{NodeNetwork, NodeNetworkStatus, PoolEntry, ReleaseState};
+
+    use super::*;
+    use crate::pool::tests::mk_req;
+
+    fn cfg(dir: &Path) -> Config {
+        Config {
+            state_dir: dir.to_path_buf(),
+            bpf_root: None,
+            cooldown: Duration::from_secs(30),
+            static_pool: Vec::new(),
+        }
+    }
+
+    fn mk_node(ips: &[&str], marked: &[&str]) -> NodeNetwork {
+        let mut nn = NodeNetwork::new("node-a", Default::default());
+        nn.status = Some(NodeNetworkStatus {
+            pool: ips
+                .iter()
+                .map(|ip| (ip.to_string(), PoolEntry::default()))
+                .collect(),
+            release: marked
+                .iter()
+                .map(|ip| (ip.to_string(), ReleaseState::Marked))
+                .collect(),
+            ..Default::default()
+        });
+        nn
+    }
+
+    #[tokio::test]
+    async fn restoring_agent_reports_checkpointed_allocations_never_an_empty_set() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut pool = Pool::new(30_000);
+        pool.set_pool([Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]);
+        pool.allocate(&mk_req("a"), now_ms(), "2026-01-01T00:00:00Z")
+            .expect("ip");
+        checkpoint::write(
+            &dir.path().join(CHECKPOINT_FILE),
+            &Checkpoint::of(&pool, now_ms()),
+        )
+        .expect("checkpoint");
+        let agent = Agent::new(cfg(dir.path())).expect("agent");
+        let h = agent.health();
+        assert_eq!(h.state, "restoring");
+        assert_eq!(
+            h.ipam.allocated, 1,
+            "checkpointed allocation counts as in use"
+        );
+        assert!(
+            agent.usage_patch(&Default::default()).is_none(),
+            "no report while restoring"
+        );
+        agent.restore().await.expect("restore");
+        // The pod's netns does not exist here: its IP goes to cooldown.
+        let h = agent.health();
+        assert_eq!(h.state, "ready");
+        assert_eq!((h.ipam.allocated, h.ipam.cooldown), (0, 1));
+        assert!(agent.usage_patch(&Default::default()).is_some());
+    }
+
+    #[tokio::test]
+    async fn node_network_sets_the_pool_and_answers_release_marks() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = Agent::new(cfg(dir.path())).expect("agent");
+        agent.restore().await.expect("restore");
+        let nn = mk_node(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], &[]);
+        assert!(agent.apply_node(&nn).is_empty());
+        lock(&agent.state)
+            .pool
+            .allocate(&mk_req("a"), now_ms(), "t")
+            .expect("ip");
+        let nn = mk_node(
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            &["10.0.0.1", "10.0.0.3"],
+        );
+        let answers = agent.apply_node(&nn);
+        assert_eq!(answers["10.0.0.1"], ReleaseState::DoNotRelease);
+        assert_eq!(answers["10.0.0.3"], ReleaseState::ReadyForRelease);
+        let h = agent.health();
+        assert_eq!(
+            (h.ipam.allocated, h.ipam.free),
+            (1, 1),
+            "10.0.0.3 is held back for release"
+        );
+        let patch = agent.usage_patch(&answers).expect("ready");
+        assert_eq!(patch["status"]["release"]["10.0.0.3"], "ready-for-release");
+        assert_eq!(
+            patch["status"]["usage"]["used"]["10.0.0.1"],
+            "default/pod-a"
+        );
+    }
+}

@@ -280,3 +280,21 @@ fn established_tcp_flow_survives_an_agent_restart() {
         .expect("flow never broke");
     assert!(sent > after && after >= 200);
 }
+
+#[test]
+fn lab_demo_reaches_every_pod_and_the_service() {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED lab demo: {why}");
+        return;
+    }
+    let report = sextant_agent::lab::demo(
+        std::path::Path::new(env!("CARGO_BIN_EXE_sextant-agent")),
+        std::path::Path::new(env!("CARGO_BIN_EXE_sextant-cni")),
+        4,
+    )
+    .expect("lab runs");
+    let table = report.to_string();
+    assert!(report.probes.iter().all(|p| p.answer.is_ok()), "{table}");
+    assert_eq!(report.health.state, "ready", "{table}");
+    assert!(table.contains("10.96.0.10:80"), "{table}");
+}
