@@ -1,0 +1,158 @@
+//! AdmissionReview in, AdmissionReview out: parses the body into typed
+//! values at the edge and answers every input with an AdmissionResponse.
+//! Pure: no IO, no clock.
+
+use std::collections::BTreeSet;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use k8s_openapi::api::core::v1::Pod;
+use kube_core::{
+    DynamicObject,
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+};
+use serde_json::Value;
+
+use super::mutate::{Mutation, mutate};
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+const KIND: &str = "AdmissionReview";
+
+/// What the review needs besides the body.
+#[derive(Clone, Debug, Default)]
+pub struct ReviewConfig {
+    /// Namespaces whose pods are never mutated (defence in depth beside the
+    /// webhook's `namespaceSelector`).
+    pub skip_namespaces: BTreeSet<String>,
+}
+
+/// How a review ended, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed with a patch.
+    Patched,
+    /// Allowed unchanged; the label says why.
+    Skipped(&'static str),
+    /// Not a pod CREATE (wrong resource, operation or subresource): allowed
+    /// unchanged.
+    Ignored,
+    /// The body was not a well-formed AdmissionReview: refused with a message.
+    Invalid,
+}
+
+impl Verdict {
+    /// Label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Patched => "patched",
+            Verdict::Skipped(why) => why,
+            Verdict::Ignored => "ignored",
+            Verdict::Invalid => "invalid",
+        }
+    }
+}
+
+/// Answers one AdmissionReview body.
+pub fn review(body: &[u8], config: &ReviewConfig) -> (AdmissionReview<DynamicObject>, Verdict) {
+    match decide(body, config) {
+        Ok((response, verdict)) => (response.into_review(), verdict),
+        Err(response) => (response.into_review(), Verdict::Invalid),
+    }
+}
+
+/// Serializes a review the way the API server documents it: `patch` as a
+/// base64 string (kube-core's `Vec<u8>` would go out as an array of numbers).
+/// The types are plain data, so this cannot fail in practice, and if it did
+/// the answer would still be an AdmissionReview.
+pub fn to_json(review: &AdmissionReview<DynamicObject>) -> Vec<u8> {
+    let encoded = serde_json::to_value(review).and_then(|mut v| {
+        if let Some(bytes) = review.response.as_ref().and_then(|r| r.patch.as_deref())
+            && let Some(slot) = v.pointer_mut("/response/patch")
+        {
+            *slot = Value::String(BASE64.encode(bytes));
+        }
+        serde_json::to_vec(&v)
+    });
+    encoded.unwrap_or_else(|e| {
+        let fallback = AdmissionResponse::invalid(format!("encoding the response: {e}"));
+        serde_json::to_vec(&fallback.into_review()).unwrap_or_default()
+    })
+}
+
+fn invalid(uid: &str, message: String) -> Box<AdmissionResponse> {
+    let mut r = AdmissionResponse::invalid(message);
+    // With the uid the API server can match the answer to its request.
+    r.uid = uid.to_owned();
+    Box::new(r)
+}
+
+fn decide(
+    body: &[u8],
+    config: &ReviewConfig,
+) -> Result<(AdmissionResponse, Verdict), Box<AdmissionResponse>> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid("", format!("request body is not JSON: {e}")))?;
+    let uid = value
+        .pointer("/request/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default();
+    if field("apiVersion") != API_VERSION || field("kind") != KIND {
+        return Err(invalid(
+            &uid,
+            format!(
+                "expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {:?} kind {:?}",
+                field("apiVersion"),
+                field("kind")
+            ),
+        ));
+    }
+    let review: AdmissionReview<Pod> = serde_json::from_value(value)
+        .map_err(|e| invalid(&uid, format!("malformed AdmissionReview: {e}")))?;
+    let request: AdmissionRequest<Pod> = review
+        .try_into()
+        .map_err(|_| invalid(&uid, "AdmissionReview without a request".to_owned()))?;
+
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    let is_create = matches!(request.operation, Operation::Create);
+    if !is_pod || !is_create || request.sub_resource.is_some() {
+        let mut r = AdmissionResponse::from(&request);
+        r.warnings = Some(vec![format!(
+            "sextant webhook: {} {} not handled (only pod CREATE); allowed unchanged",
+            request.kind.kind,
+            operation_name(&request.operation),
+        )]);
+        return Ok((r, Verdict::Ignored));
+    }
+    if let Some(ns) = request.namespace.as_deref()
+        && config.skip_namespaces.contains(ns)
+    {
+        return Ok((
+            AdmissionResponse::from(&request),
+            Verdict::Skipped("skipped_namespace"),
+        ));
+    }
+    let Some(pod) = request.object.as_ref() else {
+        return Err(invalid(&uid, "pod CREATE without an object".to_owned()));
+    };
+    match mutate(pod) {
+        Mutation::Skip(why) => Ok((
+            AdmissionResponse::from(&request),
+            Verdict::Skipped(why.label()),
+        )),
+        Mutation::Patch(patch) => AdmissionResponse::from(&request)
+            .with_patch(patch)
+            .map(|r| (r, Verdict::Patched))
+            .map_err(|e| invalid(&uid, format!("encoding the patch: {e}"))),
+    }
+}
+
+/// The operation's name as the API spells it.
+fn operation_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
