@@ -361,9 +361,15 @@ impl LeaderElector {
             }
             self.metrics.leader.set(i64::from(now_leading));
             leading.send_replace(now_leading);
-            // A leader whose renewal failed tries again before its deadline,
-            // or steps down at it.
-            let next = Instant::now() + self.config.renew_period();
+            // A leader whose renewal failed retries soon, a few times before
+            // its deadline, and at the deadline steps down.
+            let renewed = last_renewed == Some(started);
+            let pause = if now_leading && !renewed {
+                self.config.renew_period() / 4
+            } else {
+                self.config.renew_period()
+            };
+            let next = Instant::now() + pause;
             let next = last_renewed.map_or(next, |t| next.min(t + self.config.renew_deadline()));
             tokio::time::sleep_until(next).await;
         }
@@ -812,6 +818,30 @@ mod tests {
         );
         assert_eq!(elector.metrics.leader.get(), 0);
         assert_eq!(elector.metrics.transitions.get(), 2);
+        run.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_rides_out_one_failed_renewal() {
+        let (elector, mut server, mut leading, run, _) = leading_elector().await;
+        let ours = mk_lease(Some("me"), NOW, 3);
+        server
+            .expect(
+                Method::GET,
+                LEASE,
+                500,
+                status_failure(500, "InternalError"),
+            )
+            .await;
+        server.expect(Method::GET, LEASE, 200, json!(ours)).await;
+        server
+            .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
+            .await;
+        // The next round begins only after the last one was published.
+        let _next_round = server.expect_and_hang(Method::GET, LEASE).await;
+        assert!(*leading.borrow_and_update());
+        assert_eq!(elector.metrics.transitions.get(), 1, "never stepped down");
+        assert_eq!(elector.metrics.leader.get(), 1);
         run.abort();
     }
 
