@@ -73,6 +73,21 @@ fn ask(s: &mut TcpStream, r: &mut BufReader<TcpStream>, msg: &str) -> std::io::R
     Ok(line.trim().to_string())
 }
 
+/// TCP `RetransSegs` of the calling thread's network namespace.
+fn tcp_retransmits() -> std::io::Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return Err(std::io::Error::other("no Tcp lines in snmp"));
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RetransSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no RetransSegs"))
+}
+
 fn counter(lab: &Lab, verdict: &str) -> u64 {
     let text = lab.metrics().expect("metrics");
     let key = format!("sextant_agent_datapath_packets_total{{verdict=\"{verdict}\"}}");
@@ -235,13 +250,14 @@ fn established_tcp_flow_survives_an_agent_restart() {
     let client = lab.pods[0].name.clone();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let flow = spawn_in_netns(&client, move || -> std::io::Result<(usize, usize)> {
+    let flow = spawn_in_netns(&client, move || -> std::io::Result<(usize, usize, u64)> {
         let (mut s, mut r) = connect(SocketAddrV4::new(VIP, 80))?;
         let tag = ask(&mut s, &mut r, "m0")?
             .split(' ')
             .next()
             .unwrap_or_default()
             .to_string();
+        let retrans_before = tcp_retransmits()?;
         let _ = ready_tx.send(());
         let mut n = 1;
         let mut after_restart = 0;
@@ -256,7 +272,7 @@ fn established_tcp_flow_survives_an_agent_restart() {
             if restarted {
                 after_restart += 1;
                 if after_restart >= 200 {
-                    return Ok((n, after_restart));
+                    return Ok((n, after_restart, tcp_retransmits()? - retrans_before));
                 }
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -273,12 +289,13 @@ fn established_tcp_flow_survives_an_agent_restart() {
     assert_eq!(h.ipam.allocated, 4, "allocations survive");
     assert_eq!(h.datapath.services, 1, "service map re-adopted");
     go_tx.send(()).expect("signal");
-    let (sent, after) = flow
+    let (sent, after, retransmits) = flow
         .join()
         .expect("thread")
         .expect("netns")
         .expect("flow never broke");
     assert!(sent > after && after >= 200);
+    assert_eq!(retransmits, 0, "no segment of the flow was lost across the restart");
 }
 
 #[test]
