@@ -270,7 +270,7 @@ pub enum ReleaseState {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSummary {
-    /// ENIs attached for pods.
+    /// ENIs attached to the instance, the primary included.
     pub enis: u32,
     /// IPs in the pool.
     pub pool_size: u32,

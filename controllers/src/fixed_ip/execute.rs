@@ -192,8 +192,20 @@ pub async fn execute(
     now: Timestamp,
 ) -> (Vec<Outcome>, Option<CloudError>) {
     let mut done = Vec::new();
+    let mut created = Created::default();
     for step in steps {
-        match run(cloud, parking, cluster, step, nodes, holders, now).await {
+        match run(
+            cloud,
+            parking,
+            cluster,
+            step,
+            nodes,
+            holders,
+            &mut created,
+            now,
+        )
+        .await
+        {
             Ok(Some(o)) => done.push(o),
             Ok(None) => {}
             Err(e) => return (done, Some(e)),
@@ -202,6 +214,13 @@ pub async fn execute(
     (done, None)
 }
 
+/// ENIs created for nodes within one `execute`, by (node, subnet): a second
+/// pod moving to the same node and subnet uses the first one's ENI, and a
+/// node's free device index is used once.
+#[derive(Default)]
+struct Created(BTreeMap<(String, String), String>);
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     cloud: &dyn EniCloud,
     parking: &Parking,
@@ -209,6 +228,7 @@ async fn run(
     step: &Step,
     nodes: &BTreeMap<String, NodeView>,
     holders: &Holders,
+    created: &mut Created,
     now: Timestamp,
 ) -> Result<Option<Outcome>, CloudError> {
     Ok(Some(match step {
@@ -243,9 +263,17 @@ async fn run(
             node,
             eni,
         } => {
-            let eni = match eni {
-                Some(e) => e.clone(),
-                None => new_node_eni(cloud, cluster, subnet_id, node, nodes, now).await?,
+            let key = (node.clone(), subnet_id.clone());
+            let eni = match (eni, created.0.get(&key)) {
+                (Some(e), _) | (None, Some(e)) => e.clone(),
+                // The node's free slot went to another subnet this round: the
+                // next reconcile sees the new ENI and plans again.
+                (None, None) if created.0.keys().any(|(n, _)| n == node) => return Ok(None),
+                (None, None) => {
+                    let e = new_node_eni(cloud, cluster, subnet_id, node, nodes, now).await?;
+                    created.0.insert(key, e.clone());
+                    e
+                }
             };
             cloud
                 .assign_ips(
