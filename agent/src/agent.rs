@@ -274,25 +274,13 @@ impl Agent {
         let alloc = lock(&self.state)
             .pool
             .allocate(&areq, now_ms(), &now_rfc3339())?;
-        self.save().await?;
-        let link = match veth::setup(
-            &self.netlink,
-            Path::new(&req.netns),
-            &req.container_id,
-            &req.ifname,
-            alloc.ip,
-        )
-        .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                lock(&self.state).pool.free(&areq.key, now_ms());
-                let _ = veth::teardown(&self.netlink, &req.container_id, &req.ifname).await;
-                self.save().await?;
-                return Err(e);
-            }
-        };
-        if let Some(dp) = lock(&self.datapath).as_mut() {
+        let t_alloc = std::time::Instant::now();
+        let identity = (veth::fnv(&req.pod_namespace, "") & 0xffff_ffff) as u32;
+        let program = |link: &veth::PodLink| -> Result<()> {
+            let mut guard = lock(&self.datapath);
+            let Some(dp) = guard.as_mut() else {
+                return Ok(());
+            };
             // A pair built anew needs a fresh link (a pin left from an
             // earlier interface of that name is stale); a complete one keeps its own.
             if link.created || !dp.is_attached(&link.host_ifname) {
@@ -302,12 +290,48 @@ impl Agent {
                 alloc.ip,
                 &Endpoint {
                     ifindex: link.host_ifindex,
-                    identity: (veth::fnv(&req.pod_namespace, "") & 0xffff_ffff) as u32,
+                    identity,
                     mac: link.pod_mac,
                     host_mac: link.host_mac,
                 },
-            )?;
-        }
+            )
+        };
+        // The checkpoint is made durable while the pod is wired; ADD answers
+        // (hands the IP to the runtime) only after both ended.
+        let (saved, wired) = tokio::join!(
+            async {
+                let r = self.save().await;
+                (r, t_alloc.elapsed())
+            },
+            veth::setup(
+                &self.netlink,
+                Path::new(&req.netns),
+                &req.container_id,
+                &req.ifname,
+                alloc.ip,
+                program,
+            )
+        );
+        let (saved, t_saved) = saved;
+        let link = match saved.and(wired) {
+            Ok(l) => l,
+            Err(e) => {
+                lock(&self.state).pool.free(&areq.key, now_ms());
+                let _ = veth::teardown(&self.netlink, &req.container_id, &req.ifname).await;
+                if let Some(dp) = lock(&self.datapath).as_mut() {
+                    let _ = dp.remove_endpoint(alloc.ip);
+                    let _ = dp.detach(&veth::host_veth_name(&req.container_id, &req.ifname));
+                }
+                self.save().await?;
+                return Err(e);
+            }
+        };
+        let t_wired = t_alloc.elapsed();
+        tracing::debug!(
+            checkpoint_us = t_saved.as_micros() as u64,
+            wired_and_programmed_us = t_wired.as_micros() as u64,
+            "ADD phases"
+        );
         info!(ip = %alloc.ip, container = %req.container_id, veth = %link.host_ifname, "pod added");
         Ok(CniReply {
             ip: alloc.ip,

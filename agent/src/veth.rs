@@ -18,7 +18,7 @@ use rtnetlink::{
     Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkMessage},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::NeighbourState,
         route::RouteScope,
     },
@@ -35,10 +35,6 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
         "{HOST_VETH_PREFIX}{:011x}",
         fnv(container_id, ifname) & 0xfff_ffff_ffff
     )
-}
-
-fn peer_temp_name(container_id: &str, ifname: &str) -> String {
-    format!("sp{:011x}", fnv(container_id, ifname) & 0xfff_ffff_ffff)
 }
 
 /// FNV-1a over the key; also the pod's numeric identity seed.
@@ -174,26 +170,39 @@ async fn pod_side(h: Handle, ifname: String, ip: Ipv4Addr) -> Result<Option<[u8;
     Ok(None)
 }
 
+/// Deterministic locally administered MAC for a pod interface, so the
+/// datapath can be programmed before the pod side is configured.
+pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let h = fnv(ifname, container_id).to_be_bytes();
+    [0x0a, 0x58, h[2], h[3], h[4], h[5]]
+}
+
 /// Builds (or finds already built) the wiring of one pod interface.
+/// `on_host` runs once the host veth is up, concurrently with the pod-side
+/// configuration (the datapath attach goes there: it waits for an RCU grace
+/// period in the kernel, and so does nothing else on the host side).
 pub async fn setup(
     h: &Handle,
     netns: &Path,
     container_id: &str,
     ifname: &str,
     ip: Ipv4Addr,
+    on_host: impl FnOnce(&PodLink) -> Result<()>,
 ) -> Result<PodLink> {
     let host = host_veth_name(container_id, ifname);
     if let Some(link) = link_by_name(h, &host).await? {
         let (pif, pip) = (ifname.to_string(), ip);
         if let Ok(Some(pod_mac)) = in_netns_async(netns, move |ph| pod_side(ph, pif, pip)).await {
-            return Ok(PodLink {
+            let pl = PodLink {
                 host_ifname: host,
                 host_ifindex: link.header.index,
                 host_mac: mac_of(&link),
                 pod_ifname: ifname.to_string(),
                 pod_mac,
                 created: false,
-            });
+            };
+            on_host(&pl)?;
+            return Ok(pl);
         }
         // Half-built by an earlier attempt: start over.
         h.link()
@@ -202,30 +211,29 @@ pub async fn setup(
             .await
             .map_err(|e| Error::netlink(format!("deleting stale {host}"), e))?;
     }
-    let peer = peer_temp_name(container_id, ifname);
-    if let Some(stale) = link_by_name(h, &peer).await? {
-        h.link()
-            .del(stale.header.index)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("deleting stale {peer}"), e))?;
-    }
-    h.link()
-        .add(LinkVeth::new(&host, &peer).build())
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("creating veth {host}"), e))?;
     let ns = File::open(netns)
         .map_err(|e| Error::io(format!("opening netns {}", netns.display()), e))?;
-    h.link()
-        .set(
-            LinkUnspec::new_with_name(&peer)
-                .setns_by_fd(ns.as_raw_fd())
-                .build(),
+    let pmac = pod_mac(container_id, ifname);
+    // The peer is born inside the pod netns under its final name and MAC:
+    // moving a device between namespaces afterwards costs an RCU grace period.
+    let mut msg = LinkVeth::new(&host, ifname).build();
+    for attr in msg.attributes.iter_mut() {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos.iter_mut() {
+                if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
+                    peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+                    peer.attributes.push(LinkAttribute::Address(pmac.to_vec()));
+                }
+            }
+        }
+    }
+    h.link().add(msg).execute().await.map_err(|e| {
+        Error::netlink(
+            format!("creating veth {host} with {ifname} in {}", netns.display()),
+            e,
         )
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("moving {peer} into {}", netns.display()), e))?;
+    })?;
+    drop(ns);
     let link = link_by_name(h, &host).await?.ok_or_else(|| Error::Api {
         path: host.clone(),
         reason: "host veth vanished after creation".into(),
@@ -237,19 +245,22 @@ pub async fn setup(
         .execute()
         .await
         .map_err(|e| Error::netlink(format!("setting {host} up"), e))?;
+    let pl = PodLink {
+        host_ifname: host.clone(),
+        host_ifindex,
+        host_mac,
+        pod_ifname: ifname.to_string(),
+        pod_mac: pmac,
+        created: true,
+    };
 
     let pif = ifname.to_string();
-    let pod_mac = in_netns_async(netns, move |ph| async move {
-        let link = link_by_name(&ph, &peer).await?.ok_or_else(|| Error::Api {
-            path: peer.clone(),
-            reason: "peer missing in the pod netns".into(),
+    let pod = in_netns_async(netns, move |ph| async move {
+        let link = link_by_name(&ph, &pif).await?.ok_or_else(|| Error::Api {
+            path: pif.clone(),
+            reason: "veth peer missing in the pod netns".into(),
         })?;
         let idx = link.header.index;
-        ph.link()
-            .set(LinkUnspec::new_with_index(idx).name(pif.clone()).build())
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("renaming {peer} to {pif}"), e))?;
         if let Some(lo) = link_by_name(&ph, "lo").await? {
             ph.link()
                 .set(LinkUnspec::new_with_index(lo.header.index).up().build())
@@ -297,29 +308,26 @@ pub async fn setup(
             .execute()
             .await
             .map_err(|e| Error::netlink("adding the default route", e))?;
-        Ok(mac_of(&link))
-    })
-    .await?;
-
-    let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(ip, 32)
-        .output_interface(host_ifindex)
-        .scope(RouteScope::Link)
-        .build();
-    h.route()
-        .add(host_route)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("adding host route {ip}/32 dev {host}"), e))?;
-    Ok(PodLink {
-        host_ifname: host,
-        host_ifindex,
-        host_mac,
-        pod_ifname: ifname.to_string(),
-        pod_mac,
-        created: true,
-    })
+        Ok(())
+    });
+    let host_side = async {
+        let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(host_ifindex)
+            .scope(RouteScope::Link)
+            .build();
+        h.route()
+            .add(host_route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("adding host route {ip}/32 dev {host}"), e))?;
+        on_host(&pl)
+    };
+    let (pod, host_side) = tokio::join!(pod, host_side);
+    pod?;
+    host_side?;
+    Ok(pl)
 }
 
 /// Removes the wiring of one pod interface; succeeds when it is already gone.

@@ -295,7 +295,10 @@ fn established_tcp_flow_survives_an_agent_restart() {
         .expect("netns")
         .expect("flow never broke");
     assert!(sent > after && after >= 200);
-    assert_eq!(retransmits, 0, "no segment of the flow was lost across the restart");
+    assert_eq!(
+        retransmits, 0,
+        "no segment of the flow was lost across the restart"
+    );
 }
 
 #[test]
