@@ -37,6 +37,7 @@ pub use crate::controller::ErrorChain;
 
 use crate::{
     controller::{self as nn_controller, Clock, Context, RequeuePolicy},
+    fixed_ip::controller::{FixedIpController, watch as fixed_ip_watch},
     full_resync::{FullResync, FullResyncConfig, FullResyncMetrics},
     ipam::{
         gc::GcPolicy,
@@ -389,7 +390,23 @@ impl Args {
             async move { elector.run(leading_tx).await }
         });
 
+        let fixed_ips = self.vpc_id.clone().map(|vpc| {
+            (
+                Arc::new(FixedIpController::new(
+                    client.clone(),
+                    cloud.clone(),
+                    &self.cluster_name,
+                    &vpc,
+                )),
+                cloud.clone(),
+                vpc,
+            )
+        });
+        if fixed_ips.is_none() {
+            warn!("no --vpc-id: fixed IPs for StatefulSets are off");
+        }
         let shared = Leading {
+            fixed_ips,
             client: client.clone(),
             ctx: Arc::new(Context::new(client.clone(), ipam, RequeuePolicy::default())),
             provider: self.provider.into(),
@@ -436,6 +453,8 @@ impl Args {
 
 /// What runs while this replica leads.
 struct Leading {
+    /// The FixedIP controller, its cloud and VPC, when a VPC is configured.
+    fixed_ips: Option<(Arc<FixedIpController>, Arc<dyn EniCloud>, String)>,
     client: Client,
     ctx: Arc<Context>,
     provider: Provider,
@@ -480,9 +499,22 @@ impl Leading {
             16,
         );
         let resync = self.resync.run(nn_store);
-        tokio::join!(node_networks, nodes, resync);
+        let fixed_ips = async {
+            match &self.fixed_ips {
+                Some((ctl, cloud, vpc)) => {
+                    fixed_ip_watch::run(ctl.clone(), cloud.clone(), vpc.clone(), FIXED_IP_TICK)
+                        .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::join!(node_networks, nodes, resync, fixed_ips);
     }
 }
+
+/// How often every fixed-IP StatefulSet is looked at without an event
+/// (retention TTLs expire on their own).
+const FIXED_IP_TICK: Duration = Duration::from_secs(30);
 
 /// Resolves on SIGTERM or Ctrl-C.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> {

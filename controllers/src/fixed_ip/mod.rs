@@ -12,6 +12,7 @@
 //! follow (same zone, an ENI in the subnet or a free ENI slot); the agent's
 //! CNI ADD waits, bounded, until the address is on its node's ENI.
 
+pub mod controller;
 pub mod execute;
 pub mod plan;
 

@@ -1,0 +1,1022 @@
+//! The FixedIP controller's Kubernetes shell: reads StatefulSets, their pods,
+//! FixedIPs and NodeNetworks from watch caches, runs [`plan`] and
+//! [`execute`] per StatefulSet, and writes the results.
+//!
+//! ```text
+//!  watches (StatefulSet, Pod with statefulset.kubernetes.io/pod-name, FixedIP, NodeNetwork)
+//!       └─▶ dirty StatefulSet keys (+ every key each tick, for TTLs) ─▶ reconcile_statefulset
+//!             plan ─▶ execute (cloud) ─▶ POST/PATCH status/DELETE FixedIP,
+//!                                        PATCH NodeNetwork status.fixedIps
+//! ```
+//!
+//! FixedIPs carry the label `sextant.io/statefulset` and no owner reference:
+//! deleting the StatefulSet must not garbage-collect addresses that `Retain`
+//! keeps for a TTL.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use jiff::Timestamp;
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use sextant_cloud::{EniCloud, Subnet};
+use sextant_crds::{FixedIP, FixedIPSpec, FixedIPStatus, NodeNetwork, condition, set_condition};
+use tracing::{info, instrument, warn};
+
+use super::{
+    execute::{Holders, Outcome, Parking, execute, status_after, status_for},
+    plan::{FixedIpInput, NodeView, PodView, StatefulSetView, Step, plan},
+};
+
+/// Label on every FixedIP naming its StatefulSet.
+pub const LABEL_STATEFULSET: &str = "sextant.io/statefulset";
+/// Field manager of the FixedIP controller's writes.
+pub const FIELD_MANAGER: &str = "sextant-fixed-ip";
+/// Label kube's StatefulSet controller puts on its pods.
+pub const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+
+/// Why a StatefulSet's fixed IPs could not be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum FixedIpError {
+    /// A cloud call failed after its retries.
+    #[error("{namespace}/{statefulset}: cloud call failed")]
+    Cloud {
+        /// Namespace.
+        namespace: String,
+        /// StatefulSet.
+        statefulset: String,
+        /// The error.
+        #[source]
+        source: sextant_cloud::Error,
+    },
+    /// A Kubernetes write failed.
+    #[error("{namespace}/{statefulset}: writing {what}")]
+    Kube {
+        /// Namespace.
+        namespace: String,
+        /// StatefulSet.
+        statefulset: String,
+        /// Which write.
+        what: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl FixedIpError {
+    /// Label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            FixedIpError::Cloud { source, .. } => source.metric_label(),
+            FixedIpError::Kube { .. } => "kube",
+        }
+    }
+}
+
+/// NodeNetworks as the fixed-IP plan sees them: zone, pod ENIs by subnet
+/// (those with room for one more address), a free device index.
+pub fn node_views<'a>(
+    nodes: impl IntoIterator<Item = &'a NodeNetwork>,
+) -> BTreeMap<String, NodeView> {
+    nodes
+        .into_iter()
+        .filter_map(|nn| {
+            let name = nn.metadata.name.clone()?;
+            let status = nn.status.clone().unwrap_or_default();
+            let summary = status.summary.unwrap_or_default();
+            let first = nn.spec.ipam.first_interface_index();
+            let room = summary.ipv4_per_eni.saturating_sub(1);
+            let mut eni_by_subnet = BTreeMap::new();
+            for e in status
+                .enis
+                .iter()
+                .filter(|e| e.device_index >= first && !e.excluded)
+            {
+                let fits = room == 0 || (e.addresses.len() as u64) < u64::from(room);
+                if fits {
+                    eni_by_subnet
+                        .entry(e.subnet_id.clone())
+                        .or_insert_with(|| e.id.clone());
+                }
+            }
+            let used: BTreeSet<u32> = status.enis.iter().map(|e| e.device_index).collect();
+            let free_device_index = (first..summary.max_enis).find(|i| !used.contains(i));
+            Some((
+                name,
+                NodeView {
+                    zone: nn.spec.zone.clone(),
+                    provider: nn.spec.provider,
+                    instance_id: nn.spec.instance_id.clone(),
+                    eni_by_subnet,
+                    free_device_index,
+                    pod_cidrs: nn.spec.pod_cidrs.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The pods of StatefulSet `name` (owned by it, named `<name>-<ordinal>`).
+pub fn pod_views<'a>(name: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodView> {
+    pods.into_iter()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "StatefulSet" && o.name == name)
+        })
+        .filter_map(|p| {
+            let pod_name = p.metadata.name.clone()?;
+            let ordinal = pod_name
+                .strip_prefix(name)?
+                .strip_prefix('-')?
+                .parse()
+                .ok()?;
+            Some(PodView {
+                name: pod_name,
+                ordinal,
+                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The StatefulSet's fixed-IP view, or why its annotations are wrong.
+pub fn statefulset_view(
+    sts: &StatefulSet,
+) -> Result<Option<StatefulSetView>, super::plan::AnnotationError> {
+    let replicas = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(1);
+    StatefulSetView::from_annotations(
+        &sts.namespace().unwrap_or_default(),
+        &sts.name_any(),
+        replicas,
+        sts.annotations(),
+    )
+}
+
+/// What one StatefulSet's reconcile works on.
+pub struct Observed<'a> {
+    /// The StatefulSet view; `None` once deleted or turned off.
+    pub statefulset: Option<&'a StatefulSetView>,
+    /// Its FixedIPs.
+    pub fixed: Vec<FixedIP>,
+    /// Its pods.
+    pub pods: Vec<PodView>,
+    /// NodeNetworks as plan sees them.
+    pub nodes: BTreeMap<String, NodeView>,
+    /// Subnets of the VPC.
+    pub subnets: &'a [Subnet],
+}
+
+/// Writes FixedIPs and NodeNetworks for one StatefulSet.
+pub struct FixedIpController {
+    client: Client,
+    cloud: Arc<dyn EniCloud>,
+    parking: Parking,
+    cluster: String,
+}
+
+fn pp() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
+impl FixedIpController {
+    /// A controller writing through `client`, moving addresses in `vpc_id` through `cloud`.
+    pub fn new(client: Client, cloud: Arc<dyn EniCloud>, cluster: &str, vpc_id: &str) -> Self {
+        FixedIpController {
+            client,
+            cloud,
+            parking: Parking::new(cluster, vpc_id),
+            cluster: cluster.to_owned(),
+        }
+    }
+
+    fn kube_err(
+        ns: &str,
+        sts: &str,
+        what: &str,
+    ) -> impl FnOnce(kube::Error) -> FixedIpError + use<> {
+        let (namespace, statefulset, what) = (ns.to_owned(), sts.to_owned(), what.to_owned());
+        move |source| FixedIpError::Kube {
+            namespace,
+            statefulset,
+            what,
+            source,
+        }
+    }
+
+    /// Plans, executes and writes for StatefulSet `namespace/name`; returns
+    /// the steps planned.
+    #[instrument(skip(self, observed), fields(statefulset = %format!("{namespace}/{name}")))]
+    pub async fn reconcile_statefulset(
+        &self,
+        namespace: &str,
+        name: &str,
+        observed: Observed<'_>,
+        now: Timestamp,
+    ) -> Result<Vec<Step>, FixedIpError> {
+        let steps = plan(&FixedIpInput {
+            namespace,
+            name,
+            statefulset: observed.statefulset,
+            fixed: &observed.fixed,
+            pods: &observed.pods,
+            nodes: &observed.nodes,
+            subnets: observed.subnets,
+            now,
+        });
+        let fips: Api<FixedIP> = Api::namespaced(self.client.clone(), namespace);
+        let by_name: BTreeMap<String, &FixedIP> =
+            observed.fixed.iter().map(|f| (f.name_any(), f)).collect();
+        let err = |what: &str| Self::kube_err(namespace, name, what);
+
+        // Status-only steps and blocked pods first: they need no cloud.
+        for step in &steps {
+            let (pod, new) = match step {
+                Step::Status { pod, message, .. } => {
+                    let Some(f) = by_name.get(pod) else { continue };
+                    let mut s = status_for(&f.status.clone().unwrap_or_default(), step);
+                    set_condition(
+                        &mut s.conditions,
+                        condition("Placed", true, "Placed", message.clone(), None, now),
+                    );
+                    (pod, s)
+                }
+                Step::Blocked { pod, message } => {
+                    let Some(f) = by_name.get(pod) else {
+                        warn!(%pod, %message, "cannot reserve a fixed IP");
+                        continue;
+                    };
+                    let mut s = f.status.clone().unwrap_or_default();
+                    set_condition(
+                        &mut s.conditions,
+                        condition("Placed", false, "Blocked", message.clone(), None, now),
+                    );
+                    (pod, s)
+                }
+                _ => continue,
+            };
+            fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": new })))
+                .await
+                .map_err(err(&format!("FixedIP {pod} status")))?;
+        }
+
+        let holders: Holders = by_name
+            .iter()
+            .map(|(k, f)| (k.clone(), f.status.as_ref().and_then(|s| s.eni.clone())))
+            .collect();
+        let (outcomes, cloud_error) = execute(
+            self.cloud.as_ref(),
+            &self.parking,
+            &self.cluster,
+            &steps,
+            &observed.nodes,
+            &holders,
+            now,
+        )
+        .await;
+        let uid_of: BTreeMap<&str, &str> = observed
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.uid.as_str()))
+            .collect();
+        // Write what was done even when a later step failed.
+        for o in &outcomes {
+            self.record(
+                &fips,
+                namespace,
+                name,
+                observed.statefulset,
+                &by_name,
+                &uid_of,
+                o,
+                now,
+            )
+            .await?;
+        }
+        if let Some(source) = cloud_error {
+            return Err(FixedIpError::Cloud {
+                namespace: namespace.to_owned(),
+                statefulset: name.to_owned(),
+                source,
+            });
+        }
+        Ok(steps)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        fips: &Api<FixedIP>,
+        namespace: &str,
+        name: &str,
+        sts: Option<&StatefulSetView>,
+        by_name: &BTreeMap<String, &FixedIP>,
+        uid_of: &BTreeMap<&str, &str>,
+        o: &Outcome,
+        now: Timestamp,
+    ) -> Result<(), FixedIpError> {
+        let err = |what: &str| Self::kube_err(namespace, name, what);
+        match o {
+            Outcome::Reserved {
+                pod,
+                ordinal,
+                ip,
+                subnet_id,
+                zone,
+                eni,
+            } => {
+                let mut f = FixedIP::new(
+                    pod,
+                    FixedIPSpec {
+                        ip: ip.to_string(),
+                        stateful_set: name.to_owned(),
+                        ordinal: *ordinal,
+                        zone: Some(zone.clone()),
+                        subnet_id: Some(subnet_id.clone()),
+                        reclaim_policy: sts.map(|s| s.reclaim).unwrap_or_default(),
+                        ttl_seconds: sts.and_then(|s| s.ttl_seconds),
+                    },
+                );
+                f.metadata.labels = Some(BTreeMap::from([(
+                    LABEL_STATEFULSET.to_owned(),
+                    name.to_owned(),
+                )]));
+                fips.create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.to_owned()),
+                        ..PostParams::default()
+                    },
+                    &f,
+                )
+                .await
+                .map_err(err(&format!("FixedIP {pod}")))?;
+                let mut s = status_after(&FixedIPStatus::default(), o, None);
+                set_condition(
+                    &mut s.conditions,
+                    condition(
+                        "Placed",
+                        true,
+                        "Reserved",
+                        format!("{ip} reserved in {subnet_id} ({zone}) on {eni}"),
+                        None,
+                        now,
+                    ),
+                );
+                fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": s })))
+                    .await
+                    .map_err(err(&format!("FixedIP {pod} status")))?;
+                info!(%pod, %ip, subnet = %subnet_id, "fixed IP reserved");
+            }
+            Outcome::Moved { pod, ip, node, eni } => {
+                let old = by_name
+                    .get(pod)
+                    .and_then(|f| f.status.clone())
+                    .unwrap_or_default();
+                let mut s = status_after(&old, o, uid_of.get(pod.as_str()).copied());
+                set_condition(
+                    &mut s.conditions,
+                    condition(
+                        "Placed",
+                        true,
+                        "Moved",
+                        format!("{ip} moved to {eni} on node {node}"),
+                        None,
+                        now,
+                    ),
+                );
+                fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": s })))
+                    .await
+                    .map_err(err(&format!("FixedIP {pod} status")))?;
+                let owner = format!("{namespace}/{pod}");
+                if let Some(from) = old.node.as_deref().filter(|n| *n != node) {
+                    self.node_fixed_ip(from, *ip, None)
+                        .await
+                        .map_err(err(&format!("NodeNetwork {from}")))?;
+                }
+                self.node_fixed_ip(node, *ip, Some(&owner))
+                    .await
+                    .map_err(err(&format!("NodeNetwork {node}")))?;
+                info!(%pod, %ip, %node, %eni, from = ?old.node, "fixed IP moved");
+            }
+            Outcome::Parked { pod, ip, eni } => {
+                let old = by_name
+                    .get(pod)
+                    .and_then(|f| f.status.clone())
+                    .unwrap_or_default();
+                let mut s = status_after(&old, o, None);
+                set_condition(
+                    &mut s.conditions,
+                    condition(
+                        "Placed",
+                        true,
+                        "Parked",
+                        format!(
+                            "node {} is gone; {ip} parked on {eni}",
+                            old.node.as_deref().unwrap_or("?")
+                        ),
+                        None,
+                        now,
+                    ),
+                );
+                fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": s })))
+                    .await
+                    .map_err(err(&format!("FixedIP {pod} status")))?;
+                info!(%pod, %ip, %eni, "fixed IP parked");
+            }
+            Outcome::Released { pod, ip } => {
+                let old = by_name
+                    .get(pod)
+                    .and_then(|f| f.status.clone())
+                    .unwrap_or_default();
+                match fips.delete(pod, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(err(&format!("FixedIP {pod}"))(e)),
+                }
+                if let Some(from) = old.node.as_deref() {
+                    // The node may be gone with its NodeNetwork.
+                    if let Err(e) = self.node_fixed_ip(from, *ip, None).await
+                        && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+                    {
+                        return Err(err(&format!("NodeNetwork {from}"))(e));
+                    }
+                }
+                info!(%pod, %ip, "fixed IP released");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets (`Some(owner)`) or removes (`None`) one entry of a NodeNetwork's
+    /// `status.fixedIps` with a merge patch.
+    async fn node_fixed_ip(
+        &self,
+        node: &str,
+        ip: std::net::Ipv4Addr,
+        owner: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let api: Api<NodeNetwork> = Api::all(self.client.clone());
+        let value = owner.map_or(Value::Null, |o| Value::String(o.to_owned()));
+        api.patch_status(
+            node,
+            &pp(),
+            &Patch::Merge(&json!({ "status": { "fixedIps": { ip.to_string(): value } } })),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The watch caches the controller reads, and the loop that drives it.
+pub mod watch {
+    use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+    use futures::StreamExt;
+    use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+    use kube::{
+        Api, Client, ResourceExt,
+        runtime::{WatchStreamExt, reflector, watcher},
+    };
+    use sextant_cloud::EniCloud;
+    use sextant_crds::{FixedIP, NodeNetwork};
+    use tokio::sync::mpsc;
+    use tracing::{debug, warn};
+
+    use super::{
+        FixedIpController, LABEL_POD_NAME, LABEL_STATEFULSET, Observed, node_views, pod_views,
+        statefulset_view,
+    };
+    use crate::controller::ErrorChain;
+
+    /// Runs the FixedIP controller until the watches end: every change to a
+    /// StatefulSet, one of its pods or FixedIPs marks it dirty; every `tick`
+    /// all of them are looked at (retention TTLs expire without events).
+    pub async fn run(
+        ctl: Arc<FixedIpController>,
+        cloud: Arc<dyn EniCloud>,
+        vpc_id: String,
+        tick: Duration,
+    ) {
+        let client: Client = ctl.client.clone();
+        let (sts_r, sts_w) = reflector::store::<StatefulSet>();
+        let (pod_r, pod_w) = reflector::store::<Pod>();
+        let (fip_r, fip_w) = reflector::store::<FixedIP>();
+        let (nn_r, nn_w) = reflector::store::<NodeNetwork>();
+        let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<(String, String)>();
+
+        let key_of_sts = |s: &StatefulSet| Some((s.namespace()?, s.name_any()));
+        let key_of_pod = |p: &Pod| {
+            let owner = p
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == "StatefulSet")?;
+            Some((p.namespace()?, owner.name.clone()))
+        };
+        let key_of_fip =
+            |f: &FixedIP| Some((f.namespace()?, f.labels().get(LABEL_STATEFULSET)?.clone()));
+
+        let tx = dirty_tx.clone();
+        let sts_events = reflector(
+            sts_w,
+            watcher(
+                Api::<StatefulSet>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .applied_objects()
+        .for_each(move |r| {
+            if let Ok(s) = r
+                && let Some(k) = key_of_sts(&s)
+            {
+                let _ = tx.send(k);
+            }
+            futures::future::ready(())
+        });
+        let tx = dirty_tx.clone();
+        let pod_events = reflector(
+            pod_w,
+            watcher(
+                Api::<Pod>::all(client.clone()),
+                watcher::Config::default().labels(LABEL_POD_NAME),
+            ),
+        )
+        .touched_objects()
+        .for_each(move |r| {
+            if let Ok(p) = r
+                && let Some(k) = key_of_pod(&p)
+            {
+                let _ = tx.send(k);
+            }
+            futures::future::ready(())
+        });
+        let tx = dirty_tx.clone();
+        let fip_events = reflector(
+            fip_w,
+            watcher(
+                Api::<FixedIP>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .touched_objects()
+        .for_each(move |r| {
+            if let Ok(f) = r
+                && let Some(k) = key_of_fip(&f)
+            {
+                let _ = tx.send(k);
+            }
+            futures::future::ready(())
+        });
+        let nn_events = reflector(
+            nn_w,
+            watcher(
+                Api::<NodeNetwork>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+
+        let worker = async move {
+            let mut ticker = tokio::time::interval(tick);
+            loop {
+                let mut keys = BTreeSet::new();
+                tokio::select! {
+                    Some(k) = dirty_rx.recv() => { keys.insert(k); }
+                    _ = ticker.tick() => {
+                        keys.extend(sts_r.state().iter().filter_map(|s| key_of_sts(s)));
+                        keys.extend(fip_r.state().iter().filter_map(|f| key_of_fip(f)));
+                    }
+                }
+                // Take whatever else piled up: one pass per StatefulSet.
+                while let Ok(k) = dirty_rx.try_recv() {
+                    keys.insert(k);
+                }
+                let subnets = match cloud.subnets(&vpc_id).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %ErrorChain(&e), "listing subnets failed; retrying next tick");
+                        continue;
+                    }
+                };
+                let nodes_state = nn_r.state();
+                let nodes = node_views(nodes_state.iter().map(|n| n.as_ref()));
+                for (ns, name) in keys {
+                    let sts = sts_r.state().into_iter().find(|s| {
+                        s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() == name
+                    });
+                    let view = match sts.as_deref().map(statefulset_view).transpose() {
+                        Ok(v) => v.flatten(),
+                        Err(e) => {
+                            warn!(statefulset = %format!("{ns}/{name}"), error = %e, "fixed-IP annotations ignored");
+                            continue;
+                        }
+                    };
+                    let fixed: Vec<FixedIP> = fip_r
+                        .state()
+                        .iter()
+                        .filter(|f| {
+                            f.namespace().as_deref() == Some(ns.as_str())
+                                && key_of_fip(f).is_some_and(|k| k.1 == name)
+                        })
+                        .map(|f| f.as_ref().clone())
+                        .collect();
+                    if view.is_none() && fixed.is_empty() {
+                        continue;
+                    }
+                    let pods_state = pod_r.state();
+                    let pods = pod_views(
+                        &name,
+                        pods_state
+                            .iter()
+                            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+                            .map(|p| p.as_ref()),
+                    );
+                    let observed = Observed {
+                        statefulset: view.as_ref(),
+                        fixed,
+                        pods,
+                        nodes: nodes.clone(),
+                        subnets: &subnets,
+                    };
+                    match ctl
+                        .reconcile_statefulset(&ns, &name, observed, jiff::Timestamp::now())
+                        .await
+                    {
+                        Ok(steps) => {
+                            debug!(statefulset = %format!("{ns}/{name}"), steps = steps.len(), "fixed IPs reconciled")
+                        }
+                        Err(e) => {
+                            warn!(error = %ErrorChain(&e), kind = e.metric_label(), "fixed IPs reconcile failed")
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = sts_events => warn!("StatefulSet watch ended"),
+            () = pod_events => warn!("Pod watch ended"),
+            () = fip_events => warn!("FixedIP watch ended"),
+            () = nn_events => warn!("NodeNetwork watch ended"),
+            () = worker => {},
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use sextant_cloud::{
+        AssignIps, CreateEni, Tags,
+        sim::{SimCloud, SimConfig, SimProvider},
+    };
+    use sextant_crds::{FixedIPPhase, ReclaimPolicy};
+
+    use super::*;
+    use crate::fixtures::mock_client;
+
+    /// The verifier script's result, its panic re-raised here.
+    async fn finish<T>(script: tokio::task::JoinHandle<T>) -> T {
+        match script.await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    const NOW: &str = "2026-11-25T12:00:00Z";
+
+    /// What the API server answers for a FixedIP write.
+    fn fip_reply() -> Value {
+        json!({
+            "apiVersion": "sextant.io/v1alpha1", "kind": "FixedIP",
+            "metadata": { "name": "web-0", "namespace": "db" },
+            "spec": { "ip": "10.0.0.9", "statefulSet": "web", "ordinal": 0 },
+        })
+    }
+
+    /// What the API server answers for a NodeNetwork status write.
+    fn nn_reply(name: &str) -> Value {
+        json!({
+            "apiVersion": "sextant.io/v1alpha1", "kind": "NodeNetwork",
+            "metadata": { "name": name },
+            "spec": { "provider": "aws" },
+        })
+    }
+
+    fn sim() -> (Arc<SimCloud>, String) {
+        let sim = Arc::new(SimCloud::new(SimConfig {
+            describe_latency: Duration::ZERO,
+            mutate_latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            server_throttling: false,
+            ..SimConfig::new(SimProvider::Aws, 3)
+        }));
+        let subnet = sim
+            .add_subnet("vpc-1", "a", "10.0.0.0/24", Tags::new())
+            .unwrap();
+        (sim, subnet)
+    }
+
+    fn sts_view() -> StatefulSetView {
+        StatefulSetView {
+            namespace: "db".into(),
+            name: "web".into(),
+            replicas: 1,
+            reclaim: ReclaimPolicy::Retain,
+            ttl_seconds: None,
+            subnet_ids: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_ordinal_gets_a_parked_address_and_a_fixed_ip_object() {
+        let (sim, _) = sim();
+        let subnets = sim.subnets("vpc-1").await.unwrap();
+        let (client, mut server) = mock_client();
+        let ctl = FixedIpController::new(client, sim.clone(), "test", "vpc-1");
+        let view = sts_view();
+        let script = tokio::spawn(async move {
+            let created = server
+                .expect(
+                    Method::POST,
+                    "/apis/sextant.io/v1alpha1/namespaces/db/fixedips?&fieldManager=sextant-fixed-ip",
+                    201,
+                    fip_reply(),
+                )
+                .await;
+            let status = server
+                .expect(
+                    Method::PATCH,
+                    "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0/status?&fieldManager=sextant-fixed-ip",
+                    200,
+                    fip_reply(),
+                )
+                .await;
+            server.expect_no_more().await;
+            (created, status)
+        });
+        let steps = ctl
+            .reconcile_statefulset(
+                "db",
+                "web",
+                Observed {
+                    statefulset: Some(&view),
+                    fixed: vec![],
+                    pods: vec![],
+                    nodes: BTreeMap::new(),
+                    subnets: &subnets,
+                },
+                NOW.parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        drop(ctl);
+        let (created, status) = finish(script).await;
+        assert_eq!(steps.len(), 1);
+        let ip = created.body["spec"]["ip"].as_str().unwrap().to_owned();
+        assert_eq!(created.body["metadata"]["name"], "web-0");
+        assert_eq!(created.body["metadata"]["labels"][LABEL_STATEFULSET], "web");
+        assert_eq!(created.body["spec"]["statefulSet"], "web");
+        assert_eq!(created.body["spec"]["zone"], "a");
+        assert_eq!(
+            status.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(status.body["status"]["phase"], "Reserved");
+        // The address is held in the cloud, on a parking ENI nobody collects.
+        let parking: Vec<_> = sim
+            .all_enis()
+            .into_iter()
+            .filter(|e| {
+                e.tags.get(sextant_cloud::TAG_ROLE).map(String::as_str)
+                    == Some(sextant_cloud::ROLE_PARKING)
+            })
+            .collect();
+        assert_eq!(parking.len(), 1);
+        assert_eq!(
+            parking[0]
+                .secondary_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec![ip]
+        );
+        assert_eq!(status.body["status"]["eni"], parking[0].id.as_str());
+    }
+
+    fn nn(name: &str, instance: &str, enis: Vec<sextant_crds::EniStatus>) -> NodeNetwork {
+        let mut nn = NodeNetwork::new(
+            name,
+            sextant_crds::NodeNetworkSpec {
+                provider: sextant_crds::Provider::Aws,
+                instance_id: Some(instance.into()),
+                instance_type: Some("m5.large".into()),
+                zone: Some("a".into()),
+                vpc_id: Some("vpc-1".into()),
+                ipam: Default::default(),
+                pod_cidrs: vec![],
+            },
+        );
+        nn.status = Some(sextant_crds::NodeNetworkStatus {
+            enis,
+            summary: Some(sextant_crds::PoolSummary {
+                max_enis: 3,
+                ipv4_per_eni: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        nn
+    }
+
+    #[tokio::test]
+    async fn a_rescheduled_pod_moves_its_address_and_both_node_networks_learn_it() {
+        let (sim, subnet) = sim();
+        let subnets = sim.subnets("vpc-1").await.unwrap();
+        let mut enis = BTreeMap::new();
+        for node in ["n1", "n2"] {
+            let instance = sim.add_instance("m5.large", &subnet).unwrap();
+            let e = sim
+                .create_eni(&CreateEni {
+                    subnet_id: subnet.clone(),
+                    security_groups: vec![],
+                    tags: Tags::new(),
+                    secondary_ips: 0,
+                    description: String::new(),
+                })
+                .await
+                .unwrap();
+            sim.attach_eni(&e.id, &instance, 1).await.unwrap();
+            enis.insert(node, (instance, e.id));
+        }
+        let ip = sim
+            .assign_ips(&enis["n1"].1, &AssignIps::Count(1))
+            .await
+            .unwrap()[0];
+        let eni_status = |node: &str| {
+            vec![sextant_crds::EniStatus {
+                id: enis[node].1.clone(),
+                subnet_id: subnet.clone(),
+                device_index: 1,
+                mac: None,
+                primary_ip: None,
+                addresses: vec![],
+                security_groups: vec![],
+                excluded: false,
+            }]
+        };
+        let nodes = node_views(&[
+            nn("n1", &enis["n1"].0, eni_status("n1")),
+            nn("n2", &enis["n2"].0, eni_status("n2")),
+        ]);
+        let mut f = FixedIP::new(
+            "web-0",
+            FixedIPSpec {
+                ip: ip.to_string(),
+                stateful_set: "web".into(),
+                ordinal: 0,
+                zone: Some("a".into()),
+                subnet_id: Some(subnet.clone()),
+                reclaim_policy: ReclaimPolicy::Retain,
+                ttl_seconds: None,
+            },
+        );
+        f.metadata.namespace = Some("db".into());
+        f.status = Some(FixedIPStatus {
+            phase: Some(FixedIPPhase::Bound),
+            node: Some("n1".into()),
+            eni: Some(enis["n1"].1.clone()),
+            pod_uid: Some("old".into()),
+            ..Default::default()
+        });
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("web-0".into()),
+                namespace: Some("db".into()),
+                uid: Some("new".into()),
+                owner_references: Some(vec![OwnerReference {
+                    kind: "StatefulSet".into(),
+                    name: "web".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: Some("n2".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods = pod_views("web", [&pod]);
+        let (client, mut server) = mock_client();
+        let ctl = FixedIpController::new(client, sim.clone(), "test", "vpc-1");
+        let view = sts_view();
+        let ip_s = ip.to_string();
+        let script = tokio::spawn(async move {
+            let fip = server
+                .expect(
+                    Method::PATCH,
+                    "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0/status?&fieldManager=sextant-fixed-ip",
+                    200,
+                    fip_reply(),
+                )
+                .await;
+            let from = server
+                .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n1/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n1"))
+                .await;
+            let to = server
+                .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
+                .await;
+            server.expect_no_more().await;
+            (fip, from, to)
+        });
+        ctl.reconcile_statefulset(
+            "db",
+            "web",
+            Observed {
+                statefulset: Some(&view),
+                fixed: vec![f],
+                pods,
+                nodes,
+                subnets: &subnets,
+            },
+            NOW.parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        drop(ctl);
+        let (fip, from, to) = finish(script).await;
+        assert_eq!(fip.body["status"]["phase"], "Bound");
+        assert_eq!(fip.body["status"]["node"], "n2");
+        assert_eq!(
+            fip.body["status"]["podUid"], "new",
+            "the new pod's UID is recorded, the address kept"
+        );
+        assert_eq!(
+            from.body,
+            json!({ "status": { "fixedIps": { ip_s.clone(): null } } })
+        );
+        assert_eq!(
+            to.body,
+            json!({ "status": { "fixedIps": { ip_s.clone(): "db/web-0" } } })
+        );
+        // In the cloud the address now sits on n2's ENI and nowhere else.
+        let holders: Vec<_> = sim
+            .all_enis()
+            .into_iter()
+            .filter(|e| e.secondary_ips.contains(&ip))
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(holders, vec![enis["n2"].1.clone()]);
+    }
+
+    #[test]
+    fn pods_of_other_owners_or_without_an_ordinal_are_not_the_statefulsets() {
+        let mk = |name: &str, owner: &str, kind: &str| Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                owner_references: Some(vec![OwnerReference {
+                    kind: kind.into(),
+                    name: owner.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let pods = [
+            mk("web-2", "web", "StatefulSet"),
+            mk("web-x", "web", "StatefulSet"),
+            mk("web-1", "web", "ReplicaSet"),
+            mk("webby-1", "webby", "StatefulSet"),
+        ];
+        let views = pod_views("web", pods.iter());
+        assert_eq!(
+            views
+                .iter()
+                .map(|p| (p.name.as_str(), p.ordinal))
+                .collect::<Vec<_>>(),
+            vec![("web-2", 2)]
+        );
+    }
+}
