@@ -146,3 +146,58 @@ impl IpamMetrics {
         }
     }
 }
+
+/// FixedIP controller metrics; clones share the series.
+#[derive(Clone, Default)]
+pub struct FixedIpMetrics {
+    steps: Family<StepLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    reconciles: Counter,
+}
+
+impl FixedIpMetrics {
+    /// Registers under `registry` (give it a `sextant_operator` prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fixed_ip_reconciles",
+            "StatefulSets whose fixed IPs were reconciled",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "fixed_ip_steps",
+            "Fixed-IP steps planned, by kind (reserve, move, park, release, status, blocked)",
+            self.steps.clone(),
+        );
+        registry.register(
+            "fixed_ip_errors",
+            "Fixed-IP reconciles that failed, by error kind",
+            self.errors.clone(),
+        );
+    }
+
+    /// Counts one reconcile and its planned steps.
+    pub fn reconciled<'a>(&self, kinds: impl IntoIterator<Item = &'a str>) {
+        self.reconciles.inc();
+        for kind in kinds {
+            let kind: &'static str = match kind {
+                "reserve" => "reserve",
+                "move" => "move",
+                "park" => "park",
+                "release" => "release",
+                "status" => "status",
+                _ => "blocked",
+            };
+            self.steps.get_or_create(&StepLabels { kind }).inc();
+        }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn error(&self, error: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+
+    /// Steps of `kind` counted so far.
+    pub fn steps(&self, kind: &'static str) -> u64 {
+        self.steps.get_or_create(&StepLabels { kind }).get()
+    }
+}

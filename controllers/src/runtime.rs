@@ -342,6 +342,7 @@ impl Args {
         let resync_metrics = FullResyncMetrics::default();
         let leader_metrics = LeaderMetrics::default();
         let node_metrics = NodeWatchMetrics::default();
+        let fixed_ip_metrics = crate::metrics::FixedIpMetrics::default();
         let mut registry = Registry::default();
         {
             let op = registry.sub_registry_with_prefix("sextant_operator");
@@ -349,6 +350,7 @@ impl Args {
             resync_metrics.register(op);
             leader_metrics.register(op);
             node_metrics.register(op);
+            fixed_ip_metrics.register(op);
         }
         cloud_metrics.register(registry.sub_registry_with_prefix("sextant_cloud"));
 
@@ -392,12 +394,10 @@ impl Args {
 
         let fixed_ips = self.vpc_id.clone().map(|vpc| {
             (
-                Arc::new(FixedIpController::new(
-                    client.clone(),
-                    cloud.clone(),
-                    &self.cluster_name,
-                    &vpc,
-                )),
+                Arc::new(
+                    FixedIpController::new(client.clone(), cloud.clone(), &self.cluster_name, &vpc)
+                        .with_metrics(fixed_ip_metrics.clone()),
+                ),
                 cloud.clone(),
                 vpc,
             )

@@ -184,6 +184,7 @@ pub struct Observed<'a> {
 
 /// Writes FixedIPs and NodeNetworks for one StatefulSet.
 pub struct FixedIpController {
+    metrics: crate::metrics::FixedIpMetrics,
     client: Client,
     cloud: Arc<dyn EniCloud>,
     parking: Parking,
@@ -201,6 +202,7 @@ impl FixedIpController {
     /// A controller writing through `client`, moving addresses in `vpc_id` through `cloud`.
     pub fn new(client: Client, cloud: Arc<dyn EniCloud>, cluster: &str, vpc_id: &str) -> Self {
         FixedIpController {
+            metrics: crate::metrics::FixedIpMetrics::default(),
             client,
             cloud,
             parking: Parking::new(cluster, vpc_id),
@@ -220,6 +222,17 @@ impl FixedIpController {
             what,
             source,
         }
+    }
+
+    /// Records into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: crate::metrics::FixedIpMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &crate::metrics::FixedIpMetrics {
+        &self.metrics
     }
 
     /// Plans, executes and writes for StatefulSet `namespace/name`; returns
@@ -242,6 +255,7 @@ impl FixedIpController {
             subnets: observed.subnets,
             now,
         });
+        self.metrics.reconciled(steps.iter().map(Step::kind));
         let fips: Api<FixedIP> = Api::namespaced(self.client.clone(), namespace);
         let by_name: BTreeMap<String, &FixedIP> =
             observed.fixed.iter().map(|f| (f.name_any(), f)).collect();
@@ -790,6 +804,7 @@ mod tests {
             )
             .await
             .unwrap();
+        assert_eq!(ctl.metrics().steps("reserve"), 1);
         drop(ctl);
         let (created, status) = finish(script).await;
         assert_eq!(steps.len(), 1);
