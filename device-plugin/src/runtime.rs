@@ -381,3 +381,28 @@ impl Registrar {
 pub fn plugin_socket_path(config: &Config) -> PathBuf {
     config.dir.join(&config.socket_name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["sextant-device-plugin"]).expect("defaults parse");
+        let c = Config::from(&a);
+        assert_eq!(c.dir, PathBuf::from(paths::DEVICE_PLUGIN_DIR));
+        assert_eq!(c.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.agent_timeout, Duration::from_millis(500));
+        assert_eq!(c.policy, Policy::default());
+    }
+
+    #[test]
+    fn durations_parse_and_negative_ones_are_refused() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 2s "), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
