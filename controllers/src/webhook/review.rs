@@ -156,3 +156,80 @@ fn operation_name(op: &Operation) -> &'static str {
         Operation::Connect => "CONNECT",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mk_review(kind: &str, operation: &str, namespace: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": API_VERSION, "kind": KIND,
+            "request": {
+                "uid": "u-1",
+                "kind": { "group": "", "version": "v1", "kind": kind },
+                "resource": { "group": "", "version": "v1", "resource": "pods" },
+                "operation": operation,
+                "namespace": namespace,
+                "userInfo": {},
+                "object": { "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p" },
+                            "spec": { "containers": [{ "name": "a" }] } }
+            }
+        }))
+        .expect("encode")
+    }
+
+    fn answer(body: &[u8], config: &ReviewConfig) -> (Value, Verdict) {
+        let (review, verdict) = review(body, config);
+        let json: Value = serde_json::from_slice(&to_json(&review)).expect("answer is JSON");
+        (json, verdict)
+    }
+
+    #[test]
+    fn pod_create_is_patched_with_a_base64_patch() {
+        let (json, verdict) = answer(
+            &mk_review("Pod", "CREATE", "default"),
+            &ReviewConfig::default(),
+        );
+        assert_eq!(verdict, Verdict::Patched);
+        assert_eq!(json["response"]["uid"], "u-1");
+        let b64 = json["response"]["patch"]
+            .as_str()
+            .expect("patch is a string");
+        let bytes = BASE64.decode(b64).expect("base64");
+        let ops: Value = serde_json::from_slice(&bytes).expect("patch JSON");
+        assert_eq!(ops[0]["op"], "add");
+        assert_eq!(ops[0]["path"], "/spec/containers/0/resources");
+    }
+
+    #[test]
+    fn other_kinds_and_operations_are_allowed_unchanged() {
+        for (kind, op) in [("Pod", "UPDATE"), ("Pod", "DELETE"), ("Service", "CREATE")] {
+            let (json, verdict) = answer(&mk_review(kind, op, "default"), &ReviewConfig::default());
+            assert_eq!(verdict, Verdict::Ignored, "{kind} {op}");
+            assert_eq!(json["response"]["allowed"], true);
+            assert!(json["response"].get("patch").is_none());
+        }
+    }
+
+    #[test]
+    fn skipped_namespaces_are_left_alone() {
+        let config = ReviewConfig {
+            skip_namespaces: ["kube-system".to_owned()].into(),
+        };
+        let (_, verdict) = answer(&mk_review("Pod", "CREATE", "kube-system"), &config);
+        assert_eq!(verdict, Verdict::Skipped("skipped_namespace"));
+    }
+
+    #[test]
+    fn garbage_is_invalid_with_a_message() {
+        let (json, verdict) = answer(b"\x00\x01", &ReviewConfig::default());
+        assert_eq!(verdict, Verdict::Invalid);
+        assert_eq!(json["response"]["allowed"], false);
+        assert!(
+            json["response"]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not JSON"))
+        );
+    }
+}

@@ -270,3 +270,23 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     );
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        WebhookArgs::command().debug_assert();
+        let a = WebhookArgs::try_parse_from([
+            "sextant-webhook",
+            "--skip-namespaces",
+            "kube-system,sextant-system",
+        ])
+        .expect("flags parse");
+        assert_eq!(a.listen.port(), 9443);
+        assert_eq!(a.skip_namespaces, ["kube-system", "sextant-system"]);
+        assert_eq!(a.tls_reload_interval, Duration::from_secs(10));
+    }
+}
