@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export SEXTANT_VENV := $(CURDIR)/.venv
 
-.PHONY: setup demo test bench crds fmt lint
+.PHONY: setup demo test bench lab crds fmt lint
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,11 @@ bench: setup
 	$(CARGO) bench -q -p sextant-agent --bench p3_cni
 	$(CARGO) bench -q -p sextant-agent --bench p4a_service
 	$(CARGO) bench -q -p sextant-operator --bench p5_webhook
+
+lab: setup
+	$(CARGO) build --release -q -p sextant-agent --bins
+	$(CARGO) build --release -q -p sextantctl
+	./target/release/sextantctl lab
 
 crds:
 	$(CARGO) run -q -p sextant-crds --bin crdgen

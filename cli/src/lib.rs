@@ -26,6 +26,9 @@ enum Command {
     Simulate(SimulateArgs),
     /// Roll a fixed-IP StatefulSet across simulated nodes while nodes fail, and audit its addresses.
     Roll(RollArgs),
+    /// Build a small node with pods in network namespaces on this machine, run
+    /// the real agent, CNI and eBPF datapath, and print a connectivity table (root).
+    Lab(LabArgs),
     /// Print the benchmark figures (P1, P2, thundering herd) with their baselines.
     Bench(bench::BenchArgs),
 }
@@ -34,6 +37,23 @@ enum Command {
 enum ProviderArg {
     Aws,
     Alibaba,
+}
+
+/// Flags of `sextantctl lab`.
+#[derive(clap::Args, Debug)]
+struct LabArgs {
+    /// Pods in the lab node.
+    #[arg(long, default_value_t = 4)]
+    pods: usize,
+}
+
+/// `sextant-lab` beside this binary (a cargo target dir), or on PATH.
+fn lab_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("sextant-lab")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "sextant-lab".into())
 }
 
 /// Flags of `sextantctl roll`.
@@ -227,6 +247,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", report.table());
             if !report.is_clean() {
                 anyhow::bail!("fixed-IP promises broken: see the table above");
+            }
+            Ok(())
+        }
+        Command::Lab(args) => {
+            if args.pods < 3 {
+                anyhow::bail!("--pods must be at least 3 (a client and a service with backends)");
+            }
+            let bin = lab_binary();
+            let status = std::process::Command::new(&bin)
+                .arg(args.pods.to_string())
+                .status()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "running {}: {e} (build it with `cargo build -p sextant-agent --bins`)",
+                        bin.display()
+                    )
+                })?;
+            if !status.success() {
+                anyhow::bail!("the lab failed ({status}); see above");
             }
             Ok(())
         }
