@@ -19,10 +19,12 @@ use std::{
 };
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::{Value, json};
 use sextant_cloud::{EniCloud, Subnet};
@@ -185,6 +187,7 @@ pub struct Observed<'a> {
 /// Writes FixedIPs and NodeNetworks for one StatefulSet.
 pub struct FixedIpController {
     metrics: crate::metrics::FixedIpMetrics,
+    recorder: Recorder,
     client: Client,
     cloud: Arc<dyn EniCloud>,
     parking: Parking,
@@ -203,6 +206,13 @@ impl FixedIpController {
     pub fn new(client: Client, cloud: Arc<dyn EniCloud>, cluster: &str, vpc_id: &str) -> Self {
         FixedIpController {
             metrics: crate::metrics::FixedIpMetrics::default(),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "sextant-operator".into(),
+                    instance: std::env::var("HOSTNAME").ok(),
+                },
+            ),
             client,
             cloud,
             parking: Parking::new(cluster, vpc_id),
@@ -398,6 +408,14 @@ impl FixedIpController {
                     .await
                     .map_err(err(&format!("FixedIP {pod} status")))?;
                 info!(%pod, %ip, subnet = %subnet_id, "fixed IP reserved");
+                self.event(
+                    namespace,
+                    pod,
+                    "Reserved",
+                    format!("{ip} reserved in {subnet_id} ({zone})"),
+                    false,
+                )
+                .await;
             }
             Outcome::Moved { pod, ip, node, eni } => {
                 let old = by_name
@@ -429,6 +447,18 @@ impl FixedIpController {
                     .await
                     .map_err(err(&format!("NodeNetwork {node}")))?;
                 info!(%pod, %ip, %node, %eni, from = ?old.node, "fixed IP moved");
+                let from = old
+                    .node
+                    .as_deref()
+                    .map_or(String::new(), |n| format!(" from node {n}"));
+                self.event(
+                    namespace,
+                    pod,
+                    "Moved",
+                    format!("{ip} moved{from} to {eni} on node {node}"),
+                    false,
+                )
+                .await;
             }
             Outcome::Parked { pod, ip, eni } => {
                 let old = by_name
@@ -454,6 +484,17 @@ impl FixedIpController {
                     .await
                     .map_err(err(&format!("FixedIP {pod} status")))?;
                 info!(%pod, %ip, %eni, "fixed IP parked");
+                self.event(
+                    namespace,
+                    pod,
+                    "Parked",
+                    format!(
+                        "node {} is gone; {ip} parked on {eni}",
+                        old.node.as_deref().unwrap_or("?")
+                    ),
+                    true,
+                )
+                .await;
             }
             Outcome::Released { pod, ip } => {
                 let old = by_name
@@ -474,9 +515,43 @@ impl FixedIpController {
                     }
                 }
                 info!(%pod, %ip, "fixed IP released");
+                self.event(
+                    namespace,
+                    pod,
+                    "Released",
+                    format!("{ip} given back to its subnet"),
+                    false,
+                )
+                .await;
             }
         }
         Ok(())
+    }
+
+    /// Publishes an Event on FixedIP `namespace/pod` explaining a decision;
+    /// a failed publish is logged, never fatal.
+    async fn event(&self, namespace: &str, pod: &str, reason: &str, note: String, warning: bool) {
+        let reference = ObjectReference {
+            api_version: Some("sextant.io/v1alpha1".into()),
+            kind: Some("FixedIP".into()),
+            name: Some(pod.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectReference::default()
+        };
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(%pod, error = %e, "publishing an event failed");
+        }
     }
 
     /// Sets (`Some(owner)`) or removes (`None`) one entry of a NodeNetwork's
@@ -728,6 +803,15 @@ mod tests {
         })
     }
 
+    /// What the API server answers for an Event.
+    fn event_reply() -> Value {
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": { "name": "web-0.1", "namespace": "db" },
+            "eventTime": "2026-11-25T12:00:00.000000Z",
+        })
+    }
+
     /// What the API server answers for a NodeNetwork status write.
     fn nn_reply(name: &str) -> Value {
         json!({
@@ -786,8 +870,16 @@ mod tests {
                     fip_reply(),
                 )
                 .await;
+            let event = server
+                .expect(
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/db/events?",
+                    201,
+                    event_reply(),
+                )
+                .await;
             server.expect_no_more().await;
-            (created, status)
+            (created, status, event)
         });
         let steps = ctl
             .reconcile_statefulset(
@@ -806,7 +898,10 @@ mod tests {
             .unwrap();
         assert_eq!(ctl.metrics().steps("reserve"), 1);
         drop(ctl);
-        let (created, status) = finish(script).await;
+        let (created, status, event) = finish(script).await;
+        assert_eq!(event.body["reason"], "Reserved");
+        assert_eq!(event.body["regarding"]["kind"], "FixedIP");
+        assert_eq!(event.body["regarding"]["name"], "web-0");
         assert_eq!(steps.len(), 1);
         let ip = created.body["spec"]["ip"].as_str().unwrap().to_owned();
         assert_eq!(created.body["metadata"]["name"], "web-0");
@@ -962,8 +1057,16 @@ mod tests {
             let to = server
                 .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
                 .await;
+            let event = server
+                .expect(
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/db/events?",
+                    201,
+                    event_reply(),
+                )
+                .await;
             server.expect_no_more().await;
-            (fip, from, to)
+            (fip, from, to, event)
         });
         ctl.reconcile_statefulset(
             "db",
@@ -980,7 +1083,15 @@ mod tests {
         .await
         .unwrap();
         drop(ctl);
-        let (fip, from, to) = finish(script).await;
+        let (fip, from, to, event) = finish(script).await;
+        assert_eq!(event.body["reason"], "Moved");
+        assert!(
+            event.body["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("from node n1") && n.contains("on node n2")),
+            "{}",
+            event.body["note"]
+        );
         assert_eq!(fip.body["status"]["phase"], "Bound");
         assert_eq!(fip.body["status"]["node"], "n2");
         assert_eq!(
