@@ -25,6 +25,7 @@ bench: setup
 	$(CARGO) bench -q -p sextant-agent --bench p3_cni
 	$(CARGO) bench -q -p sextant-agent --bench p4a_service
 	$(CARGO) bench -q -p sextant-operator --bench p5_webhook
+	$(CARGO) bench -q -p sextant-scheduler-ext --bench p6_filter
 
 lab: setup
 	$(CARGO) build --release -q -p sextant-agent --bins
