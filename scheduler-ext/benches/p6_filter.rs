@@ -64,7 +64,12 @@ impl Rng {
 }
 
 fn node_name(i: usize) -> String {
-    format!("ip-10-{}-{}-{}.ec2.internal", 16 + i / 65_536, (i / 256) % 256, i % 256)
+    format!(
+        "ip-10-{}-{}-{}.ec2.internal",
+        16 + i / 65_536,
+        (i / 256) % 256,
+        i % 256
+    )
 }
 
 fn subnet(zone: usize, k: usize) -> String {
@@ -72,7 +77,12 @@ fn subnet(zone: usize, k: usize) -> String {
 }
 
 fn ip(zone: usize, n: u64) -> String {
-    format!("10.{}.{}.{}", 64 + zone * 16 + (n / 65_536) as usize % 16, (n / 256) % 256, n % 256)
+    format!(
+        "10.{}.{}.{}",
+        64 + zone * 16 + (n / 65_536) as usize % 16,
+        (n / 256) % 256,
+        n % 256
+    )
 }
 
 fn node_network(i: usize, rng: &mut Rng, next_ip: &mut [u64; 3]) -> NodeNetwork {
@@ -200,7 +210,11 @@ fn node_json(i: usize, nn: &NodeNetwork) -> Value {
     let name = node_name(i);
     let zone = nn.spec.zone.clone().unwrap_or_default();
     let itype = nn.spec.instance_type.clone().unwrap_or_default();
-    let cap = nn.status.as_ref().and_then(|s| s.summary).map_or(0, |s| s.capacity);
+    let cap = nn
+        .status
+        .as_ref()
+        .and_then(|s| s.summary)
+        .map_or(0, |s| s.capacity);
     let cond = |t: &str, s: &str, r: &str| {
         json!({"type": t, "status": s, "lastHeartbeatTime": "2026-11-25T23:39:12Z",
                "lastTransitionTime": "2026-11-20T08:00:00Z", "reason": r, "message": format!("kubelet: {r}")})
@@ -331,7 +345,11 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .collect();
-    let node_objects: Vec<Value> = nodes.iter().enumerate().map(|(i, nn)| node_json(i, nn)).collect();
+    let node_objects: Vec<Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, nn)| node_json(i, nn))
+        .collect();
     let mut cached_bodies = Vec::new();
     let mut full_bodies = Vec::new();
     for (ns, name) in &pods {
@@ -388,7 +406,12 @@ async fn main() -> anyhow::Result<()> {
         let a_names = a.node_names.unwrap_or_default();
         let b_names: Vec<String> = b
             .nodes
-            .map(|l| l.items.into_iter().filter_map(|n| n.metadata.name).collect())
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .collect()
+            })
             .unwrap_or_default();
         anyhow::ensure!(a_names == b_names, "NodeNames and Nodes answers differ");
         anyhow::ensure!(a.failed_nodes == b.failed_nodes, "failure reasons differ");
