@@ -12,19 +12,21 @@
 //! - A node without NodeNetwork passes a plain pod (no opinion) and fails a
 //!   fixed-IP pod (nowhere to attach the address).
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::HashMap, fmt, net::Ipv4Addr, sync::Arc};
 
 use sextant_crds::Provider;
 
 use crate::{
     error::{Error, Result},
+    extender::FailedNodesMap,
     index::{Index, NodeEntry},
     pod::{FixedTarget, PodRef, fixed_target},
 };
 
-/// Why a node cannot take the pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reason {
+/// Why a node cannot take the pod; borrows from the index and the pod's
+/// FixedIP so judging a node allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason<'a> {
     /// Fixed-IP pod, node without NodeNetwork.
     NoNodeNetwork {
         /// The pod's address.
@@ -35,9 +37,9 @@ pub enum Reason {
         /// The pod's address.
         ip: Ipv4Addr,
         /// The address's zone.
-        want: String,
+        want: &'a str,
         /// The node's zone.
-        have: Option<String>,
+        have: Option<&'a str>,
     },
     /// Fixed-IP pod, bare-metal node whose pod CIDRs do not contain the address.
     NotInPodCidrs {
@@ -54,7 +56,7 @@ pub enum Reason {
         /// The pod's address.
         ip: Ipv4Addr,
         /// The address's subnet.
-        subnet: Option<String>,
+        subnet: Option<&'a str>,
         /// Attached pod ENIs.
         enis: u32,
         /// ENIs the instance allows.
@@ -73,7 +75,7 @@ pub enum Reason {
     },
 }
 
-impl Reason {
+impl Reason<'_> {
     /// Whether preempting pods on the node could not make it fit: freeing
     /// pod IPs helps a full node, nothing helps a wrong zone or subnet.
     pub fn is_unresolvable(&self) -> bool {
@@ -93,7 +95,7 @@ impl Reason {
     }
 }
 
-impl fmt::Display for Reason {
+impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NoNodeNetwork { ip } => write!(
@@ -103,7 +105,7 @@ impl fmt::Display for Reason {
             Reason::WrongZone { ip, want, have } => write!(
                 f,
                 "sextant: fixed IP {ip} lives in zone {want}, node is in zone {}",
-                have.as_deref().unwrap_or("<unknown>")
+                have.unwrap_or("<unknown>")
             ),
             Reason::NotInPodCidrs { ip } => write!(
                 f,
@@ -122,7 +124,7 @@ impl fmt::Display for Reason {
             } => write!(
                 f,
                 "sextant: fixed IP {ip} cannot be attached: no pod ENI in subnet {} with a free address slot and no free ENI slot ({enis} pod ENIs, instance allows {max_enis} ENIs x {ipv4_per_eni} IPv4)",
-                subnet.as_deref().unwrap_or("<unset>")
+                subnet.unwrap_or("<unset>")
             ),
             Reason::NoIpCapacity {
                 used,
@@ -137,7 +139,10 @@ impl fmt::Display for Reason {
 }
 
 /// One node's verdict.
-pub fn judge(node: Option<&NodeEntry>, fixed: Option<&FixedTarget>) -> Result<(), Reason> {
+pub fn judge<'a>(
+    node: Option<&'a NodeEntry>,
+    fixed: Option<&'a FixedTarget>,
+) -> Result<(), Reason<'a>> {
     let Some(node) = node else {
         return match fixed {
             Some(t) => Err(Reason::NoNodeNetwork { ip: t.ip }),
@@ -162,7 +167,7 @@ pub fn judge(node: Option<&NodeEntry>, fixed: Option<&FixedTarget>) -> Result<()
 }
 
 /// Whether the fixed address can be brought to a node that does not hold it.
-fn attachable(node: &NodeEntry, t: &FixedTarget) -> Result<(), Reason> {
+fn attachable<'a>(node: &'a NodeEntry, t: &'a FixedTarget) -> Result<(), Reason<'a>> {
     let ip = t.ip;
     if node.provider == Provider::Static {
         return if node.pod_cidrs.iter().any(|c| c.contains(ip)) {
@@ -171,13 +176,13 @@ fn attachable(node: &NodeEntry, t: &FixedTarget) -> Result<(), Reason> {
             Err(Reason::NotInPodCidrs { ip })
         };
     }
-    if let Some(want) = &t.zone
-        && node.zone.as_ref() != Some(want)
+    if let Some(want) = t.zone.as_deref()
+        && node.zone.as_deref() != Some(want)
     {
         return Err(Reason::WrongZone {
             ip,
-            want: want.clone(),
-            have: node.zone.clone(),
+            want,
+            have: node.zone.as_deref(),
         });
     }
     if node.max_enis == 0 || node.ipv4_per_eni == 0 {
@@ -189,7 +194,7 @@ fn attachable(node: &NodeEntry, t: &FixedTarget) -> Result<(), Reason> {
     } else {
         Err(Reason::CannotAttach {
             ip,
-            subnet: t.subnet_id.clone(),
+            subnet: t.subnet_id.as_deref(),
             enis: u32::try_from(node.pod_enis.len()).unwrap_or(u32::MAX),
             max_enis: node.max_enis,
             ipv4_per_eni: node.ipv4_per_eni,
@@ -197,38 +202,82 @@ fn attachable(node: &NodeEntry, t: &FixedTarget) -> Result<(), Reason> {
     }
 }
 
-/// The filter's decision over the candidates.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FilterOutcome {
-    /// Positions (in the request's order) of the nodes that pass.
-    pub passed: Vec<usize>,
-    /// Every filtered node with its reason.
-    pub failed: BTreeMap<String, String>,
-    /// The filtered nodes preemption cannot help (a subset of `failed`).
-    pub unresolvable: BTreeMap<String, String>,
+/// One filtered node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Position of the node in the request.
+    pub node: usize,
+    /// Why, as kube-scheduler shows it; nodes failing alike share the text.
+    pub reason: Arc<str>,
+    /// Preemption cannot help ([`Reason::is_unresolvable`]).
+    pub unresolvable: bool,
 }
 
-/// Filters `nodes` for `pod` against an index snapshot.
-pub fn filter(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<FilterOutcome> {
+/// The filter's decision over the candidates, by position in the request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Positions of the nodes that pass, in request order.
+    pub passed: Vec<usize>,
+    /// The filtered nodes, in request order.
+    pub failed: Vec<Failure>,
+}
+
+/// Decides `nodes` for `pod` against an index snapshot. Refusals that read
+/// alike (every node of another zone, say) are formatted once.
+pub fn decide(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<Decision> {
     index
         .check_synced()
         .map_err(|pending| Error::NotSynced { pending })?;
     let fixed = fixed_target(index, pod)?;
-    let mut out = FilterOutcome {
+    let mut texts: HashMap<Reason<'_>, Arc<str>> = HashMap::new();
+    let mut out = Decision {
         passed: Vec::with_capacity(nodes.len()),
-        ..FilterOutcome::default()
+        failed: Vec::new(),
     };
     for (i, name) in nodes.iter().enumerate() {
         match judge(index.node(name), fixed.as_ref()) {
             Ok(()) => out.passed.push(i),
             Err(reason) => {
-                let text = reason.to_string();
-                if reason.is_unresolvable() {
-                    out.unresolvable.insert((*name).to_owned(), text.clone());
-                }
-                out.failed.insert((*name).to_owned(), text);
+                let text = texts
+                    .entry(reason)
+                    .or_insert_with(|| Arc::from(reason.to_string()));
+                out.failed.push(Failure {
+                    node: i,
+                    reason: text.clone(),
+                    unresolvable: reason.is_unresolvable(),
+                });
             }
         }
+    }
+    Ok(out)
+}
+
+/// The filter's decision as kube-scheduler's maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterOutcome {
+    /// Positions (in the request's order) of the nodes that pass.
+    pub passed: Vec<usize>,
+    /// Every filtered node with its reason (`FailedNodes`).
+    pub failed: FailedNodesMap,
+    /// The filtered nodes preemption cannot help, a subset of `failed`
+    /// (`FailedAndUnresolvableNodes`).
+    pub unresolvable: FailedNodesMap,
+}
+
+/// Filters `nodes` for `pod` against an index snapshot: [`decide`] with the
+/// refusals keyed by node name.
+pub fn filter(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<FilterOutcome> {
+    let d = decide(index, pod, nodes)?;
+    let mut out = FilterOutcome {
+        passed: d.passed,
+        ..FilterOutcome::default()
+    };
+    for f in d.failed {
+        let name = nodes[f.node].to_owned();
+        if f.unresolvable {
+            out.unresolvable.insert(name.clone(), f.reason.to_string());
+        }
+        out.failed.insert(name, f.reason.to_string());
     }
     Ok(out)
 }

@@ -38,8 +38,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     error::{Error, ErrorChain, Result},
-    extender::{ExtenderArgs, ExtenderFilterResult, HostPriorityList},
-    filter::filter,
+    extender::{ExtenderArgs, ExtenderFilterResult, HostPriorityList, NodeList},
+    filter::{Decision, decide},
     index::SharedIndex,
     metrics::Metrics,
     pod::PodRef,
@@ -195,58 +195,46 @@ impl Extender {
             Ok(args) => self.filter_args(args),
             Err(e) => Err(e),
         };
-        let result = match answer {
-            Ok(result) => {
-                let passed = result
-                    .node_names
-                    .as_ref()
-                    .map(Vec::len)
-                    .or(result.nodes.as_ref().map(|l| l.items.len()))
-                    .unwrap_or(0);
+        match answer {
+            Ok(FilterAnswer {
+                json,
+                passed,
+                failed,
+            }) => {
                 let label = if passed == 0 { "no_fit" } else { "pass" };
                 self.metrics.decision("filter", label);
-                debug!(
-                    passed,
-                    failed = result.failed_nodes.len(),
-                    "filter answered"
-                );
-                result
+                debug!(passed, failed, "filter answered");
+                json_bytes(json)
             }
             Err(e) => {
                 self.metrics.decision("filter", "error");
                 warn!(error = %ErrorChain(&e), reason = e.metric_label(), "filter failed");
-                ExtenderFilterResult::error(ErrorChain(&e).to_string())
+                json(&ExtenderFilterResult::error(ErrorChain(&e).to_string()))
             }
-        };
-        json(&result)
+        }
     }
 
-    /// Decides a filter call once its body is parsed.
-    pub fn filter_args(&self, args: ExtenderArgs) -> Result<ExtenderFilterResult> {
+    /// Decides a filter call once its body is parsed, and encodes the
+    /// `ExtenderFilterResult`: `NodeNames` when the request sent names,
+    /// the passing `Node` objects when it sent objects.
+    pub fn filter_args(&self, args: ExtenderArgs) -> Result<FilterAnswer> {
         let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
-        let index = self.read_index();
         match (args.node_names, args.nodes) {
             (Some(names), _) => {
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let out = filter(&index, &pod, &refs)?;
-                drop(index);
-                Ok(ExtenderFilterResult {
-                    node_names: Some(out.passed.iter().map(|&i| names[i].clone()).collect()),
-                    failed_nodes: out.failed,
-                    failed_and_unresolvable_nodes: out.unresolvable,
-                    ..ExtenderFilterResult::default()
-                })
+                let decision = decide(&self.read_index(), &pod, &refs)?;
+                FilterAnswer::encode(&refs, &decision, None)
             }
             (None, Some(mut list)) => {
-                let names: Vec<&str> = list
+                let names: Vec<String> = list
                     .items
                     .iter()
-                    .map(|n| n.metadata.name.as_deref().unwrap_or_default())
+                    .map(|n| n.metadata.name.clone().unwrap_or_default())
                     .collect();
-                let out = filter(&index, &pod, &names)?;
-                drop(index);
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let decision = decide(&self.read_index(), &pod, &refs)?;
                 let mut keep = vec![false; list.items.len()];
-                for &i in &out.passed {
+                for &i in &decision.passed {
                     keep[i] = true;
                 }
                 let mut position = 0;
@@ -254,12 +242,7 @@ impl Extender {
                     position += 1;
                     keep[position - 1]
                 });
-                Ok(ExtenderFilterResult {
-                    nodes: Some(list),
-                    failed_nodes: out.failed,
-                    failed_and_unresolvable_nodes: out.unresolvable,
-                    ..ExtenderFilterResult::default()
-                })
+                FilterAnswer::encode(&refs, &decision, Some(&list))
             }
             (None, None) => Err(Error::NoNodes),
         }
@@ -331,6 +314,96 @@ impl Extender {
     }
 }
 
+/// An encoded `ExtenderFilterResult` and its counts.
+#[derive(Debug)]
+pub struct FilterAnswer {
+    /// The JSON body.
+    pub json: Vec<u8>,
+    /// Nodes that pass.
+    pub passed: usize,
+    /// Nodes filtered out.
+    pub failed: usize,
+}
+
+impl FilterAnswer {
+    fn encode(names: &[&str], decision: &Decision, nodes: Option<&NodeList>) -> Result<Self> {
+        let result = ResultView {
+            names,
+            decision,
+            nodes,
+        };
+        Ok(FilterAnswer {
+            json: serde_json::to_vec(&result).map_err(|source| Error::Encode { source })?,
+            passed: decision.passed.len(),
+            failed: decision.failed.len(),
+        })
+    }
+}
+
+/// `ExtenderFilterResult` written straight from a [`Decision`], borrowing
+/// the request's node names and sharing reason texts, so a 6,000-node answer
+/// costs no per-node allocation.
+struct ResultView<'a> {
+    names: &'a [&'a str],
+    decision: &'a Decision,
+    nodes: Option<&'a NodeList>,
+}
+
+impl Serialize for ResultView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(5))?;
+        match self.nodes {
+            Some(list) => {
+                m.serialize_entry("Nodes", list)?;
+                m.serialize_entry("NodeNames", &())?;
+            }
+            None => {
+                m.serialize_entry("Nodes", &())?;
+                m.serialize_entry("NodeNames", &PassedView(self))?;
+            }
+        }
+        m.serialize_entry("FailedNodes", &FailedView(self, false))?;
+        m.serialize_entry("FailedAndUnresolvableNodes", &FailedView(self, true))?;
+        m.serialize_entry("Error", "")?;
+        m.end()
+    }
+}
+
+struct PassedView<'a>(&'a ResultView<'a>);
+
+impl Serialize for PassedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let v = self.0;
+        s.collect_seq(v.decision.passed.iter().map(|&i| v.names[i]))
+    }
+}
+
+/// `FailedNodes`, or with `.1` set only the unresolvable ones.
+struct FailedView<'a>(&'a ResultView<'a>, bool);
+
+impl Serialize for FailedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let (v, only_unresolvable) = (self.0, self.1);
+        s.collect_map(
+            v.decision
+                .failed
+                .iter()
+                .filter(|f| f.unresolvable || !only_unresolvable)
+                .map(|f| (v.names[f.node], &*f.reason)),
+        )
+    }
+}
+
+fn json_bytes(body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -343,14 +416,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(value) {
-        Ok(body) => {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            r
-        }
+        Ok(body) => json_bytes(body),
         Err(source) => {
             let e = Error::Encode { source };
             text(
