@@ -66,10 +66,12 @@ fn mk_lab(tag: &str, datapath: bool) -> Result<Lab> {
         let _ = tx.send(());
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
                 let Ok(mut w) = s.try_clone() else { return };
                 for line in BufReader::new(s).lines() {
                     let Ok(line) = line else { break };
-                    if writeln!(w, "{line}").is_err() {
+                    // One write per answer: no Nagle / delayed-ACK stalls.
+                    if w.write_all(format!("{line}\n").as_bytes()).is_err() {
                         break;
                     }
                 }
@@ -93,8 +95,9 @@ fn measure(lab: &Lab, target: Ipv4Addr) -> Result<Vec<Duration>> {
                     Duration::from_secs(3),
                 )?;
                 s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                s.set_nodelay(true)?;
                 let mut w = s.try_clone()?;
-                writeln!(w, "ping")?;
+                w.write_all(b"ping\n")?;
                 let mut line = String::new();
                 BufReader::new(s).read_line(&mut line)?;
                 if i >= 20 {

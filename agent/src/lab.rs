@@ -441,10 +441,12 @@ fn echo_server(lab: &Lab, pod: usize, port: u16, tag: String) -> Result<()> {
         for s in l.incoming().flatten() {
             let tag = tag.clone();
             std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
                 let Ok(mut w) = s.try_clone() else { return };
                 for line in BufReader::new(s).lines() {
                     let Ok(line) = line else { break };
-                    if writeln!(w, "{tag} {line}").is_err() {
+                    // One write per answer: no Nagle / delayed-ACK stalls.
+                    if w.write_all(format!("{tag} {line}\n").as_bytes()).is_err() {
                         break;
                     }
                 }
@@ -462,8 +464,9 @@ fn probe(lab: &Lab, from: usize, to: std::net::SocketAddrV4) -> Probe {
     let answer = in_netns(&name, move || -> std::io::Result<String> {
         let s = std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_nodelay(true)?;
         let mut w = s.try_clone()?;
-        writeln!(w, "hello")?;
+        w.write_all(b"hello\n")?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line)?;
         Ok(line.split(' ').next().unwrap_or_default().to_string())

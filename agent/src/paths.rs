@@ -2,8 +2,11 @@
 
 /// The agent API socket (docs/agent-api.md).
 pub const DEFAULT_SOCKET: &str = "/var/run/sextant/agent.sock";
-/// Where the allocation checkpoint lives.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/sextant";
+/// Where the allocation checkpoint lives: on a node, `/var/run` is a tmpfs,
+/// so the checkpoint survives agent restarts (what it is for) but not
+/// reboots, which no pod netns survives either (aws-node keeps its IPAM
+/// checkpoint under `/var/run` for the same reason).
+pub const DEFAULT_STATE_DIR: &str = "/var/run/sextant/state";
 /// File name of the allocation checkpoint inside the state dir.
 pub const CHECKPOINT_FILE: &str = "ipam-checkpoint.json";
 /// bpffs directory holding the datapath's pinned maps, program and links.

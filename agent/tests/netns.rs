@@ -44,10 +44,12 @@ fn tag_server(lab: &Lab, pod: usize, port: u16, tag: String) {
             let Ok(s) = s else { break };
             let tag = tag.clone();
             std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
                 let mut w = s.try_clone().expect("clone");
                 for line in BufReader::new(s).lines() {
                     let Ok(line) = line else { break };
-                    if writeln!(w, "{tag} {line}").is_err() {
+                    // One write per answer: no Nagle / delayed-ACK stalls.
+                    if w.write_all(format!("{tag} {line}\n").as_bytes()).is_err() {
                         break;
                     }
                 }
@@ -62,12 +64,13 @@ fn tag_server(lab: &Lab, pod: usize, port: u16, tag: String) {
 fn connect(to: SocketAddrV4) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
     let s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.set_nodelay(true)?;
     let r = BufReader::new(s.try_clone()?);
     Ok((s, r))
 }
 
 fn ask(s: &mut TcpStream, r: &mut BufReader<TcpStream>, msg: &str) -> std::io::Result<String> {
-    writeln!(s, "{msg}")?;
+    s.write_all(format!("{msg}\n").as_bytes())?;
     let mut line = String::new();
     r.read_line(&mut line)?;
     Ok(line.trim().to_string())
