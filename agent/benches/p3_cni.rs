@@ -37,6 +37,17 @@ fn run() -> sextant_agent::Result<()> {
         datapath: true,
     })?;
     lab.start_agent()?;
+    // The same agent and plugin without the eBPF datapath, to show what the
+    // tc attach (one RCU grace period in the kernel) costs.
+    let mut plain = Lab::new(LabConfig {
+        prefix: format!("p3n{}", std::process::id() % 100_000),
+        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
+        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
+        pool: "10.78.0.0/22".into(),
+        pods: N,
+        datapath: false,
+    })?;
+    plain.start_agent()?;
     let ipam_dir =
         std::env::temp_dir().join(format!("sextant-p3-hostlocal-{}", std::process::id()));
     let ref_conf = serde_json::json!({
@@ -52,6 +63,7 @@ fn run() -> sextant_agent::Result<()> {
     let conf = lab.net_conf();
     let mut ours = Vec::with_capacity(N);
     let mut theirs = Vec::with_capacity(N);
+    let mut no_dp = Vec::with_capacity(N);
     // Interleaved, so both see the same machine state over the run.
     for i in 0..N {
         let pod = lab.pods[i].clone();
@@ -68,6 +80,22 @@ fn run() -> sextant_agent::Result<()> {
         if !ok {
             return Err(sextant_agent::Error::BadRequest(format!(
                 "sextant ADD failed: {out}"
+            )));
+        }
+        let pod = plain.pods[i].clone();
+        let t = Instant::now();
+        let (ok, out) = cni_exec(
+            &plain.node,
+            Path::new(env!("CARGO_BIN_EXE_sextant-cni")),
+            "ADD",
+            &pod.container_id,
+            &pod.netns(),
+            &plain.net_conf(),
+        )?;
+        no_dp.push(t.elapsed());
+        if !ok {
+            return Err(sextant_agent::Error::BadRequest(format!(
+                "sextant (no datapath) ADD failed: {out}"
             )));
         }
         let pod = lab.pods[N + i].clone();
@@ -89,6 +117,8 @@ fn run() -> sextant_agent::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&ipam_dir);
     drop(lab);
+    drop(plain);
+    no_dp.sort();
     ours.sort();
     theirs.sort();
     let (o50, o99) = (common::pct(&ours, 50.0), common::pct(&ours, 99.0));
@@ -100,6 +130,11 @@ fn run() -> sextant_agent::Result<()> {
     println!(
         "P3 cni-add p99: sextant {o99:.2} ms, reference {t99:.2} ms, ratio {:.1}x",
         t99 / o99
+    );
+    println!(
+        "P3 cni-add without the eBPF datapath (same run): p50 {:.2} ms, p99 {:.2} ms",
+        common::pct(&no_dp, 50.0),
+        common::pct(&no_dp, 99.0)
     );
     Ok(())
 }

@@ -211,6 +211,7 @@ pub async fn setup(
             .await
             .map_err(|e| Error::netlink(format!("deleting stale {host}"), e))?;
     }
+    let t0 = std::time::Instant::now();
     let ns = File::open(netns)
         .map_err(|e| Error::io(format!("opening netns {}", netns.display()), e))?;
     let pmac = pod_mac(container_id, ifname);
@@ -245,6 +246,7 @@ pub async fn setup(
         .execute()
         .await
         .map_err(|e| Error::netlink(format!("setting {host} up"), e))?;
+    let t_created = t0.elapsed();
     let pl = PodLink {
         host_ifname: host.clone(),
         host_ifindex,
@@ -308,7 +310,7 @@ pub async fn setup(
             .execute()
             .await
             .map_err(|e| Error::netlink("adding the default route", e))?;
-        Ok(())
+        Ok(t0.elapsed())
     });
     let host_side = async {
         let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -322,11 +324,19 @@ pub async fn setup(
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("adding host route {ip}/32 dev {host}"), e))?;
-        on_host(&pl)
+        let t_route = t0.elapsed();
+        on_host(&pl).map(|()| (t_route, t0.elapsed()))
     };
     let (pod, host_side) = tokio::join!(pod, host_side);
-    pod?;
-    host_side?;
+    let t_pod = pod?;
+    let (t_route, t_host) = host_side?;
+    tracing::debug!(
+        created_us = t_created.as_micros() as u64,
+        pod_done_us = t_pod.as_micros() as u64,
+        host_route_us = t_route.as_micros() as u64,
+        host_done_us = t_host.as_micros() as u64,
+        "wiring phases"
+    );
     Ok(pl)
 }
 
