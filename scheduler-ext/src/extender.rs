@@ -6,7 +6,7 @@
 //! Go names and also accept the lower-case spellings that hand-written
 //! clients (and extenders with their own tagged copies) use.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use k8s_openapi::{
     List,
@@ -41,6 +41,28 @@ pub struct ExtenderArgs {
         default
     )]
     pub node_names: Option<Vec<String>>,
+}
+
+/// [`ExtenderArgs`] read without copying the node names out of the request
+/// body (they stay borrowed unless JSON escapes force a copy): what the
+/// HTTP handlers parse, since a 6,000-node call is mostly names.
+#[derive(Deserialize, Debug, Default)]
+pub struct ExtenderArgsRef<'a> {
+    /// The pod being scheduled.
+    #[serde(rename = "Pod", alias = "pod", default)]
+    pub pod: Option<Pod>,
+    /// Candidate nodes as full objects (`nodeCacheCapable: false`).
+    #[serde(rename = "Nodes", alias = "nodes", default)]
+    pub nodes: Option<NodeList>,
+    /// Candidate node names (`nodeCacheCapable: true`).
+    #[serde(
+        rename = "NodeNames",
+        alias = "nodenames",
+        alias = "nodeNames",
+        default,
+        borrow
+    )]
+    pub node_names: Option<Vec<Cow<'a, str>>>,
 }
 
 /// Node name -> why the pod cannot go there (`FailedNodesMap`).

@@ -12,7 +12,9 @@
 //! - A node without NodeNetwork passes a plain pod (no opinion) and fails a
 //!   fixed-IP pod (nowhere to attach the address).
 
-use std::{collections::HashMap, fmt, net::Ipv4Addr, sync::Arc};
+use std::{fmt, net::Ipv4Addr, sync::Arc};
+
+use rustc_hash::FxHashMap;
 
 use sextant_crds::Provider;
 
@@ -229,7 +231,7 @@ pub fn decide(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<Decision> {
         .check_synced()
         .map_err(|pending| Error::NotSynced { pending })?;
     let fixed = fixed_target(index, pod)?;
-    let mut texts: HashMap<Reason<'_>, Arc<str>> = HashMap::new();
+    let mut texts: FxHashMap<Reason<'_>, Arc<str>> = FxHashMap::default();
     let mut out = Decision {
         passed: Vec::with_capacity(nodes.len()),
         failed: Vec::new(),
@@ -252,16 +254,28 @@ pub fn decide(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<Decision> {
     Ok(out)
 }
 
-/// The filter's decision as kube-scheduler's maps.
+/// The filter's decision as kube-scheduler's maps. Each refused node is in
+/// exactly one of them: kube-scheduler gives `FailedAndUnresolvableNodes`
+/// precedence and skips a node's `FailedNodes` entry when it is there too,
+/// so a copy in both would only double the answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FilterOutcome {
     /// Positions (in the request's order) of the nodes that pass.
     pub passed: Vec<usize>,
-    /// Every filtered node with its reason (`FailedNodes`).
+    /// Refused nodes that preempting pods could make fit (`FailedNodes`).
     pub failed: FailedNodesMap,
-    /// The filtered nodes preemption cannot help, a subset of `failed`
-    /// (`FailedAndUnresolvableNodes`).
+    /// Refused nodes preemption cannot help (`FailedAndUnresolvableNodes`).
     pub unresolvable: FailedNodesMap,
+}
+
+impl FilterOutcome {
+    /// Why `node` was refused, from whichever map holds it.
+    pub fn reason(&self, node: &str) -> Option<&str> {
+        self.unresolvable
+            .get(node)
+            .or_else(|| self.failed.get(node))
+            .map(String::as_str)
+    }
 }
 
 /// Filters `nodes` for `pod` against an index snapshot: [`decide`] with the
@@ -273,11 +287,12 @@ pub fn filter(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<FilterOutco
         ..FilterOutcome::default()
     };
     for f in d.failed {
-        let name = nodes[f.node].to_owned();
-        if f.unresolvable {
-            out.unresolvable.insert(name.clone(), f.reason.to_string());
-        }
-        out.failed.insert(name, f.reason.to_string());
+        let map = if f.unresolvable {
+            &mut out.unresolvable
+        } else {
+            &mut out.failed
+        };
+        map.insert(nodes[f.node].to_owned(), f.reason.to_string());
     }
     Ok(out)
 }

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     error::{Error, ErrorChain, Result},
-    extender::{ExtenderArgs, ExtenderFilterResult, HostPriorityList, NodeList},
+    extender::{ExtenderArgsRef, ExtenderFilterResult, HostPriorityList, NodeList},
     filter::{Decision, decide},
     index::SharedIndex,
     metrics::Metrics,
@@ -165,7 +165,7 @@ impl Extender {
         self.index.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn read_args<B>(&self, body: B) -> Result<ExtenderArgs>
+    async fn read_body<B>(&self, body: B) -> Result<Bytes>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -182,7 +182,7 @@ impl Extender {
                     Error::BodyRead { source }
                 }
             })?;
-        serde_json::from_slice(&collected.to_bytes()).map_err(|source| Error::BadRequest { source })
+        Ok(collected.to_bytes())
     }
 
     async fn filter<B>(&self, body: B) -> Response<Full<Bytes>>
@@ -191,8 +191,8 @@ impl Extender {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let _timer = self.metrics.filter_timer();
-        let answer = match self.read_args(body).await {
-            Ok(args) => self.filter_args(args),
+        let answer = match self.read_body(body).await {
+            Ok(bytes) => parse_args(&bytes).and_then(|args| self.filter_args(args)),
             Err(e) => Err(e),
         };
         match answer {
@@ -217,11 +217,11 @@ impl Extender {
     /// Decides a filter call once its body is parsed, and encodes the
     /// `ExtenderFilterResult`: `NodeNames` when the request sent names,
     /// the passing `Node` objects when it sent objects.
-    pub fn filter_args(&self, args: ExtenderArgs) -> Result<FilterAnswer> {
+    pub fn filter_args(&self, args: ExtenderArgsRef<'_>) -> Result<FilterAnswer> {
         let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
         match (args.node_names, args.nodes) {
             (Some(names), _) => {
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let refs: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
                 let decision = decide(&self.read_index(), &pod, &refs)?;
                 FilterAnswer::encode(&refs, &decision, None)
             }
@@ -253,8 +253,8 @@ impl Extender {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let answer = match self.read_args(body).await {
-            Ok(args) => self.prioritize_args(args),
+        let answer = match self.read_body(body).await {
+            Ok(bytes) => parse_args(&bytes).and_then(|args| self.prioritize_args(args)),
             Err(e) => Err(e),
         };
         match answer {
@@ -276,10 +276,10 @@ impl Extender {
     }
 
     /// Decides a prioritize call once its body is parsed.
-    pub fn prioritize_args(&self, args: ExtenderArgs) -> Result<HostPriorityList> {
+    pub fn prioritize_args(&self, args: ExtenderArgsRef<'_>) -> Result<HostPriorityList> {
         let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
         let names: Vec<&str> = match (&args.node_names, &args.nodes) {
-            (Some(names), _) => names.iter().map(String::as_str).collect(),
+            (Some(names), _) => names.iter().map(|n| n.as_ref()).collect(),
             (None, Some(list)) => list
                 .items
                 .iter()
@@ -332,8 +332,15 @@ impl FilterAnswer {
             decision,
             nodes,
         };
+        // Names plus, for refused nodes, a reason: sized once, not regrown.
+        let mut json = Vec::with_capacity(
+            names.len() * 48
+                + decision.failed.first().map_or(0, |f| f.reason.len() + 48)
+                    * decision.failed.len(),
+        );
+        serde_json::to_writer(&mut json, &result).map_err(|source| Error::Encode { source })?;
         Ok(FilterAnswer {
-            json: serde_json::to_vec(&result).map_err(|source| Error::Encode { source })?,
+            json,
             passed: decision.passed.len(),
             failed: decision.failed.len(),
         })
@@ -379,20 +386,25 @@ impl Serialize for PassedView<'_> {
     }
 }
 
-/// `FailedNodes`, or with `.1` set only the unresolvable ones.
+/// `FailedNodes` (`.1` false) or `FailedAndUnresolvableNodes` (`.1` true):
+/// each refused node goes in one of them (see [`crate::filter::FilterOutcome`]).
 struct FailedView<'a>(&'a ResultView<'a>, bool);
 
 impl Serialize for FailedView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let (v, only_unresolvable) = (self.0, self.1);
+        let (v, unresolvable) = (self.0, self.1);
         s.collect_map(
             v.decision
                 .failed
                 .iter()
-                .filter(|f| f.unresolvable || !only_unresolvable)
+                .filter(|f| f.unresolvable == unresolvable)
                 .map(|f| (v.names[f.node], &*f.reason)),
         )
     }
+}
+
+fn parse_args(body: &[u8]) -> Result<ExtenderArgsRef<'_>> {
+    serde_json::from_slice(body).map_err(|source| Error::BadRequest { source })
 }
 
 fn json_bytes(body: Vec<u8>) -> Response<Full<Bytes>> {

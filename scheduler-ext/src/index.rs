@@ -5,10 +5,11 @@
 //! those calls, never across an `.await`.
 
 use std::{
-    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     sync::{Arc, RwLock},
 };
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use sextant_crds::{FixedIP, NodeNetwork, Provider};
 
@@ -68,7 +69,7 @@ pub struct NodeEntry {
     /// Device indexes from `firstInterfaceIndex` below `maxEnis` not taken by any attached ENI.
     pub free_eni_slots: u32,
     /// Addresses on the node: the pool and the fixed IPs placed on it.
-    pub held: HashSet<Ipv4Addr>,
+    pub held: FxHashSet<Ipv4Addr>,
     /// Pod IPs in use (the agent's report, else the summary).
     pub used: u32,
     /// Pod address requests waiting on an empty pool.
@@ -186,8 +187,8 @@ impl FixedIpEntry {
 /// NodeNetworks by node name and FixedIPs by namespace and name.
 #[derive(Debug, Default)]
 pub struct Index {
-    nodes: HashMap<String, NodeEntry>,
-    fixed_ips: HashMap<String, HashMap<String, FixedIpEntry>>,
+    nodes: FxHashMap<String, NodeEntry>,
+    fixed_ips: FxHashMap<String, FxHashMap<String, FixedIpEntry>>,
     fixed_ip_count: usize,
     nodes_synced: bool,
     fixed_ips_synced: bool,
