@@ -2,7 +2,7 @@
 //! values at the edge and answers every input with an AdmissionResponse.
 //! Pure: no IO, no clock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use k8s_openapi::api::core::v1::Pod;
@@ -10,6 +10,7 @@ use kube_core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
 };
+use serde::Serialize;
 use serde_json::Value;
 
 use super::mutate::{Mutation, mutate};
@@ -64,18 +65,49 @@ pub fn review(body: &[u8], config: &ReviewConfig) -> (AdmissionReview<DynamicObj
 /// The types are plain data, so this cannot fail in practice, and if it did
 /// the answer would still be an AdmissionReview.
 pub fn to_json(review: &AdmissionReview<DynamicObject>) -> Vec<u8> {
-    let encoded = serde_json::to_value(review).and_then(|mut v| {
-        if let Some(bytes) = review.response.as_ref().and_then(|r| r.patch.as_deref())
-            && let Some(slot) = v.pointer_mut("/response/patch")
-        {
-            *slot = Value::String(BASE64.encode(bytes));
-        }
-        serde_json::to_vec(&v)
-    });
-    encoded.unwrap_or_else(|e| {
+    let wire = WireReview {
+        api_version: &review.types.api_version,
+        kind: &review.types.kind,
+        response: review.response.as_ref().map(|r| WireResponse {
+            uid: &r.uid,
+            allowed: r.allowed,
+            status: &r.result,
+            patch: r.patch.as_deref().map(|p| BASE64.encode(p)),
+            patch_type: r.patch.as_ref().map(|_| "JSONPatch"),
+            audit_annotations: &r.audit_annotations,
+            warnings: r.warnings.as_ref(),
+        }),
+    };
+    serde_json::to_vec(&wire).unwrap_or_else(|e| {
         let fallback = AdmissionResponse::invalid(format!("encoding the response: {e}"));
         serde_json::to_vec(&fallback.into_review()).unwrap_or_default()
     })
+}
+
+/// An AdmissionReview answer as it goes on the wire.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<WireResponse<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: &'a kube_core::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    audit_annotations: &'a HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a Vec<String>>,
 }
 
 fn invalid(uid: &str, message: String) -> Box<AdmissionResponse> {
@@ -85,30 +117,57 @@ fn invalid(uid: &str, message: String) -> Box<AdmissionResponse> {
     Box::new(r)
 }
 
+fn wrong_type(uid: &str, api_version: &str, kind: &str) -> Box<AdmissionResponse> {
+    invalid(
+        uid,
+        format!(
+            "expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {api_version:?} kind {kind:?}"
+        ),
+    )
+}
+
+/// Why `body` is not an AdmissionReview<Pod>, as precisely as it can be said.
+fn diagnose(body: &[u8], typed: &serde_json::Error) -> Box<AdmissionResponse> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return invalid("", format!("request body is not JSON: {e}")),
+    };
+    let uid = value
+        .pointer("/request/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default();
+    if field("apiVersion") != API_VERSION || field("kind") != KIND {
+        return wrong_type(uid, field("apiVersion"), field("kind"));
+    }
+    invalid(uid, format!("malformed AdmissionReview: {typed}"))
+}
+
 fn decide(
     body: &[u8],
     config: &ReviewConfig,
 ) -> Result<(AdmissionResponse, Verdict), Box<AdmissionResponse>> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid("", format!("request body is not JSON: {e}")))?;
-    let uid = value
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default();
-    if field("apiVersion") != API_VERSION || field("kind") != KIND {
-        return Err(invalid(
-            &uid,
-            format!(
-                "expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {:?} kind {:?}",
-                field("apiVersion"),
-                field("kind")
-            ),
+    // One typed pass over the body; the slower reading for a precise message
+    // only when that fails.
+    let review: AdmissionReview<Pod> =
+        serde_json::from_slice(body).map_err(|e| diagnose(body, &e))?;
+    if review.types.api_version != API_VERSION || review.types.kind != KIND {
+        let uid = review
+            .request
+            .as_ref()
+            .map(|r| r.uid.as_str())
+            .unwrap_or_default();
+        return Err(wrong_type(
+            uid,
+            &review.types.api_version,
+            &review.types.kind,
         ));
     }
-    let review: AdmissionReview<Pod> = serde_json::from_value(value)
-        .map_err(|e| invalid(&uid, format!("malformed AdmissionReview: {e}")))?;
+    let uid = review
+        .request
+        .as_ref()
+        .map(|r| r.uid.clone())
+        .unwrap_or_default();
     let request: AdmissionRequest<Pod> = review
         .try_into()
         .map_err(|_| invalid(&uid, "AdmissionReview without a request".to_owned()))?;
