@@ -1,4 +1,20 @@
-//! Sextant node agent.
+//! Sextant node agent: turns the pod IPs the operator attaches to a node
+//! into pod networking. It owns the node's local IP pool (allocation,
+//! cooldown, checkpoint, usage report, release handshake), wires pods for
+//! `sextant-cni` over netlink, and programs the eBPF datapath with aya.
+//! It talks to the operator only through its NodeNetwork, never directly.
+//!
+//! ```text
+//!  kubelet ─exec─▶ sextant-cni ─HTTP/unix─▶ server ─▶ agent ─┬─▶ pool / handshake   (pure)
+//!                                                            ├─▶ checkpoint         (temp, fsync, rename)
+//!  NodeNetwork ◀─status patch── runtime (watch, reports) ◀───┤
+//!  Services/EndpointSlices ─watch─▶ services (pure diff) ────┼─▶ datapath (aya) ─▶ bpffs pins, tcx links
+//!                                                            └─▶ veth (rtnetlink) ─▶ pod netns
+//! ```
+//!
+//! Pure modules (`pool`, `handshake`, `checkpoint::restore`, `usage::status_patch`,
+//! `services::desired`/`diff`) take time and state as inputs; `lab` builds
+//! a node in namespaces for tests, benchmarks and `sextantctl lab`.
 pub mod agent;
 pub mod api;
 pub mod checkpoint;
