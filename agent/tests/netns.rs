@@ -106,6 +106,10 @@ fn cni_add_del_check_are_idempotent_and_del_works_with_the_agent_down() {
         return;
     };
     let conf = lab.net_conf();
+    let (ok, out) = lab.cni("STATUS", 0, &conf).expect("STATUS runs");
+    assert!(ok, "STATUS with a ready agent and free IPs: {out}");
+    let (ok, out) = lab.cni("VERSION", 0, "").expect("VERSION runs");
+    assert!(ok && out.contains("1.1.0"), "{out}");
     let ip = lab.add(0).expect("ADD");
     let again = lab.add(0).expect("second ADD");
     assert_eq!(ip, again, "ADD twice gives the same IP");
@@ -320,4 +324,45 @@ fn lab_demo_reaches_every_pod_and_the_service() {
     assert!(report.probes.iter().all(|p| p.answer.is_ok()), "{table}");
     assert_eq!(report.health.state, "ready", "{table}");
     assert!(table.contains("10.96.0.10:80"), "{table}");
+}
+
+#[test]
+fn datapath_pins_are_readopted_with_their_maps() {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED datapath re-adoption: {why}");
+        return;
+    }
+    let root = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/sextant-test-adopt-{}",
+        std::process::id()
+    ));
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = sextant_agent::datapath::remove_pins(&self.0);
+        }
+    }
+    let _pins = Pins(root.clone());
+    let fe = Frontend {
+        vip: Ipv4Addr::new(10, 96, 1, 1),
+        port: 53,
+        proto: Proto::Udp,
+    };
+    {
+        let mut dp = sextant_agent::datapath::Datapath::open(&root).expect("fresh load");
+        assert!(!dp.adopted());
+        dp.set_service(
+            &fe,
+            &[Backend {
+                ip: Ipv4Addr::new(10, 0, 0, 9),
+                port: 5353,
+            }],
+        )
+        .expect("service");
+    }
+    let mut dp = sextant_agent::datapath::Datapath::open(&root).expect("re-open");
+    assert!(dp.adopted(), "pins of the previous instance are re-adopted");
+    assert_eq!(dp.service_count(), 1, "maps keep their entries");
+    dp.remove_service(&fe).expect("remove");
+    assert_eq!(dp.service_count(), 0);
 }
