@@ -113,12 +113,19 @@ impl Lab {
             pods: Vec::new(),
             socket: dir.join("agent.sock"),
             bpf_root: PathBuf::from("/sys/fs/bpf").join(format!("sextant-lab-{}", cfg.prefix)),
-            state_dir: dir.join("state"),
+            // On a node the checkpoint lives on the /var/run tmpfs; keep it
+            // on a tmpfs here too when there is one.
+            state_dir: if Path::new("/dev/shm").is_dir() {
+                PathBuf::from(format!("/dev/shm/sextant-lab-{}", cfg.prefix))
+            } else {
+                dir.join("state")
+            },
             agent: None,
             rt,
             cfg,
         };
         crate::datapath::remove_pins(&lab.bpf_root)?;
+        let _ = std::fs::remove_dir_all(&lab.state_dir);
         let _ = sh("ip", &["netns", "del", &node]);
         sh("ip", &["netns", "add", &node])?;
         sh("ip", &["-n", &node, "link", "set", "lo", "up"])?;
@@ -372,6 +379,7 @@ impl Drop for Lab {
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
