@@ -62,7 +62,45 @@ pub struct ExtenderArgsRef<'a> {
         default,
         borrow
     )]
-    pub node_names: Option<Vec<Cow<'a, str>>>,
+    pub node_names: Option<Vec<NodeName<'a>>>,
+}
+
+/// A node name borrowed from the request body, owned only when JSON
+/// escapes made a copy necessary. (serde's `borrow` does not reach a `Cow`
+/// inside a `Vec`, hence the newtype.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName<'a>(pub Cow<'a, str>);
+
+impl NodeName<'_> {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for NodeName<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NodeName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a node name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(NodeName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(NodeName(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(NodeName(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }
 
 /// Node name -> why the pod cannot go there (`FailedNodesMap`).
@@ -135,3 +173,6 @@ where
 {
     Ok(Option::<FailedNodesMap>::deserialize(d)?.unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests;

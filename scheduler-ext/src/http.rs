@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     error::{Error, ErrorChain, Result},
-    extender::{ExtenderArgsRef, ExtenderFilterResult, HostPriorityList, NodeList},
+    extender::{ExtenderArgsRef, ExtenderFilterResult, HostPriorityList, NodeList, NodeName},
     filter::{Decision, decide},
     index::SharedIndex,
     metrics::Metrics,
@@ -221,7 +221,7 @@ impl Extender {
         let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
         match (args.node_names, args.nodes) {
             (Some(names), _) => {
-                let refs: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
+                let refs: Vec<&str> = names.iter().map(NodeName::as_str).collect();
                 let decision = decide(&self.read_index(), &pod, &refs)?;
                 FilterAnswer::encode(&refs, &decision, None)
             }
@@ -279,7 +279,7 @@ impl Extender {
     pub fn prioritize_args(&self, args: ExtenderArgsRef<'_>) -> Result<HostPriorityList> {
         let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
         let names: Vec<&str> = match (&args.node_names, &args.nodes) {
-            (Some(names), _) => names.iter().map(|n| n.as_ref()).collect(),
+            (Some(names), _) => names.iter().map(NodeName::as_str).collect(),
             (None, Some(list)) => list
                 .items
                 .iter()
