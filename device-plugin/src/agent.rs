@@ -137,14 +137,9 @@ impl AgentClient {
             .body(Empty::<Bytes>::new());
         let req = match req {
             Ok(r) => r,
-            // Static path and headers: cannot fail, but never panic.
-            Err(_) => {
+            Err(source) => {
                 conn.abort();
-                return Err(Error::AgentStatus {
-                    path,
-                    status: 0,
-                    body: "could not build the request".into(),
-                });
+                return Err(Error::AgentRequest { path, source });
             }
         };
         let result = async {

@@ -26,6 +26,15 @@ pub enum Error {
         #[source]
         source: hyper::Error,
     },
+    /// The request to the agent could not be built.
+    #[error("building GET {path} for the agent")]
+    AgentRequest {
+        /// Request path.
+        path: &'static str,
+        /// http's error.
+        #[source]
+        source: http::Error,
+    },
     /// The agent answered with a non-200 status.
     #[error("agent answered {status} to GET {path}: {body}")]
     AgentStatus {
@@ -111,6 +120,7 @@ impl Error {
         match self {
             Error::AgentConnect { .. } => "agent_connect",
             Error::AgentHttp { .. } => "agent_http",
+            Error::AgentRequest { .. } => "agent_request",
             Error::AgentStatus { .. } => "agent_status",
             Error::AgentBody { .. } => "agent_body",
             Error::AgentBodyTooLarge { .. } => "agent_body_too_large",

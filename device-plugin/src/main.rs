@@ -9,7 +9,8 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // A subscriber set earlier stays.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     match args.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
