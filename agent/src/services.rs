@@ -165,7 +165,7 @@ mod tests {
 
     use super::*;
 
-    fn mk_svc(name: &str, ip: &str, port: i32) -> Arc<Service> {
+    pub(super) fn mk_svc(name: &str, ip: &str, port: i32) -> Arc<Service> {
         Arc::new(Service {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -186,7 +186,7 @@ mod tests {
         })
     }
 
-    fn mk_slice(svc: &str, eps: &[(&str, bool)], port: i32) -> Arc<EndpointSlice> {
+    pub(super) fn mk_slice(svc: &str, eps: &[(&str, bool)], port: i32) -> Arc<EndpointSlice> {
         Arc::new(EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(format!("{svc}-abc")),
@@ -266,5 +266,92 @@ mod tests {
                 .any(|s| s.frontend.vip == Ipv4Addr::new(10, 96, 0, 1) && s.backends.is_empty())
         );
         assert!(diff(&a, &a).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod kube_tests {
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::{
+        tests::{mk_slice, mk_svc},
+        *,
+    };
+    use crate::agent::Config;
+
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = crate::datapath::remove_pins(&self.0);
+        }
+    }
+
+    /// Services and EndpointSlices listed from the API server end up in the
+    /// datapath's service map.
+    #[tokio::test]
+    async fn watched_cluster_ip_is_programmed_into_the_datapath() {
+        if let Err(why) = crate::lab::can_run() {
+            eprintln!("SKIPPED watched_cluster_ip_is_programmed_into_the_datapath: {why}");
+            return;
+        }
+        let root = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/sextant-test-svcwatch-{}",
+            std::process::id()
+        ));
+        let _pins = Pins(root.clone());
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = Agent::new(Config {
+            state_dir: dir.path().to_path_buf(),
+            bpf_root: Some(root),
+            cooldown: Duration::from_secs(30),
+            static_pool: Vec::new(),
+        })
+        .expect("agent");
+        agent.restore().await.expect("restore");
+        let svc = mk_svc("web", "10.96.5.5", 80);
+        let slice = mk_slice("web", &[("10.0.0.9", true), ("10.0.0.10", true)], 8080);
+
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(mock, "default");
+        let watch = tokio::spawn(super::watch(agent.clone(), client));
+        let mut held = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while agent.health().datapath.services == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "service never programmed"
+            );
+            let Ok(Some((req, send))) =
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+            else {
+                continue;
+            };
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or_default().to_string();
+            if query.contains("watch=true") {
+                held.push(send);
+                continue;
+            }
+            let body = match path.as_str() {
+                "/api/v1/services" => json!({"apiVersion": "v1", "kind": "ServiceList",
+                    "metadata": {"resourceVersion": "1"}, "items": [svc.as_ref()]}),
+                "/apis/discovery.k8s.io/v1/endpointslices" => {
+                    json!({"apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSliceList", "metadata": {"resourceVersion": "1"}, "items": [slice.as_ref()]})
+                }
+                other => panic!("unexpected request {other}?{query}"),
+            };
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(body.to_string().into_bytes()))
+                    .expect("response"),
+            );
+        }
+        assert_eq!(agent.health().datapath.services, 1);
+        watch.abort();
     }
 }
