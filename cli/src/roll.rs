@@ -618,7 +618,7 @@ async fn roll(
     let parked_or_bound: BTreeSet<Ipv4Addr> = sim
         .all_enis()
         .iter()
-        .filter(|e| e.tags.get(sextant_cloud::TAG_ROLE).is_some())
+        .filter(|e| e.tags.contains_key(sextant_cloud::TAG_ROLE))
         .flat_map(|e| e.secondary_ips.clone())
         .collect();
     w.report.leaked += parked_or_bound.difference(&fixed_now).count() as u64;

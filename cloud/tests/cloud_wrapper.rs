@@ -37,7 +37,10 @@ impl Recorder {
         }
     }
     fn arrivals(&self) -> Vec<(String, Duration)> {
-        self.arrivals.lock().unwrap().clone()
+        self.arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -48,7 +51,10 @@ impl EniCloud for Recorder {
     }
     async fn instance_network(&self, instance_id: &str) -> Result<InstanceNetwork> {
         let seen = {
-            let mut a = self.arrivals.lock().unwrap();
+            let mut a = self
+                .arrivals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             a.push((instance_id.to_owned(), self.start.elapsed()));
             a.iter().filter(|(i, _)| i == instance_id).count() as u32
         };

@@ -785,13 +785,13 @@ impl EniCloud for SimCloud {
                                 format!("{ip} is not in subnet {}", eni.subnet_id),
                             ));
                         }
-                        if let Some(owner) = subnet.owners.get(ip) {
-                            if owner == eni_id || !allow_reassignment {
-                                return Err(invalid(
-                                    action,
-                                    format!("{ip} is already assigned to {owner}"),
-                                ));
-                            }
+                        if let Some(owner) = subnet.owners.get(ip)
+                            && (owner == eni_id || !allow_reassignment)
+                        {
+                            return Err(invalid(
+                                action,
+                                format!("{ip} is already assigned to {owner}"),
+                            ));
                         }
                     }
                     for ip in ips {

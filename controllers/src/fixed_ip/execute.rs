@@ -68,12 +68,15 @@ pub enum Outcome {
     },
 }
 
+/// Parking ENIs of each subnet, with how many addresses each holds.
+type BySubnet = BTreeMap<String, Vec<(String, usize)>>;
+
 /// The cluster's parking ENIs by subnet, learnt from the cloud once and kept
 /// up to date as addresses come and go.
 pub struct Parking {
     cluster: String,
     vpc_id: String,
-    loaded: Mutex<Option<BTreeMap<String, Vec<(String, usize)>>>>,
+    loaded: Mutex<Option<BySubnet>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,7 +97,7 @@ impl Parking {
         if lock(&self.loaded).is_some() {
             return Ok(());
         }
-        let mut by_subnet: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
+        let mut by_subnet = BySubnet::new();
         for e in list_vpc(cloud, &self.vpc_id).await? {
             let ours = EniTags::parse(&e.tags).is_some_and(|t| t.cluster == self.cluster);
             if ours && e.tags.get(TAG_ROLE).map(String::as_str) == Some(ROLE_PARKING) {

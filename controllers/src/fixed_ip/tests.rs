@@ -206,9 +206,19 @@ fn a_node_without_an_eni_in_the_subnet_gets_one_when_a_slot_is_free_else_the_pod
         bound("n1", "eni-n1", "u0"),
         ReclaimPolicy::Retain,
     );
-    let steps = run(Some(&s), &[f.clone()], &[pod(0, Some("n3"), "u1")], now());
+    let steps = run(
+        Some(&s),
+        std::slice::from_ref(&f),
+        &[pod(0, Some("n3"), "u1")],
+        now(),
+    );
     assert!(matches!(&steps[..], [Step::Move { node, eni: None, .. }] if node == "n3"));
-    let steps = run(Some(&s), &[f.clone()], &[pod(0, Some("n4"), "u1")], now());
+    let steps = run(
+        Some(&s),
+        std::slice::from_ref(&f),
+        &[pod(0, Some("n4"), "u1")],
+        now(),
+    );
     assert!(
         matches!(&steps[..], [Step::Blocked { message, .. }] if message.contains("no free ENI slot"))
     );
@@ -228,7 +238,7 @@ fn a_restarted_pod_with_a_new_uid_on_the_same_node_keeps_its_address_and_only_re
     );
     let steps = run(
         Some(&s),
-        &[f.clone()],
+        std::slice::from_ref(&f),
         &[pod(0, Some("n1"), "u-new")],
         now(),
     );
@@ -285,7 +295,10 @@ fn scale_down_retains_for_the_ttl_then_releases_and_scale_up_within_it_reuses() 
         ReclaimPolicy::Retain,
     );
     // Scaled to 1: web-1 is unwanted; its pod is gone.
-    let steps = about("web-1", run(Some(&one), &[f1.clone()], &[], now()));
+    let steps = about(
+        "web-1",
+        run(Some(&one), std::slice::from_ref(&f1), &[], now()),
+    );
     let release_at = match &steps[..] {
         [
             Step::Status {
@@ -354,7 +367,7 @@ fn delete_policy_releases_at_once_but_never_under_a_terminating_pod() {
             "web-1",
             run(
                 Some(&one),
-                &[f1.clone()],
+                std::slice::from_ref(&f1),
                 &[pod(1, Some("n1"), "u1")],
                 now()
             )

@@ -283,8 +283,8 @@ impl NodeIpam {
         {
             self.invalidate_vpc(&vpc_id);
         }
-        if mutated || error.is_some() {
-            if let Err(e) = self
+        if (mutated || error.is_some())
+            && let Err(e) = self
                 .resync_into(
                     &mut status,
                     &instance_id,
@@ -294,9 +294,8 @@ impl NodeIpam {
                     now,
                 )
                 .await
-            {
-                error.get_or_insert(e);
-            }
+        {
+            error.get_or_insert(e);
         }
 
         let c = the_plan.counts;
