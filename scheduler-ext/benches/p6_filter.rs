@@ -28,7 +28,7 @@ use sextant_crds::{
     PoolEntry, PoolSummary, Provider,
 };
 use sextant_scheduler_ext::{
-    extender::ExtenderFilterResult,
+    extender::{ExtenderArgsRef, ExtenderFilterResult},
     filter::decide,
     http::{Extender, ServerConfig, serve},
     index::{Index, SharedIndex},
@@ -415,6 +415,25 @@ async fn main() -> anyhow::Result<()> {
             ..ServerConfig::default()
         },
     ));
+    // The handler without HTTP: parse, decide, encode.
+    let mut handler = Vec::new();
+    let mut handler_fixed = Vec::new();
+    let mut answer_bytes = [0usize; 2];
+    for k in 0..400 {
+        let body = &cached_bodies[k % cached_bodies.len()];
+        let start = Instant::now();
+        let args: ExtenderArgsRef<'_> = serde_json::from_slice(body)?;
+        let answer = extender.filter_args(args)?;
+        let took = start.elapsed();
+        handler.push(took);
+        let fixed_pod = k % cached_bodies.len() == FIXED_POD;
+        if fixed_pod {
+            handler_fixed.push(took);
+        }
+        answer_bytes[usize::from(fixed_pod)] = answer.json.len();
+    }
+    let handler = stats(handler);
+    let handler_fixed = stats(handler_fixed);
     let server = tokio::spawn(serve(listener, extender));
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let url = format!("http://{addr}/filter");
@@ -475,6 +494,20 @@ async fn main() -> anyhow::Result<()> {
         ms(pure_fixed.p50),
         ms(pure_fixed.p99),
         pure_fixed.n
+    );
+    println!(
+        "  handler (parse, decide, encode; no HTTP)   p50 {:7.3} ms  p99 {:7.3} ms  n={}",
+        ms(handler.p50),
+        ms(handler.p99),
+        handler.n
+    );
+    println!(
+        "    of which fixed-IP pods                   p50 {:7.3} ms  p99 {:7.3} ms  n={}   answers {:.0} kB (plain) / {:.0} kB (fixed-IP)",
+        ms(handler_fixed.p50),
+        ms(handler_fixed.p99),
+        handler_fixed.n,
+        answer_bytes[0] as f64 / 1e3,
+        answer_bytes[1] as f64 / 1e3
     );
     println!(
         "  sextant  HTTP, nodeCacheCapable=true        p50 {:7.3} ms  p99 {:7.3} ms  n={}",

@@ -12,7 +12,7 @@
 //! - A node without NodeNetwork passes a plain pod (no opinion) and fails a
 //!   fixed-IP pod (nowhere to attach the address).
 
-use std::{fmt, net::Ipv4Addr, sync::Arc};
+use std::{fmt, net::Ipv4Addr};
 
 use rustc_hash::FxHashMap;
 
@@ -205,12 +205,12 @@ fn attachable<'a>(node: &'a NodeEntry, t: &'a FixedTarget) -> Result<(), Reason<
 }
 
 /// One filtered node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Failure {
     /// Position of the node in the request.
     pub node: usize,
-    /// Why, as kube-scheduler shows it; nodes failing alike share the text.
-    pub reason: Arc<str>,
+    /// Index of its reason in [`Decision::reasons`].
+    pub reason: usize,
     /// Preemption cannot help ([`Reason::is_unresolvable`]).
     pub unresolvable: bool,
 }
@@ -222,30 +222,41 @@ pub struct Decision {
     pub passed: Vec<usize>,
     /// The filtered nodes, in request order.
     pub failed: Vec<Failure>,
+    /// The distinct refusal texts, as kube-scheduler shows them: nodes
+    /// refused alike (every node of another zone, say) share one.
+    pub reasons: Vec<String>,
 }
 
-/// Decides `nodes` for `pod` against an index snapshot. Refusals that read
-/// alike (every node of another zone, say) are formatted once.
+impl Decision {
+    /// The text of a failure's reason.
+    pub fn reason(&self, f: &Failure) -> &str {
+        self.reasons.get(f.reason).map_or("", String::as_str)
+    }
+}
+
+/// Decides `nodes` for `pod` against an index snapshot; each distinct
+/// refusal is formatted once.
 pub fn decide(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<Decision> {
     index
         .check_synced()
         .map_err(|pending| Error::NotSynced { pending })?;
     let fixed = fixed_target(index, pod)?;
-    let mut texts: FxHashMap<Reason<'_>, Arc<str>> = FxHashMap::default();
+    let mut ids: FxHashMap<Reason<'_>, usize> = FxHashMap::default();
     let mut out = Decision {
         passed: Vec::with_capacity(nodes.len()),
-        failed: Vec::new(),
+        ..Decision::default()
     };
     for (i, name) in nodes.iter().enumerate() {
         match judge(index.node(name), fixed.as_ref()) {
             Ok(()) => out.passed.push(i),
             Err(reason) => {
-                let text = texts
-                    .entry(reason)
-                    .or_insert_with(|| Arc::from(reason.to_string()));
+                let id = *ids.entry(reason).or_insert_with(|| {
+                    out.reasons.push(reason.to_string());
+                    out.reasons.len() - 1
+                });
                 out.failed.push(Failure {
                     node: i,
-                    reason: text.clone(),
+                    reason: id,
                     unresolvable: reason.is_unresolvable(),
                 });
             }
@@ -283,16 +294,16 @@ impl FilterOutcome {
 pub fn filter(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<FilterOutcome> {
     let d = decide(index, pod, nodes)?;
     let mut out = FilterOutcome {
-        passed: d.passed,
+        passed: d.passed.clone(),
         ..FilterOutcome::default()
     };
-    for f in d.failed {
+    for f in &d.failed {
         let map = if f.unresolvable {
             &mut out.unresolvable
         } else {
             &mut out.failed
         };
-        map.insert(nodes[f.node].to_owned(), f.reason.to_string());
+        map.insert(nodes[f.node].to_owned(), d.reason(f).to_owned());
     }
     Ok(out)
 }

@@ -326,80 +326,66 @@ pub struct FilterAnswer {
 }
 
 impl FilterAnswer {
+    /// Writes the `ExtenderFilterResult` straight from the decision: node
+    /// names borrowed from the request, each distinct reason escaped once
+    /// and copied per node, so a 6,000-node answer costs no per-node
+    /// allocation or re-escaping. Each refused node lands in one map (see
+    /// [`crate::filter::FilterOutcome`]).
     fn encode(names: &[&str], decision: &Decision, nodes: Option<&NodeList>) -> Result<Self> {
-        let result = ResultView {
-            names,
-            decision,
-            nodes,
-        };
-        // Names plus, for refused nodes, a reason: sized once, not regrown.
-        let mut json = Vec::with_capacity(
-            names.len() * 48
-                + decision.failed.first().map_or(0, |f| f.reason.len() + 48)
-                    * decision.failed.len(),
-        );
-        serde_json::to_writer(&mut json, &result).map_err(|source| Error::Encode { source })?;
+        let enc = |source| Error::Encode { source };
+        let reasons: Vec<Vec<u8>> = decision
+            .reasons
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<_, _>>()
+            .map_err(enc)?;
+        let longest = reasons.iter().map(Vec::len).max().unwrap_or(0);
+        let mut json = Vec::with_capacity(names.len() * 40 + decision.failed.len() * longest + 128);
+        json.push(b'{');
+        match nodes {
+            Some(list) => {
+                json.extend_from_slice(b"\"Nodes\":");
+                serde_json::to_writer(&mut json, list).map_err(enc)?;
+                json.extend_from_slice(b",\"NodeNames\":null");
+            }
+            None => {
+                json.extend_from_slice(b"\"Nodes\":null,\"NodeNames\":[");
+                for (k, &i) in decision.passed.iter().enumerate() {
+                    if k > 0 {
+                        json.push(b',');
+                    }
+                    serde_json::to_writer(&mut json, names[i]).map_err(enc)?;
+                }
+                json.push(b']');
+            }
+        }
+        for (key, unresolvable) in [
+            (&b",\"FailedNodes\":{"[..], false),
+            (&b",\"FailedAndUnresolvableNodes\":{"[..], true),
+        ] {
+            json.extend_from_slice(key);
+            let mut first = true;
+            for f in decision
+                .failed
+                .iter()
+                .filter(|f| f.unresolvable == unresolvable)
+            {
+                if !first {
+                    json.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut json, names[f.node]).map_err(enc)?;
+                json.push(b':');
+                json.extend_from_slice(reasons.get(f.reason).map_or(&b"\"\""[..], Vec::as_slice));
+            }
+            json.push(b'}');
+        }
+        json.extend_from_slice(b",\"Error\":\"\"}");
         Ok(FilterAnswer {
             json,
             passed: decision.passed.len(),
             failed: decision.failed.len(),
         })
-    }
-}
-
-/// `ExtenderFilterResult` written straight from a [`Decision`], borrowing
-/// the request's node names and sharing reason texts, so a 6,000-node answer
-/// costs no per-node allocation.
-struct ResultView<'a> {
-    names: &'a [&'a str],
-    decision: &'a Decision,
-    nodes: Option<&'a NodeList>,
-}
-
-impl Serialize for ResultView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(5))?;
-        match self.nodes {
-            Some(list) => {
-                m.serialize_entry("Nodes", list)?;
-                m.serialize_entry("NodeNames", &())?;
-            }
-            None => {
-                m.serialize_entry("Nodes", &())?;
-                m.serialize_entry("NodeNames", &PassedView(self))?;
-            }
-        }
-        m.serialize_entry("FailedNodes", &FailedView(self, false))?;
-        m.serialize_entry("FailedAndUnresolvableNodes", &FailedView(self, true))?;
-        m.serialize_entry("Error", "")?;
-        m.end()
-    }
-}
-
-struct PassedView<'a>(&'a ResultView<'a>);
-
-impl Serialize for PassedView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let v = self.0;
-        s.collect_seq(v.decision.passed.iter().map(|&i| v.names[i]))
-    }
-}
-
-/// `FailedNodes` (`.1` false) or `FailedAndUnresolvableNodes` (`.1` true):
-/// each refused node goes in one of them (see [`crate::filter::FilterOutcome`]).
-struct FailedView<'a>(&'a ResultView<'a>, bool);
-
-impl Serialize for FailedView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let (v, unresolvable) = (self.0, self.1);
-        s.collect_map(
-            v.decision
-                .failed
-                .iter()
-                .filter(|f| f.unresolvable == unresolvable)
-                .map(|f| (v.names[f.node], &*f.reason)),
-        )
     }
 }
 

@@ -354,3 +354,21 @@ async fn metrics_count_decisions_time_filters_and_size_the_index() {
         assert!(text.contains(line), "missing {line}:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn names_and_reasons_needing_json_escapes_come_back_intact() {
+    let odd = "odd\"node\\\u{1}";
+    let mut index = cluster();
+    index.apply_node(&mk_node(odd, "zone \"b\"").build());
+    let server = start(index, ServerConfig::default()).await;
+    let body =
+        json!({"Pod": {"metadata": {"name": "web-3", "namespace": "db"}}, "NodeNames": [odd, N10]});
+    let (status, answer) = post(&server, "/filter", &body.to_string()).await;
+    assert_eq!(status, 200);
+    let v = parse(&answer);
+    assert_eq!(v["NodeNames"], json!([N10]));
+    assert_eq!(
+        v["FailedAndUnresolvableNodes"][odd],
+        "sextant: fixed IP 10.0.1.77 lives in zone us-east-1a, node is in zone zone \"b\""
+    );
+}
