@@ -120,7 +120,7 @@ pub struct ExtenderFilterResult {
         default
     )]
     pub node_names: Option<Vec<String>>,
-    /// Every filtered node with its reason.
+    /// Filtered nodes that preempting pods could make fit, with the reason.
     #[serde(
         rename = "FailedNodes",
         alias = "failedNodes",
@@ -128,8 +128,8 @@ pub struct ExtenderFilterResult {
         deserialize_with = "null_as_empty"
     )]
     pub failed_nodes: FailedNodesMap,
-    /// Filtered nodes where preempting pods would not help; kube-scheduler
-    /// gives this map precedence over `FailedNodes`.
+    /// Filtered nodes where preempting pods would not help, with the
+    /// reason; kube-scheduler gives this map precedence over `FailedNodes`.
     #[serde(
         rename = "FailedAndUnresolvableNodes",
         alias = "failedAndUnresolvableNodes",

@@ -8,7 +8,7 @@
 //! ```text
 //!  API server ──watch NodeNetworks, FixedIPs──▶ watch::run ──apply/delete/reset──▶ Index (RwLock)
 //!                                                                                     │ read
-//!  kube-scheduler ──ExtenderArgs──▶ http::Extender ──▶ filter::filter / prioritize::prioritize (pure)
+//!  kube-scheduler ──ExtenderArgs──▶ http::Extender ──▶ filter::decide / prioritize::prioritize (pure)
 //!                 ◀──ExtenderFilterResult / HostPriorityList──┘
 //! ```
 //!
