@@ -372,3 +372,20 @@ async fn names_and_reasons_needing_json_escapes_come_back_intact() {
         "sextant: fixed IP 10.0.1.77 lives in zone us-east-1a, node is in zone zone \"b\""
     );
 }
+
+#[tokio::test]
+async fn prioritize_with_full_nodes_scores_by_name() {
+    let server = start(cluster(), ServerConfig::default()).await;
+    let (status, body) = post(&server, "/prioritize", FILTER_NODES).await;
+    assert_eq!(status, 200, "{body}");
+    // A plain pod: free-IP headroom only (N10 holds web-3's address, not this pod's).
+    assert_eq!(
+        parse(&body),
+        json!([
+            {"Host": N10, "Score": 0},
+            {"Host": N11, "Score": 7},
+            {"Host": N12, "Score": 0},
+            {"Host": N20, "Score": 9},
+        ])
+    );
+}
