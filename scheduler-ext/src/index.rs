@@ -273,7 +273,7 @@ impl Index {
         self.fixed_ips.get(namespace)?.get(name)
     }
 
-    /// Every FixedIP with its namespace and name (for the naive baseline and status views).
+    /// Every FixedIP with its namespace and name.
     pub fn fixed_ips(&self) -> impl Iterator<Item = (&str, &str, &FixedIpEntry)> {
         self.fixed_ips.iter().flat_map(|(ns, by_name)| {
             by_name
