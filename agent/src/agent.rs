@@ -19,9 +19,10 @@ use crate::{
     checkpoint::{self, Checkpoint},
     datapath::{Datapath, Endpoint},
     error::{Error, Result},
+    fixed_ip::{self, Decision},
     metrics::{CniLabels, Metrics, PoolLabels},
     paths::{CHECKPOINT_FILE, POD_GATEWAY},
-    pool::{AllocKey, AllocRequest, Pool},
+    pool::{AllocKey, AllocRequest, Allocation, Pool},
     veth,
 };
 
@@ -82,10 +83,20 @@ struct State {
     unavailable: usize,
 }
 
+/// How the agent learns whether a pod has a `FixedIP` (set once the
+/// Kubernetes client exists; without it every pod is an ordinary one).
+struct FixedIpLookup {
+    client: kube::Client,
+    wait: Duration,
+}
+
 /// The agent. Cheap to share behind an `Arc`.
 pub struct Agent {
     cfg: Config,
     state: Mutex<State>,
+    fixed_lookup: std::sync::OnceLock<FixedIpLookup>,
+    /// Bumped on every NodeNetwork applied: ADDs waiting for a fixed IP look again.
+    node_changed: watch::Sender<()>,
     datapath: Mutex<Option<Datapath>>,
     netlink: rtnetlink::Handle,
     save_lock: tokio::sync::Mutex<()>,
@@ -141,6 +152,8 @@ impl Agent {
                 unavailable: 0,
             }),
             cfg,
+            fixed_lookup: std::sync::OnceLock::new(),
+            node_changed: watch::channel(()).0,
             datapath: Mutex::new(datapath),
             netlink,
             save_lock: tokio::sync::Mutex::new(()),
@@ -219,6 +232,83 @@ impl Agent {
         Ok((restored.kept.len(), dropped.len()))
     }
 
+    /// Turns on fixed IPs: ADDs of pods not named in `status.fixedIps` ask
+    /// `client` for a `FixedIP` named after the pod and, if there is one, wait
+    /// up to `wait` for its address to reach this node. Only the first call counts.
+    pub fn enable_fixed_ips(&self, client: kube::Client, wait: Duration) {
+        let _ = self.fixed_lookup.set(FixedIpLookup { client, wait });
+    }
+
+    /// The allocation step of CNI ADD: an ordinary pod takes any free IP; a
+    /// pod with a fixed IP gets exactly that address, waiting (bounded) until
+    /// this node's NodeNetwork lists it for the pod.
+    pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
+        let pod = format!("{}/{}", req.pod_namespace, req.pod_name);
+        let wait = self
+            .fixed_lookup
+            .get()
+            .map_or(fixed_ip::DEFAULT_WAIT, |l| l.wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changed = self.node_changed.subscribe();
+        let mut lookup = None;
+        let mut logged = false;
+        loop {
+            changed.borrow_and_update();
+            let decision = {
+                let mut st = lock(&self.state);
+                if let Some(a) = st.pool.get(&req.key) {
+                    return Ok(a.clone());
+                }
+                let d = fixed_ip::decide(
+                    &pod,
+                    st.pool.fixed(),
+                    lookup,
+                    tokio::time::Instant::now(),
+                    deadline,
+                );
+                // Decided and taken under one lock: no NodeNetwork update in between.
+                match d {
+                    Decision::Any => return st.pool.allocate(req, now_ms(), &now_rfc3339()),
+                    Decision::Fixed(ip) => {
+                        let a = st.pool.allocate_fixed(req, ip, &now_rfc3339())?;
+                        info!(%ip, %pod, "fixed IP handed to its pod");
+                        return Ok(a);
+                    }
+                    other => other,
+                }
+            };
+            match decision {
+                Decision::Lookup => {
+                    lookup = Some(match self.fixed_lookup.get() {
+                        Some(l) => {
+                            fixed_ip::lookup(&l.client, &req.pod_namespace, &req.pod_name).await?
+                        }
+                        None => fixed_ip::Lookup::NotFound,
+                    });
+                }
+                Decision::Wait(ip) => {
+                    if !logged {
+                        info!(%ip, %pod, wait_s = wait.as_secs(), "waiting for the pod's fixed IP to reach this node");
+                        logged = true;
+                    }
+                    // Ok: the NodeNetwork changed, look again; Err: the deadline passed.
+                    if let Ok(Err(_)) = tokio::time::timeout_at(deadline, changed.changed()).await {
+                        // The sender lives as long as the agent; sleep out the wait rather than spin.
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                }
+                Decision::TimedOut(ip) => {
+                    return Err(Error::FixedIpNotHere {
+                        pod,
+                        ip,
+                        waited: wait,
+                    });
+                }
+                Decision::Any | Decision::Fixed(_) => {}
+            }
+        }
+    }
+
     async fn wait_ready(&self) {
         let mut rx = self.ready.subscribe();
         let _ = rx.wait_for(|r| *r).await;
@@ -271,9 +361,7 @@ impl Agent {
             pod_namespace: req.pod_namespace.clone(),
             pod_name: req.pod_name.clone(),
         };
-        let alloc = lock(&self.state)
-            .pool
-            .allocate(&areq, now_ms(), &now_rfc3339())?;
+        let alloc = self.allocate(&areq).await?;
         let t_alloc = std::time::Instant::now();
         let identity = (veth::fnv(&req.pod_namespace, "") & 0xffff_ffff) as u32;
         let program = |link: &veth::PodLink| -> Result<()> {
@@ -506,8 +594,9 @@ impl Agent {
         out
     }
 
-    /// Applies a NodeNetwork: pool IPs, capacity, and the handshake answers
-    /// to write back (empty when nothing changed).
+    /// Applies a NodeNetwork: pool IPs, fixed IPs (waking ADDs that wait for
+    /// one), capacity, and the handshake answers to write back (empty when
+    /// nothing changed).
     pub fn apply_node(
         &self,
         nn: &sextant_crds::NodeNetwork,
@@ -516,6 +605,12 @@ impl Agent {
         let ips = crate::usage::pool_ips(nn);
         let n = ips.len();
         st.pool.set_pool(ips);
+        let fixed = nn
+            .status
+            .as_ref()
+            .map(|s| fixed_ip::parse_fixed_ips(&s.fixed_ips))
+            .unwrap_or_default();
+        st.pool.set_fixed(fixed);
         let (cap, unavailable) = crate::usage::capacity(nn, n);
         st.capacity = cap;
         st.unavailable = unavailable;
@@ -526,6 +621,8 @@ impl Agent {
             .unwrap_or_default();
         let answers = crate::handshake::plan(&st.pool, &release, now_ms());
         st.pool.set_releasing(answers.releasing);
+        drop(st);
+        self.node_changed.send_replace(());
         answers.patch
     }
 
@@ -592,6 +689,203 @@ mod tests {
             ..Default::default()
         });
         nn
+    }
+
+    fn mk_node_with_fixed(ips: &[&str], fixed: &[(&str, &str)]) -> NodeNetwork {
+        let mut nn = mk_node(ips, &[]);
+        if let Some(st) = nn.status.as_mut() {
+            st.fixed_ips = fixed
+                .iter()
+                .map(|(ip, pod)| (ip.to_string(), pod.to_string()))
+                .collect();
+        }
+        nn
+    }
+
+    fn mk_pod_req(id: &str, ns: &str, name: &str) -> AllocRequest {
+        let mut r = mk_req(id);
+        r.pod_namespace = ns.to_string();
+        r.pod_name = name.to_string();
+        r
+    }
+
+    /// A mock API server that knows the FixedIPs `known` (`ns`, `name`, `ip`),
+    /// answers 404 for any other, and returns the paths it was asked for.
+    fn fixed_ip_api(
+        known: &[(&str, &str, &str)],
+    ) -> (kube::Client, tokio::task::JoinHandle<Vec<String>>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use sextant_crds::{FixedIP, FixedIPSpec};
+
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let known: Vec<(String, String)> = known
+            .iter()
+            .map(|(ns, name, ip)| {
+                let mut fip = FixedIP::new(
+                    name,
+                    FixedIPSpec {
+                        ip: ip.to_string(),
+                        stateful_set: "web".into(),
+                        ordinal: 0,
+                        zone: None,
+                        subnet_id: None,
+                        reclaim_policy: Default::default(),
+                        ttl_seconds: None,
+                    },
+                );
+                fip.metadata.namespace = Some(ns.to_string());
+                (
+                    format!("/apis/sextant.io/v1alpha1/namespaces/{ns}/fixedips/{name}"),
+                    serde_json::to_string(&fip).expect("json"),
+                )
+            })
+            .collect();
+        let server = tokio::spawn(async move {
+            let mut asked = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                assert_eq!(req.method(), http::Method::GET);
+                let path = req.uri().path().to_string();
+                let resp = match known.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => Response::builder().body(Body::from(body.clone().into_bytes())),
+                    None => Response::builder().status(404).body(Body::from(
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": "not found", "reason": "NotFound", "code": 404})
+                        .to_string()
+                        .into_bytes(),
+                    )),
+                };
+                send.send_response(resp.expect("response"));
+                asked.push(path);
+            }
+            asked
+        });
+        (kube::Client::new(svc, "default"), server)
+    }
+
+    async fn ready_agent(dir: &Path) -> Arc<Agent> {
+        let agent = Agent::new(cfg(dir)).expect("agent");
+        agent.restore().await.expect("restore");
+        agent
+    }
+
+    #[tokio::test]
+    async fn add_of_a_fixed_ip_pod_waits_until_its_address_reaches_the_node() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
+        let (client, api) = fixed_ip_api(&[("db", "web-0", "10.0.0.9")]);
+        agent.enable_fixed_ips(client, Duration::from_secs(20));
+        agent.apply_node(&mk_node(&["10.0.0.1", "10.0.0.2"], &[]));
+
+        let add = tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.allocate(&mk_pod_req("c1", "db", "web-0")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !add.is_finished(),
+            "must not take a pool IP while its own is elsewhere"
+        );
+        // The FixedIP controller moved the address to this node's ENI.
+        agent.apply_node(&mk_node_with_fixed(
+            &["10.0.0.1", "10.0.0.2", "10.0.0.9"],
+            &[("10.0.0.9", "db/web-0")],
+        ));
+        let a = tokio::time::timeout(Duration::from_secs(5), add)
+            .await
+            .expect("ADD ends once the address is here")
+            .expect("task")
+            .expect("allocated");
+        assert_eq!(a.ip, Ipv4Addr::new(10, 0, 0, 9));
+
+        // An ordinary pod (its FixedIP lookup is a 404) never gets a fixed address.
+        let other = agent
+            .allocate(&mk_pod_req("c2", "db", "cache-0"))
+            .await
+            .expect("allocated");
+        assert_eq!(other.ip, Ipv4Addr::new(10, 0, 0, 1));
+        // Idempotent: the same key gets the same address without asking again.
+        let again = agent
+            .allocate(&mk_pod_req("c1", "db", "web-0"))
+            .await
+            .expect("again");
+        assert_eq!(again, a);
+        drop(agent);
+        assert_eq!(
+            api.await.expect("api"),
+            vec![
+                "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0".to_string(),
+                "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/cache-0".to_string(),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn add_fails_clearly_when_the_fixed_ip_never_arrives() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
+        let (client, _api) = fixed_ip_api(&[("db", "web-0", "10.0.0.9")]);
+        agent.enable_fixed_ips(client, Duration::from_millis(300));
+        // Listed here for another pod: still not this pod's.
+        agent.apply_node(&mk_node_with_fixed(
+            &["10.0.0.1"],
+            &[("10.0.0.8", "db/web-1")],
+        ));
+        let err = agent
+            .allocate(&mk_pod_req("c1", "db", "web-0"))
+            .await
+            .expect_err("timed out");
+        assert!(matches!(err, Error::FixedIpNotHere { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "fixed IP 10.0.0.9 for db/web-0 not on this node after 300ms"
+        );
+        assert_eq!(agent.health().ipam.allocated, 0);
+    }
+
+    #[tokio::test]
+    async fn restarted_fixed_ip_pod_gets_its_address_back_inside_the_cooldown() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
+        // No API client: a pod named in fixedIps needs no lookup.
+        let answers = agent.apply_node(&mk_node_with_fixed(
+            &["10.0.0.1", "10.0.0.9"],
+            &[("10.0.0.9", "db/web-0")],
+        ));
+        assert!(answers.is_empty());
+        let first = agent
+            .allocate(&mk_pod_req("c1", "db", "web-0"))
+            .await
+            .expect("allocated");
+        assert_eq!(first.ip, Ipv4Addr::new(10, 0, 0, 9));
+        lock(&agent.state).pool.free(&first.key(), now_ms());
+        let second = agent
+            .allocate(&mk_pod_req("c2", "db", "web-0"))
+            .await
+            .expect("allocated again inside the cooldown");
+        assert_eq!(second.ip, first.ip);
+        agent.save().await.expect("checkpoint");
+        let cp = checkpoint::read(&dir.path().join(CHECKPOINT_FILE))
+            .expect("read")
+            .expect("checkpoint");
+        assert!(
+            cp.allocations
+                .iter()
+                .any(|a| a.ip == second.ip && a.container_id == "c2"),
+            "checkpointed like any allocation"
+        );
+        // A release mark on it is refused; the pool IP is free to go.
+        let mut nn = mk_node_with_fixed(&["10.0.0.1", "10.0.0.9"], &[("10.0.0.9", "db/web-0")]);
+        if let Some(st) = nn.status.as_mut() {
+            st.release = [
+                ("10.0.0.1".to_string(), ReleaseState::Marked),
+                ("10.0.0.9".to_string(), ReleaseState::Marked),
+            ]
+            .into();
+        }
+        let answers = agent.apply_node(&nn);
+        assert_eq!(answers["10.0.0.9"], ReleaseState::DoNotRelease);
+        assert_eq!(answers["10.0.0.1"], ReleaseState::ReadyForRelease);
     }
 
     #[tokio::test]

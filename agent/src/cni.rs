@@ -17,6 +17,13 @@ use crate::{
 /// CNI versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.4.0", "1.0.0", "1.1.0", "1.0.0-rc"];
 
+/// Default deadline for the agent's answer, seconds.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
+
+/// Default deadline for the agent's answer to ADD, seconds: above the agent's
+/// default wait for a fixed IP (`--fixed-ip-wait-seconds`, 30) plus wiring.
+pub const DEFAULT_ADD_TIMEOUT_SECONDS: u64 = 60;
+
 /// Network configuration from stdin.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,7 +38,8 @@ pub struct NetConf {
     /// Agent socket; default `/var/run/sextant/agent.sock`.
     #[serde(default)]
     pub agent_socket: Option<PathBuf>,
-    /// Deadline for the agent's answer, seconds; default 10.
+    /// Deadline for the agent's answer, seconds; default 10, and 60 for ADD
+    /// (which may wait for a pod's fixed IP, 30 s by default, to reach the node).
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
 }
@@ -137,7 +145,16 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> 
         .agent_socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    let deadline = Duration::from_secs(conf.timeout_seconds.unwrap_or(10).clamp(1, 300));
+    let default_timeout = if env.command == "ADD" {
+        DEFAULT_ADD_TIMEOUT_SECONDS
+    } else {
+        DEFAULT_TIMEOUT_SECONDS
+    };
+    let deadline = Duration::from_secs(
+        conf.timeout_seconds
+            .unwrap_or(default_timeout)
+            .clamp(1, 300),
+    );
     let need = |name: &str, v: &str| {
         if v.is_empty() {
             Err(CniError::new(

@@ -98,6 +98,37 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// A pod's fixed IP did not reach this node within the wait.
+    #[error("fixed IP {ip} for {pod} not on this node after {waited:?}")]
+    FixedIpNotHere {
+        /// `namespace/name` of the pod.
+        pod: String,
+        /// The pod's fixed address.
+        ip: Ipv4Addr,
+        /// How long the ADD waited.
+        waited: std::time::Duration,
+    },
+    /// A pod's `FixedIP` names an address that is not IPv4.
+    #[error("FixedIP {pod} has spec.ip {ip:?}, not an IPv4 address")]
+    FixedIpInvalid {
+        /// `namespace/name` of the pod (and of its FixedIP).
+        pod: String,
+        /// The address as written.
+        ip: String,
+        /// Parse error.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// A fixed IP cannot go to the pod asking for it.
+    #[error("fixed IP {ip} cannot go to {pod}: {why}")]
+    FixedIpUnavailable {
+        /// The address.
+        ip: Ipv4Addr,
+        /// `namespace/name` of the pod asking.
+        pod: String,
+        /// Whom it belongs to or who holds it.
+        why: String,
+    },
     /// A request to the agent API was malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -124,6 +155,9 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Bpf { .. } => "bpf",
             Error::Kube { .. } => "kube",
+            Error::FixedIpNotHere { .. } => "fixed_ip_not_here",
+            Error::FixedIpInvalid { .. } => "fixed_ip_invalid",
+            Error::FixedIpUnavailable { .. } => "fixed_ip_unavailable",
             Error::BadRequest(_) => "bad_request",
             Error::Api { .. } => "api",
         }

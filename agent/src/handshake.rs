@@ -1,7 +1,8 @@
 //! The agent's side of the per-IP release handshake in NodeNetwork
 //! `status.release`: the operator marks an IP, the agent answers
 //! `ready-for-release` only when the IP is free and out of cooldown (and then
-//! never hands it out), `do-not-release` otherwise.
+//! never hands it out), `do-not-release` otherwise. A fixed IP (NodeNetwork
+//! `status.fixedIps`) belongs to its pod wherever it is: always `do-not-release`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -32,6 +33,12 @@ pub fn plan(pool: &Pool, release: &BTreeMap<String, ReleaseState>, now_ms: u64) 
             }
             continue;
         };
+        if pool.is_fixed(ip) {
+            if matches!(state, ReleaseState::Marked | ReleaseState::ReadyForRelease) {
+                out.patch.insert(key.clone(), ReleaseState::DoNotRelease);
+            }
+            continue;
+        }
         match state {
             ReleaseState::Marked => {
                 if pool.is_free(ip, now_ms)
@@ -108,6 +115,26 @@ mod tests {
         let ans = plan(&p, &BTreeMap::new(), 0);
         p.set_releasing(ans.releasing);
         assert!(p.allocate(&mk_req("a"), 0, "t").is_ok());
+    }
+
+    #[test]
+    fn fixed_ips_are_never_ready_for_release() {
+        let mut p = mk_pool(2);
+        p.set_fixed([(ip(2), "db/web-0".to_string())].into());
+        let release = [
+            (ip(1).to_string(), ReleaseState::Marked),
+            (ip(2).to_string(), ReleaseState::Marked),
+        ]
+        .into();
+        let ans = plan(&p, &release, 0);
+        assert_eq!(ans.patch[&ip(1).to_string()], ReleaseState::ReadyForRelease);
+        assert_eq!(ans.patch[&ip(2).to_string()], ReleaseState::DoNotRelease);
+        assert_eq!(ans.releasing, [ip(1)].into());
+        // A promise given before the address became fixed is withdrawn.
+        let release = [(ip(2).to_string(), ReleaseState::ReadyForRelease)].into();
+        let ans = plan(&p, &release, 0);
+        assert_eq!(ans.patch[&ip(2).to_string()], ReleaseState::DoNotRelease);
+        assert!(ans.releasing.is_empty());
     }
 
     proptest! {

@@ -12,7 +12,7 @@
 //!                                                            └─▶ veth (rtnetlink) ─▶ pod netns
 //! ```
 //!
-//! Pure modules (`pool`, `handshake`, `checkpoint::restore`, `usage::status_patch`,
+//! Pure modules (`pool`, `handshake`, `fixed_ip::decide`, `checkpoint::restore`, `usage::status_patch`,
 //! `services::desired`/`diff`) take time and state as inputs; `lab` builds
 //! a node in namespaces for tests, benchmarks and `sextantctl lab`.
 pub mod agent;
@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod cni;
 pub mod datapath;
 pub mod error;
+pub mod fixed_ip;
 pub mod handshake;
 pub mod lab;
 mod metrics;

@@ -1,6 +1,7 @@
 //! The node's local IP pool: which pod IPs the node holds, which are handed
 //! out (keyed by container id + interface name), which wait out the reuse
-//! cooldown, and which are promised to the operator for release.
+//! cooldown, which are promised to the operator for release, and which are
+//! fixed IPs that only their own pod may take.
 //!
 //! Pure: time (`now_ms`, milliseconds since the Unix epoch) is an input, so
 //! the checkpoint can carry cooldown deadlines across restarts.
@@ -110,6 +111,7 @@ pub struct Pool {
     by_ip: BTreeMap<Ipv4Addr, AllocKey>,
     cooling: BTreeMap<Ipv4Addr, u64>,
     releasing: BTreeSet<Ipv4Addr>,
+    fixed: BTreeMap<Ipv4Addr, String>,
     cooldown_ms: u64,
 }
 
@@ -130,6 +132,64 @@ impl Pool {
         let ips = &self.ips;
         self.cooling.retain(|ip, _| ips.contains(ip));
         self.releasing.retain(|ip| ips.contains(ip));
+    }
+
+    /// Replaces the fixed IPs on this node (NodeNetwork `status.fixedIps`,
+    /// address -> `namespace/name`). They are never free for other pods.
+    pub fn set_fixed(&mut self, fixed: BTreeMap<Ipv4Addr, String>) {
+        self.fixed = fixed;
+    }
+
+    /// The fixed IPs on this node and the pod (`namespace/name`) each belongs to.
+    pub fn fixed(&self) -> &BTreeMap<Ipv4Addr, String> {
+        &self.fixed
+    }
+
+    /// Whether `ip` is a fixed IP of some pod.
+    pub fn is_fixed(&self, ip: Ipv4Addr) -> bool {
+        self.fixed.contains_key(&ip)
+    }
+
+    /// Hands fixed IP `ip` to `req.key`, whose pod must be the one
+    /// `status.fixedIps` names. The same key gets its allocation again. The
+    /// cooldown does not apply: a fixed IP only ever returns to its own pod.
+    pub fn allocate_fixed(
+        &mut self,
+        req: &AllocRequest,
+        ip: Ipv4Addr,
+        since: &str,
+    ) -> Result<Allocation> {
+        if let Some(a) = self.allocations.get(&req.key) {
+            return Ok(a.clone());
+        }
+        let pod = format!("{}/{}", req.pod_namespace, req.pod_name);
+        let unavailable = |why: String| Error::FixedIpUnavailable {
+            ip,
+            pod: pod.clone(),
+            why,
+        };
+        match self.fixed.get(&ip) {
+            Some(owner) if *owner == pod => {}
+            Some(owner) => return Err(unavailable(format!("it belongs to {owner}"))),
+            None => return Err(unavailable("it is not a fixed IP of this node".into())),
+        }
+        if let Some(holder) = self.by_ip.get(&ip) {
+            // An earlier sandbox of the same pod whose DEL has not come yet.
+            return Err(unavailable(format!("still held by {holder}")));
+        }
+        self.cooling.remove(&ip);
+        self.releasing.remove(&ip);
+        let a = Allocation {
+            ip,
+            container_id: req.key.container_id.clone(),
+            ifname: req.key.ifname.clone(),
+            netns: req.netns.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
+            since: since.to_string(),
+        };
+        self.insert(a.clone());
+        Ok(a)
     }
 
     /// The IPs the node holds.
@@ -198,9 +258,10 @@ impl Pool {
         self.cooling.get(&ip).is_some_and(|until| *until > now_ms)
     }
 
-    /// Whether the next ADD may take `ip`.
+    /// Whether the next ADD of an ordinary pod may take `ip`.
     pub fn is_free(&self, ip: Ipv4Addr, now_ms: u64) -> bool {
         self.ips.contains(&ip)
+            && !self.is_fixed(ip)
             && !self.is_allocated(ip)
             && !self.is_cooling(ip, now_ms)
             && !self.releasing.contains(&ip)
@@ -352,6 +413,68 @@ pub(crate) mod tests {
         p.set_pool([]);
         assert_eq!(p.get(&a.key()).map(|x| x.ip), Some(a.ip));
         assert!(p.allocate(&mk_req("b"), 0, "t").is_err());
+    }
+
+    fn mk_pod_req(id: &str, ns: &str, name: &str) -> AllocRequest {
+        let mut r = mk_req(id);
+        r.pod_namespace = ns.to_string();
+        r.pod_name = name.to_string();
+        r
+    }
+
+    #[test]
+    fn fixed_ips_are_never_handed_to_ordinary_pods() {
+        let mut p = mk_pool(3);
+        p.set_fixed([(Ipv4Addr::new(10, 0, 0, 1), "db/web-0".to_string())].into());
+        let a = p.allocate(&mk_req("a"), 0, "t").expect("ip");
+        let b = p.allocate(&mk_req("b"), 0, "t").expect("ip");
+        assert_eq!(
+            (a.ip, b.ip),
+            (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3))
+        );
+        assert!(matches!(
+            p.allocate(&mk_req("c"), 0, "t"),
+            Err(Error::PoolExhausted { .. })
+        ));
+        assert_eq!(p.counts(0).free, 0);
+    }
+
+    #[test]
+    fn fixed_ip_goes_to_its_pod_only_and_skips_its_own_cooldown() {
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        let mut p = mk_pool(2);
+        p.set_fixed([(ip, "db/web-0".to_string())].into());
+        let other = p.allocate_fixed(&mk_pod_req("x", "db", "web-1"), ip, "t");
+        assert!(
+            matches!(other, Err(Error::FixedIpUnavailable { .. })),
+            "{other:?}"
+        );
+        let first = mk_pod_req("c1", "db", "web-0");
+        let a = p.allocate_fixed(&first, ip, "t").expect("fixed ip");
+        assert_eq!(a.ip, ip);
+        assert_eq!(
+            p.allocate_fixed(&first, ip, "t").expect("again"),
+            a,
+            "idempotent per key"
+        );
+        let second = mk_pod_req("c2", "db", "web-0");
+        assert!(
+            p.allocate_fixed(&second, ip, "t").is_err(),
+            "held by the first sandbox until its DEL"
+        );
+        p.free(&a.key(), 1_000);
+        assert!(p.is_cooling(ip, 1_001));
+        let b = p.allocate_fixed(&second, ip, "t").expect("restarted pod");
+        assert_eq!(b.ip, ip);
+        assert!(!p.is_cooling(ip, 1_001));
+        p.free(&b.key(), 2_000);
+        let later = 2_000 + DEFAULT_COOLDOWN_MS;
+        let d = p.allocate(&mk_req("d"), later, "t").expect("ip");
+        assert_eq!(d.ip, Ipv4Addr::new(10, 0, 0, 1));
+        assert!(
+            p.allocate(&mk_req("e"), later, "t").is_err(),
+            "after its cooldown the fixed IP is still not free for others"
+        );
     }
 
     #[derive(Debug, Clone)]

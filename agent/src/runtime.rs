@@ -44,6 +44,10 @@ pub struct Args {
     /// Seconds between sweeps that free IPs of pods gone without a DEL.
     #[arg(long, env = "SEXTANT_RECONCILE_SECONDS", default_value_t = 60)]
     pub reconcile_seconds: u64,
+    /// Seconds a CNI ADD of a pod with a FixedIP waits for the address to
+    /// reach this node's NodeNetwork `status.fixedIps`.
+    #[arg(long, env = "SEXTANT_FIXED_IP_WAIT_SECONDS", default_value_t = 30)]
+    pub fixed_ip_wait_seconds: u64,
     /// This node's name (its NodeNetwork's name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -122,6 +126,10 @@ impl Args {
                     source: Box::new(source),
                 })?;
                 let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
+                agent.enable_fixed_ips(
+                    client.clone(),
+                    Duration::from_secs(self.fixed_ip_wait_seconds),
+                );
                 if !self.no_datapath {
                     tokio::spawn(crate::services::watch(agent.clone(), client.clone()));
                 }
