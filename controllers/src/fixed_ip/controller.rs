@@ -595,6 +595,39 @@ pub mod watch {
     };
     use crate::controller::ErrorChain;
 
+    type Key = (String, String);
+
+    /// Keeps `writer`'s store filled from a watch of `api` and sends the
+    /// StatefulSet key of every object added, changed or deleted.
+    async fn watch_keys<K>(
+        api: Api<K>,
+        config: watcher::Config,
+        writer: reflector::store::Writer<K>,
+        key_of: impl Fn(&K) -> Option<Key> + Send + 'static,
+        tx: mpsc::UnboundedSender<Key>,
+    ) where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    {
+        reflector(writer, watcher(api, config))
+            .touched_objects()
+            .for_each(move |r| {
+                if let Ok(o) = r
+                    && let Some(k) = key_of(&o)
+                {
+                    let _ = tx.send(k);
+                }
+                futures::future::ready(())
+            })
+            .await;
+    }
+
     /// Runs the FixedIP controller until the watches end: every change to a
     /// StatefulSet, one of its pods or FixedIPs marks it dirty; every `tick`
     /// all of them are looked at (retention TTLs expire without events).
@@ -609,7 +642,7 @@ pub mod watch {
         let (pod_r, pod_w) = reflector::store::<Pod>();
         let (fip_r, fip_w) = reflector::store::<FixedIP>();
         let (nn_r, nn_w) = reflector::store::<NodeNetwork>();
-        let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<(String, String)>();
+        let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<Key>();
 
         let key_of_sts = |s: &StatefulSet| Some((s.namespace()?, s.name_any()));
         let key_of_pod = |p: &Pod| {
@@ -622,66 +655,36 @@ pub mod watch {
         let key_of_fip =
             |f: &FixedIP| Some((f.namespace()?, f.labels().get(LABEL_STATEFULSET)?.clone()));
 
-        let tx = dirty_tx.clone();
-        let sts_events = reflector(
+        let sts_events = watch_keys(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
             sts_w,
-            watcher(
-                Api::<StatefulSet>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .applied_objects()
-        .for_each(move |r| {
-            if let Ok(s) = r
-                && let Some(k) = key_of_sts(&s)
-            {
-                let _ = tx.send(k);
-            }
-            futures::future::ready(())
-        });
-        let tx = dirty_tx.clone();
-        let pod_events = reflector(
+            key_of_sts,
+            dirty_tx.clone(),
+        );
+        let pod_events = watch_keys(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_POD_NAME),
             pod_w,
-            watcher(
-                Api::<Pod>::all(client.clone()),
-                watcher::Config::default().labels(LABEL_POD_NAME),
-            ),
-        )
-        .touched_objects()
-        .for_each(move |r| {
-            if let Ok(p) = r
-                && let Some(k) = key_of_pod(&p)
-            {
-                let _ = tx.send(k);
-            }
-            futures::future::ready(())
-        });
-        let tx = dirty_tx.clone();
-        let fip_events = reflector(
+            key_of_pod,
+            dirty_tx.clone(),
+        );
+        let fip_events = watch_keys(
+            Api::<FixedIP>::all(client.clone()),
+            watcher::Config::default(),
             fip_w,
-            watcher(
-                Api::<FixedIP>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .touched_objects()
-        .for_each(move |r| {
-            if let Ok(f) = r
-                && let Some(k) = key_of_fip(&f)
-            {
-                let _ = tx.send(k);
-            }
-            futures::future::ready(())
-        });
-        let nn_events = reflector(
+            key_of_fip,
+            dirty_tx.clone(),
+        );
+        // NodeNetworks only feed the cache: a node's change matters to the
+        // StatefulSets whose pods it runs, which their own events bring.
+        let nn_events = watch_keys(
+            Api::<NodeNetwork>::all(client.clone()),
+            watcher::Config::default(),
             nn_w,
-            watcher(
-                Api::<NodeNetwork>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+            |_: &NodeNetwork| None,
+            dirty_tx,
+        );
 
         let worker = async move {
             let mut ticker = tokio::time::interval(tick);
