@@ -146,6 +146,8 @@ struct Node {
 }
 
 struct World {
+    /// Limits of every node's instance type.
+    limits: sextant_cloud::InstanceLimits,
     sim: Arc<SimCloud>,
     cloud: Arc<Cloud>,
     parking: Parking,
@@ -165,6 +167,7 @@ impl World {
     /// NodeViews from the cloud's truth, as the controller reads them from NodeNetworks.
     fn node_views(&self) -> BTreeMap<String, NodeView> {
         let enis = self.sim.all_enis();
+        let limits = &self.limits;
         self.nodes
             .iter()
             .map(|(name, n)| {
@@ -184,7 +187,7 @@ impl World {
                     .iter()
                     .filter(|e| {
                         e.attachment.as_ref().is_some_and(|a| a.device_index >= 1)
-                            && e.secondary_ips.len() < 29
+                            && (e.secondary_ips.len() as u32) < limits.secondary_per_eni()
                     })
                     .map(|e| (e.subnet_id.clone(), e.id.clone()))
                     .collect();
@@ -195,7 +198,7 @@ impl World {
                         provider: Provider::Aws,
                         instance_id: Some(n.instance.clone()),
                         eni_by_subnet,
-                        free_device_index: (1..8).find(|i| !used.contains(i)),
+                        free_device_index: (1..limits.max_enis).find(|i| !used.contains(i)),
                         pod_cidrs: vec![],
                     },
                 )
@@ -507,6 +510,8 @@ async fn roll(
     let subnets = sim.subnets(VPC).await?;
     let calls_before = sim.stats().total_calls();
     let mut w = World {
+        limits: sextant_cloud::sim::instance_type(INSTANCE_TYPE)
+            .with_context(|| format!("{INSTANCE_TYPE} missing from the simulator's table"))?,
         sts: StatefulSetView {
             namespace: "db".into(),
             name: "web".into(),
