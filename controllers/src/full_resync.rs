@@ -495,13 +495,7 @@ mod tests {
     }
 
     async fn vpc() -> Vpc {
-        let sim = Arc::new(SimCloud::new(SimConfig {
-            describe_latency: Duration::ZERO,
-            mutate_latency: Duration::ZERO,
-            latency_jitter: Duration::ZERO,
-            server_throttling: false,
-            ..SimConfig::new(SimProvider::Aws, 7)
-        }));
+        let sim = Arc::new(SimCloud::new(SimConfig::instant(SimProvider::Aws, 7)));
         let subnet = sim
             .add_subnet("vpc-1", "us-east-1a", "10.0.0.0/24", Tags::new())
             .unwrap();

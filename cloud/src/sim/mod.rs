@@ -83,6 +83,18 @@ impl SimConfig {
             faults: Faults::default(),
         }
     }
+
+    /// For tests that look at what calls do, not how long they take: no
+    /// latency and no provider throttling.
+    pub fn instant(provider: SimProvider, seed: u64) -> Self {
+        SimConfig {
+            describe_latency: Duration::ZERO,
+            mutate_latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            server_throttling: false,
+            ..SimConfig::new(provider, seed)
+        }
+    }
 }
 
 /// Counts of what reached the simulated provider.

@@ -774,8 +774,6 @@ pub mod watch {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use http::Method;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use sextant_cloud::{
@@ -806,6 +804,20 @@ mod tests {
         })
     }
 
+    /// Takes the next request as an Event POST in namespace `db`.
+    async fn expect_event(
+        server: &mut crate::fixtures::ApiServerVerifier,
+    ) -> crate::fixtures::Seen {
+        server
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/db/events?",
+                201,
+                event_reply(),
+            )
+            .await
+    }
+
     /// What the API server answers for an Event.
     fn event_reply() -> Value {
         json!({
@@ -825,13 +837,7 @@ mod tests {
     }
 
     fn sim() -> (Arc<SimCloud>, String) {
-        let sim = Arc::new(SimCloud::new(SimConfig {
-            describe_latency: Duration::ZERO,
-            mutate_latency: Duration::ZERO,
-            latency_jitter: Duration::ZERO,
-            server_throttling: false,
-            ..SimConfig::new(SimProvider::Aws, 3)
-        }));
+        let sim = Arc::new(SimCloud::new(SimConfig::instant(SimProvider::Aws, 3)));
         let subnet = sim
             .add_subnet("vpc-1", "a", "10.0.0.0/24", Tags::new())
             .unwrap();
@@ -873,14 +879,7 @@ mod tests {
                     fip_reply(),
                 )
                 .await;
-            let event = server
-                .expect(
-                    Method::POST,
-                    "/apis/events.k8s.io/v1/namespaces/db/events?",
-                    201,
-                    event_reply(),
-                )
-                .await;
+            let event = expect_event(&mut server).await;
             server.expect_no_more().await;
             (created, status, event)
         });
@@ -1060,14 +1059,7 @@ mod tests {
             let to = server
                 .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
                 .await;
-            let event = server
-                .expect(
-                    Method::POST,
-                    "/apis/events.k8s.io/v1/namespaces/db/events?",
-                    201,
-                    event_reply(),
-                )
-                .await;
+            let event = expect_event(&mut server).await;
             server.expect_no_more().await;
             (fip, from, to, event)
         });
