@@ -3,6 +3,8 @@
 //! ```text
 //!  operator ──writes spec defaults, ENIs, pool, release marks──▶ NodeNetwork ◀──usage, handshake answers── agent
 //!  operator ──reserves / moves──▶ FixedIP ◀──reads── scheduler extender, agent (CNI ADD)
+//!  user / sextantctl policy convert ──▶ SextantNetworkPolicy ◀──status Accepted── agent
+//!  agents ──create-if-absent──▶ SextantIdentity (number ⇄ label set, cluster-wide)
 //! ```
 //!
 //! The types carry the schema (with CEL rules the API server enforces),
@@ -15,10 +17,12 @@
 
 mod condition;
 mod fixed_ip;
+mod network_policy;
 mod node_network;
 
 pub use condition::{condition, set_condition};
 pub use fixed_ip::*;
+pub use network_policy::*;
 pub use node_network::*;
 
 use kube::CustomResourceExt;
@@ -31,6 +35,11 @@ pub fn all_crds() -> Vec<(
     vec![
         ("nodenetworks.sextant.io.yaml", NodeNetwork::crd()),
         ("fixedips.sextant.io.yaml", FixedIP::crd()),
+        (
+            "sextantnetworkpolicies.sextant.io.yaml",
+            SextantNetworkPolicy::crd(),
+        ),
+        ("sextantidentities.sextant.io.yaml", SextantIdentity::crd()),
     ]
 }
 
