@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::{DaemonSet, Deployment},
-    core::v1::{Container, PodSpec, Secret},
+    core::v1::{ConfigMap, Container, PodSpec, Secret},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
 };
 use sextant_e2e::chart::{
@@ -502,7 +502,7 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
         let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
         assert_eq!(
             added,
-            BTreeSet::from(["NET_ADMIN", "BPF", "SYS_ADMIN", "NET_RAW"])
+            BTreeSet::from(["NET_ADMIN", "BPF", "SYS_ADMIN", "NET_RAW", "SYS_PTRACE"])
         );
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
         for c in containers(spec) {
@@ -556,6 +556,29 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
             assert_eq!(host_paths.get(vol), Some(&host), "{}: {path}", r.set);
         }
 
+        // CNI netns paths: /var/run/netns/<name> through a mount that sees the
+        // runtime's later bind mounts, /proc/<pid>/ns/net through the host's
+        // PID namespace.
+        assert_eq!(spec.host_pid, Some(true), "{}: hostPID", r.set);
+        let netns = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/var/run/netns")
+            .unwrap_or_else(|| panic!("{}: /var/run/netns not mounted", r.set));
+        assert_eq!(
+            netns.mount_propagation.as_deref(),
+            Some("HostToContainer"),
+            "{}",
+            r.set
+        );
+        assert_eq!(
+            host_paths.get(netns.name.as_str()),
+            Some(&"/var/run/netns"),
+            "{}",
+            r.set
+        );
+
         // The init step installs sextant-cni and the conflist from the ConfigMap.
         let init = spec.init_containers.as_deref().unwrap_or_default();
         assert_eq!(init.len(), 1, "{}", r.set);
@@ -589,6 +612,101 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
             "/var/run/sextant/agent.sock"
         );
     }
+}
+
+fn config_map<'a>(r: &'a Rendered, name: &str) -> Option<&'a ConfigMap> {
+    r.all(|o| match o {
+        Object::ConfigMap(c) => Some(c.as_ref()),
+        _ => None,
+    })
+    .into_iter()
+    .find(|c| name_of(&c.metadata) == name)
+}
+
+#[test]
+fn dashboards_ship_as_a_configmap_the_grafana_sidecar_loads() {
+    // The files the chart must carry, parsed.
+    let dir = chart_dir().join("dashboards");
+    let mut files: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("charts/sextant/dashboards") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&path).expect("read dashboard");
+        files.insert(
+            name,
+            serde_json::from_str(&text).expect("dashboard is JSON"),
+        );
+    }
+    assert_eq!(files.len(), 2, "operator/IPAM and agent/datapath");
+
+    for r in sets() {
+        let cm = config_map(&r, "sextant-dashboards")
+            .unwrap_or_else(|| panic!("{}: no dashboards ConfigMap", r.set));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some(NAMESPACE));
+        let labels = cm.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("grafana_dashboard").map(String::as_str),
+            Some("1"),
+            "{}: the sidecar's label",
+            r.set
+        );
+        let data = cm.data.clone().unwrap_or_default();
+        let shipped: BTreeMap<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| {
+                let json = serde_json::from_str(v)
+                    .unwrap_or_else(|e| panic!("{}: {k} is not JSON: {e}", r.set));
+                (k.clone(), json)
+            })
+            .collect();
+        assert!(
+            shipped == files,
+            "{}: ConfigMap data differs from charts/sextant/dashboards",
+            r.set
+        );
+    }
+
+    let results = render_values(&[
+        ("dashboards-off", Some("dashboards:\n  enabled: false\n".to_owned())),
+        (
+            "dashboards-elsewhere",
+            Some(
+                "dashboards:\n  namespace: monitoring\n  labels: {grafana_dashboard: null, sextant_dashboard: \"yes\"}\n  annotations: {grafana_folder: Sextant}\n"
+                    .to_owned(),
+            ),
+        ),
+    ])
+    .expect("helm ran");
+    let mut results = results.into_iter();
+    let off = results.next().expect("off").expect("rendered");
+    assert!(config_map(&off, "sextant-dashboards").is_none());
+    let elsewhere = results.next().expect("elsewhere").expect("rendered");
+    let cm = config_map(&elsewhere, "sextant-dashboards").expect("ConfigMap");
+    assert_eq!(cm.metadata.namespace.as_deref(), Some("monitoring"));
+    let labels = cm.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("sextant_dashboard").map(String::as_str),
+        Some("yes")
+    );
+    assert!(
+        !labels.contains_key("grafana_dashboard"),
+        "null drops the default label"
+    );
+    assert_eq!(
+        labels.get("app.kubernetes.io/part-of").map(String::as_str),
+        Some("sextant")
+    );
+    let annotations = cm.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("grafana_folder").map(String::as_str),
+        Some("Sextant")
+    );
 }
 
 #[test]
