@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export SEXTANT_VENV := $(CURDIR)/.venv
 
-.PHONY: setup demo test bench lab crds fmt lint
+.PHONY: setup demo test bench lab crds docs images fmt lint
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,19 @@ lab: setup
 
 crds:
 	$(CARGO) run -q -p sextant-crds --bin crdgen
+
+# docs/configuration.md from charts/sextant/values.schema.json and values.yaml.
+docs:
+	SEXTANT_BLESS=1 $(CARGO) test -q -p sextant-e2e --test config_reference config_reference
+
+# Every image the chart runs: one Dockerfile target each, tagged as the chart names it.
+IMAGE_REPOSITORY ?= ghcr.io/sextant
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/sextant/Chart.yaml)
+IMAGES := $(shell sed -n 's/^FROM debian:bookworm-slim AS \(sextant-[a-z-]*\)$$/\1/p' Dockerfile)
+images:
+	for image in $(IMAGES); do \
+		docker build --target $$image -t $(IMAGE_REPOSITORY)/$$image:$(IMAGE_TAG) . || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

@@ -18,5 +18,6 @@
 //! it (`make setup`), never a silently passing test.
 
 pub mod chart;
+pub mod config_reference;
 pub mod dockerfile;
 pub mod images;
