@@ -115,6 +115,52 @@ fn run() -> sextant_agent::Result<()> {
             )));
         }
     }
+    // The plugin's fixed cost: a STATUS round trip (process start, socket, HTTP).
+    let mut status = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        let (ok, out) = cni_exec(
+            &lab.node,
+            Path::new(env!("CARGO_BIN_EXE_sextant-cni")),
+            "STATUS",
+            "",
+            Path::new(""),
+            &conf,
+        )?;
+        status.push(t.elapsed());
+        if !ok {
+            return Err(sextant_agent::Error::BadRequest(format!(
+                "sextant STATUS failed: {out}"
+            )));
+        }
+    }
+    status.sort();
+    let mut in_process = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        lab.health()?;
+        in_process.push(t.elapsed());
+    }
+    in_process.sort();
+    let mut spawn_only = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        let _ = cni_exec(
+            &lab.node,
+            Path::new("/bin/true"),
+            "VERSION",
+            "",
+            Path::new(""),
+            "",
+        )?;
+        spawn_only.push(t.elapsed());
+    }
+    spawn_only.sort();
+    println!(
+        "P3 debug: healthz in-process p50 {:.2} ms; spawn /bin/true p50 {:.2} ms",
+        common::pct(&in_process, 50.0),
+        common::pct(&spawn_only, 50.0)
+    );
     let _ = std::fs::remove_dir_all(&ipam_dir);
     drop(lab);
     drop(plain);
@@ -135,6 +181,11 @@ fn run() -> sextant_agent::Result<()> {
         "P3 cni-add without the eBPF datapath (same run): p50 {:.2} ms, p99 {:.2} ms",
         common::pct(&no_dp, 50.0),
         common::pct(&no_dp, 99.0)
+    );
+    println!(
+        "P3 plugin round trip (STATUS, same run): p50 {:.2} ms, p99 {:.2} ms",
+        common::pct(&status, 50.0),
+        common::pct(&status, 99.0)
     );
     Ok(())
 }

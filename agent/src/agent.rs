@@ -347,6 +347,7 @@ impl Agent {
     }
 
     async fn cni_add_inner(&self, req: &CniRequest) -> Result<CniReply> {
+        let t_start = std::time::Instant::now();
         validate(req)?;
         if req.netns.is_empty() {
             return Err(Error::BadRequest("netns is required for ADD".into()));
@@ -369,11 +370,8 @@ impl Agent {
             let Some(dp) = guard.as_mut() else {
                 return Ok(());
             };
-            // A pair built anew needs a fresh link (a pin left from an
-            // earlier interface of that name is stale); a complete one keeps its own.
-            if link.created || !dp.is_attached(&link.host_ifname) {
-                dp.attach(&link.host_ifname)?;
-            }
+            // Idempotent: a complete pair found again keeps its filter.
+            dp.attach(&link.host_ifname)?;
             dp.upsert_endpoint(
                 alloc.ip,
                 &Endpoint {
@@ -418,6 +416,7 @@ impl Agent {
         tracing::debug!(
             checkpoint_us = t_saved.as_micros() as u64,
             wired_and_programmed_us = t_wired.as_micros() as u64,
+            allocated_after_us = t_alloc.duration_since(t_start).as_micros() as u64,
             "ADD phases"
         );
         info!(ip = %alloc.ip, container = %req.container_id, veth = %link.host_ifname, "pod added");
@@ -494,14 +493,12 @@ impl Agent {
         let link = veth::link_by_name(&self.netlink, &host)
             .await?
             .ok_or_else(|| Error::BadRequest(format!("host veth {host} is missing")))?;
-        if let Some(dp) = lock(&self.datapath).as_ref()
-            && !dp.is_attached(&host)
-        {
+        let datapath_on = lock(&self.datapath).is_some();
+        if datapath_on && !veth::has_bpf_ingress_filter(&self.netlink, link.header.index).await? {
             return Err(Error::BadRequest(format!(
                 "datapath not attached to {host}"
             )));
         }
-        let _ = link;
         Ok(CniReply {
             ip: a.ip,
             gateway: POD_GATEWAY,

@@ -5,7 +5,6 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -109,7 +108,7 @@ impl CniError {
 }
 
 /// Runs one CNI invocation; `Ok(Some(json))` is printed on stdout.
-pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == "VERSION" {
         return Ok(Some(json!({
             "cniVersion": "1.1.0",
@@ -192,33 +191,35 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> 
             need("CNI_IFNAME", &req.ifname)?;
             need("CNI_NETNS", &req.netns)?;
             let r: CniReply =
-                api::call_json(&socket, Method::POST, "/v1/cni/add", Some(&req), deadline)
-                    .await
+                api::call_json_blocking(&socket, "POST", "/v1/cni/add", Some(&req), deadline)
                     .map_err(agent_err)?;
             Ok(Some(add_result(&version, &req, &r)))
         }
         "DEL" => {
             need("CNI_CONTAINERID", &req.container_id)?;
             need("CNI_IFNAME", &req.ifname)?;
-            match api::call_json::<Value>(
+            match api::call_json_blocking::<Value>(
                 &socket,
-                Method::POST,
+                "POST",
                 "/v1/cni/del",
                 Some(&req),
                 deadline,
-            )
-            .await
-            {
+            ) {
                 Ok(_) => Ok(None),
                 Err(crate::Error::Api { reason, .. })
                     if reason.starts_with("connecting") || reason.starts_with("no answer") =>
                 {
                     // Agent down: clean what we can; its reconciliation frees the IP later.
-                    let cleaned = async {
-                        let h = crate::veth::connect()?;
-                        crate::veth::teardown(&h, &req.container_id, &req.ifname).await
-                    }
-                    .await;
+                    let cleaned = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| crate::Error::io("starting a runtime", e))
+                        .and_then(|rt| {
+                            rt.block_on(async {
+                                let h = crate::veth::connect()?;
+                                crate::veth::teardown(&h, &req.container_id, &req.ifname).await
+                            })
+                        });
                     if let Err(e) = cleaned {
                         eprintln!(
                             "sextant-cni: agent down and local cleanup failed: {}",
@@ -234,15 +235,13 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> 
             need("CNI_CONTAINERID", &req.container_id)?;
             need("CNI_IFNAME", &req.ifname)?;
             let _: CniReply =
-                api::call_json(&socket, Method::POST, "/v1/cni/check", Some(&req), deadline)
-                    .await
+                api::call_json_blocking(&socket, "POST", "/v1/cni/check", Some(&req), deadline)
                     .map_err(agent_err)?;
             Ok(None)
         }
         "STATUS" => {
             let h: Health =
-                api::call_json(&socket, Method::GET, "/v1/healthz", None::<&()>, deadline)
-                    .await
+                api::call_json_blocking(&socket, "GET", "/v1/healthz", None::<&()>, deadline)
                     .map_err(|e| {
                         CniError::new(
                             &version,
@@ -306,38 +305,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn version_needs_no_config() {
-        let v = run(&env("VERSION"), b"").await.expect("ok").expect("json");
+    #[test]
+    fn version_needs_no_config() {
+        let v = run(&env("VERSION"), b"").expect("ok").expect("json");
         assert_eq!(v["cniVersion"], "1.1.0");
     }
 
-    #[tokio::test]
-    async fn bad_stdin_is_a_decode_error() {
-        let e = run(&env("ADD"), b"{nope").await.expect_err("error");
+    #[test]
+    fn bad_stdin_is_a_decode_error() {
+        let e = run(&env("ADD"), b"{nope").expect_err("error");
         assert_eq!(e.code, 6);
         assert!(e.msg.contains("decode"));
     }
 
-    #[tokio::test]
-    async fn unsupported_version_is_refused() {
+    #[test]
+    fn unsupported_version_is_refused() {
         let e = run(
             &env("ADD"),
             br#"{"cniVersion":"0.1.0","name":"n","type":"sextant-cni"}"#,
         )
-        .await
         .expect_err("error");
         assert_eq!(e.code, 1);
     }
 
-    #[tokio::test]
-    async fn add_with_agent_down_asks_to_retry() {
+    #[test]
+    fn add_with_agent_down_asks_to_retry() {
         let dir = tempfile::tempdir().expect("dir");
         let conf = json!({"cniVersion":"1.0.0","name":"n","type":"sextant-cni",
             "agentSocket": dir.path().join("none.sock"), "timeoutSeconds": 1});
-        let e = run(&env("ADD"), conf.to_string().as_bytes())
-            .await
-            .expect_err("error");
+        let e = run(&env("ADD"), conf.to_string().as_bytes()).expect_err("error");
         assert_eq!(e.code, 11, "{e:?}");
     }
 

@@ -24,9 +24,8 @@ use aya::{
     EbpfLoader,
     maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{NlOptions, TcAttachOptions, TcError, TcHandle},
     },
 };
 
@@ -34,6 +33,17 @@ use crate::{
     error::{Error, Result},
     paths::{LINKS_DIR, PROG_PIN},
 };
+
+/// Priority and handle of Sextant's filter on each host veth's ingress.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+fn raw_os_error(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::TcError(TcError::NetlinkError(n)) => n.raw_os_error(),
+        _ => None,
+    }
+}
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
 
@@ -267,53 +277,46 @@ impl Datapath {
         &self.root
     }
 
-    fn link_pin(&self, ifname: &str) -> PathBuf {
-        self.root.join(LINKS_DIR).join(ifname)
-    }
-
-    /// Attaches the program on tc ingress of `ifname` (tcx) and pins the link.
-    /// A link pinned for a previous interface of the same name is replaced.
+    /// Attaches the program on tc ingress of `ifname` as a classic `cls_bpf`
+    /// filter under a `clsact` qdisc, best done while the interface is still
+    /// down. The filter belongs to the interface, not to this process: it
+    /// keeps forwarding while no agent runs and goes away with the
+    /// interface. (A tcx link would wait for an RCU grace period, 5 to 15 ms
+    /// holding the RTNL lock, on every attach; this path waits for none.)
+    /// Attaching twice is a no-op.
     pub fn attach(&mut self, ifname: &str) -> Result<()> {
-        let pin = self.link_pin(ifname);
-        let old = if pin.exists() {
-            let old = PinnedLink::from_pin(&pin)
-                .map_err(|e| Error::bpf(format!("opening link pin of {ifname}"), e))?;
-            Some(
-                old.unpin()
-                    .map_err(|e| Error::io(format!("unpinning link of {ifname}"), e))?,
-            )
-        } else {
-            None
+        match aya::programs::tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(TcError::AlreadyAttached) => {}
+            Err(e) => return Err(Error::bpf(format!("adding clsact to {ifname}"), e)),
+        }
+        let id = match self.prog.attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: FILTER_PRIORITY,
+                handle: FILTER_HANDLE,
+                ..Default::default()
+            }),
+        ) {
+            Ok(id) => id,
+            Err(e) if raw_os_error(&e) == Some(libc::EEXIST) => return Ok(()),
+            Err(e) => return Err(Error::bpf(format!("attaching to {ifname} ingress"), e)),
         };
-        let id = self
-            .prog
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| Error::bpf(format!("attaching to {ifname} ingress"), e))?;
         let link = self
             .prog
             .take_link(id)
             .map_err(|e| Error::bpf(format!("taking link of {ifname}"), e))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e| Error::bpf(format!("link of {ifname}"), e))?;
-        fd.pin(&pin)
-            .map_err(|e| Error::bpf(format!("pinning link of {ifname}"), e))?;
-        drop(old);
+        // Dropping the handle would remove the filter; the interface owns it.
+        std::mem::forget(link);
         Ok(())
     }
 
-    /// Whether a link is pinned for `ifname`.
-    pub fn is_attached(&self, ifname: &str) -> bool {
-        self.link_pin(ifname).exists()
-    }
-
-    /// Drops the link pin of `ifname` (the link goes with its interface).
+    /// Forgets `ifname`: its filter goes with the interface; a tcx link
+    /// pinned by an older agent is unpinned.
     pub fn detach(&mut self, ifname: &str) -> Result<()> {
-        match fs::remove_file(self.link_pin(ifname)) {
+        match fs::remove_file(self.root.join(LINKS_DIR).join(ifname)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(format!("removing link pin of {ifname}"), e)),

@@ -155,7 +155,10 @@ impl Lab {
             .arg(&self.bpf_root)
             .arg("--static-pool")
             .arg(&self.cfg.pool)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("SEXTANT_LAB_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null());
         if !self.cfg.datapath {
             cmd.arg("--no-datapath");

@@ -21,6 +21,7 @@ use rtnetlink::{
         link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::NeighbourState,
         route::RouteScope,
+        tc::TcAttribute,
     },
 };
 
@@ -241,12 +242,6 @@ pub async fn setup(
     })?;
     let host_ifindex = link.header.index;
     let host_mac = mac_of(&link);
-    h.link()
-        .set(LinkUnspec::new_with_index(host_ifindex).up().build())
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("setting {host} up"), e))?;
-    let t_created = t0.elapsed();
     let pl = PodLink {
         host_ifname: host.clone(),
         host_ifindex,
@@ -255,6 +250,16 @@ pub async fn setup(
         pod_mac: pmac,
         created: true,
     };
+    // The datapath goes on while the host veth is down: adding a qdisc to a
+    // running device would wait for its queues to drain.
+    on_host(&pl)?;
+    let t_attached = t0.elapsed();
+    h.link()
+        .set(LinkUnspec::new_with_index(host_ifindex).up().build())
+        .execute()
+        .await
+        .map_err(|e| Error::netlink(format!("setting {host} up"), e))?;
+    let t_created = t0.elapsed();
 
     let pif = ifname.to_string();
     let pod = in_netns_async(netns, move |ph| async move {
@@ -324,20 +329,37 @@ pub async fn setup(
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("adding host route {ip}/32 dev {host}"), e))?;
-        let t_route = t0.elapsed();
-        on_host(&pl).map(|()| (t_route, t0.elapsed()))
+        Ok(t0.elapsed())
     };
     let (pod, host_side) = tokio::join!(pod, host_side);
     let t_pod = pod?;
-    let (t_route, t_host) = host_side?;
+    let t_route = host_side?;
     tracing::debug!(
-        created_us = t_created.as_micros() as u64,
+        attached_us = t_attached.as_micros() as u64,
+        up_us = t_created.as_micros() as u64,
         pod_done_us = t_pod.as_micros() as u64,
         host_route_us = t_route.as_micros() as u64,
-        host_done_us = t_host.as_micros() as u64,
         "wiring phases"
     );
     Ok(pl)
+}
+
+/// Whether a `cls_bpf` filter sits on tc ingress of interface `ifindex`.
+pub async fn has_bpf_ingress_filter(h: &Handle, ifindex: u32) -> Result<bool> {
+    let mut filters = h.traffic_filter(ifindex as i32).get().ingress().execute();
+    while let Some(f) = filters
+        .try_next()
+        .await
+        .map_err(|e| Error::netlink(format!("listing tc filters of ifindex {ifindex}"), e))?
+    {
+        if f.attributes
+            .iter()
+            .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Removes the wiring of one pod interface; succeeds when it is already gone.

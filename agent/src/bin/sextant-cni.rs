@@ -13,17 +13,7 @@ fn main() -> std::process::ExitCode {
     {
         eprintln!("sextant-cni: reading stdin: {e}");
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            println!(r#"{{"cniVersion":"1.1.0","code":999,"msg":"starting a runtime: {e}"}}"#);
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(&env, &stdin)) {
+    match run(&env, &stdin) {
         Ok(Some(out)) => {
             println!("{out}");
             std::process::ExitCode::SUCCESS
