@@ -148,6 +148,38 @@ where
         .map_err(|e| Error::io("netns worker", std::io::Error::other(e)))?
 }
 
+/// A netlink handle whose socket lives in the network namespace at `netns`,
+/// driven by the caller's runtime. A short-lived thread, started at once,
+/// enters the namespace only to open the socket (a socket keeps the
+/// namespace it was born in), so no runtime is built per pod.
+pub fn connect_in(netns: &Path) -> impl Future<Output = Result<Handle>> + use<> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let started = File::open(netns)
+        .map_err(|e| Error::io(format!("opening netns {}", netns.display()), e))
+        .map(|ns| {
+            let shown = netns.display().to_string();
+            let rt = tokio::runtime::Handle::current();
+            std::thread::spawn(move || {
+                let _entered = rt.enter();
+                let r = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::io(format!("entering netns {shown}"), e.into()))
+                    .and_then(|()| {
+                        rtnetlink::new_connection()
+                            .map_err(|e| Error::io(format!("opening netlink in {shown}"), e))
+                    });
+                let _ = tx.send(r);
+            });
+        });
+    async move {
+        started?;
+        let (conn, handle, _) = rx.await.map_err(|_| {
+            Error::io("netns worker", std::io::Error::other("thread ended early"))
+        })??;
+        tokio::spawn(conn);
+        Ok(handle)
+    }
+}
+
 /// Pod side of the wiring as the pod sees it: (MAC, has the IP).
 async fn pod_side(h: Handle, ifname: String, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
     let Some(link) = link_by_name(&h, &ifname).await? else {
@@ -193,7 +225,11 @@ pub async fn setup(
     let host = host_veth_name(container_id, ifname);
     if let Some(link) = link_by_name(h, &host).await? {
         let (pif, pip) = (ifname.to_string(), ip);
-        if let Ok(Some(pod_mac)) = in_netns_async(netns, move |ph| pod_side(ph, pif, pip)).await {
+        let found = match connect_in(netns).await {
+            Ok(ph) => pod_side(ph, pif, pip).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(Some(pod_mac)) = found {
             let pl = PodLink {
                 host_ifname: host,
                 host_ifindex: link.header.index,
@@ -213,6 +249,7 @@ pub async fn setup(
             .map_err(|e| Error::netlink(format!("deleting stale {host}"), e))?;
     }
     let t0 = std::time::Instant::now();
+    let pod_netlink = connect_in(netns);
     let ns = File::open(netns)
         .map_err(|e| Error::io(format!("opening netns {}", netns.display()), e))?;
     let pmac = pod_mac(container_id, ifname);
@@ -262,7 +299,8 @@ pub async fn setup(
     let t_created = t0.elapsed();
 
     let pif = ifname.to_string();
-    let pod = in_netns_async(netns, move |ph| async move {
+    let ph = pod_netlink.await?;
+    let pod = async move {
         let link = link_by_name(&ph, &pif).await?.ok_or_else(|| Error::Api {
             path: pif.clone(),
             reason: "veth peer missing in the pod netns".into(),
@@ -316,7 +354,7 @@ pub async fn setup(
             .await
             .map_err(|e| Error::netlink("adding the default route", e))?;
         Ok(t0.elapsed())
-    });
+    };
     let host_side = async {
         let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(ip, 32)
