@@ -1,6 +1,6 @@
 //! The eBPF datapath: loads `bpf/datapath.c` (built by `build.rs`), pins its
-//! program and maps under the bpffs root, attaches it with tcx on ingress of
-//! each pod's host veth (pinning the link), and fills the maps.
+//! program and maps under the bpffs root, attaches it as a `cls_bpf` filter
+//! on tc ingress of each pod's host veth, and fills the maps.
 //!
 //! ```text
 //!   pod A eth0 ──▶ host veth A ── tc ingress: from_pod ──┬─▶ redirect ──▶ host veth B ──▶ pod B
@@ -10,8 +10,8 @@
 //! ```
 //!
 //! On start, pins left by an earlier agent are re-adopted before anything is
-//! loaded anew, so a restart never detaches the datapath: links stay pinned
-//! and keep forwarding while no agent runs.
+//! loaded anew, so a restart never detaches the datapath: the filters belong
+//! to the interfaces and keep forwarding while no agent runs.
 
 use std::{
     collections::BTreeMap,

@@ -8,7 +8,7 @@
 //!  kubelet ─exec─▶ sextant-cni ─HTTP/unix─▶ server ─▶ agent ─┬─▶ pool / handshake   (pure)
 //!                                                            ├─▶ checkpoint         (temp, fsync, rename)
 //!  NodeNetwork ◀─status patch── runtime (watch, reports) ◀───┤
-//!  Services/EndpointSlices ─watch─▶ services (pure diff) ────┼─▶ datapath (aya) ─▶ bpffs pins, tcx links
+//!  Services/EndpointSlices ─watch─▶ services (pure diff) ────┼─▶ datapath (aya) ─▶ bpffs pins, tc filters
 //!                                                            └─▶ veth (rtnetlink) ─▶ pod netns
 //! ```
 //!

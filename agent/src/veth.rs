@@ -211,9 +211,8 @@ pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
 }
 
 /// Builds (or finds already built) the wiring of one pod interface.
-/// `on_host` runs once the host veth is up, concurrently with the pod-side
-/// configuration (the datapath attach goes there: it waits for an RCU grace
-/// period in the kernel, and so does nothing else on the host side).
+/// `on_host` (the datapath attach) runs on the new host veth before it is set
+/// up; the pod side is configured while the host route goes in.
 pub async fn setup(
     h: &Handle,
     netns: &Path,
