@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
-/* Sextant pod datapath: attached on tc ingress of each pod's host-side veth,
- * so it sees every packet a pod sends. It translates ClusterIP traffic to a
- * backend (per-flow conntrack keeps a connection on one backend), translates
- * replies back, and delivers to pods on this node by redirect. Anything else
- * goes to the kernel stack. */
+/* Sextant pod datapath. `from_pod` sits on tc ingress of each pod's host-side
+ * veth, so it sees every packet a pod sends: it translates ClusterIP traffic
+ * to a backend (per-flow conntrack keeps a connection on one backend),
+ * translates replies back, enforces the pod's egress policy and delivers to
+ * pods on this node by redirect; anything else goes to the kernel stack.
+ * `to_pod` sits on tc egress of the same veth, so it sees every packet a pod
+ * receives (redirected or routed) and enforces the pod's ingress policy.
+ * Replies of allowed flows pass through the policy conntrack (PCT). */
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -63,6 +66,48 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } COUNTERS SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__type(key, struct policy_key);
+	__type(value, struct policy_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} POLICY SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} POLICY_ENFORCED SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 524288);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} IPCACHE SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct pct_key);
+	__type(value, struct pct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PCT SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, POLICY_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} POLICY_VERDICTS SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &idx);
@@ -105,46 +150,170 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u8 proto, int addr_o
 	return 0;
 }
 
-static __always_inline int try_from_pod(struct __sk_buff *skb)
+/* Security identity of an address: longest prefix in IPCACHE, else world. */
+static __always_inline __u32 identity_of(__u32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
+	__u32 *id = bpf_map_lookup_elem(&IPCACHE, &k);
+
+	return id ? *id : IDENTITY_WORLD;
+}
+
+static __always_inline struct policy_val *policy_lookup(__u32 local, __u32 remote, __u8 dir,
+							  __u8 proto, __u16 port)
+{
+	struct policy_key k = {.prefixlen = POLICY_FIXED_BITS + 16, .local = local,
+			       .remote = remote, .dir = dir, .proto = proto, .port = port};
+	struct policy_val *v = bpf_map_lookup_elem(&POLICY, &k);
+
+	if (v)
+		return v;
+	k.proto = 0;
+	k.port = 0;
+	v = bpf_map_lookup_elem(&POLICY, &k);
+	if (v)
+		return v;
+	k.remote = 0;
+	k.proto = proto;
+	k.port = port;
+	v = bpf_map_lookup_elem(&POLICY, &k);
+	if (v)
+		return v;
+	k.proto = 0;
+	k.port = 0;
+	return bpf_map_lookup_elem(&POLICY, &k);
+}
+
+/* dir 0: a packet to local pod `local` from `remote`; dir 1: from it to
+ * `remote`. Pods no policy selects in that direction pass; selected ones
+ * need an allow entry (default deny). The host always reaches its pods
+ * (kubelet probes). */
+static __always_inline int policy_allows(__u32 local, __u32 remote, __u8 dir, __u8 proto,
+					 __u16 dport)
+{
+	__u32 *enf = bpf_map_lookup_elem(&POLICY_ENFORCED, &local);
+	struct policy_val *v;
+	__u32 slot;
+	__u64 *c;
+
+	if (!enf || !(*enf & (dir ? ENFORCE_EGRESS : ENFORCE_INGRESS)))
+		return 1;
+	if (dir == 0 && remote == IDENTITY_HOST)
+		return 1;
+	v = policy_lookup(local, remote, dir, proto, dport);
+	if (!v) {
+		count(dir ? CNT_POLICY_DENY_EGRESS : CNT_POLICY_DENY_INGRESS);
+		return 0;
+	}
+	slot = v->policy;
+	c = bpf_map_lookup_elem(&POLICY_VERDICTS, &slot);
+	if (c)
+		*c += 1;
+	count(CNT_POLICY_ALLOW);
+	return 1;
+}
+
+/* Whether this packet answers a flow the policy conntrack has seen. */
+static __always_inline int pct_reply(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport,
+				     __u8 proto)
+{
+	struct pct_key rk = {.saddr = daddr, .daddr = saddr, .sport = dport, .dport = sport,
+			     .proto = proto};
+	struct pct_val *v = bpf_map_lookup_elem(&PCT, &rk);
+
+	if (!v)
+		return 0;
+	v->seen = bpf_ktime_get_ns();
+	count(CNT_POLICY_REPLY);
+	return 1;
+}
+
+static __always_inline void pct_track(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport,
+				      __u8 proto)
+{
+	struct pct_key k = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport,
+			    .proto = proto};
+	struct pct_val *v = bpf_map_lookup_elem(&PCT, &k);
+	struct pct_val n = {.seen = bpf_ktime_get_ns()};
+
+	if (v)
+		v->seen = n.seen;
+	else
+		bpf_map_update_elem(&PCT, &k, &n, BPF_ANY);
+}
+
+struct flow {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 l4;
+};
+
+/* Parses an IPv4 packet; returns 0 for anything else. Ports only for
+ * unfragmented TCP/UDP without IP options. */
+static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
-	__u32 saddr, daddr;
-	__u16 sport = 0, dport = 0;
-	__u8 proto;
-	int l4 = 0;
 
 	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_OK;
+		return 0;
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return 0;
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
-		return TC_ACT_OK;
-	saddr = ip->saddr;
-	daddr = ip->daddr;
-	proto = ip->protocol;
-
-	/* Ports only for unfragmented TCP/UDP without IP options. */
-	if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP) && ip->ihl == 5 &&
+		return 0;
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->proto = ip->protocol;
+	f->sport = 0;
+	f->dport = 0;
+	f->l4 = 0;
+	if ((f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && ip->ihl == 5 &&
 	    !(ip->frag_off & bpf_htons(0x3fff))) {
 		__u16 *ports = (void *)(ip + 1);
 		if ((void *)(ports + 2) > data_end)
-			return TC_ACT_OK;
-		sport = ports[0];
-		dport = ports[1];
-		l4 = 1;
+			return 0;
+		f->sport = ports[0];
+		f->dport = ports[1];
+		f->l4 = 1;
 	}
+	return 1;
+}
+
+static __always_inline int try_from_pod(struct __sk_buff *skb)
+{
+	struct flow f;
+	__u32 saddr, daddr, vip = 0;
+	__u16 sport, dport, vport = 0;
+	__u8 proto;
+	int reply, l4;
+	__u64 now;
+
+	if (!parse(skb, &f))
+		return TC_ACT_OK;
+	saddr = f.saddr;
+	daddr = f.daddr;
+	sport = f.sport;
+	dport = f.dport;
+	proto = f.proto;
+	l4 = f.l4;
+	/* Judged on the packet as the pod sent it, before any translation. */
+	reply = pct_reply(saddr, daddr, sport, dport, proto);
 
 	if (l4) {
 		struct ct_key rk = {.saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport,
 				    .proto = proto, .dir = 1};
 		struct ct_val *rv = bpf_map_lookup_elem(&CT, &rk);
 
+		now = bpf_ktime_get_ns();
 		if (rv) {
 			/* A backend answering a translated flow: restore the VIP. */
+			rv->seen = now;
 			if (rewrite(skb, proto, IP_SRC_OFF, saddr, rv->addr, 0, sport, rv->port))
 				return TC_ACT_SHOT;
 			count(CNT_REVNAT);
@@ -159,12 +328,13 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 				struct ct_val be;
 
 				if (fv) {
+					fv->seen = now;
 					be = *fv;
 				} else {
 					struct backend_key bk;
 					struct backend *b;
 					struct ct_key back;
-					struct ct_val vip = {.addr = daddr, .port = dport};
+					struct ct_val vipv = {.addr = daddr, .port = dport, .seen = now};
 
 					if (sv->count == 0) {
 						count(CNT_DROP_NO_BACKEND);
@@ -180,6 +350,7 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 					be.addr = b->ip;
 					be.port = b->port;
 					be.pad = 0;
+					be.seen = now;
 					back.saddr = be.addr;
 					back.daddr = saddr;
 					back.sport = be.port;
@@ -187,16 +358,31 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 					back.proto = proto;
 					back.dir = 1;
 					back.pad = 0;
-					bpf_map_update_elem(&CT, &back, &vip, BPF_ANY);
+					bpf_map_update_elem(&CT, &back, &vipv, BPF_ANY);
 					bpf_map_update_elem(&CT, &fk, &be, BPF_ANY);
 					count(CNT_CT_NEW);
 				}
 				if (rewrite(skb, proto, IP_DST_OFF, daddr, be.addr, 2, dport, be.port))
 					return TC_ACT_SHOT;
+				vip = daddr;
+				vport = dport;
 				daddr = be.addr;
+				dport = be.port;
 				count(CNT_DNAT);
 			}
 		}
+	}
+
+	if (!reply) {
+		/* The pod's egress policy, on the translated destination. */
+		struct endpoint *src = bpf_map_lookup_elem(&ENDPOINTS, &saddr);
+
+		if (src && !policy_allows(src->identity, identity_of(daddr), 1, proto, dport))
+			return TC_ACT_SHOT;
+		pct_track(saddr, daddr, sport, dport, proto);
+		/* Replies come back translated to the VIP: track that view too. */
+		if (vip)
+			pct_track(saddr, vip, sport, vport, proto);
 	}
 
 	struct endpoint *ep = bpf_map_lookup_elem(&ENDPOINTS, &daddr);
@@ -212,10 +398,35 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 	return bpf_redirect(ep->ifindex, 0);
 }
 
+/* Every packet on its way into a pod: the pod's ingress policy. */
+static __always_inline int try_to_pod(struct __sk_buff *skb)
+{
+	struct flow f;
+	struct endpoint *dst;
+
+	if (!parse(skb, &f))
+		return TC_ACT_OK;
+	if (pct_reply(f.saddr, f.daddr, f.sport, f.dport, f.proto))
+		return TC_ACT_OK;
+	dst = bpf_map_lookup_elem(&ENDPOINTS, &f.daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	if (!policy_allows(dst->identity, identity_of(f.saddr), 0, f.proto, f.dport))
+		return TC_ACT_SHOT;
+	pct_track(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+	return TC_ACT_OK;
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
 	return try_from_pod(skb);
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	return try_to_pod(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -53,7 +53,58 @@ struct ct_val {
 	__u32 addr;
 	__u16 port;
 	__u16 pad;
+	__u64 seen;   /* bpf_ktime_get_ns() of the last packet; the agent's GC ages entries */
 };
+
+/* POLICY: LPM trie of allow entries. The first 80 bits of data (local and
+ * remote identity, direction, protocol) must match exactly; the port is
+ * matched as a prefix of its 16 bits (big-endian), so one entry covers a
+ * port range block. remote 0 = any peer; proto 0 = any protocol (port
+ * prefix 0). */
+struct policy_key {
+	__u32 prefixlen;  /* 80 + port prefix bits */
+	__u32 local;      /* identity of the local pod the policy selects */
+	__u32 remote;     /* identity of the peer */
+	__u8 dir;         /* 0 ingress (to the pod), 1 egress (from the pod) */
+	__u8 proto;
+	__u16 port;       /* network order */
+};
+
+#define POLICY_FIXED_BITS 80
+
+struct policy_val {
+	__u32 policy;     /* index into POLICY_VERDICTS */
+	__u32 pad;
+};
+
+/* POLICY_ENFORCED: local identity -> ENFORCE_* bits (default deny). */
+#define ENFORCE_INGRESS 1
+#define ENFORCE_EGRESS 2
+
+/* IPCACHE: LPM trie IPv4 prefix -> security identity of the address. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 addr;       /* network order */
+};
+
+/* PCT: policy conntrack, keyed by a flow's first-packet direction. A packet
+ * whose reversed tuple is present is a reply of an allowed flow. */
+struct pct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct pct_val {
+	__u64 seen;
+};
+
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+#define POLICY_SLOTS 16384
 
 /* COUNTERS (per-CPU array) indices. */
 enum counter {
@@ -63,7 +114,11 @@ enum counter {
 	CNT_DNAT = 3,      /* service packets translated to a backend */
 	CNT_REVNAT = 4,    /* replies translated back to the VIP */
 	CNT_CT_NEW = 5,    /* new service flows */
-	CNT_MAX = 8,
+	CNT_POLICY_DENY_INGRESS = 6,
+	CNT_POLICY_DENY_EGRESS = 7,
+	CNT_POLICY_ALLOW = 8,  /* new or established packets an allow entry matched */
+	CNT_POLICY_REPLY = 9,  /* replies of allowed flows passed by conntrack */
+	CNT_MAX = 12,
 };
 
 #endif

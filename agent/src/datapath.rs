@@ -22,7 +22,10 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{
+        HashMap, Map, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
         tc::{NlOptions, TcAttachOptions, TcError, TcHandle},
@@ -31,7 +34,7 @@ use aya::{
 
 use crate::{
     error::{Error, Result},
-    paths::{LINKS_DIR, PROG_PIN},
+    paths::{LINKS_DIR, PROG_PIN, PROG_TO_POD_PIN},
 };
 
 /// Priority and handle of Sextant's filter on each host veth's ingress.
@@ -48,16 +51,42 @@ fn raw_os_error(e: &ProgramError) -> Option<i32> {
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const MAPS: [&str; 5] = ["ENDPOINTS", "SERVICES", "BACKENDS", "CT", "COUNTERS"];
+const MAPS: [&str; 10] = [
+    "ENDPOINTS",
+    "SERVICES",
+    "BACKENDS",
+    "CT",
+    "COUNTERS",
+    "POLICY",
+    "POLICY_ENFORCED",
+    "IPCACHE",
+    "PCT",
+    "POLICY_VERDICTS",
+];
+const PROGRAMS: [(&str, &str); 2] = [("from_pod", PROG_PIN), ("to_pod", PROG_TO_POD_PIN)];
+
+/// Bits of the `POLICY_ENFORCED` map: the directions a local identity is
+/// default-deny in.
+pub const ENFORCE_INGRESS: u32 = 1;
+/// See [`ENFORCE_INGRESS`].
+pub const ENFORCE_EGRESS: u32 = 2;
+/// Fixed bits of a `POLICY` key before the port prefix.
+const POLICY_FIXED_BITS: u32 = 80;
+/// Slots of the per-policy verdict counter array.
+pub const POLICY_SLOTS: u32 = 16384;
 
 /// Counter slots of the `COUNTERS` per-CPU map (`enum counter` in datapath.h).
-pub const COUNTER_NAMES: [(&str, u32); 6] = [
+pub const COUNTER_NAMES: [(&str, u32); 10] = [
     ("forward", 0),
     ("pass", 1),
     ("drop_no_backend", 2),
     ("dnat", 3),
     ("revnat", 4),
     ("ct_new", 5),
+    ("policy_denied_ingress", 6),
+    ("policy_denied_egress", 7),
+    ("policy_allowed", 8),
+    ("policy_reply", 9),
 ];
 
 /// IP protocol numbers the service map knows.
@@ -139,6 +168,85 @@ pub struct Backend {
     pub port: u16,
 }
 
+/// One allow entry of the `POLICY` map: packets between local pods of
+/// identity `local` and peers of identity `remote` (0 = any) in direction
+/// `egress` (else ingress), protocol `proto` (0 = any, then `port_prefix` is
+/// 0), destination port matching the first `port_prefix` bits of `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyEntry {
+    /// Identity of the selected local pod.
+    pub local: u32,
+    /// Identity of the peer, 0 for any.
+    pub remote: u32,
+    /// From the pod (egress) or to it (ingress).
+    pub egress: bool,
+    /// IP protocol number, 0 for any.
+    pub proto: u8,
+    /// Destination port (host order).
+    pub port: u16,
+    /// Leading bits of `port` that must match (0..=16).
+    pub port_prefix: u8,
+}
+
+impl PolicyEntry {
+    fn key(&self) -> Key<[u8; 12]> {
+        let mut b = [0u8; 12];
+        b[0..4].copy_from_slice(&self.local.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.remote.to_ne_bytes());
+        b[8] = u8::from(self.egress);
+        b[9] = self.proto;
+        let prefix = u32::from(self.port_prefix.min(16));
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u16::MAX << (16 - prefix)
+        };
+        b[10..12].copy_from_slice(&(self.port & mask).to_be_bytes());
+        Key::new(POLICY_FIXED_BITS + prefix, b)
+    }
+}
+
+fn policy_value(index: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&index.to_ne_bytes());
+    b
+}
+
+/// Conntrack idle timeouts the agent's GC applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP flows.
+    pub tcp: std::time::Duration,
+    /// UDP and everything else.
+    pub other: std::time::Duration,
+}
+
+impl Default for CtTimeouts {
+    /// Cilium's defaults: 6 h for TCP, 60 s for the rest.
+    fn default() -> Self {
+        CtTimeouts {
+            tcp: std::time::Duration::from_secs(21_600),
+            other: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one conntrack sweep found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtSweep {
+    /// Entries left in the service and policy conntrack maps.
+    pub live: usize,
+    /// Entries the sweep removed as idle.
+    pub expired: usize,
+}
+
+fn monotonic_ns() -> u64 {
+    // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 fn backend_key(id: u32, slot: u32) -> [u8; 8] {
     let mut b = [0u8; 8];
     b[0..4].copy_from_slice(&id.to_ne_bytes());
@@ -153,8 +261,14 @@ pub struct Datapath {
     endpoints: HashMap<MapData, [u8; 4], [u8; 20]>,
     services: HashMap<MapData, [u8; 8], [u8; 8]>,
     backends: HashMap<MapData, [u8; 8], [u8; 8]>,
-    ct: HashMap<MapData, [u8; 16], [u8; 8]>,
+    ct: HashMap<MapData, [u8; 16], [u8; 16]>,
     counters: PerCpuArray<MapData, u64>,
+    policy: LpmTrie<MapData, [u8; 12], [u8; 8]>,
+    enforced: HashMap<MapData, u32, u32>,
+    ipcache: LpmTrie<MapData, [u8; 4], u32>,
+    pct: HashMap<MapData, [u8; 16], u64>,
+    verdicts: PerCpuArray<MapData, u64>,
+    to_pod: SchedClassifier,
     next_service_id: u32,
     adopted: bool,
 }
@@ -201,18 +315,26 @@ impl Datapath {
         ensure_bpffs(root)?;
         fs::create_dir_all(root.join(LINKS_DIR))
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-        let prog_pin = root.join(PROG_PIN);
-        let adopted = prog_pin.exists() && MAPS.iter().all(|m| root.join(m).exists());
+        let pinned_all = PROGRAMS.iter().all(|(_, pin)| root.join(pin).exists())
+            && MAPS.iter().all(|m| root.join(m).exists());
+        let adopted = pinned_all;
         if !adopted && let Err(e) = Self::load_and_pin(root) {
             // Roll back a partial load so the next start loads cleanly.
-            let _ = fs::remove_file(&prog_pin);
+            for (_, pin) in PROGRAMS {
+                let _ = fs::remove_file(root.join(pin));
+            }
             for m in MAPS {
                 let _ = fs::remove_file(root.join(m));
             }
             return Err(e);
         }
-        let prog = SchedClassifier::from_pin(&prog_pin)
-            .map_err(|e| Error::bpf(format!("opening pinned program {}", prog_pin.display()), e))?;
+        let program = |pin: &str| {
+            let path = root.join(pin);
+            SchedClassifier::from_pin(&path)
+                .map_err(|e| Error::bpf(format!("opening pinned program {}", path.display()), e))
+        };
+        let prog = program(PROG_PIN)?;
+        let to_pod = program(PROG_TO_POD_PIN)?;
         let pinned = |name: &str| {
             MapData::from_pin(root.join(name))
                 .map_err(|e| Error::bpf(format!("opening pinned map {name}"), e))
@@ -223,6 +345,14 @@ impl Datapath {
         let ct = take(Map::LruHashMap(pinned("CT")?), "CT")?;
         let counters = PerCpuArray::try_from(Map::PerCpuArray(pinned("COUNTERS")?))
             .map_err(|e| Error::bpf("map COUNTERS", e))?;
+        let policy = LpmTrie::try_from(Map::LpmTrie(pinned("POLICY")?))
+            .map_err(|e| Error::bpf("map POLICY", e))?;
+        let enforced = take(Map::HashMap(pinned("POLICY_ENFORCED")?), "POLICY_ENFORCED")?;
+        let ipcache = LpmTrie::try_from(Map::LpmTrie(pinned("IPCACHE")?))
+            .map_err(|e| Error::bpf("map IPCACHE", e))?;
+        let pct = take(Map::LruHashMap(pinned("PCT")?), "PCT")?;
+        let verdicts = PerCpuArray::try_from(Map::PerCpuArray(pinned("POLICY_VERDICTS")?))
+            .map_err(|e| Error::bpf("map POLICY_VERDICTS", e))?;
         let mut dp = Datapath {
             root: root.to_path_buf(),
             prog,
@@ -231,6 +361,12 @@ impl Datapath {
             backends,
             ct,
             counters,
+            policy,
+            enforced,
+            ipcache,
+            pct,
+            verdicts,
+            to_pod,
             next_service_id: 1,
             adopted,
         };
@@ -250,20 +386,22 @@ impl Datapath {
             .default_map_pin_directory(root)
             .load(OBJECT)
             .map_err(|e| Error::bpf("loading datapath.o", e))?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut("from_pod")
-            .ok_or_else(|| {
-                Error::bpf(
-                    "program from_pod",
-                    std::io::Error::other("missing in datapath.o"),
-                )
-            })?
-            .try_into()
-            .map_err(|e| Error::bpf("program from_pod", e))?;
-        prog.load()
-            .map_err(|e| Error::bpf("verifying from_pod", e))?;
-        prog.pin(root.join(PROG_PIN))
-            .map_err(|e| Error::bpf("pinning from_pod", e))?;
+        for (name, pin) in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    Error::bpf(
+                        format!("program {name}"),
+                        std::io::Error::other("missing in datapath.o"),
+                    )
+                })?
+                .try_into()
+                .map_err(|e| Error::bpf(format!("program {name}"), e))?;
+            prog.load()
+                .map_err(|e| Error::bpf(format!("verifying {name}"), e))?;
+            prog.pin(root.join(pin))
+                .map_err(|e| Error::bpf(format!("pinning {name}"), e))?;
+        }
         Ok(())
     }
 
@@ -277,8 +415,8 @@ impl Datapath {
         &self.root
     }
 
-    /// Attaches the program on tc ingress of `ifname` as a classic `cls_bpf`
-    /// filter under a `clsact` qdisc, best done while the interface is still
+    /// Attaches `from_pod` on tc ingress and `to_pod` on tc egress of
+    /// `ifname` as classic `cls_bpf` filters under a `clsact` qdisc, best done while the interface is still
     /// down. The filter belongs to the interface, not to this process: it
     /// keeps forwarding while no agent runs and goes away with the
     /// interface. (A tcx link would wait for an RCU grace period, 5 to 15 ms
@@ -291,25 +429,29 @@ impl Datapath {
             Err(TcError::AlreadyAttached) => {}
             Err(e) => return Err(Error::bpf(format!("adding clsact to {ifname}"), e)),
         }
-        let id = match self.prog.attach_with_options(
-            ifname,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(NlOptions {
-                priority: FILTER_PRIORITY,
-                handle: FILTER_HANDLE,
-                ..Default::default()
-            }),
-        ) {
-            Ok(id) => id,
-            Err(e) if raw_os_error(&e) == Some(libc::EEXIST) => return Ok(()),
-            Err(e) => return Err(Error::bpf(format!("attaching to {ifname} ingress"), e)),
-        };
-        let link = self
-            .prog
-            .take_link(id)
-            .map_err(|e| Error::bpf(format!("taking link of {ifname}"), e))?;
-        // Dropping the handle would remove the filter; the interface owns it.
-        std::mem::forget(link);
+        for (prog, dir) in [
+            (&mut self.prog, TcAttachType::Ingress),
+            (&mut self.to_pod, TcAttachType::Egress),
+        ] {
+            let id = match prog.attach_with_options(
+                ifname,
+                dir,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: FILTER_PRIORITY,
+                    handle: FILTER_HANDLE,
+                    ..Default::default()
+                }),
+            ) {
+                Ok(id) => id,
+                Err(e) if raw_os_error(&e) == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(Error::bpf(format!("attaching to {ifname} {dir:?}"), e)),
+            };
+            let link = prog
+                .take_link(id)
+                .map_err(|e| Error::bpf(format!("taking link of {ifname}"), e))?;
+            // Dropping the handle would remove the filter; the interface owns it.
+            std::mem::forget(link);
+        }
         Ok(())
     }
 
@@ -405,6 +547,128 @@ impl Datapath {
     /// Conntrack entries (both directions).
     pub fn conntrack_count(&self) -> usize {
         self.ct.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Adds or replaces one policy allow entry, counted in verdict slot `index`.
+    pub fn upsert_policy(&mut self, entry: &PolicyEntry, index: u32) -> Result<()> {
+        self.policy
+            .insert(&entry.key(), policy_value(index % POLICY_SLOTS), 0)
+            .map_err(|e| Error::bpf(format!("writing policy entry {entry:?}"), e))
+    }
+
+    /// Removes one policy allow entry; absent is fine.
+    pub fn remove_policy(&mut self, entry: &PolicyEntry) -> Result<()> {
+        match self.policy.remove(&entry.key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::bpf(format!("removing policy entry {entry:?}"), e)),
+        }
+    }
+
+    /// Sets the default-deny directions (`ENFORCE_*` bits) of local identity
+    /// `identity`; 0 removes it.
+    pub fn set_enforced(&mut self, identity: u32, bits: u32) -> Result<()> {
+        let r = if bits == 0 {
+            match self.enforced.remove(&identity) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r,
+            }
+        } else {
+            self.enforced.insert(identity, bits, 0)
+        };
+        r.map_err(|e| Error::bpf(format!("writing enforcement of identity {identity}"), e))
+    }
+
+    /// The default-deny bits of every local identity that has any.
+    pub fn enforced(&self) -> BTreeMap<u32, u32> {
+        self.enforced.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Maps `addr/prefix` to security identity `identity`.
+    pub fn upsert_ipcache(&mut self, addr: Ipv4Addr, prefix: u8, identity: u32) -> Result<()> {
+        self.ipcache
+            .insert(
+                &Key::new(u32::from(prefix.min(32)), addr.octets()),
+                identity,
+                0,
+            )
+            .map_err(|e| Error::bpf(format!("writing ipcache {addr}/{prefix}"), e))
+    }
+
+    /// Removes `addr/prefix` from the ipcache; absent is fine.
+    pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self
+            .ipcache
+            .remove(&Key::new(u32::from(prefix.min(32)), addr.octets()))
+        {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::bpf(format!("removing ipcache {addr}/{prefix}"), e)),
+        }
+    }
+
+    /// Entries in the `POLICY` map.
+    pub fn policy_count(&self) -> usize {
+        self.policy.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Allowed packets per verdict slot (summed over CPUs), non-zero slots only.
+    pub fn policy_verdicts(&self) -> BTreeMap<u32, u64> {
+        (0..POLICY_SLOTS)
+            .filter_map(|i| {
+                let n: u64 = self.verdicts.get(&i, 0).ok()?.iter().sum();
+                (n > 0).then_some((i, n))
+            })
+            .collect()
+    }
+
+    /// Removes service and policy conntrack entries idle longer than the
+    /// timeouts (the kernel side stamps every packet; LRU eviction alone
+    /// would keep dead flows until the maps fill).
+    pub fn sweep_conntrack(&mut self, timeouts: CtTimeouts) -> CtSweep {
+        let now = monotonic_ns();
+        let idle = |proto: u8, seen: u64| {
+            let limit = if proto == 6 {
+                timeouts.tcp
+            } else {
+                timeouts.other
+            };
+            now.saturating_sub(seen) > limit.as_nanos() as u64
+        };
+        let mut sweep = CtSweep::default();
+        let stale: Vec<[u8; 16]> = self
+            .ct
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| {
+                let seen =
+                    u64::from_ne_bytes([v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]]);
+                let live = !idle(k[12], seen);
+                sweep.live += usize::from(live);
+                !live
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            if self.ct.remove(k).is_ok() {
+                sweep.expired += 1;
+            }
+        }
+        let stale: Vec<[u8; 16]> = self
+            .pct
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, seen)| {
+                let live = !idle(k[12], *seen);
+                sweep.live += usize::from(live);
+                !live
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            if self.pct.remove(k).is_ok() {
+                sweep.expired += 1;
+            }
+        }
+        sweep
     }
 
     /// Packet counters summed over CPUs, by name.

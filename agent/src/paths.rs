@@ -11,9 +11,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/run/sextant/state";
 pub const CHECKPOINT_FILE: &str = "ipam-checkpoint.json";
 /// bpffs directory holding the datapath's pinned maps, program and links.
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/sextant";
-/// Pinned program, under the bpffs root.
+/// Pinned program on each host veth's tc ingress (what pods send), under the bpffs root.
 pub const PROG_PIN: &str = "prog_from_pod";
-/// Directory of per-interface link pins, under the bpffs root.
+/// Pinned program on each host veth's tc egress (what pods receive).
+pub const PROG_TO_POD_PIN: &str = "prog_to_pod";
+/// Directory of per-interface link pins of older agents (tcx), under the bpffs root.
 pub const LINKS_DIR: &str = "links";
 /// Link-local gateway every pod routes through; the host veth answers for it
 /// by a permanent neighbour entry in the pod.
