@@ -129,6 +129,15 @@ pub enum Error {
         /// Whom it belongs to or who holds it.
         why: String,
     },
+    /// The NodeNetwork file (`--node-network-file`) does not parse.
+    #[error("NodeNetwork file {path} does not parse")]
+    NodeFileInvalid {
+        /// The file.
+        path: PathBuf,
+        /// The JSON or YAML error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A request to the agent API was malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -158,6 +167,7 @@ impl Error {
             Error::FixedIpNotHere { .. } => "fixed_ip_not_here",
             Error::FixedIpInvalid { .. } => "fixed_ip_invalid",
             Error::FixedIpUnavailable { .. } => "fixed_ip_unavailable",
+            Error::NodeFileInvalid { .. } => "node_file_invalid",
             Error::BadRequest(_) => "bad_request",
             Error::Api { .. } => "api",
         }

@@ -25,6 +25,7 @@ pub mod fixed_ip;
 pub mod handshake;
 pub mod lab;
 mod metrics;
+pub mod node_file;
 pub mod paths;
 pub mod pool;
 pub mod runtime;

@@ -58,6 +58,15 @@ pub struct Args {
     /// Pod IPs or IPv4 CIDRs to serve without a NodeNetwork (comma separated).
     #[arg(long, env = "SEXTANT_STATIC_POOL", value_delimiter = ',')]
     pub static_pool: Vec<String>,
+    /// NodeNetwork (spec and status, YAML or JSON) to read from this file
+    /// instead of the Kubernetes API, re-read when it changes; the usage
+    /// report goes to `PATH.usage.json` (labs, `sextantctl lab`).
+    #[arg(
+        long,
+        env = "SEXTANT_NODE_NETWORK_FILE",
+        conflicts_with_all = ["static_pool", "node_name"]
+    )]
+    pub node_network_file: Option<PathBuf>,
 }
 
 /// Expands `10.0.0.5` and `10.0.0.0/28` (network and broadcast excluded) into IPs.
@@ -119,13 +128,25 @@ impl Args {
                 }
             })
         };
-        let node_loop = match (&self.node_name, self.static_pool.is_empty()) {
-            (Some(node), true) => {
+        let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
+        let node_loop = match (
+            &self.node_network_file,
+            &self.node_name,
+            self.static_pool.is_empty(),
+        ) {
+            (Some(path), _, _) => {
+                info!(file = %path.display(), "NodeNetwork from a file, not the Kubernetes API");
+                Some(tokio::spawn(crate::node_file::file_loops(
+                    agent.clone(),
+                    path.clone(),
+                    rate,
+                )))
+            }
+            (None, Some(node), true) => {
                 let client = Client::try_default().await.map_err(|source| Error::Kube {
                     action: "building the Kubernetes client".into(),
                     source: Box::new(source),
                 })?;
-                let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
                 agent.enable_fixed_ips(
                     client.clone(),
                     Duration::from_secs(self.fixed_ip_wait_seconds),
@@ -140,8 +161,10 @@ impl Args {
                     rate,
                 )))
             }
-            (None, true) => {
-                warn!("neither --node-name nor --static-pool: the pool stays empty");
+            (None, None, true) => {
+                warn!(
+                    "neither --node-name, --node-network-file nor --static-pool: the pool stays empty"
+                );
                 None
             }
             _ => None,
@@ -253,7 +276,26 @@ pub fn init_tracing() {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+
     use super::*;
+
+    #[test]
+    fn node_network_file_excludes_static_pool_and_the_api() {
+        let ok = Args::try_parse_from(["sextant-agent", "--node-network-file", "/tmp/nn.json"])
+            .expect("file alone");
+        assert_eq!(
+            ok.node_network_file.as_deref(),
+            Some(Path::new("/tmp/nn.json"))
+        );
+        for other in [["--static-pool", "10.0.0.0/28"], ["--node-name", "node-a"]] {
+            let mut argv = vec!["sextant-agent", "--node-network-file", "/tmp/nn.json"];
+            argv.extend(other);
+            assert!(Args::try_parse_from(argv).is_err(), "{other:?}");
+        }
+    }
 
     #[test]
     fn static_pool_expands_cidrs_without_network_and_broadcast() {
