@@ -29,12 +29,45 @@ pub struct LabConfig {
     pub agent_bin: PathBuf,
     /// Path of the `sextant-cni` binary.
     pub cni_bin: PathBuf,
-    /// Pod IP pool (`--static-pool`), e.g. `10.77.1.0/26`.
-    pub pool: String,
+    /// Where pod IPs come from: a static pool (`"10.77.1.0/26".into()`) or a
+    /// NodeNetwork file kept by a feeder.
+    pub pool: LabPool,
     /// Number of pod namespaces.
     pub pods: usize,
     /// Load the eBPF datapath.
     pub datapath: bool,
+}
+
+/// Where the lab's agent gets its pod IPs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabPool {
+    /// `--static-pool`: IPs or CIDRs, e.g. `10.77.1.0/26`.
+    Static(String),
+    /// `--node-network-file`: a NodeNetwork (spec and status) that something
+    /// else keeps filled, e.g. `sextantctl lab` running node IPAM on the
+    /// `sim` cloud; the agent's usage goes to `PATH.usage.json`.
+    NodeNetworkFile(PathBuf),
+}
+
+impl From<&str> for LabPool {
+    fn from(cidrs: &str) -> Self {
+        LabPool::Static(cidrs.to_string())
+    }
+}
+
+impl From<String> for LabPool {
+    fn from(cidrs: String) -> Self {
+        LabPool::Static(cidrs)
+    }
+}
+
+impl std::fmt::Display for LabPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabPool::Static(c) => write!(f, "static pool {c}"),
+            LabPool::NodeNetworkFile(p) => write!(f, "NodeNetwork file {}", p.display()),
+        }
+    }
 }
 
 /// One pod namespace.
@@ -153,13 +186,26 @@ impl Lab {
             .arg(&self.state_dir)
             .arg("--bpf-root")
             .arg(&self.bpf_root)
-            .arg("--static-pool")
-            .arg(&self.cfg.pool)
+            .env_remove("NODE_NAME")
+            .env_remove("SEXTANT_STATIC_POOL")
+            .env_remove("SEXTANT_NODE_NETWORK_FILE")
             .env(
                 "RUST_LOG",
                 std::env::var("SEXTANT_LAB_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
+        match &self.cfg.pool {
+            LabPool::Static(cidrs) => {
+                cmd.arg("--static-pool").arg(cidrs);
+            }
+            LabPool::NodeNetworkFile(path) => {
+                // Report usage every second: the feeder grows the pool from it.
+                cmd.arg("--node-network-file")
+                    .arg(path)
+                    .arg("--ipam-node-update-rate")
+                    .arg("1");
+            }
+        }
         if !self.cfg.datapath {
             cmd.arg("--no-datapath");
         }
@@ -189,6 +235,27 @@ impl Lab {
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the agent's pool holds at least `n` IPs.
+    pub fn wait_pool(&self, n: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let h = self.health()?;
+            if h.ipam.pool >= n {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::io(
+                    "sextant-agent",
+                    std::io::Error::other(format!(
+                        "pool holds {} IPs after {timeout:?}, {n} wanted ({})",
+                        h.ipam.pool, self.cfg.pool
+                    )),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -254,13 +321,14 @@ impl Lab {
             .pods
             .get(i)
             .ok_or_else(|| Error::BadRequest(format!("no pod {i}")))?;
-        cni_exec(
+        cni_exec_as(
             &self.node,
             &self.cfg.cni_bin,
             command,
             &pod.container_id,
             &pod.netns(),
             stdin,
+            &pod.name,
         )
     }
 
@@ -287,7 +355,8 @@ impl Lab {
     }
 }
 
-/// Runs a CNI plugin binary as the runtime would, inside netns `node`.
+/// Runs a CNI plugin binary as the runtime would, inside netns `node`, for
+/// pod `lab/pod`.
 pub fn cni_exec(
     node: &str,
     bin: &Path,
@@ -296,10 +365,24 @@ pub fn cni_exec(
     netns: &Path,
     stdin: &str,
 ) -> Result<(bool, String)> {
+    cni_exec_as(node, bin, command, container_id, netns, stdin, "pod")
+}
+
+/// [`cni_exec`] for pod `lab/<pod_name>` (`CNI_ARGS`).
+pub fn cni_exec_as(
+    node: &str,
+    bin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: &Path,
+    stdin: &str,
+    pod_name: &str,
+) -> Result<(bool, String)> {
     use std::io::Write;
     let node_ns = File::open(format!("/var/run/netns/{node}"))
         .map_err(|e| Error::io(format!("opening netns {node}"), e))?;
     let bin = bin.to_path_buf();
+    let pod_name = pod_name.to_string();
     let (command, container_id, netns, stdin) = (
         command.to_string(),
         container_id.to_string(),
@@ -319,7 +402,7 @@ pub fn cni_exec(
             .env("CNI_PATH", plugin_dir)
             .env(
                 "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=pod",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={pod_name}"),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -397,9 +480,26 @@ pub struct Probe {
     pub answer: std::result::Result<String, String>,
 }
 
+/// A lab pod's address and, when it came from a NodeNetwork, its ENI and subnet.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodAddress {
+    /// Pod netns name.
+    pub pod: String,
+    /// The IP the agent gave it.
+    pub ip: Ipv4Addr,
+    /// ENI holding the IP (`status.pool[ip].eni`).
+    pub eni: Option<String>,
+    /// Subnet of that ENI.
+    pub subnet: Option<String>,
+}
+
 /// What [`demo`] saw.
 #[derive(Clone, Debug)]
 pub struct DemoReport {
+    /// Where pod IPs came from.
+    pub source: String,
+    /// Pod addresses.
+    pub pods: Vec<PodAddress>,
     /// Connectivity probes.
     pub probes: Vec<Probe>,
     /// Datapath packet counters after the probes.
@@ -410,6 +510,19 @@ pub struct DemoReport {
 
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "pod IPs from {}", self.source)?;
+        writeln!(f, "{:<14} {:<16} {:<16} subnet", "pod", "ip", "eni")?;
+        for p in &self.pods {
+            writeln!(
+                f,
+                "{:<14} {:<16} {:<16} {}",
+                p.pod,
+                p.ip.to_string(),
+                p.eni.as_deref().unwrap_or("-"),
+                p.subnet.as_deref().unwrap_or("-")
+            )?;
+        }
+        writeln!(f)?;
         writeln!(f, "{:<14} {:<22} answer", "from", "to")?;
         for p in &self.probes {
             let a = match &p.answer {
@@ -491,25 +604,95 @@ fn probe(lab: &Lab, from: usize, to: std::net::SocketAddrV4) -> Probe {
     }
 }
 
-/// The `sextantctl lab` scenario: a node with `pods` (>= 4) pods wired by the
-/// real agent and CNI with the eBPF datapath, a ClusterIP `10.96.0.10:80`
-/// over pods 1.., probes pod to pod and pod to service, and reports. The lab
-/// is removed when this returns.
+/// Where each pod's IP came from, per the NodeNetwork file (ENI and subnet),
+/// and a line naming the source.
+fn pod_addresses(lab: &Lab) -> (String, Vec<PodAddress>) {
+    let nn = match &lab.cfg.pool {
+        LabPool::NodeNetworkFile(path) => std::fs::read(path)
+            .ok()
+            .and_then(|b| crate::node_file::parse(path, &b).ok()),
+        LabPool::Static(_) => None,
+    };
+    let status = nn.as_ref().and_then(|n| n.status.as_ref());
+    let pods = lab
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let ip = p.ip?;
+            let eni = status
+                .and_then(|s| s.pool.get(&ip.to_string()))
+                .map(|e| e.eni.clone());
+            let subnet = eni.as_ref().and_then(|id| {
+                status?
+                    .enis
+                    .iter()
+                    .find(|e| &e.id == id)
+                    .map(|e| e.subnet_id.clone())
+            });
+            Some(PodAddress {
+                pod: p.name.clone(),
+                ip,
+                eni,
+                subnet,
+            })
+        })
+        .collect();
+    let source = match &nn {
+        Some(nn) => {
+            let enis: Vec<String> = status
+                .map(|s| {
+                    s.enis
+                        .iter()
+                        .filter(|e| s.pool.values().any(|p| p.eni == e.id))
+                        .map(|e| format!("{} ({})", e.id, e.subnet_id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "NodeNetwork {} ({}, instance {}, {}), pool on ENIs {}",
+                nn.metadata.name.as_deref().unwrap_or("?"),
+                format!("{:?}", nn.spec.provider).to_lowercase(),
+                nn.spec.instance_id.as_deref().unwrap_or("?"),
+                nn.spec.instance_type.as_deref().unwrap_or("?"),
+                enis.join(", ")
+            )
+        }
+        None => lab.cfg.pool.to_string(),
+    };
+    (source, pods)
+}
+
+/// The `sextantctl lab` scenario on the static pool `10.77.0.0/26`: see [`demo_with`].
 pub fn demo(agent_bin: &Path, cni_bin: &Path, pods: usize) -> Result<DemoReport> {
+    demo_with(agent_bin, cni_bin, pods, "10.77.0.0/26".into())
+}
+
+/// The `sextantctl lab` scenario: a node with `pods` (>= 4) pods wired by the
+/// real agent and CNI with the eBPF datapath, IPs from `pool`, a ClusterIP
+/// `10.96.0.10:80` over pods 1.., probes pod to pod and pod to service, and
+/// reports. The lab is removed when this returns.
+pub fn demo_with(
+    agent_bin: &Path,
+    cni_bin: &Path,
+    pods: usize,
+    pool: LabPool,
+) -> Result<DemoReport> {
     can_run().map_err(|why| Error::io("sextant lab", std::io::Error::other(why)))?;
     let pods = pods.max(4);
     let mut lab = Lab::new(LabConfig {
         prefix: format!("sxlab{}", std::process::id() % 100_000),
         agent_bin: agent_bin.to_path_buf(),
         cni_bin: cni_bin.to_path_buf(),
-        pool: "10.77.0.0/26".into(),
+        pool,
         pods,
         datapath: true,
     })?;
     lab.start_agent()?;
+    lab.wait_pool(pods, Duration::from_secs(30))?;
     for i in 0..pods {
         lab.add(i)?;
     }
+    let (source, addresses) = pod_addresses(&lab);
     let mut backends = Vec::new();
     for i in 1..pods {
         echo_server(&lab, i, 8080, format!("pod{i}"))?;
@@ -550,6 +733,8 @@ pub fn demo(agent_bin: &Path, cni_bin: &Path, pods: usize) -> Result<DemoReport>
         .collect();
     let health = lab.health()?;
     Ok(DemoReport {
+        source,
+        pods: addresses,
         probes,
         counters,
         health,

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod herd;
+pub mod lab;
 pub mod roll;
 pub mod simulate;
 
@@ -254,20 +255,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if args.pods < 3 {
                 anyhow::bail!("--pods must be at least 3 (a client and a service with backends)");
             }
-            let bin = lab_binary();
-            let status = std::process::Command::new(&bin)
-                .arg(args.pods.to_string())
-                .status()
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "running {}: {e} (build it with `cargo build -p sextant-agent --bins`)",
-                        bin.display()
-                    )
-                })?;
-            if !status.success() {
-                anyhow::bail!("the lab failed ({status}); see above");
-            }
-            Ok(())
+            lab::run(args.pods, &lab_binary()).map(|_| ())
         }
         Command::Bench(args) => bench::run(&args),
     }
