@@ -1,9 +1,11 @@
 //! `sextantctl`: run Sextant's IPAM operator against a simulated cloud
-//! (`simulate`) and print the benchmark figures (`bench`).
+//! (`simulate`), print the benchmark figures (`bench`), and convert
+//! CiliumNetworkPolicy YAML for Sextant (`policy convert`).
 
 pub mod bench;
 pub mod herd;
 pub mod lab;
+pub mod policy;
 pub mod roll;
 pub mod simulate;
 
@@ -32,6 +34,9 @@ enum Command {
     Lab(LabArgs),
     /// Print the benchmark figures (P1, P2, thundering herd) with their baselines.
     Bench(bench::BenchArgs),
+    /// Network policy tools: convert CiliumNetworkPolicy YAML for Sextant.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -258,5 +263,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             lab::run(args.pods, &lab_binary()).map(|_| ())
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Policy(cmd) => policy::run(&cmd),
     }
 }
