@@ -3,6 +3,7 @@
 //! loops. Locks are std mutexes never held across an `.await`.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -17,11 +18,12 @@ use crate::{
         CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceSpec, fmt_mac,
     },
     checkpoint::{self, Checkpoint},
-    datapath::{Datapath, Endpoint},
+    datapath::{CtTimeouts, Datapath, Endpoint},
     error::{Error, Result},
     fixed_ip::{self, Decision},
     metrics::{CniLabels, Metrics, PoolLabels},
     paths::{CHECKPOINT_FILE, POD_GATEWAY},
+    policy::{self, NodePolicy, PolicyReport, PolicySnapshot},
     pool::{AllocKey, AllocRequest, Allocation, Pool},
     veth,
 };
@@ -90,6 +92,26 @@ struct FixedIpLookup {
     wait: Duration,
 }
 
+/// Last-resort opening of policy-selected pods while the control plane is
+/// unreachable (off unless configured; docs/network-policy.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFailOpen {
+    /// How long without the control plane before it engages.
+    pub after: Duration,
+    /// Pod labels (all must match) of the pods it opens; empty opens every local pod.
+    pub selector: BTreeMap<String, String>,
+}
+
+struct PolicyState {
+    node: NodePolicy,
+    /// The last snapshot from the control plane, re-applied when local pods change.
+    last: Option<PolicySnapshot>,
+    control_plane_seen: std::time::Instant,
+    fail_open: Option<PolicyFailOpen>,
+    /// Local identities whose enforcement the fail-open mode lifted.
+    engaged: bool,
+}
+
 /// The agent. Cheap to share behind an `Arc`.
 pub struct Agent {
     cfg: Config,
@@ -98,6 +120,7 @@ pub struct Agent {
     /// Bumped on every NodeNetwork applied: ADDs waiting for a fixed IP look again.
     node_changed: watch::Sender<()>,
     datapath: Mutex<Option<Datapath>>,
+    policy: Mutex<PolicyState>,
     netlink: rtnetlink::Handle,
     save_lock: tokio::sync::Mutex<()>,
     ready: watch::Sender<bool>,
@@ -155,6 +178,13 @@ impl Agent {
             fixed_lookup: std::sync::OnceLock::new(),
             node_changed: watch::channel(()).0,
             datapath: Mutex::new(datapath),
+            policy: Mutex::new(PolicyState {
+                node: NodePolicy::default(),
+                last: None,
+                control_plane_seen: std::time::Instant::now(),
+                fail_open: None,
+                engaged: false,
+            }),
             netlink,
             save_lock: tokio::sync::Mutex::new(()),
             ready: watch::channel(false).0,
@@ -364,7 +394,11 @@ impl Agent {
         };
         let alloc = self.allocate(&areq).await?;
         let t_alloc = std::time::Instant::now();
-        let identity = (veth::fnv(&req.pod_namespace, "") & 0xffff_ffff) as u32;
+        // Known once a policy snapshot named the pod; 0 (no policy) until then.
+        let identity = lock(&self.policy)
+            .node
+            .identity_of_pod(&req.pod_namespace, &req.pod_name)
+            .unwrap_or(0);
         let program = |link: &veth::PodLink| -> Result<()> {
             let mut guard = lock(&self.datapath);
             let Some(dp) = guard.as_mut() else {
@@ -420,6 +454,7 @@ impl Agent {
             "ADD phases"
         );
         info!(ip = %alloc.ip, container = %req.container_id, veth = %link.host_ifname, "pod added");
+        self.resync_policy();
         Ok(CniReply {
             ip: alloc.ip,
             gateway: POD_GATEWAY,
@@ -456,6 +491,7 @@ impl Agent {
         if let Some(a) = &freed {
             info!(ip = %a.ip, container = %req.container_id, "pod deleted");
             self.save().await?;
+            self.resync_policy();
         }
         Ok(())
     }
@@ -583,12 +619,182 @@ impl Agent {
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
+        // Lock order: policy before datapath.
+        let names = lock(&self.policy)
+            .node
+            .engine()
+            .contents()
+            .policy_names
+            .clone();
         if let Some(dp) = lock(&self.datapath).as_ref() {
             self.metrics.sync_packets(&dp.counters());
+            self.metrics
+                .sync_verdicts(&dp.policy_verdicts(names.keys().copied()), &names);
         }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Brings network policy to `snap`, the control plane's whole desired
+    /// state (the kube watches or `PUT /v1/policy` send it), and writes the
+    /// map changes into the datapath.
+    pub fn sync_policy(&self, snap: PolicySnapshot) -> Result<PolicyReport> {
+        let mut ps = lock(&self.policy);
+        ps.control_plane_seen = std::time::Instant::now();
+        ps.last = Some(snap);
+        let report = self.apply_policy(&mut ps)?;
+        if ps.engaged {
+            ps.engaged = false;
+            if let Some(dp) = lock(&self.datapath).as_mut() {
+                policy::write_all(dp, ps.node.engine())?;
+            }
+            self.metrics.policy_fail_open.set(0);
+            warn!("control plane back: policy enforcement restored");
+        }
+        Ok(report)
+    }
+
+    /// The last sync's outcome, with current counts.
+    pub fn policy_report(&self) -> PolicyReport {
+        let ps = lock(&self.policy);
+        let c = ps.node.engine().contents();
+        PolicyReport {
+            enforced: c.policy_names.values().cloned().collect(),
+            rejected: ps.node.rejected().to_vec(),
+            identities: BTreeMap::new(),
+            changes: 0,
+            policy_entries: c.policy.len(),
+        }
+    }
+
+    /// Re-applies the last snapshot after local pods changed.
+    fn resync_policy(&self) {
+        let mut ps = lock(&self.policy);
+        if ps.last.is_none() {
+            return;
+        }
+        if let Err(e) = self.apply_policy(&mut ps) {
+            self.metrics.error(&e);
+            warn!(error = %crate::ErrorChain(&e), "policy resync failed");
+        }
+    }
+
+    fn apply_policy(&self, ps: &mut PolicyState) -> Result<PolicyReport> {
+        let Some(mut snap) = ps.last.clone() else {
+            return Ok(PolicyReport::default());
+        };
+        // Local pods carry the IPs this node handed them, whatever the snapshot says.
+        let local: BTreeMap<(String, String), Ipv4Addr> = lock(&self.state)
+            .pool
+            .allocations()
+            .map(|a| ((a.pod_namespace.clone(), a.pod_name.clone()), a.ip))
+            .collect();
+        for p in &mut snap.pods {
+            if let Some(ip) = local.get(&(p.namespace.clone(), p.name.clone())) {
+                p.ip = Some(*ip);
+            }
+        }
+        let local_ips: BTreeSet<Ipv4Addr> = local.values().copied().collect();
+        let (diffs, report) = ps.node.sync(&snap, &local_ips);
+        let mut dp = lock(&self.datapath);
+        if let Some(dp) = dp.as_mut() {
+            for d in &diffs {
+                policy::write_diff(dp, d)?;
+            }
+            for ((ns, name), ip) in &local {
+                if let Some(id) = ps.node.identity_of_pod(ns, name) {
+                    dp.set_endpoint_identity(*ip, id)?;
+                }
+            }
+        }
+        self.metrics
+            .policy_sync(&report, ps.node.engine().contents());
+        Ok(report)
+    }
+
+    /// Turns on the last-resort fail-open mode.
+    pub fn enable_policy_fail_open(&self, cfg: PolicyFailOpen) {
+        lock(&self.policy).fail_open = Some(cfg);
+    }
+
+    /// Records contact with the control plane (a usage report written, a
+    /// watch event): the fail-open clock starts over.
+    pub fn control_plane_seen(&self) {
+        lock(&self.policy).control_plane_seen = std::time::Instant::now();
+    }
+
+    /// Checks every `every` whether the control plane has been away longer
+    /// than the fail-open delay; if so, lifts enforcement of the selected
+    /// local pods (their allow entries stay, so a reconnect restores them).
+    pub async fn watch_policy_fail_open(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.check_fail_open() {
+                self.metrics.error(&e);
+                warn!(error = %crate::ErrorChain(&e), "fail-open check failed");
+            }
+        }
+    }
+
+    fn check_fail_open(&self) -> Result<()> {
+        let mut ps = lock(&self.policy);
+        let Some(cfg) = ps.fail_open.clone() else {
+            return Ok(());
+        };
+        if ps.engaged || ps.control_plane_seen.elapsed() < cfg.after {
+            return Ok(());
+        }
+        let Some(snap) = ps.last.clone() else {
+            return Ok(());
+        };
+        let selected: BTreeSet<u32> = snap
+            .pods
+            .iter()
+            .filter(|p| cfg.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .filter_map(|p| ps.node.identity_of_pod(&p.namespace, &p.name))
+            .collect();
+        let mut opened = 0usize;
+        if let Some(dp) = lock(&self.datapath).as_mut() {
+            for (id, _) in dp.enforced() {
+                if selected.contains(&id) {
+                    dp.set_enforced(id, 0)?;
+                    opened += 1;
+                }
+            }
+        }
+        ps.engaged = true;
+        self.metrics.policy_fail_open.set(1);
+        self.metrics.policy_fail_open_engaged.inc();
+        warn!(
+            away_s = ps.control_plane_seen.elapsed().as_secs(),
+            identities = opened,
+            "control plane unreachable past the fail-open delay: policy opened for selected pods"
+        );
+        Ok(())
+    }
+
+    /// Removes idle conntrack entries every `every` until the process ends.
+    pub async fn sweep_conntrack(self: Arc<Self>, every: Duration, timeouts: CtTimeouts) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let sweep = lock(&self.datapath)
+                .as_mut()
+                .map(|dp| dp.sweep_conntrack(timeouts));
+            if let Some(s) = sweep {
+                self.metrics
+                    .conntrack_entries
+                    .set(i64::try_from(s.live).unwrap_or(i64::MAX));
+                self.metrics.conntrack_expired.inc_by(s.expired as u64);
+                if s.expired > 0 {
+                    tracing::debug!(expired = s.expired, live = s.live, "conntrack swept");
+                }
+            }
+        }
     }
 
     /// Applies a NodeNetwork: pool IPs, fixed IPs (waking ADDs that wait for

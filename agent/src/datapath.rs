@@ -549,6 +549,24 @@ impl Datapath {
         self.ct.keys().filter(|k| k.is_ok()).count()
     }
 
+    /// Sets the security identity of the endpoint at `ip`; false when `ip`
+    /// is no endpoint of this node.
+    pub fn set_endpoint_identity(&mut self, ip: Ipv4Addr, identity: u32) -> Result<bool> {
+        let mut v = match self.endpoints.get(&ip.octets(), 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(false),
+            Err(e) => return Err(Error::bpf(format!("reading endpoint {ip}"), e)),
+        };
+        if v[4..8] == identity.to_ne_bytes() {
+            return Ok(true);
+        }
+        v[4..8].copy_from_slice(&identity.to_ne_bytes());
+        self.endpoints
+            .insert(ip.octets(), v, 0)
+            .map_err(|e| Error::bpf(format!("writing endpoint {ip}"), e))?;
+        Ok(true)
+    }
+
     /// Adds or replaces one policy allow entry, counted in verdict slot `index`.
     pub fn upsert_policy(&mut self, entry: &PolicyEntry, index: u32) -> Result<()> {
         self.policy
@@ -610,9 +628,11 @@ impl Datapath {
         self.policy.keys().filter(|k| k.is_ok()).count()
     }
 
-    /// Allowed packets per verdict slot (summed over CPUs), non-zero slots only.
-    pub fn policy_verdicts(&self) -> BTreeMap<u32, u64> {
-        (0..POLICY_SLOTS)
+    /// Allowed packets of each of `slots` (summed over CPUs), non-zero ones only.
+    pub fn policy_verdicts(&self, slots: impl IntoIterator<Item = u32>) -> BTreeMap<u32, u64> {
+        slots
+            .into_iter()
+            .filter(|i| *i < POLICY_SLOTS)
             .filter_map(|i| {
                 let n: u64 = self.verdicts.get(&i, 0).ok()?.iter().sum();
                 (n > 0).then_some((i, n))

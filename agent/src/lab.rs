@@ -177,8 +177,14 @@ impl Lab {
 
     /// Starts `sextant-agent` in the node namespace and waits until it is ready.
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with(&[])
+    }
+
+    /// [`Lab::start_agent`] with extra `sextant-agent` flags.
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         let mut cmd = Command::new(&self.cfg.agent_bin);
-        cmd.arg("--netns")
+        cmd.args(extra)
+            .arg("--netns")
             .arg(format!("/var/run/netns/{}", self.node))
             .arg("--socket")
             .arg(&self.socket)

@@ -27,6 +27,7 @@ pub mod lab;
 mod metrics;
 pub mod node_file;
 pub mod paths;
+pub mod policy;
 pub mod pool;
 pub mod runtime;
 pub mod server;

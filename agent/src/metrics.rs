@@ -36,6 +36,19 @@ pub struct Metrics {
     pub(crate) pool: Family<PoolLabels, Gauge>,
     pub(crate) packets: Family<VerdictLabels, Counter>,
     pub(crate) reports: Counter,
+    pub(crate) conntrack_entries: Gauge,
+    pub(crate) conntrack_expired: Counter,
+    pub(crate) policy_verdicts: Family<PolicyLabels, Counter>,
+    pub(crate) policies: Family<PoolLabels, Gauge>,
+    pub(crate) policy_entries: Gauge,
+    pub(crate) policy_changes: Counter,
+    pub(crate) policy_fail_open: Gauge,
+    pub(crate) policy_fail_open_engaged: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PolicyLabels {
+    pub policy: String,
 }
 
 impl Default for Metrics {
@@ -47,6 +60,14 @@ impl Default for Metrics {
             pool: Family::default(),
             packets: Family::default(),
             reports: Counter::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_expired: Counter::default(),
+            policy_verdicts: Family::default(),
+            policies: Family::default(),
+            policy_entries: Gauge::default(),
+            policy_changes: Counter::default(),
+            policy_fail_open: Gauge::default(),
+            policy_fail_open_engaged: Counter::default(),
         }
     }
 }
@@ -78,6 +99,46 @@ impl Metrics {
             "Usage reports written to NodeNetwork status",
             self.reports.clone(),
         );
+        r.register(
+            "conntrack_entries",
+            "Service and policy conntrack entries left after the last sweep",
+            self.conntrack_entries.clone(),
+        );
+        r.register(
+            "conntrack_expired",
+            "Conntrack entries removed by the sweep as idle past their timeout",
+            self.conntrack_expired.clone(),
+        );
+        r.register(
+            "policy_verdicts",
+            "Packets allowed by each network policy (summed over CPUs)",
+            self.policy_verdicts.clone(),
+        );
+        r.register(
+            "policies",
+            "Network policies on this node by state (enforced, rejected)",
+            self.policies.clone(),
+        );
+        r.register(
+            "policy_map_entries",
+            "Allow entries in the datapath's policy map",
+            self.policy_entries.clone(),
+        );
+        r.register(
+            "policy_map_changes",
+            "Policy, enforcement and ipcache map entries written or removed",
+            self.policy_changes.clone(),
+        );
+        r.register(
+            "policy_fail_open",
+            "1 while the last-resort fail-open mode has lifted enforcement",
+            self.policy_fail_open.clone(),
+        );
+        r.register(
+            "policy_fail_open_engagements",
+            "Times the fail-open mode engaged",
+            self.policy_fail_open_engaged.clone(),
+        );
         root
     }
 
@@ -87,6 +148,44 @@ impl Metrics {
                 error: e.metric_label(),
             })
             .inc();
+    }
+
+    pub(crate) fn policy_sync(
+        &self,
+        report: &crate::policy::PolicyReport,
+        contents: &sextant_policy::MapContents,
+    ) {
+        for (state, n) in [
+            ("enforced", report.enforced.len()),
+            ("rejected", report.rejected.len()),
+        ] {
+            self.policies
+                .get_or_create(&PoolLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.policy_entries
+            .set(i64::try_from(contents.policy.len()).unwrap_or(i64::MAX));
+        self.policy_changes.inc_by(report.changes as u64);
+    }
+
+    /// Raises the per-policy verdict counters to the datapath's sums.
+    pub(crate) fn sync_verdicts(
+        &self,
+        sums: &std::collections::BTreeMap<u32, u64>,
+        names: &std::collections::BTreeMap<u32, String>,
+    ) {
+        for (slot, sum) in sums {
+            let Some(policy) = names.get(slot) else {
+                continue;
+            };
+            let c = self.policy_verdicts.get_or_create(&PolicyLabels {
+                policy: policy.clone(),
+            });
+            let cur = c.get();
+            if *sum > cur {
+                c.inc_by(sum - cur);
+            }
+        }
     }
 
     /// Raises the packet counters to the datapath's current sums.

@@ -13,7 +13,8 @@ use sextant_crds::NodeNetwork;
 use tracing::{info, warn};
 
 use crate::{
-    agent::{Agent, Config},
+    agent::{Agent, Config, PolicyFailOpen},
+    datapath::CtTimeouts,
     error::{Error, Result},
     paths::{DEFAULT_BPF_ROOT, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     server, usage,
@@ -67,6 +68,45 @@ pub struct Args {
         conflicts_with_all = ["static_pool", "node_name"]
     )]
     pub node_network_file: Option<PathBuf>,
+    /// Idle timeout of TCP conntrack entries (service and policy), seconds.
+    #[arg(long, env = "SEXTANT_CT_TIMEOUT_TCP_SECONDS", default_value_t = 21_600)]
+    pub ct_timeout_tcp_seconds: u64,
+    /// Idle timeout of UDP and other conntrack entries, seconds.
+    #[arg(long, env = "SEXTANT_CT_TIMEOUT_OTHER_SECONDS", default_value_t = 60)]
+    pub ct_timeout_other_seconds: u64,
+    /// Seconds between conntrack sweeps.
+    #[arg(long, env = "SEXTANT_CT_GC_SECONDS", default_value_t = 30)]
+    pub ct_gc_seconds: u64,
+    /// Last resort: after this many seconds without the control plane, lift
+    /// policy enforcement of the pods `--policy-fail-open-selector` selects.
+    /// 0 (the default) never does.
+    #[arg(
+        long,
+        env = "SEXTANT_POLICY_FAIL_OPEN_AFTER_SECONDS",
+        default_value_t = 0
+    )]
+    pub policy_fail_open_after_seconds: u64,
+    /// `key=value` pod labels (all must match) of the pods the fail-open mode
+    /// opens; empty opens every policy-selected pod on the node.
+    #[arg(long, env = "SEXTANT_POLICY_FAIL_OPEN_SELECTOR", value_delimiter = ',')]
+    pub policy_fail_open_selector: Vec<String>,
+}
+
+/// Parses `key=value` items into a label map.
+pub fn parse_labels(items: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(Error::BadRequest(format!(
+                "--policy-fail-open-selector entry {kv:?} is not key=value"
+            ))),
+        })
+        .collect()
 }
 
 /// Expands `10.0.0.5` and `10.0.0.0/28` (network and broadcast excluded) into IPs.
@@ -113,6 +153,26 @@ impl Args {
         info!(socket = %self.socket.display(), "agent API listening");
         let srv = tokio::spawn(server::serve(agent.clone(), listener));
         agent.restore().await?;
+        let selector = parse_labels(&self.policy_fail_open_selector)?;
+        if self.policy_fail_open_after_seconds > 0 {
+            warn!(
+                after_s = self.policy_fail_open_after_seconds,
+                ?selector,
+                "policy fail-open armed: selected pods lose enforcement when the control plane stays away"
+            );
+            agent.enable_policy_fail_open(PolicyFailOpen {
+                after: Duration::from_secs(self.policy_fail_open_after_seconds),
+                selector,
+            });
+        }
+        let fail_open = tokio::spawn(agent.clone().watch_policy_fail_open(Duration::from_secs(1)));
+        let ct_gc = tokio::spawn(agent.clone().sweep_conntrack(
+            Duration::from_secs(self.ct_gc_seconds.max(1)),
+            CtTimeouts {
+                tcp: Duration::from_secs(self.ct_timeout_tcp_seconds),
+                other: Duration::from_secs(self.ct_timeout_other_seconds),
+            },
+        ));
         let sweeper = {
             let agent = agent.clone();
             let every = Duration::from_secs(self.reconcile_seconds.max(1));
@@ -173,6 +233,8 @@ impl Args {
         info!("shutting down; the datapath stays pinned");
         srv.abort();
         sweeper.abort();
+        fail_open.abort();
+        ct_gc.abort();
         if let Some(l) = node_loop {
             l.abort();
         }
@@ -209,12 +271,16 @@ pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, 
                     match usage::write(&api, &node, &patch).await {
                         Ok(()) => {
                             agent.metrics.reports.inc();
+                            agent.control_plane_seen();
                         }
                         Err(e) => {
                             agent.metrics.error(&e);
                             warn!(error = %crate::ErrorChain(&e), %node, "usage report failed");
                         }
                     }
+                } else if api.get_metadata(&node).await.is_ok() {
+                    // Nothing to report: a cheap read tells the control plane is there.
+                    agent.control_plane_seen();
                 }
             }
         }

@@ -113,6 +113,11 @@ async fn handle(agent: &Agent, req: Request<hyper::body::Incoming>) -> Response<
                 StatusCode::OK,
                 &agent.cni_check(&parse::<CniRequest>(&body)?).await?,
             ),
+            (&Method::PUT, "/v1/policy") => json(
+                StatusCode::OK,
+                &agent.sync_policy(parse::<crate::policy::PolicySnapshot>(&body)?)?,
+            ),
+            (&Method::GET, "/v1/policy") => json(StatusCode::OK, &agent.policy_report()),
             (&Method::POST, "/v1/services") => {
                 agent.set_service(&parse::<ServiceSpec>(&body)?)?;
                 json(StatusCode::OK, &serde_json::json!({}))
