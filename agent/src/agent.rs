@@ -655,6 +655,14 @@ impl Agent {
         Ok(report)
     }
 
+    /// Identities local pods use that `given` does not bind yet.
+    pub fn unpublished_identities(
+        &self,
+        given: &BTreeMap<u32, BTreeMap<String, String>>,
+    ) -> Vec<(u32, BTreeMap<String, String>)> {
+        lock(&self.policy).node.unpublished(given)
+    }
+
     /// The last sync's outcome, with current counts.
     pub fn policy_report(&self) -> PolicyReport {
         let ps = lock(&self.policy);

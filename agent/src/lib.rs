@@ -28,6 +28,7 @@ mod metrics;
 pub mod node_file;
 pub mod paths;
 pub mod policy;
+pub mod policy_watch;
 pub mod pool;
 pub mod runtime;
 pub mod server;

@@ -213,6 +213,7 @@ impl Args {
                 );
                 if !self.no_datapath {
                     tokio::spawn(crate::services::watch(agent.clone(), client.clone()));
+                    tokio::spawn(crate::policy_watch::watch(agent.clone(), client.clone()));
                 }
                 Some(tokio::spawn(node_loops(
                     agent.clone(),

@@ -1,0 +1,435 @@
+//! Network policy on the node: what the API server (or the agent API) says
+//! about policies, pods, namespaces and nodes goes into the policy engine
+//! (`sextant-policy`), and the engine's map diffs go into the datapath's
+//! `POLICY`, `POLICY_ENFORCED` and `IPCACHE` maps, safe order first.
+//!
+//! ```text
+//!  snapshot (policies, namespaces, pods, nodes, identities)
+//!     ──▶ NodePolicy::sync ──▶ PolicyEngine ops ──▶ MapDiff ──▶ write_diff ──▶ BPF maps
+//!                         └──▶ local pod identities ──▶ ENDPOINTS[ip].identity
+//! ```
+//!
+//! A snapshot is the whole desired state; `sync` turns the difference from
+//! the last one into engine operations, so map writes stay incremental.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use serde::{Deserialize, Serialize};
+use sextant_policy::{Direction, Labels, MapDiff, Policy, PolicyEngine, PolicyRef};
+
+use crate::{
+    datapath::{Datapath, PolicyEntry},
+    error::Result,
+};
+
+/// A pod as policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Pod IP, when it has one.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Everything policy depends on, as one desired state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicySnapshot {
+    /// `SextantNetworkPolicy`, `CiliumNetworkPolicy` or `networking.k8s.io/v1`
+    /// `NetworkPolicy` objects, as JSON.
+    #[serde(default)]
+    pub policies: Vec<serde_json::Value>,
+    /// Namespace name -> its labels.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every pod of the cluster with an IP.
+    #[serde(default)]
+    pub pods: Vec<PodInfo>,
+    /// Node addresses (the host identity).
+    #[serde(default)]
+    pub nodes: Vec<Ipv4Addr>,
+    /// Cluster identities already bound (`SextantIdentity` objects): number -> labels.
+    #[serde(default)]
+    pub identities: BTreeMap<u32, BTreeMap<String, String>>,
+}
+
+/// A policy the node does not enforce, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// `kind/namespace/name` (or the document's position when it has no name).
+    pub policy: String,
+    /// `Unsupported` or `Invalid`.
+    pub reason: String,
+    /// Every problem, by field path.
+    pub message: String,
+}
+
+/// What a sync did, as the agent API answers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    /// Policies enforced, `kind/namespace/name`.
+    pub enforced: Vec<String>,
+    /// Policies refused.
+    pub rejected: Vec<Rejected>,
+    /// `namespace/name` -> identity of every pod with labels.
+    pub identities: BTreeMap<String, u32>,
+    /// Map entries written or removed by this sync.
+    pub changes: usize,
+    /// Allow entries in the policy map now.
+    pub policy_entries: usize,
+}
+
+/// The node's policy state.
+#[derive(Default)]
+pub struct NodePolicy {
+    engine: PolicyEngine,
+    /// Identity numbers bound so far (given, or allocated here when nothing else binds them).
+    bound: BTreeMap<u32, Labels>,
+    policies: BTreeSet<PolicyRef>,
+    pod_identity: BTreeMap<String, u32>,
+    pods: BTreeMap<Ipv4Addr, u32>,
+    nodes: BTreeSet<Ipv4Addr>,
+    identities_in_engine: BTreeSet<u32>,
+    rejected: Vec<Rejected>,
+}
+
+impl NodePolicy {
+    /// The engine (map contents, policy names).
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
+    /// The identity of pod `namespace/name`, once a snapshot named it.
+    pub fn identity_of_pod(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.pod_identity
+            .get(&format!("{namespace}/{name}"))
+            .copied()
+    }
+
+    /// Policies refused by the last sync.
+    pub fn rejected(&self) -> &[Rejected] {
+        &self.rejected
+    }
+
+    /// Brings the engine to `snap`, with `local` the pod IPs on this node.
+    /// Returns the diffs in the order they must reach the maps, and the report.
+    pub fn sync(
+        &mut self,
+        snap: &PolicySnapshot,
+        local: &BTreeSet<Ipv4Addr>,
+    ) -> (Vec<MapDiff>, PolicyReport) {
+        let mut diffs = Vec::new();
+        let mut report = PolicyReport::default();
+
+        // Identities: given ones first, then one per new label set.
+        for (id, labels) in &snap.identities {
+            self.bound.insert(*id, Labels::new(labels.clone()));
+        }
+        let no_labels = BTreeMap::new();
+        let mut pod_identity = BTreeMap::new();
+        let mut pods = BTreeMap::new();
+        for p in &snap.pods {
+            let ns_labels = snap.namespaces.get(&p.namespace).unwrap_or(&no_labels);
+            let labels = Labels::for_pod(&p.namespace, &p.labels, ns_labels);
+            let Some(id) = self.identity_for(&labels) else {
+                continue;
+            };
+            pod_identity.insert(format!("{}/{}", p.namespace, p.name), id);
+            if let Some(ip) = p.ip {
+                pods.insert(ip, id);
+            }
+        }
+        let used: BTreeSet<u32> = pod_identity.values().copied().collect();
+        for id in used.difference(&self.identities_in_engine.clone()) {
+            if let Some(labels) = self.bound.get(id) {
+                diffs.push(self.engine.upsert_identity(*id, labels.clone()));
+            }
+        }
+
+        // Policies: parse every document; refused ones are reported, never half-applied.
+        let mut wanted: BTreeMap<PolicyRef, Policy> = BTreeMap::new();
+        self.rejected.clear();
+        for (i, doc) in snap.policies.iter().enumerate() {
+            match sextant_policy::parse_value(doc) {
+                Ok(p) => {
+                    wanted.insert(p.id.clone(), p);
+                }
+                Err(e) => self.rejected.push(Rejected {
+                    policy: doc_name(doc).unwrap_or_else(|| format!("policies[{i}]")),
+                    reason: e.reason().to_string(),
+                    message: e.problems_text(),
+                }),
+            }
+        }
+        for (id, p) in wanted.iter() {
+            report.enforced.push(id.to_string());
+            diffs.push(self.engine.upsert_policy(p.clone()));
+        }
+        for gone in self
+            .policies
+            .clone()
+            .difference(&wanted.keys().cloned().collect())
+        {
+            diffs.push(self.engine.remove_policy(gone));
+        }
+        self.policies = wanted.into_keys().collect();
+
+        // Endpoints: cluster pods, local pods, nodes.
+        for (ip, id) in &pods {
+            if self.pods.get(ip) != Some(id) {
+                diffs.push(self.engine.upsert_pod(*ip, *id));
+            }
+        }
+        for ip in self.pods.keys().filter(|ip| !pods.contains_key(ip)) {
+            diffs.push(self.engine.remove_pod(*ip));
+        }
+        let local_ids: BTreeSet<u32> = local
+            .iter()
+            .filter_map(|ip| pods.get(ip))
+            .copied()
+            .collect();
+        for id in local_ids.difference(&self.engine.local_identities().clone()) {
+            diffs.push(self.engine.add_local_identity(*id));
+        }
+        for id in self
+            .engine
+            .local_identities()
+            .clone()
+            .difference(&local_ids)
+        {
+            diffs.push(self.engine.remove_local_identity(*id));
+        }
+        let nodes: BTreeSet<Ipv4Addr> = snap.nodes.iter().copied().collect();
+        for ip in nodes.difference(&self.nodes) {
+            diffs.push(self.engine.upsert_node(*ip));
+        }
+        for ip in self.nodes.difference(&nodes) {
+            diffs.push(self.engine.remove_node(*ip));
+        }
+        self.nodes = nodes;
+        self.pods = pods;
+
+        // Identities no pod uses any more leave last, after their entries.
+        for id in self.identities_in_engine.clone().difference(&used) {
+            diffs.push(self.engine.remove_identity(*id));
+        }
+        self.identities_in_engine = used;
+        self.pod_identity = pod_identity;
+
+        diffs.retain(|d| !d.is_empty());
+        report.changes = diffs.iter().map(MapDiff::len).sum();
+        report.rejected = self.rejected.clone();
+        report.identities = self.pod_identity.clone();
+        report.policy_entries = self.engine.contents().policy.len();
+        (diffs, report)
+    }
+
+    /// Identities pods use that `given` (the cluster's `SextantIdentity`
+    /// objects) does not bind yet: this node chose them and must publish them.
+    pub fn unpublished(
+        &self,
+        given: &BTreeMap<u32, BTreeMap<String, String>>,
+    ) -> Vec<(u32, BTreeMap<String, String>)> {
+        self.identities_in_engine
+            .iter()
+            .filter(|id| !given.contains_key(id))
+            .filter_map(|id| Some((*id, self.bound.get(id)?.as_map().clone())))
+            .collect()
+    }
+
+    fn identity_for(&mut self, labels: &Labels) -> Option<u32> {
+        if let Some((id, _)) = self.bound.iter().find(|(_, l)| *l == labels) {
+            return Some(*id);
+        }
+        let id = sextant_policy::allocate(labels, &self.bound)?;
+        self.bound.insert(id, labels.clone());
+        Some(id)
+    }
+}
+
+fn doc_name(doc: &serde_json::Value) -> Option<String> {
+    let kind = doc.get("kind")?.as_str()?;
+    let meta = doc.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let ns = meta
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    Some(format!("{kind}/{ns}/{name}"))
+}
+
+fn entry(k: &sextant_policy::PolicyKey) -> PolicyEntry {
+    PolicyEntry {
+        local: k.local_identity,
+        remote: k.remote_identity,
+        egress: k.direction == Direction::Egress,
+        proto: k.proto,
+        port: k.port,
+        port_prefix: k.port_prefix,
+    }
+}
+
+/// Writes one diff into the maps in the order that never drops an allowed
+/// packet: ipcache and allow entries in, enforcement changed, then allow
+/// entries and ipcache out. Returns the entries touched.
+pub fn write_diff(dp: &mut Datapath, d: &MapDiff) -> Result<usize> {
+    for ((addr, len), id) in &d.ipcache_upserts {
+        dp.upsert_ipcache(*addr, *len, *id)?;
+    }
+    for (k, v) in &d.policy_upserts {
+        dp.upsert_policy(&entry(k), v.policy_index)?;
+    }
+    for (id, bits) in &d.enforced_upserts {
+        dp.set_enforced(*id, u32::from(*bits))?;
+    }
+    for id in &d.enforced_deletes {
+        dp.set_enforced(*id, 0)?;
+    }
+    for k in &d.policy_deletes {
+        dp.remove_policy(&entry(k))?;
+    }
+    for (addr, len) in &d.ipcache_deletes {
+        dp.remove_ipcache(*addr, *len)?;
+    }
+    Ok(d.len())
+}
+
+/// Loads the whole of `contents` (after an agent restart the maps may hold
+/// anything: entries not in `contents` are removed).
+pub fn write_all(dp: &mut Datapath, engine: &PolicyEngine) -> Result<()> {
+    let c = engine.contents();
+    for ((addr, len), id) in &c.ipcache {
+        dp.upsert_ipcache(*addr, *len, *id)?;
+    }
+    for (k, v) in &c.policy {
+        dp.upsert_policy(&entry(k), v.policy_index)?;
+    }
+    for (id, bits) in &c.enforced {
+        dp.set_enforced(*id, u32::from(*bits))?;
+    }
+    for (id, _) in dp.enforced() {
+        if !c.enforced.contains_key(&id) {
+            dp.set_enforced(id, 0)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str, app: &str, ip: [u8; 4]) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ip: Some(Ipv4Addr::from(ip)),
+        }
+    }
+
+    fn protected_db() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "sextant.io/v1alpha1",
+            "kind": "SextantNetworkPolicy",
+            "metadata": {"name": "db", "namespace": "prod"},
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": "protected-db"}},
+                "ingress": [{
+                    "fromEndpoints": [{"matchLabels": {"app": "employee"}}],
+                    "toPorts": [{"ports": [{"port": "6379", "protocol": "TCP"}]}]
+                }]
+            }
+        })
+    }
+
+    #[test]
+    fn snapshot_sync_enforces_only_what_the_policy_says_and_reports_refusals() {
+        let mut np = NodePolicy::default();
+        let l7 = serde_json::json!({
+            "apiVersion": "sextant.io/v1alpha1", "kind": "SextantNetworkPolicy",
+            "metadata": {"name": "l7", "namespace": "prod"},
+            "spec": {"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
+                "rules": {"http": [{"method": "GET"}]}}]}]}
+        });
+        let snap = PolicySnapshot {
+            policies: vec![protected_db(), l7],
+            pods: vec![
+                pod("prod", "db-0", "protected-db", [10, 1, 0, 2]),
+                pod("prod", "emp", "employee", [10, 1, 0, 3]),
+                pod("prod", "other", "visitor", [10, 1, 0, 4]),
+            ],
+            nodes: vec![Ipv4Addr::new(192, 168, 0, 1)],
+            ..Default::default()
+        };
+        let local: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 1, 0, 2)].into();
+        let (diffs, report) = np.sync(&snap, &local);
+        assert!(!diffs.is_empty());
+        assert_eq!(
+            report.enforced,
+            vec!["SextantNetworkPolicy/prod/db".to_string()]
+        );
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        assert_eq!(report.rejected[0].reason, "Unsupported");
+        assert!(report.rejected[0].message.contains("rules"), "{report:?}");
+        let c = np.engine().contents();
+        let db = report.identities["prod/db-0"];
+        let emp = report.identities["prod/emp"];
+        let other = report.identities["prod/other"];
+        assert!(c.verdict(db, Direction::Ingress, 6, emp, 6379).is_some());
+        assert!(c.verdict(db, Direction::Ingress, 6, emp, 6380).is_none());
+        assert!(c.verdict(db, Direction::Ingress, 6, other, 6379).is_none());
+        assert!(
+            c.verdict(db, Direction::Egress, 6, other, 80).is_some(),
+            "egress not selected"
+        );
+
+        // The same snapshot again changes nothing.
+        let (diffs, report) = np.sync(&snap, &local);
+        assert!(diffs.is_empty(), "{diffs:?}");
+        assert_eq!(report.changes, 0);
+
+        // Dropping the policy lifts enforcement.
+        let (diffs, _) = np.sync(
+            &PolicySnapshot {
+                policies: vec![],
+                ..snap.clone()
+            },
+            &local,
+        );
+        assert!(!diffs.is_empty());
+        assert!(np.engine().contents().enforced.is_empty());
+    }
+
+    #[test]
+    fn pods_with_equal_labels_share_one_identity_and_given_identities_win() {
+        let mut np = NodePolicy::default();
+        let snap = PolicySnapshot {
+            pods: vec![
+                pod("a", "x-0", "x", [10, 0, 0, 1]),
+                pod("a", "x-1", "x", [10, 0, 0, 2]),
+                pod("b", "x-0", "x", [10, 0, 0, 3]),
+            ],
+            identities: [(
+                4242,
+                Labels::for_pod("b", &[("app".into(), "x".into())].into(), &BTreeMap::new())
+                    .as_map()
+                    .clone(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let (_, report) = np.sync(&snap, &BTreeSet::new());
+        assert_eq!(report.identities["a/x-0"], report.identities["a/x-1"]);
+        assert_ne!(report.identities["a/x-0"], report.identities["b/x-0"]);
+        assert_eq!(report.identities["b/x-0"], 4242);
+    }
+}

@@ -1,0 +1,434 @@
+//! Network policy on the real kernel: pods in namespaces, the real agent,
+//! CNI and BPF programs, policies sent as the control plane would
+//! (`PUT /v1/policy`), and TCP connections that must pass or be dropped.
+//! Without root the tests print why and skip.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use sextant_agent::{
+    api::ServiceSpec,
+    datapath::{Backend, CtTimeouts, Datapath, Frontend, Proto},
+    lab::{Lab, LabConfig, can_run, in_netns, spawn_in_netns},
+};
+
+fn lab(name: &str, pods: usize) -> Option<Lab> {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED {name}: {why}");
+        return None;
+    }
+    let cfg = LabConfig {
+        prefix: format!("sp{name}{}", std::process::id() % 100_000),
+        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
+        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
+        pool: "10.76.0.0/26".into(),
+        pods,
+        datapath: true,
+    };
+    let mut lab = Lab::new(cfg).expect("lab namespaces");
+    lab.start_agent().expect("agent starts");
+    for i in 0..pods {
+        lab.add(i).expect("ADD");
+    }
+    Some(lab)
+}
+
+/// A TCP server in netns `ns` on `ip:port` answering each line with `tag line`.
+fn server(ns: &str, ip: Ipv4Addr, port: u16, tag: &str) {
+    let tag = tag.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = spawn_in_netns(ns, move || {
+        let l = TcpListener::bind(SocketAddrV4::new(ip, port)).expect("bind");
+        let _ = tx.send(());
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut w = s.try_clone().expect("clone");
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if w.write_all(format!("{tag} {line}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server bound");
+}
+
+struct Conn {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn ask(&mut self, msg: &str) -> std::io::Result<String> {
+        self.w.write_all(format!("{msg}\n").as_bytes())?;
+        let mut line = String::new();
+        self.r.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+}
+
+/// Opens a connection from inside pod netns `ns`; the socket keeps its netns.
+fn open(ns: &str, to: SocketAddrV4) -> std::io::Result<Conn> {
+    in_netns(ns, move || -> std::io::Result<Conn> {
+        let s = TcpStream::connect_timeout(&to.into(), Duration::from_millis(800))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    })
+    .expect("netns")
+}
+
+/// Whether one request/answer over a new connection works.
+fn reaches(ns: &str, to: SocketAddrV4) -> bool {
+    open(ns, to).and_then(|mut c| c.ask("ping")).is_ok()
+}
+
+fn pod(lab: &Lab, i: usize, labels: Value) -> Value {
+    json!({"namespace": "lab", "name": lab.pods[i].name, "labels": labels})
+}
+
+fn put_policy(lab: &Lab, snap: &Value) -> Value {
+    sextant_agent::api::call_json_blocking(
+        &lab.socket,
+        "PUT",
+        "/v1/policy",
+        Some(snap),
+        Duration::from_secs(10),
+    )
+    .expect("PUT /v1/policy")
+}
+
+fn metric(lab: &Lab, prefix: &str) -> u64 {
+    let text = lab.metrics().expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn seed_policy() -> Value {
+    let mut p: Value =
+        serde_yaml::from_str(include_str!("../../docs/examples/protected-db-policy.yaml"))
+            .expect("the example is YAML");
+    p["metadata"]["namespace"] = json!("lab");
+    p
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 9);
+
+#[test]
+fn seed_example_lets_only_employees_reach_the_protected_db_on_6379() {
+    let Some(lab) = lab("seed", 3) else {
+        return;
+    };
+    let (employee, db, visitor) = (lab.pods[0].name.clone(), 1, lab.pods[2].name.clone());
+    let db_ip = lab.pods[db].ip.expect("ip");
+    server(&lab.pods[db].name, db_ip, 6379, "redis");
+    server(&lab.pods[db].name, db_ip, 6380, "other");
+    lab.set_service(&ServiceSpec {
+        frontend: Frontend {
+            vip: VIP,
+            port: 6379,
+            proto: Proto::Tcp,
+        },
+        backends: vec![Backend {
+            ip: db_ip,
+            port: 6379,
+        }],
+    })
+    .expect("service");
+    let redis = SocketAddrV4::new(db_ip, 6379);
+    let other_port = SocketAddrV4::new(db_ip, 6380);
+    assert!(reaches(&visitor, redis), "no policy yet: open");
+
+    let report = put_policy(
+        &lab,
+        &json!({
+            "policies": [seed_policy()],
+            "pods": [
+                pod(&lab, 0, json!({"app": "employee"})),
+                pod(&lab, 1, json!({"app": "protected-db"})),
+                pod(&lab, 2, json!({"app": "visitor"})),
+            ],
+        }),
+    );
+    assert_eq!(report["rejected"], json!([]), "{report}");
+    assert_eq!(
+        report["enforced"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+
+    assert!(reaches(&employee, redis), "employee -> db:6379 is allowed");
+    assert!(
+        reaches(&employee, SocketAddrV4::new(VIP, 6379)),
+        "and so through the ClusterIP (policy sees the backend)"
+    );
+    assert!(
+        !reaches(&employee, other_port),
+        "employee -> db:6380 is not"
+    );
+    assert!(!reaches(&visitor, redis), "visitor -> db:6379 is not");
+    assert!(
+        !reaches(&visitor, SocketAddrV4::new(VIP, 6379)),
+        "nor through the ClusterIP"
+    );
+    // The db itself is not selected for egress: it still reaches others.
+    server(&employee, lab.pods[0].ip.expect("ip"), 7000, "emp");
+    assert!(reaches(
+        &lab.pods[db].name,
+        SocketAddrV4::new(lab.pods[0].ip.expect("ip"), 7000)
+    ));
+
+    assert!(
+        metric(
+            &lab,
+            "sextant_agent_datapath_packets_total{verdict=\"policy_denied_ingress\"}"
+        ) > 0
+    );
+    assert!(
+        metric(
+            &lab,
+            "sextant_agent_policy_verdicts_total{policy=\"SextantNetworkPolicy/lab/protected-db\"}"
+        ) > 0,
+        "{}",
+        lab.metrics().expect("metrics")
+    );
+}
+
+#[test]
+fn egress_rules_with_endpoints_and_cidrs_with_except() {
+    let Some(lab) = lab("egr", 3) else {
+        return;
+    };
+    let (client, srv, other) = (0, 1, 2);
+    // Two addresses outside the cluster, on the node's loopback.
+    let node = lab.node.clone();
+    for args in [
+        ["addr", "add", "198.51.100.1/32", "dev", "lo"],
+        ["addr", "add", "198.51.100.200/32", "dev", "lo"],
+    ] {
+        let st = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&node)
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    }
+    server(&node, Ipv4Addr::new(198, 51, 100, 1), 9000, "ext1");
+    server(&node, Ipv4Addr::new(198, 51, 100, 200), 9000, "ext200");
+    for i in [srv, other] {
+        server(&lab.pods[i].name, lab.pods[i].ip.expect("ip"), 8080, "app");
+    }
+    let policy = json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "client-egress", "namespace": "lab"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "client"}},
+            "egress": [
+                {"toEndpoints": [{"matchLabels": {"app": "server"}}],
+                 "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]},
+                {"toCIDRSet": [{"cidr": "198.51.100.0/24", "except": ["198.51.100.128/25"]}],
+                 "toPorts": [{"ports": [{"port": "9000", "protocol": "TCP"}]}]}
+            ]
+        }
+    });
+    let report = put_policy(
+        &lab,
+        &json!({
+            "policies": [policy],
+            "pods": [
+                pod(&lab, client, json!({"app": "client"})),
+                pod(&lab, srv, json!({"app": "server"})),
+                pod(&lab, other, json!({"app": "other"})),
+            ],
+        }),
+    );
+    assert_eq!(report["rejected"], json!([]), "{report}");
+    let c = lab.pods[client].name.clone();
+    let at = |i: usize| SocketAddrV4::new(lab.pods[i].ip.expect("ip"), 8080);
+    assert!(reaches(&c, at(srv)), "to app=server on 8080");
+    assert!(!reaches(&c, at(other)), "not to app=other");
+    assert!(
+        reaches(&c, SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 9000)),
+        "CIDR"
+    );
+    assert!(
+        !reaches(
+            &c,
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 200), 9000)
+        ),
+        "the except carves .128/25 out"
+    );
+    assert!(
+        reaches(&lab.pods[other].name, at(srv)),
+        "pods the policy does not select keep full egress"
+    );
+    assert!(
+        metric(
+            &lab,
+            "sextant_agent_datapath_packets_total{verdict=\"policy_denied_egress\"}"
+        ) > 0
+    );
+}
+
+#[test]
+fn policy_change_applies_to_new_flows_and_keeps_allowed_established_ones() {
+    let Some(lab) = lab("chg", 2) else {
+        return;
+    };
+    let emp = lab.pods[0].name.clone();
+    let db_ip = lab.pods[1].ip.expect("ip");
+    server(&lab.pods[1].name, db_ip, 6379, "redis");
+    server(&lab.pods[1].name, db_ip, 6380, "other");
+    let pods = json!([
+        pod(&lab, 0, json!({"app": "employee"})),
+        pod(&lab, 1, json!({"app": "protected-db"})),
+    ]);
+    put_policy(&lab, &json!({"policies": [seed_policy()], "pods": pods}));
+    let mut flow = open(&emp, SocketAddrV4::new(db_ip, 6379)).expect("allowed");
+    assert_eq!(flow.ask("a").expect("answer"), "redis a");
+    assert!(!reaches(&emp, SocketAddrV4::new(db_ip, 6380)));
+
+    // Widen the policy to 6379-6380: the established flow keeps going.
+    let mut wider = seed_policy();
+    wider["spec"]["ingress"][0]["toPorts"][0]["ports"][0] =
+        json!({"port": "6379", "endPort": 6380, "protocol": "TCP"});
+    let report = put_policy(&lab, &json!({"policies": [wider], "pods": pods}));
+    assert!(report["changes"].as_u64().unwrap_or(0) > 0, "{report}");
+    for i in 0..20 {
+        assert_eq!(
+            flow.ask(&format!("m{i}"))
+                .expect("established flow answered"),
+            format!("redis m{i}")
+        );
+    }
+    assert!(
+        reaches(&emp, SocketAddrV4::new(db_ip, 6380)),
+        "new rule applies"
+    );
+
+    // Take employees out: new connections are refused.
+    let mut admins_only = seed_policy();
+    admins_only["spec"]["ingress"][0]["fromEndpoints"][0]["matchLabels"] = json!({"app": "admin"});
+    put_policy(&lab, &json!({"policies": [admins_only], "pods": pods}));
+    assert!(!reaches(&emp, SocketAddrV4::new(db_ip, 6379)));
+}
+
+#[test]
+fn conntrack_sweep_removes_only_idle_entries() {
+    let Some(lab) = lab("ct", 2) else {
+        return;
+    };
+    let ip = lab.pods[1].ip.expect("ip");
+    server(&lab.pods[1].name, ip, 8080, "b");
+    lab.set_service(&ServiceSpec {
+        frontend: Frontend {
+            vip: VIP,
+            port: 80,
+            proto: Proto::Tcp,
+        },
+        backends: vec![Backend { ip, port: 8080 }],
+    })
+    .expect("service");
+    assert!(reaches(&lab.pods[0].name, SocketAddrV4::new(VIP, 80)));
+    // The agent's own pins, opened beside it.
+    let mut dp = Datapath::open(&lab.bpf_root).expect("adopt the lab's datapath");
+    let fresh = dp.sweep_conntrack(CtTimeouts::default());
+    assert_eq!(fresh.expired, 0, "nothing is idle for hours");
+    assert!(
+        fresh.live >= 4,
+        "service and policy entries of the flow: {fresh:?}"
+    );
+    let aged = dp.sweep_conntrack(CtTimeouts {
+        tcp: Duration::ZERO,
+        other: Duration::ZERO,
+    });
+    assert_eq!(aged.expired, fresh.live, "{aged:?}");
+    assert_eq!(dp.sweep_conntrack(CtTimeouts::default()).live, 0);
+    assert!(
+        reaches(&lab.pods[0].name, SocketAddrV4::new(VIP, 80)),
+        "new flows still work"
+    );
+}
+
+#[test]
+fn fail_open_opens_selected_pods_when_the_control_plane_stays_away_and_a_sync_restores() {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED fail-open: {why}");
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        prefix: format!("spfo{}", std::process::id() % 100_000),
+        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
+        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
+        pool: "10.76.0.0/26".into(),
+        pods: 3,
+        datapath: true,
+    })
+    .expect("lab namespaces");
+    lab.start_agent_with(&[
+        "--policy-fail-open-after-seconds",
+        "3",
+        "--policy-fail-open-selector",
+        "tier=critical",
+    ])
+    .expect("agent starts");
+    for i in 0..3 {
+        lab.add(i).expect("ADD");
+    }
+    let visitor = lab.pods[0].name.clone();
+    let at = |i: usize| SocketAddrV4::new(lab.pods[i].ip.expect("ip"), 6379);
+    for i in [1, 2] {
+        server(
+            &lab.pods[i].name,
+            lab.pods[i].ip.expect("ip"),
+            6379,
+            "redis",
+        );
+    }
+    let snap = json!({
+        "policies": [seed_policy()],
+        "pods": [
+            pod(&lab, 0, json!({"app": "visitor"})),
+            pod(&lab, 1, json!({"app": "protected-db", "tier": "critical"})),
+            pod(&lab, 2, json!({"app": "protected-db"})),
+        ],
+    });
+    let synced = std::time::Instant::now();
+    put_policy(&lab, &snap);
+    assert!(
+        !reaches(&visitor, at(1)),
+        "enforced while the control plane is there"
+    );
+    std::thread::sleep(Duration::from_millis(4500).saturating_sub(synced.elapsed()));
+    assert_eq!(metric(&lab, "sextant_agent_policy_fail_open "), 1);
+    assert_eq!(
+        metric(&lab, "sextant_agent_policy_fail_open_engagements_total"),
+        1
+    );
+    assert!(reaches(&visitor, at(1)), "the selected pod is opened");
+    assert!(
+        !reaches(&visitor, at(2)),
+        "pods the selector leaves out stay enforced"
+    );
+    put_policy(&lab, &snap);
+    assert_eq!(metric(&lab, "sextant_agent_policy_fail_open "), 0);
+    assert!(!reaches(&visitor, at(1)), "a sync restores enforcement");
+}
