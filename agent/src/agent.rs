@@ -89,6 +89,7 @@ struct State {
 /// Kubernetes client exists; without it every pod is an ordinary one).
 struct FixedIpLookup {
     client: kube::Client,
+    cache: Option<fixed_ip::FixedIpCache>,
     wait: Duration,
 }
 
@@ -266,7 +267,25 @@ impl Agent {
     /// `client` for a `FixedIP` named after the pod and, if there is one, wait
     /// up to `wait` for its address to reach this node. Only the first call counts.
     pub fn enable_fixed_ips(&self, client: kube::Client, wait: Duration) {
-        let _ = self.fixed_lookup.set(FixedIpLookup { client, wait });
+        let _ = self.fixed_lookup.set(FixedIpLookup {
+            client,
+            cache: None,
+            wait,
+        });
+    }
+
+    /// [`Agent::enable_fixed_ips`] answering from a FixedIP watch first.
+    pub fn enable_fixed_ips_cached(
+        &self,
+        client: kube::Client,
+        cache: fixed_ip::FixedIpCache,
+        wait: Duration,
+    ) {
+        let _ = self.fixed_lookup.set(FixedIpLookup {
+            client,
+            cache: Some(cache),
+            wait,
+        });
     }
 
     /// The allocation step of CNI ADD: an ordinary pod takes any free IP; a
@@ -311,7 +330,13 @@ impl Agent {
                 Decision::Lookup => {
                     lookup = Some(match self.fixed_lookup.get() {
                         Some(l) => {
-                            fixed_ip::lookup(&l.client, &req.pod_namespace, &req.pod_name).await?
+                            fixed_ip::lookup_cached(
+                                &l.client,
+                                l.cache.as_ref(),
+                                &req.pod_namespace,
+                                &req.pod_name,
+                            )
+                            .await?
                         }
                         None => fixed_ip::Lookup::NotFound,
                     });

@@ -13,11 +13,25 @@
 //!                       └─ FixedIP found, deadline    ─▶ TimedOut    CNI error, kubelet retries
 //! ```
 //!
-//! [`decide`] is pure; [`lookup`] is the one kube call.
+//! [`decide`] is pure; [`lookup`] is the one kube call. [`FixedIpCache`]
+//! (a cluster-wide FixedIP watch) answers first, so an ADD whose answer is
+//! known neither waits on the API server nor fails when it is unreachable.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use kube::{Api, Client};
+use futures::StreamExt;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
+};
 use sextant_crds::FixedIP;
 use tokio::time::Instant;
 
@@ -83,16 +97,51 @@ pub fn decide(
     }
 }
 
-/// Reads the `FixedIP` named after pod `namespace/name`.
-pub async fn lookup(client: &Client, namespace: &str, name: &str) -> Result<Lookup> {
-    let api: Api<FixedIP> = Api::namespaced(client.clone(), namespace);
-    let found = api.get_opt(name).await.map_err(|source| Error::Kube {
-        action: format!("reading FixedIP {namespace}/{name}"),
-        source: Box::new(source),
-    })?;
-    let Some(fip) = found else {
-        return Ok(Lookup::NotFound);
-    };
+/// FixedIPs as a cluster-wide watch last saw them.
+#[derive(Clone)]
+pub struct FixedIpCache {
+    store: reflector::Store<FixedIP>,
+    synced: Arc<AtomicBool>,
+}
+
+impl FixedIpCache {
+    /// Starts the watch; the cache answers misses only once its first list is in.
+    pub fn start(client: Client) -> Self {
+        let (store, writer) = reflector::store::<FixedIP>();
+        let synced = Arc::new(AtomicBool::new(false));
+        tokio::spawn(
+            watcher(Api::<FixedIP>::all(client), watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .for_each(|_| async {}),
+        );
+        let (s, flag) = (store.clone(), synced.clone());
+        tokio::spawn(async move {
+            if s.wait_until_ready().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+        FixedIpCache { store, synced }
+    }
+
+    /// A cache over `store`, synced or not (tests).
+    pub fn from_store(store: reflector::Store<FixedIP>, synced: bool) -> Self {
+        FixedIpCache {
+            store,
+            synced: Arc::new(AtomicBool::new(synced)),
+        }
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<Arc<FixedIP>> {
+        self.store.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+}
+
+fn found(fip: &FixedIP, namespace: &str, name: &str) -> Result<Lookup> {
     let ip = fip
         .spec
         .ip
@@ -103,6 +152,49 @@ pub async fn lookup(client: &Client, namespace: &str, name: &str) -> Result<Look
             source,
         })?;
     Ok(Lookup::Found(ip))
+}
+
+/// Whether a pod has a `FixedIP`: the cache when it has the object; else the
+/// API server (a FixedIP may be newer than the watch has delivered); and
+/// when the API server cannot be reached but the cache has listed once, the
+/// cache's "none": the pod is an ordinary one. An API server that answers
+/// with an error is an error (kubelet retries the ADD).
+pub async fn lookup_cached(
+    client: &Client,
+    cache: Option<&FixedIpCache>,
+    namespace: &str,
+    name: &str,
+) -> Result<Lookup> {
+    if let Some(fip) = cache.and_then(|c| c.get(namespace, name)) {
+        return found(&fip, namespace, name);
+    }
+    match lookup(client, namespace, name).await {
+        Err(Error::Kube { source, .. })
+            if !matches!(*source, kube::Error::Api(_))
+                && cache.is_some_and(FixedIpCache::synced) =>
+        {
+            tracing::warn!(
+                pod = %format!("{namespace}/{name}"),
+                error = %source,
+                "API server unreachable; the FixedIP watch knows none for this pod: ordinary pod"
+            );
+            Ok(Lookup::NotFound)
+        }
+        r => r,
+    }
+}
+
+/// Reads the `FixedIP` named after pod `namespace/name`.
+pub async fn lookup(client: &Client, namespace: &str, name: &str) -> Result<Lookup> {
+    let api: Api<FixedIP> = Api::namespaced(client.clone(), namespace);
+    let answer = api.get_opt(name).await.map_err(|source| Error::Kube {
+        action: format!("reading FixedIP {namespace}/{name}"),
+        source: Box::new(source),
+    })?;
+    match answer {
+        Some(fip) => found(&fip, namespace, name),
+        None => Ok(Lookup::NotFound),
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +293,60 @@ mod tests {
         ]
         .into();
         assert_eq!(parse_fixed_ips(&raw), mk_fixed(&[(7, "db/web-0")]));
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    fn cache_with(objects: &[(&str, &str, &str)], synced: bool) -> FixedIpCache {
+        let (store, mut writer) = reflector::store::<FixedIP>();
+        for (ns, name, ip) in objects {
+            let f: FixedIP = serde_json::from_value(serde_json::json!({
+                "apiVersion": "sextant.io/v1alpha1", "kind": "FixedIP",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"ip": ip, "statefulSet": "web", "ordinal": 0},
+            }))
+            .expect("fixed ip");
+            writer.apply_watcher_event(&watcher::Event::Apply(f));
+        }
+        FixedIpCache::from_store(store, synced)
+    }
+
+    /// A client whose API server is gone: every request fails in transport.
+    fn unreachable_client() -> Client {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        drop(handle);
+        Client::new(svc, "default")
+    }
+
+    #[tokio::test]
+    async fn a_cached_fixed_ip_is_answered_without_the_api_server() {
+        let cache = cache_with(&[("db", "web-0", "10.0.0.9")], true);
+        let got = lookup_cached(&unreachable_client(), Some(&cache), "db", "web-0").await;
+        assert_eq!(
+            got.expect("cached"),
+            Lookup::Found(Ipv4Addr::new(10, 0, 0, 9))
+        );
+    }
+
+    #[tokio::test]
+    async fn api_down_with_a_synced_cache_makes_an_unknown_pod_an_ordinary_one() {
+        let cache = cache_with(&[("db", "web-0", "10.0.0.9")], true);
+        let got = lookup_cached(&unreachable_client(), Some(&cache), "default", "nginx-1").await;
+        assert_eq!(got.expect("ordinary"), Lookup::NotFound);
+    }
+
+    #[tokio::test]
+    async fn api_down_before_the_cache_listed_is_an_error_kubelet_retries() {
+        let cache = cache_with(&[], false);
+        let got = lookup_cached(&unreachable_client(), Some(&cache), "default", "nginx-1").await;
+        assert!(matches!(got, Err(Error::Kube { .. })), "{got:?}");
+        let got = lookup_cached(&unreachable_client(), None, "default", "nginx-1").await;
+        assert!(matches!(got, Err(Error::Kube { .. })), "no cache: {got:?}");
     }
 }

@@ -207,8 +207,9 @@ impl Args {
                     action: "building the Kubernetes client".into(),
                     source: Box::new(source),
                 })?;
-                agent.enable_fixed_ips(
+                agent.enable_fixed_ips_cached(
                     client.clone(),
+                    crate::fixed_ip::FixedIpCache::start(client.clone()),
                     Duration::from_secs(self.fixed_ip_wait_seconds),
                 );
                 if !self.no_datapath {
