@@ -106,6 +106,18 @@ impl ApiServerVerifier {
         (Seen { content_type, body }, send)
     }
 
+    /// Takes the next request as an `events.k8s.io` Event POST in
+    /// `namespace` (what kube's `Recorder` sends) and answers 201.
+    pub async fn expect_event(&mut self, namespace: &str) -> Seen {
+        let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events?");
+        let reply = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": { "name": "ev.1", "namespace": namespace },
+            "eventTime": "2026-11-25T12:00:00.000000Z",
+        });
+        self.expect(Method::POST, &path, 201, reply).await
+    }
+
     /// Asserts that the client sent nothing more before every clone of it
     /// was dropped. Waiting for the client to go, rather than for a quiet
     /// moment, cannot miss a request that comes late.
@@ -117,5 +129,13 @@ impl ApiServerVerifier {
             }
             Err(_) => panic!("the client is still alive: drop it before expect_no_more"),
         }
+    }
+}
+
+/// The verifier script's result, its panic re-raised in the test.
+pub async fn finish<T>(script: tokio::task::JoinHandle<T>) -> T {
+    match script.await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

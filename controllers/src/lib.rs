@@ -19,5 +19,6 @@ pub mod full_resync;
 pub mod http;
 pub mod leader;
 pub mod node_watch;
+pub mod policy_status;
 pub mod runtime;
 pub mod webhook;

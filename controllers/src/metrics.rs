@@ -201,3 +201,53 @@ impl FixedIpMetrics {
         self.steps.get_or_create(&StepLabels { kind }).get()
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Network-policy status metrics; clones share the series.
+#[derive(Clone, Default)]
+pub struct PolicyMetrics {
+    policies: Family<StateLabels, Gauge>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+impl PolicyMetrics {
+    /// Registers under `registry` (give it a `sextant_operator` prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "policies",
+            "SextantNetworkPolicies and NetworkPolicies by state (accepted, rejected)",
+            self.policies.clone(),
+        );
+        registry.register(
+            "policy_status_errors",
+            "Policy reconciles that failed, by error kind",
+            self.errors.clone(),
+        );
+    }
+
+    /// Sets the number of accepted and rejected policies.
+    pub fn set_policies(&self, accepted: usize, rejected: usize) {
+        for (state, n) in [("accepted", accepted), ("rejected", rejected)] {
+            self.policies
+                .get_or_create(&StateLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Policies in `state` (`accepted`, `rejected`) as last set.
+    pub fn policies(&self, state: &'static str) -> i64 {
+        self.policies
+            .get(&StateLabels { state })
+            .map(|g| g.get())
+            .unwrap_or(0)
+    }
+
+    /// Counts a failed reconcile.
+    pub fn error(&self, error: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+}

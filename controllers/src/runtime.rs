@@ -7,7 +7,10 @@
 //!    │                                         │
 //!    ├─▶ http::serve (/metrics, /healthz)      │        (only while leading)
 //!    └─▶ LeaderElector ──leading──▶ NodeNetwork controller ─┬─ Node controller (creates NodeNetworks)
-//!                                                           └─ FullResync (list VPCs, patch, GC)
+//!                                                           ├─ FullResync (list VPCs, patch, GC)
+//!                                                           ├─ FixedIP controller (with --vpc-id)
+//!                                                           └─ policy status (SextantNetworkPolicy
+//!                                                              Accepted condition, NetworkPolicy events)
 //! ```
 //!
 //! Cloud credentials come only from the environment or the provider's
@@ -45,8 +48,9 @@ use crate::{
         watermark::IpamDefaults,
     },
     leader::{LeaderElector, LeaderMetrics, LeaseConfig},
-    metrics::IpamMetrics,
+    metrics::{IpamMetrics, PolicyMetrics},
     node_watch::{self, NodeContext, NodeNetworkDefaults, NodeWatchMetrics},
+    policy_status::controller::{self as policy_controller, PolicyContext},
 };
 
 /// Environment variable with the Alibaba AccessKey id.
@@ -343,6 +347,7 @@ impl Args {
         let leader_metrics = LeaderMetrics::default();
         let node_metrics = NodeWatchMetrics::default();
         let fixed_ip_metrics = crate::metrics::FixedIpMetrics::default();
+        let policy_metrics = PolicyMetrics::default();
         let mut registry = Registry::default();
         {
             let op = registry.sub_registry_with_prefix("sextant_operator");
@@ -351,6 +356,7 @@ impl Args {
             leader_metrics.register(op);
             node_metrics.register(op);
             fixed_ip_metrics.register(op);
+            policy_metrics.register(op);
         }
         cloud_metrics.register(registry.sub_registry_with_prefix("sextant_cloud"));
 
@@ -407,6 +413,11 @@ impl Args {
         }
         let shared = Leading {
             fixed_ips,
+            policies: Arc::new(PolicyContext::new(
+                client.clone(),
+                policy_metrics,
+                clock.clone(),
+            )),
             client: client.clone(),
             ctx: Arc::new(Context::new(client.clone(), ipam, RequeuePolicy::default())),
             provider: self.provider.into(),
@@ -455,6 +466,8 @@ impl Args {
 struct Leading {
     /// The FixedIP controller, its cloud and VPC, when a VPC is configured.
     fixed_ips: Option<(Arc<FixedIpController>, Arc<dyn EniCloud>, String)>,
+    /// The policy status controllers' context.
+    policies: Arc<PolicyContext>,
     client: Client,
     ctx: Arc<Context>,
     provider: Provider,
@@ -466,8 +479,9 @@ struct Leading {
 
 impl Leading {
     /// The NodeNetwork controller, the node watch (once the NodeNetwork
-    /// cache is filled, so existing NodeNetworks cost no create call) and the
-    /// full resync. Ends only if the watches end.
+    /// cache is filled, so existing NodeNetworks cost no create call), the
+    /// full resync, the FixedIP controller and the policy status
+    /// controllers. Ends only if the watches end.
     async fn run(&self) {
         let nn_api: Api<NodeNetwork> = Api::all(self.client.clone());
         let controller = Controller::new(nn_api, watcher::Config::default())
@@ -508,7 +522,8 @@ impl Leading {
                 None => std::future::pending().await,
             }
         };
-        tokio::join!(node_networks, nodes, resync, fixed_ips);
+        let policies = policy_controller::run(self.policies.clone(), self.concurrency);
+        tokio::join!(node_networks, nodes, resync, fixed_ips, policies);
     }
 }
 

@@ -783,15 +783,7 @@ mod tests {
     use sextant_crds::{FixedIPPhase, ReclaimPolicy};
 
     use super::*;
-    use crate::fixtures::mock_client;
-
-    /// The verifier script's result, its panic re-raised here.
-    async fn finish<T>(script: tokio::task::JoinHandle<T>) -> T {
-        match script.await {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
+    use crate::fixtures::{finish, mock_client};
 
     const NOW: &str = "2026-11-25T12:00:00Z";
 
@@ -801,29 +793,6 @@ mod tests {
             "apiVersion": "sextant.io/v1alpha1", "kind": "FixedIP",
             "metadata": { "name": "web-0", "namespace": "db" },
             "spec": { "ip": "10.0.0.9", "statefulSet": "web", "ordinal": 0 },
-        })
-    }
-
-    /// Takes the next request as an Event POST in namespace `db`.
-    async fn expect_event(
-        server: &mut crate::fixtures::ApiServerVerifier,
-    ) -> crate::fixtures::Seen {
-        server
-            .expect(
-                Method::POST,
-                "/apis/events.k8s.io/v1/namespaces/db/events?",
-                201,
-                event_reply(),
-            )
-            .await
-    }
-
-    /// What the API server answers for an Event.
-    fn event_reply() -> Value {
-        json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": { "name": "web-0.1", "namespace": "db" },
-            "eventTime": "2026-11-25T12:00:00.000000Z",
         })
     }
 
@@ -879,7 +848,7 @@ mod tests {
                     fip_reply(),
                 )
                 .await;
-            let event = expect_event(&mut server).await;
+            let event = server.expect_event("db").await;
             server.expect_no_more().await;
             (created, status, event)
         });
@@ -1059,7 +1028,7 @@ mod tests {
             let to = server
                 .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
                 .await;
-            let event = expect_event(&mut server).await;
+            let event = server.expect_event("db").await;
             server.expect_no_more().await;
             (fip, from, to, event)
         });
