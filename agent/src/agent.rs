@@ -109,8 +109,21 @@ struct PolicyState {
     last: Option<PolicySnapshot>,
     control_plane_seen: std::time::Instant,
     fail_open: Option<PolicyFailOpen>,
-    /// Local identities whose enforcement the fail-open mode lifted.
+    /// Whether the fail-open mode has lifted enforcement.
     engaged: bool,
+    /// Kubernetes Events to post once the API server can be reached.
+    events: Vec<PolicyEvent>,
+}
+
+/// An Event about this node's policy enforcement (fail-open engaged or lifted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyEvent {
+    /// Warning (engaged) or Normal (restored).
+    pub warning: bool,
+    /// `PolicyFailOpen` or `PolicyRestored`.
+    pub reason: &'static str,
+    /// What happened, when.
+    pub note: String,
 }
 
 /// The agent. Cheap to share behind an `Arc`.
@@ -185,6 +198,7 @@ impl Agent {
                 control_plane_seen: std::time::Instant::now(),
                 fail_open: None,
                 engaged: false,
+                events: Vec::new(),
             }),
             netlink,
             save_lock: tokio::sync::Mutex::new(()),
@@ -676,8 +690,26 @@ impl Agent {
             }
             self.metrics.policy_fail_open.set(0);
             warn!("control plane back: policy enforcement restored");
+            ps.events.push(PolicyEvent {
+                warning: false,
+                reason: "PolicyRestored",
+                note: format!("policy enforcement restored at {}", now_rfc3339()),
+            });
         }
         Ok(report)
+    }
+
+    /// Takes the policy Events waiting to be posted.
+    pub fn take_policy_events(&self) -> Vec<PolicyEvent> {
+        std::mem::take(&mut lock(&self.policy).events)
+    }
+
+    /// Puts back Events that could not be posted (oldest first, at most 16 kept).
+    pub fn requeue_policy_events(&self, mut events: Vec<PolicyEvent>) {
+        let mut ps = lock(&self.policy);
+        events.append(&mut ps.events);
+        let skip = events.len().saturating_sub(16);
+        ps.events = events.into_iter().skip(skip).collect();
     }
 
     /// Identities local pods use that `given` does not bind yet.
@@ -801,6 +833,16 @@ impl Agent {
         ps.engaged = true;
         self.metrics.policy_fail_open.set(1);
         self.metrics.policy_fail_open_engaged.inc();
+        let away = ps.control_plane_seen.elapsed().as_secs();
+        ps.events.push(PolicyEvent {
+            warning: true,
+            reason: "PolicyFailOpen",
+            note: format!(
+                "no control plane for {away} s (fail-open after {} s): enforcement lifted for {opened} identities at {}",
+                cfg.after.as_secs(),
+                now_rfc3339()
+            ),
+        });
         warn!(
             away_s = ps.control_plane_seen.elapsed().as_secs(),
             identities = opened,
@@ -1003,6 +1045,59 @@ mod tests {
         let agent = Agent::new(cfg(dir)).expect("agent");
         agent.restore().await.expect("restore");
         agent
+    }
+
+    #[tokio::test]
+    async fn fail_open_engages_only_past_its_delay_and_queues_node_events() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
+        agent.sync_policy(PolicySnapshot::default()).expect("sync");
+        agent.check_fail_open().expect("check");
+        assert!(
+            agent.take_policy_events().is_empty(),
+            "not armed: nothing happens"
+        );
+
+        agent.enable_policy_fail_open(PolicyFailOpen {
+            after: Duration::from_secs(3600),
+            selector: BTreeMap::new(),
+        });
+        agent.check_fail_open().expect("check");
+        assert!(
+            agent.take_policy_events().is_empty(),
+            "control plane seen just now"
+        );
+
+        agent.enable_policy_fail_open(PolicyFailOpen {
+            after: Duration::ZERO,
+            selector: BTreeMap::new(),
+        });
+        agent.check_fail_open().expect("check");
+        agent.check_fail_open().expect("engages once");
+        let evs = agent.take_policy_events();
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert!(evs[0].warning && evs[0].reason == "PolicyFailOpen");
+        assert!(
+            agent
+                .metrics_text()
+                .contains("sextant_agent_policy_fail_open 1")
+        );
+
+        // Not posted (API server away): kept, oldest first, bounded.
+        agent.requeue_policy_events(evs.clone());
+        agent.sync_policy(PolicySnapshot::default()).expect("sync");
+        let evs = agent.take_policy_events();
+        assert_eq!(
+            evs.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            ["PolicyFailOpen", "PolicyRestored"]
+        );
+        assert!(
+            agent
+                .metrics_text()
+                .contains("sextant_agent_policy_fail_open 0")
+        );
+        agent.requeue_policy_events(vec![evs[0].clone(); 40]);
+        assert_eq!(agent.take_policy_events().len(), 16);
     }
 
     #[tokio::test]

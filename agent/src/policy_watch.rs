@@ -8,6 +8,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod},
     networking::v1::NetworkPolicy,
@@ -15,7 +16,11 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, Resource,
     api::PostParams,
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector, watcher,
+    },
 };
 use sextant_crds::{SextantIdentity, SextantNetworkPolicy};
 use tracing::{debug, warn};
@@ -121,9 +126,66 @@ pub async fn publish(api: &Api<SextantIdentity>, ids: &[(u32, BTreeMap<String, S
     created
 }
 
+/// Posts the agent's pending policy Events on its Node (`node`); those the
+/// API server refuses wait for the next try.
+pub async fn post_events(agent: &Agent, recorder: &Recorder, node: &str) {
+    let pending = agent.take_policy_events();
+    let mut failed = Vec::new();
+    for ev in pending {
+        let event = Event {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.to_string(),
+            note: Some(ev.note.clone()),
+            action: ev.reason.to_string(),
+            secondary: None,
+        };
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            debug!(error = %e, "posting a policy event failed; kept for later");
+            failed.push(ev);
+        }
+    }
+    if !failed.is_empty() {
+        agent.requeue_policy_events(failed);
+    }
+}
+
 /// Watches policies, pods, namespaces, nodes and identities cluster-wide and
-/// keeps the node's policy equal to what they say.
-pub async fn watch(agent: Arc<Agent>, client: Client) {
+/// keeps the node's policy equal to what they say; posts policy Events
+/// (fail-open engaged / restored) on Node `node`.
+pub async fn watch(agent: Arc<Agent>, client: Client, node: String) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "sextant-agent".into(),
+            instance: Some(node.clone()),
+        },
+    );
+    let events_loop = {
+        let agent = agent.clone();
+        let node = node.clone();
+        let recorder = recorder.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                post_events(&agent, &recorder, &node).await;
+            }
+        }
+    };
+    tokio::join!(events_loop, sync_loop(agent, client));
+}
+
+async fn sync_loop(agent: Arc<Agent>, client: Client) {
     let (pol_store, pol_w) = reflector::store::<SextantNetworkPolicy>();
     let (np_store, np_w) = reflector::store::<NetworkPolicy>();
     let (pod_store, pod_w) = reflector::store::<Pod>();

@@ -214,7 +214,11 @@ impl Args {
                 );
                 if !self.no_datapath {
                     tokio::spawn(crate::services::watch(agent.clone(), client.clone()));
-                    tokio::spawn(crate::policy_watch::watch(agent.clone(), client.clone()));
+                    tokio::spawn(crate::policy_watch::watch(
+                        agent.clone(),
+                        client.clone(),
+                        node.clone(),
+                    ));
                 }
                 Some(tokio::spawn(node_loops(
                     agent.clone(),
