@@ -250,6 +250,24 @@ fn rbac_grants_each_component_exactly_what_its_docs_list() {
                 ("sextant.io", "fixedips", &["get"]),
                 ("", "services", &["list", "watch"]),
                 ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+                (
+                    "sextant.io",
+                    "sextantnetworkpolicies",
+                    &["get", "list", "watch"]
+                ),
+                (
+                    "networking.k8s.io",
+                    "networkpolicies",
+                    &["get", "list", "watch"]
+                ),
+                ("", "pods", &["get", "list", "watch"]),
+                ("", "namespaces", &["get", "list", "watch"]),
+                ("", "nodes", &["get", "list", "watch"]),
+                (
+                    "sextant.io",
+                    "sextantidentities",
+                    &["get", "list", "watch", "create"]
+                ),
             ]),
             "{}: agent",
             r.set
@@ -284,6 +302,14 @@ fn rbac_grants_each_component_exactly_what_its_docs_list() {
                     ("", "nodes", read),
                     ("", "pods", read),
                     ("apps", "statefulsets", read),
+                    ("sextant.io", "sextantnetworkpolicies", read),
+                    ("sextant.io", "sextantnetworkpolicies/status", &["patch"]),
+                    ("networking.k8s.io", "networkpolicies", &["list", "watch"]),
+                    (
+                        "sextant.io",
+                        "sextantidentities",
+                        &["list", "watch", "delete"]
+                    ),
                     ("", "events", &["create", "patch"]),
                     ("events.k8s.io", "events", &["create", "patch"]),
                 ]),
@@ -335,6 +361,141 @@ fn rbac_grants_each_component_exactly_what_its_docs_list() {
             "{}",
             r.set
         );
+    }
+}
+
+/// Verbs that change an object.
+const WRITES: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+fn writes(
+    p: &BTreeMap<(String, String), BTreeSet<String>>,
+    group: &str,
+    resource: &str,
+) -> Vec<String> {
+    p.get(&(group.to_owned(), resource.to_owned()))
+        .into_iter()
+        .flatten()
+        .filter(|v| WRITES.contains(&v.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn policy_rbac_is_least_privilege_for_the_operator_and_the_agent() {
+    for r in sets() {
+        let agent = cluster_role(&r, "sextant-agent").expect("agent ClusterRole");
+        let agent = permissions(agent.rules.as_deref().unwrap_or_default());
+        // Policies are the users'; the agent only reads them and their sources.
+        for (group, resource) in [
+            ("sextant.io", "sextantnetworkpolicies"),
+            ("sextant.io", "sextantnetworkpolicies/status"),
+            ("networking.k8s.io", "networkpolicies"),
+            ("", "pods"),
+            ("", "namespaces"),
+            ("", "nodes"),
+        ] {
+            assert_eq!(
+                writes(&agent, group, resource),
+                Vec::<String>::new(),
+                "{}: agent writes {group}/{resource}",
+                r.set
+            );
+        }
+        // Identity allocation is create-if-absent: AlreadyExists arbitrates,
+        // so an agent never rebinds or removes a number another node uses.
+        assert_eq!(
+            writes(&agent, "sextant.io", "sextantidentities"),
+            vec!["create".to_owned()],
+            "{}: agent identity writes",
+            r.set
+        );
+        if r.set == "static" {
+            continue;
+        }
+        let op = cluster_role(&r, "sextant-operator").expect("operator ClusterRole");
+        let op = permissions(op.rules.as_deref().unwrap_or_default());
+        // The operator writes the Accepted condition, never a policy itself.
+        assert_eq!(
+            writes(&op, "sextant.io", "sextantnetworkpolicies"),
+            Vec::<String>::new(),
+            "{}: operator writes policies",
+            r.set
+        );
+        assert_eq!(
+            writes(&op, "sextant.io", "sextantnetworkpolicies/status"),
+            vec!["patch".to_owned()],
+            "{}",
+            r.set
+        );
+        assert_eq!(
+            writes(&op, "networking.k8s.io", "networkpolicies"),
+            Vec::<String>::new(),
+            "{}: operator writes NetworkPolicies",
+            r.set
+        );
+        // Identities: garbage collection deletes, only agents create.
+        assert_eq!(
+            writes(&op, "sextant.io", "sextantidentities"),
+            vec!["delete".to_owned()],
+            "{}",
+            r.set
+        );
+        for verb in ["create", "patch"] {
+            for group in ["", "events.k8s.io"] {
+                assert!(
+                    op.get(&(group.to_owned(), "events".to_owned()))
+                        .is_some_and(|v| v.contains(verb)),
+                    "{}: operator cannot {verb} {group}/events (refusal events)",
+                    r.set
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_sextant_resource_in_rbac_is_a_chart_crd() {
+    let crds = sextant_crds::all_crds();
+    let plural_has_status: BTreeMap<String, bool> = crds
+        .iter()
+        .map(|(_, crd)| {
+            let status = crd
+                .spec
+                .versions
+                .iter()
+                .any(|v| v.subresources.as_ref().is_some_and(|s| s.status.is_some()));
+            (crd.spec.names.plural.clone(), status)
+        })
+        .collect();
+    for r in sets() {
+        let roles = r.all(|o| match o {
+            Object::ClusterRole(c) => Some(c.as_ref()),
+            _ => None,
+        });
+        for role in roles {
+            for ((group, resource), _) in permissions(role.rules.as_deref().unwrap_or_default()) {
+                if group != "sextant.io" {
+                    continue;
+                }
+                let (plural, sub) = resource
+                    .split_once('/')
+                    .map_or((resource.as_str(), None), |(p, s)| (p, Some(s)));
+                let has_status = plural_has_status.get(plural).unwrap_or_else(|| {
+                    panic!(
+                        "{}: {} grants {resource}, which no chart CRD defines",
+                        r.set,
+                        name_of(&role.metadata)
+                    )
+                });
+                match sub {
+                    None => {}
+                    Some("status") => {
+                        assert!(*has_status, "{}: {plural} has no status subresource", r.set)
+                    }
+                    Some(other) => panic!("{}: unknown subresource {plural}/{other}", r.set),
+                }
+            }
+        }
     }
 }
 
