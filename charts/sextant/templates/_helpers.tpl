@@ -68,3 +68,12 @@ seccompProfile:
 {{- end -}}
 {{- join "," $out -}}
 {{- end -}}
+
+{{/* key=value,key=value from a label map (sorted keys). */}}
+{{- define "sextant.labelList" -}}
+{{- $out := list -}}
+{{- range $k, $v := . -}}
+{{- $out = append $out (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
