@@ -4,6 +4,10 @@
 //! The decisions live in pure `plan` functions ([`ipam::plan`], [`ipam::gc`]);
 //! [`ipam::node::NodeIpam`] wraps them with the cloud calls and is shared by
 //! the Kubernetes controller and by `sextantctl simulate`.
+//!
+//! Beside IPAM: fixed IPs for StatefulSets ([`fixed_ip`]) and the status of
+//! network policies ([`policy_status`]: the `Accepted` condition and refusal
+//! Events; enforcement itself is the agent's).
 
 mod error;
 pub mod fixed_ip;
