@@ -74,6 +74,7 @@ pub struct Rejected {
 
 /// What a sync did, as the agent API answers it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PolicyReport {
     /// Policies enforced, `kind/namespace/name`.
     pub enforced: Vec<String>,
