@@ -247,7 +247,7 @@ fn rbac_grants_each_component_exactly_what_its_docs_list() {
             perms(&[
                 ("sextant.io", "nodenetworks", &["get", "list", "watch"]),
                 ("sextant.io", "nodenetworks/status", &["patch"]),
-                ("sextant.io", "fixedips", &["get"]),
+                ("sextant.io", "fixedips", &["get", "list", "watch"]),
                 ("", "services", &["list", "watch"]),
                 ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
                 (
