@@ -552,15 +552,26 @@ impl std::fmt::Display for DemoReport {
 }
 
 fn echo_server(lab: &Lab, pod: usize, port: u16, tag: String) -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
     let ip = lab
         .pods
         .get(pod)
         .and_then(|p| p.ip)
         .ok_or_else(|| Error::BadRequest(format!("pod {pod} has no IP")))?;
+    line_server(
+        &lab.pods[pod].name,
+        std::net::SocketAddrV4::new(ip, port),
+        tag,
+    )
+}
+
+/// A TCP server in netns `ns` on `at` answering each line `l` with
+/// `"{tag} {l}"` (one write per answer: no Nagle / delayed-ACK stalls);
+/// returns once it listens.
+pub fn line_server(ns: &str, at: std::net::SocketAddrV4, tag: String) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
     let (tx, rx) = std::sync::mpsc::channel();
-    let _ = spawn_in_netns(&lab.pods[pod].name.clone(), move || {
-        let l = match std::net::TcpListener::bind(std::net::SocketAddrV4::new(ip, port)) {
+    let _ = spawn_in_netns(ns, move || {
+        let l = match std::net::TcpListener::bind(at) {
             Ok(l) => l,
             Err(e) => {
                 let _ = tx.send(Err(e.to_string()));
@@ -575,7 +586,6 @@ fn echo_server(lab: &Lab, pod: usize, port: u16, tag: String) -> Result<()> {
                 let Ok(mut w) = s.try_clone() else { return };
                 for line in BufReader::new(s).lines() {
                     let Ok(line) = line else { break };
-                    // One write per answer: no Nagle / delayed-ACK stalls.
                     if w.write_all(format!("{tag} {line}\n").as_bytes()).is_err() {
                         break;
                     }
@@ -584,8 +594,8 @@ fn echo_server(lab: &Lab, pod: usize, port: u16, tag: String) -> Result<()> {
         }
     })?;
     rx.recv_timeout(Duration::from_secs(5))
-        .map_err(|_| Error::BadRequest("echo server did not start".into()))?
-        .map_err(|e| Error::BadRequest(format!("echo server: {e}")))
+        .map_err(|_| Error::BadRequest(format!("server on {at} did not start")))?
+        .map_err(|e| Error::BadRequest(format!("server on {at}: {e}")))
 }
 
 fn probe(lab: &Lab, from: usize, to: std::net::SocketAddrV4) -> Probe {

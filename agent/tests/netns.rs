@@ -5,14 +5,14 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     time::Duration,
 };
 
 use sextant_agent::{
     api::ServiceSpec,
     datapath::{Backend, Frontend, Proto},
-    lab::{Lab, LabConfig, can_run, in_netns, spawn_in_netns},
+    lab::{Lab, LabConfig, can_run, in_netns, line_server, spawn_in_netns},
 };
 
 fn lab(name: &str, pods: usize) -> Option<Lab> {
@@ -36,29 +36,7 @@ fn lab(name: &str, pods: usize) -> Option<Lab> {
 /// A TCP server in pod `pod` on `port` that answers each line with `tag`.
 fn tag_server(lab: &Lab, pod: usize, port: u16, tag: String) {
     let ip = lab.pods[pod].ip.expect("pod added");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _ = spawn_in_netns(&lab.pods[pod].name, move || {
-        let l = TcpListener::bind(SocketAddrV4::new(ip, port)).expect("bind");
-        let _ = tx.send(());
-        for s in l.incoming() {
-            let Ok(s) = s else { break };
-            let tag = tag.clone();
-            std::thread::spawn(move || {
-                let _ = s.set_nodelay(true);
-                let mut w = s.try_clone().expect("clone");
-                for line in BufReader::new(s).lines() {
-                    let Ok(line) = line else { break };
-                    // One write per answer: no Nagle / delayed-ACK stalls.
-                    if w.write_all(format!("{tag} {line}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    })
-    .expect("server thread");
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("server bound");
+    line_server(&lab.pods[pod].name, SocketAddrV4::new(ip, port), tag).expect("server listens");
 }
 
 fn connect(to: SocketAddrV4) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {

@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     time::Duration,
 };
 
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sextant_agent::{
     api::ServiceSpec,
     datapath::{Backend, CtTimeouts, Datapath, Frontend, Proto},
-    lab::{Lab, LabConfig, can_run, in_netns, spawn_in_netns},
+    lab::{Lab, LabConfig, can_run, in_netns, line_server},
 };
 
 fn lab(name: &str, pods: usize) -> Option<Lab> {
@@ -39,29 +39,7 @@ fn lab(name: &str, pods: usize) -> Option<Lab> {
 
 /// A TCP server in netns `ns` on `ip:port` answering each line with `tag line`.
 fn server(ns: &str, ip: Ipv4Addr, port: u16, tag: &str) {
-    let tag = tag.to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _ = spawn_in_netns(ns, move || {
-        let l = TcpListener::bind(SocketAddrV4::new(ip, port)).expect("bind");
-        let _ = tx.send(());
-        for s in l.incoming() {
-            let Ok(s) = s else { break };
-            let tag = tag.clone();
-            std::thread::spawn(move || {
-                let _ = s.set_nodelay(true);
-                let mut w = s.try_clone().expect("clone");
-                for line in BufReader::new(s).lines() {
-                    let Ok(line) = line else { break };
-                    if w.write_all(format!("{tag} {line}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    })
-    .expect("server thread");
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("server bound");
+    line_server(ns, SocketAddrV4::new(ip, port), tag.to_string()).expect("server listens");
 }
 
 struct Conn {
