@@ -148,6 +148,9 @@ where
         .map_err(|e| Error::io("netns worker", std::io::Error::other(e)))?
 }
 
+/// The loopback device's index in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
 /// A netlink handle whose socket lives in the network namespace at `netns`,
 /// driven by the caller's runtime. A short-lived thread, started at once,
 /// enters the namespace only to open the socket (a socket keeps the
@@ -298,50 +301,73 @@ pub async fn setup(
     let t_created = t0.elapsed();
 
     let pif = ifname.to_string();
+    // The host veth names its peer's ifindex (in the pod netns).
+    let peer_index = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    });
     let ph = pod_netlink.await?;
     let pod = async move {
-        let link = link_by_name(&ph, &pif).await?.ok_or_else(|| Error::Api {
-            path: pif.clone(),
-            reason: "veth peer missing in the pod netns".into(),
-        })?;
-        let idx = link.header.index;
-        if let Some(lo) = link_by_name(&ph, "lo").await? {
-            ph.link()
-                .set(LinkUnspec::new_with_index(lo.header.index).up().build())
-                .execute()
-                .await
-                .map_err(|e| Error::netlink("setting lo up", e))?;
-        }
+        // (A veth cannot be born up: its peer does not exist yet then.)
+        let idx = match peer_index {
+            Some(i) => i,
+            None => {
+                link_by_name(&ph, &pif)
+                    .await?
+                    .ok_or_else(|| Error::Api {
+                        path: pif.clone(),
+                        reason: "veth peer missing in the pod netns".into(),
+                    })?
+                    .header
+                    .index
+            }
+        };
         ph.link()
             .set(LinkUnspec::new_with_index(idx).up().build())
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("setting {pif} up"), e))?;
-        ph.address()
-            .add(idx, IpAddr::V4(ip), 32)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("adding {ip}/32 to {pif}"), e))?;
-        ph.neighbours()
-            .add(idx, IpAddr::V4(POD_GATEWAY))
-            .link_layer_address(&host_mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| Error::netlink("adding the gateway neighbour", e))?;
-        let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(POD_GATEWAY, 32)
-            .output_interface(idx)
-            .scope(RouteScope::Link)
-            .build();
-        ph.route()
-            .add(gw_route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| Error::netlink("adding the gateway route", e))?;
+        // Independent requests, in flight together on one socket.
+        let lo = async {
+            ph.link()
+                .set(LinkUnspec::new_with_index(LOOPBACK_IFINDEX).up().build())
+                .execute()
+                .await
+                .map_err(|e| Error::netlink("setting lo up", e))
+        };
+        let addr = async {
+            ph.address()
+                .add(idx, IpAddr::V4(ip), 32)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| Error::netlink(format!("adding {ip}/32 to {pif}"), e))
+        };
+        let neigh = async {
+            ph.neighbours()
+                .add(idx, IpAddr::V4(POD_GATEWAY))
+                .link_layer_address(&host_mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| Error::netlink("adding the gateway neighbour", e))
+        };
+        let gw = async {
+            let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(POD_GATEWAY, 32)
+                .output_interface(idx)
+                .scope(RouteScope::Link)
+                .build();
+            ph.route()
+                .add(gw_route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| Error::netlink("adding the gateway route", e))
+        };
+        let (lo, addr, neigh, gw) = tokio::join!(lo, addr, neigh, gw);
+        lo.and(addr).and(neigh).and(gw)?;
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(POD_GATEWAY)
             .output_interface(idx)
