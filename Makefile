@@ -24,6 +24,7 @@ bench: setup
 	$(CARGO) run --release -q -p sextantctl -- bench
 	$(CARGO) bench -q -p sextant-agent --bench p3_cni
 	$(CARGO) bench -q -p sextant-agent --bench p4a_service
+	$(CARGO) bench -q -p sextant-agent --bench p4b_policy
 	$(CARGO) bench -q -p sextant-operator --bench p5_webhook
 	$(CARGO) bench -q -p sextant-scheduler-ext --bench p6_filter
 
