@@ -94,7 +94,7 @@ pub struct NodePolicy {
     engine: PolicyEngine,
     /// Identity numbers bound so far (given, or allocated here when nothing else binds them).
     bound: BTreeMap<u32, Labels>,
-    policies: BTreeSet<PolicyRef>,
+    policies: BTreeMap<PolicyRef, Policy>,
     pod_identity: BTreeMap<String, u32>,
     pods: BTreeMap<Ipv4Addr, u32>,
     nodes: BTreeSet<Ipv4Addr>,
@@ -172,16 +172,21 @@ impl NodePolicy {
         }
         for (id, p) in wanted.iter() {
             report.enforced.push(id.to_string());
-            diffs.push(self.engine.upsert_policy(p.clone()));
+            // An unchanged policy costs nothing: only changes reach the engine.
+            if self.policies.get(id) != Some(p) {
+                diffs.push(self.engine.upsert_policy(p.clone()));
+            }
         }
-        for gone in self
+        let gone: Vec<PolicyRef> = self
             .policies
-            .clone()
-            .difference(&wanted.keys().cloned().collect())
-        {
-            diffs.push(self.engine.remove_policy(gone));
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            diffs.push(self.engine.remove_policy(id));
         }
-        self.policies = wanted.into_keys().collect();
+        self.policies = wanted;
 
         // Endpoints: cluster pods, local pods, nodes.
         for (ip, id) in &pods {

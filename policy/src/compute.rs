@@ -18,7 +18,7 @@ use crate::{
     identity::{
         IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, Prefix, is_cidr_identity, is_cluster_identity,
     },
-    labels::Labels,
+    labels::{Labels, Operator, Selector},
     model::{Entity, Peer, Peers, Policy, PortRange},
     ports::decompose,
 };
@@ -278,10 +278,69 @@ pub fn diff(old: &MapContents, new: &MapContents) -> MapDiff {
     d
 }
 
+/// Cluster identities by label `key=value`, so a selector with an `In`
+/// requirement looks at the identities carrying one of its values instead
+/// of scanning every identity (3,000 policies over 3,000 identities would
+/// otherwise cost 9M selector matches per local identity rebuilt).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LabelIndex(BTreeMap<(String, String), BTreeSet<u32>>);
+
+impl LabelIndex {
+    pub fn build(identities: &BTreeMap<u32, Labels>) -> Self {
+        let mut ix = Self::default();
+        for (id, labels) in identities {
+            ix.insert(*id, labels);
+        }
+        ix
+    }
+
+    pub fn insert(&mut self, id: u32, labels: &Labels) {
+        if !is_cluster_identity(id) {
+            return;
+        }
+        for (k, v) in labels.as_map() {
+            self.0.entry((k.clone(), v.clone())).or_default().insert(id);
+        }
+    }
+
+    pub fn remove(&mut self, id: u32, labels: &Labels) {
+        for (k, v) in labels.as_map() {
+            let key = (k.clone(), v.clone());
+            if let Some(ids) = self.0.get_mut(&key) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.0.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The identities that can match `sel`: those of its most selective `In`
+    /// requirement; `None` when it has none (scan everything).
+    fn candidates(&self, sel: &Selector) -> Option<BTreeSet<u32>> {
+        sel.requirements
+            .iter()
+            .filter_map(|r| match &r.op {
+                Operator::In(values) => Some(
+                    values
+                        .iter()
+                        .filter_map(|v| self.0.get(&(r.key.clone(), v.clone())))
+                        .flatten()
+                        .copied()
+                        .collect::<BTreeSet<u32>>(),
+                ),
+                _ => None,
+            })
+            .min_by_key(BTreeSet::len)
+    }
+}
+
 /// The identities and CIDR identities rules are resolved against.
 pub(crate) struct View<'a> {
     /// Identity -> labels; only cluster identities are matched by selectors.
     pub identities: &'a BTreeMap<u32, Labels>,
+    /// The same identities by label.
+    pub index: &'a LabelIndex,
     /// Policy CIDR -> its node-local identity (never `0.0.0.0/0`).
     pub cidrs: &'a BTreeMap<Prefix, u32>,
 }
@@ -295,12 +354,18 @@ impl View<'_> {
         };
         for peer in list {
             match peer {
-                Peer::Endpoints(sel) => out.extend(
-                    self.identities
-                        .iter()
-                        .filter(|(id, l)| is_cluster_identity(**id) && sel.matches(l))
-                        .map(|(id, _)| *id),
-                ),
+                Peer::Endpoints(sel) => match self.index.candidates(sel) {
+                    Some(ids) => out.extend(ids.into_iter().filter(|id| {
+                        is_cluster_identity(*id)
+                            && self.identities.get(id).is_some_and(|l| sel.matches(l))
+                    })),
+                    None => out.extend(
+                        self.identities
+                            .iter()
+                            .filter(|(id, l)| is_cluster_identity(**id) && sel.matches(l))
+                            .map(|(id, _)| *id),
+                    ),
+                },
                 Peer::Cidr { cidr, except } => {
                     let allowed =
                         |p: &Prefix| cidr.contains(p) && !except.iter().any(|e| e.contains(p));
@@ -451,8 +516,10 @@ pub fn compute(
         .filter_map(|(id, l)| l.cidr_prefix().map(|p| (p, *id)))
         .filter(|(p, _)| *p != Prefix::ALL)
         .collect();
+    let index = LabelIndex::build(identities);
     let view = View {
         identities,
+        index: &index,
         cidrs: &cidrs,
     };
     let mut out = MapContents::default();

@@ -15,7 +15,8 @@ use std::{
 
 use crate::{
     compute::{
-        Direction, MapContents, MapDiff, PolicyKey, View, compute, diff_into, ipcache_value,
+        Direction, LabelIndex, MapContents, MapDiff, PolicyKey, View, compute, diff_into,
+        ipcache_value,
     },
     identity::{CidrIdentities, Prefix, is_cluster_identity},
     labels::Labels,
@@ -29,6 +30,7 @@ pub struct PolicyEngine {
     slots: Vec<Option<Policy>>,
     slot_of: BTreeMap<PolicyRef, u32>,
     identities: BTreeMap<u32, Labels>,
+    index: LabelIndex,
     cidr_refs: BTreeMap<Prefix, usize>,
     cidr_identities: CidrIdentities,
     cidrs: BTreeMap<Prefix, u32>,
@@ -51,6 +53,7 @@ impl PolicyEngine {
             slots: Vec::new(),
             slot_of: BTreeMap::new(),
             identities: BTreeMap::new(),
+            index: LabelIndex::default(),
             cidr_refs: BTreeMap::new(),
             cidr_identities: CidrIdentities::default(),
             cidrs: BTreeMap::new(),
@@ -171,6 +174,10 @@ impl PolicyEngine {
         if old.as_ref() == Some(&labels) {
             return MapDiff::default();
         }
+        if let Some(o) = &old {
+            self.index.remove(id, o);
+        }
+        self.index.insert(id, &labels);
         let affected = self.identity_affects(id, old.as_ref(), Some(&labels));
         self.finish(affected, MapDiff::default())
     }
@@ -180,6 +187,7 @@ impl PolicyEngine {
         let Some(old) = self.identities.remove(&id) else {
             return MapDiff::default();
         };
+        self.index.remove(id, &old);
         let affected = self.identity_affects(id, Some(&old), None);
         self.finish(affected, MapDiff::default())
     }
@@ -352,6 +360,7 @@ impl PolicyEngine {
     fn finish(&mut self, affected: BTreeSet<u32>, mut d: MapDiff) -> MapDiff {
         let view = View {
             identities: &self.identities,
+            index: &self.index,
             cidrs: &self.cidrs,
         };
         for local in affected {
