@@ -1,6 +1,14 @@
-//! Shared by the kernel benchmarks: percentiles and the root check.
+//! Shared by the kernel benchmarks: percentiles, the root check, running a
+//! command in a lab's node namespace. Each bench uses a part of it.
+#![allow(dead_code)]
 
-use std::time::Duration;
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use sextant_agent::{Error, Result, lab::Lab};
 
 /// `p` in 0..=100 of sorted samples, in milliseconds.
 pub fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -20,4 +28,32 @@ pub fn can_run(name: &str) -> bool {
             false
         }
     }
+}
+
+/// Runs `args` inside the lab's node netns (`ip netns exec`), feeding
+/// `stdin`; a non-zero exit is an error carrying its stderr.
+pub fn in_node(lab: &Lab, args: &[&str], stdin: Option<String>) -> Result<()> {
+    let mut full = vec!["netns", "exec", lab.node.as_str()];
+    full.extend_from_slice(args);
+    let mut child = Command::new("ip")
+        .args(&full)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("running ip netns exec", e))?;
+    if let (Some(body), Some(mut si)) = (stdin, child.stdin.take()) {
+        si.write_all(body.as_bytes())
+            .map_err(|e| Error::io("writing rules", e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io("waiting", e))?;
+    if !out.status.success() {
+        return Err(Error::io(
+            args.join(" "),
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        ));
+    }
+    Ok(())
 }

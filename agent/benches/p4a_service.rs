@@ -9,7 +9,7 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -131,36 +131,10 @@ fn iptables_rules(n: usize, backend: Ipv4Addr) -> String {
     r
 }
 
-fn in_node(lab: &Lab, args: &[&str], stdin: Option<String>) -> Result<()> {
-    let mut full = vec!["netns", "exec", lab.node.as_str()];
-    full.extend_from_slice(args);
-    let mut child = Command::new("ip")
-        .args(&full)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io("running ip netns exec", e))?;
-    if let (Some(body), Some(mut si)) = (stdin, child.stdin.take()) {
-        si.write_all(body.as_bytes())
-            .map_err(|e| Error::io("writing rules", e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io("waiting", e))?;
-    if !out.status.success() {
-        return Err(Error::io(
-            args.join(" "),
-            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-        ));
-    }
-    Ok(())
-}
-
 fn run() -> Result<()> {
     let bpf = mk_lab("b", true)?;
     let ipt = mk_lab("i", false)?;
-    in_node(&ipt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
+    common::in_node(&ipt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
     let bpf_backend = bpf.pods[1]
         .ip
         .ok_or_else(|| Error::BadRequest("no backend".into()))?;
@@ -184,7 +158,7 @@ fn run() -> Result<()> {
             })?;
         }
         installed = n;
-        in_node(
+        common::in_node(
             &ipt,
             &["iptables-restore", "-w"],
             Some(iptables_rules(n, ipt_backend)),

@@ -26,7 +26,7 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -292,32 +292,6 @@ fn iptables_rules(n: usize, client: Ipv4Addr, server: Ipv4Addr) -> String {
     r
 }
 
-fn in_node(lab: &Lab, args: &[&str], stdin: Option<String>) -> Result<()> {
-    let mut full = vec!["netns", "exec", lab.node.as_str()];
-    full.extend_from_slice(args);
-    let mut child = Command::new("ip")
-        .args(&full)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io("running ip netns exec", e))?;
-    if let (Some(body), Some(mut si)) = (stdin, child.stdin.take()) {
-        si.write_all(body.as_bytes())
-            .map_err(|e| Error::io("writing rules", e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io("waiting", e))?;
-    if !out.status.success() {
-        return Err(Error::io(
-            args.join(" "),
-            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-        ));
-    }
-    Ok(())
-}
-
 /// With policies in place the closed port must be refused on both sides,
 /// else the comparison would measure nothing.
 fn check_enforced(side: &Side, what: &str) -> Result<()> {
@@ -344,8 +318,8 @@ fn mk_pair(i: usize, n: usize) -> Result<([Side; 2], Duration)> {
     put_policy(&bpf, n)?;
     let pushed = t.elapsed();
     let ipt = mk_side(&format!("i{i}"), false)?;
-    in_node(&ipt.lab, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
-    in_node(
+    common::in_node(&ipt.lab, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
+    common::in_node(
         &ipt.lab,
         &["iptables-restore", "-w"],
         Some(iptables_rules(n, ipt.client, ipt.server)),
