@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     process::Command,
     time::{Duration, Instant},
 };
@@ -17,7 +17,7 @@ use sextant_agent::{
     Error, Result,
     api::ServiceSpec,
     datapath::{Backend, Frontend, Proto},
-    lab::{Lab, LabConfig, in_netns, spawn_in_netns},
+    lab::{Lab, LabConfig, in_netns, line_server},
 };
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
@@ -58,28 +58,11 @@ fn mk_lab(tag: &str, datapath: bool) -> Result<Lab> {
     lab.start_agent()?;
     lab.add(0)?;
     let backend = lab.add(1)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _ = spawn_in_netns(&lab.pods[1].name.clone(), move || {
-        let Ok(l) = TcpListener::bind(SocketAddrV4::new(backend, 8080)) else {
-            return;
-        };
-        let _ = tx.send(());
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = s.set_nodelay(true);
-                let Ok(mut w) = s.try_clone() else { return };
-                for line in BufReader::new(s).lines() {
-                    let Ok(line) = line else { break };
-                    // One write per answer: no Nagle / delayed-ACK stalls.
-                    if w.write_all(format!("{line}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    })?;
-    rx.recv_timeout(Duration::from_secs(5))
-        .map_err(|_| Error::BadRequest("backend did not bind".into()))?;
+    line_server(
+        &lab.pods[1].name,
+        SocketAddrV4::new(backend, 8080),
+        "echo".into(),
+    )?;
     Ok(lab)
 }
 

@@ -25,7 +25,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     process::Command,
     time::{Duration, Instant},
 };
@@ -33,7 +33,7 @@ use std::{
 use serde_json::{Value, json};
 use sextant_agent::{
     Error, Result,
-    lab::{Lab, LabConfig, in_netns, spawn_in_netns},
+    lab::{Lab, LabConfig, in_netns, line_server},
 };
 
 const SIZES: [usize; 3] = [0, 300, 3_000];
@@ -112,38 +112,17 @@ fn mk_side(tag: &str, datapath: bool) -> Result<Side> {
     let client = lab.add(0)?;
     let server = lab.add(1)?;
     for port in [PORT, CLOSED_PORT] {
-        echo_server(&lab.pods[1].name, SocketAddrV4::new(server, port))?;
+        line_server(
+            &lab.pods[1].name,
+            SocketAddrV4::new(server, port),
+            "echo".into(),
+        )?;
     }
     Ok(Side {
         lab,
         client,
         server,
     })
-}
-
-fn echo_server(ns: &str, at: SocketAddrV4) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _ = spawn_in_netns(ns, move || {
-        let Ok(l) = TcpListener::bind(at) else {
-            return;
-        };
-        let _ = tx.send(());
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = s.set_nodelay(true);
-                let Ok(mut w) = s.try_clone() else { return };
-                for line in BufReader::new(s).lines() {
-                    let Ok(line) = line else { break };
-                    // One write per answer: no Nagle / delayed-ACK stalls.
-                    if w.write_all(format!("{line}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    })?;
-    rx.recv_timeout(Duration::from_secs(5))
-        .map_err(|_| Error::BadRequest(format!("echo server did not bind {at}")))
 }
 
 /// One client connection (created in the client netns; the socket keeps it).
