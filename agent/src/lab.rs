@@ -284,6 +284,17 @@ impl Lab {
         ))
     }
 
+    /// Sends a policy snapshot (`PUT /v1/policy`) and returns the agent's report.
+    pub fn set_policy(&self, snapshot: &crate::policy::PolicySnapshot) -> Result<Value> {
+        self.rt.block_on(api::call_json(
+            &self.socket,
+            Method::PUT,
+            "/v1/policy",
+            Some(snapshot),
+            Duration::from_secs(30),
+        ))
+    }
+
     /// Sets a ClusterIP service through the agent API.
     pub fn set_service(&self, spec: &ServiceSpec) -> Result<()> {
         let _: Value = self.rt.block_on(api::call_json(
@@ -508,6 +519,9 @@ pub struct DemoReport {
     pub pods: Vec<PodAddress>,
     /// Connectivity probes.
     pub probes: Vec<Probe>,
+    /// The example network policy's probes, each with the verdict it must get
+    /// (true: answered).
+    pub policy: Vec<(Probe, bool)>,
     /// Datapath packet counters after the probes.
     pub counters: Vec<(String, u64)>,
     /// `GET /v1/healthz` after the probes.
@@ -536,6 +550,31 @@ impl std::fmt::Display for DemoReport {
                 Err(e) => format!("FAILED: {e}"),
             };
             writeln!(f, "{:<14} {:<22} {a}", p.from, p.to)?;
+        }
+        if !self.policy.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "network policy docs/examples/protected-db-policy.yaml: only app=employee (pod0) may reach app=protected-db (pod1) on TCP 6379; pod2 is app=visitor"
+            )?;
+            writeln!(f, "{:<14} {:<22} {:<9} got", "from", "to", "expected")?;
+            for (p, allowed) in &self.policy {
+                let got = match &p.answer {
+                    Ok(_) => "answered".to_string(),
+                    Err(_) => "no answer (dropped)".to_string(),
+                };
+                let verdict = if p.answer.is_ok() == *allowed {
+                    ""
+                } else {
+                    "  <- WRONG"
+                };
+                let expected = if *allowed { "allowed" } else { "denied" };
+                writeln!(
+                    f,
+                    "{:<14} {:<22} {expected:<9} {got}{verdict}",
+                    p.from, p.to
+                )?;
+            }
         }
         writeln!(
             f,
@@ -599,11 +638,15 @@ pub fn line_server(ns: &str, at: std::net::SocketAddrV4, tag: String) -> Result<
 }
 
 fn probe(lab: &Lab, from: usize, to: std::net::SocketAddrV4) -> Probe {
+    probe_within(lab, from, to, Duration::from_secs(2))
+}
+
+fn probe_within(lab: &Lab, from: usize, to: std::net::SocketAddrV4, wait: Duration) -> Probe {
     use std::io::{BufRead, BufReader, Write};
     let name = lab.pods[from].name.clone();
     let answer = in_netns(&name, move || -> std::io::Result<String> {
-        let s = std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let s = std::net::TcpStream::connect_timeout(&to.into(), wait)?;
+        s.set_read_timeout(Some(wait))?;
         s.set_nodelay(true)?;
         let mut w = s.try_clone()?;
         w.write_all(b"hello\n")?;
@@ -618,6 +661,59 @@ fn probe(lab: &Lab, from: usize, to: std::net::SocketAddrV4) -> Probe {
         to: to.to_string(),
         answer,
     }
+}
+
+/// The docs' example policy on pods 0 (employee), 1 (protected-db), 2
+/// (visitor), the rest app=web: probes with the verdict each must get.
+fn policy_demo(lab: &Lab) -> Result<Vec<(Probe, bool)>> {
+    let mut doc: Value =
+        serde_yaml::from_str(include_str!("../../docs/examples/protected-db-policy.yaml"))
+            .map_err(|e| Error::BadRequest(format!("the example policy: {e}")))?;
+    doc["metadata"]["namespace"] = "lab".into();
+    let app = |i: usize| match i {
+        0 => "employee",
+        1 => "protected-db",
+        2 => "visitor",
+        _ => "web",
+    };
+    let snapshot = crate::policy::PolicySnapshot {
+        policies: vec![doc],
+        pods: lab
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| crate::policy::PodInfo {
+                namespace: "lab".into(),
+                name: p.name.clone(),
+                labels: [("app".to_string(), app(i).to_string())].into(),
+                ip: p.ip,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let db = lab
+        .pods
+        .get(1)
+        .and_then(|p| p.ip)
+        .ok_or_else(|| Error::BadRequest("the policy demo needs pod1".into()))?;
+    echo_server(lab, 1, 6379, "redis".into())?;
+    let report = lab.set_policy(&snapshot)?;
+    if report["rejected"].as_array().is_some_and(|r| !r.is_empty()) {
+        return Err(Error::BadRequest(format!(
+            "the example policy was refused: {report}"
+        )));
+    }
+    let wait = Duration::from_millis(800);
+    let redis = std::net::SocketAddrV4::new(db, 6379);
+    Ok(vec![
+        (probe_within(lab, 0, redis, wait), true),
+        (probe_within(lab, 2, redis, wait), false),
+        (
+            probe_within(lab, 0, std::net::SocketAddrV4::new(db, 8080), wait),
+            false,
+        ),
+        (probe_within(lab, 3, redis, wait), false),
+    ])
 }
 
 /// Where each pod's IP came from, per the NodeNetwork file (ENI and subnet),
@@ -734,6 +830,7 @@ pub fn demo_with(
     for _ in 0..6 {
         probes.push(probe(&lab, 0, std::net::SocketAddrV4::new(vip, 80)));
     }
+    let policy = policy_demo(&lab)?;
     let text = lab.metrics()?;
     let counters = crate::datapath::COUNTER_NAMES
         .iter()
@@ -752,6 +849,7 @@ pub fn demo_with(
         source,
         pods: addresses,
         probes,
+        policy,
         counters,
         health,
     })

@@ -300,6 +300,14 @@ fn lab_demo_reaches_every_pod_and_the_service() {
     .expect("lab runs");
     let table = report.to_string();
     assert!(report.probes.iter().all(|p| p.answer.is_ok()), "{table}");
+    assert_eq!(report.policy.len(), 4, "{table}");
+    assert!(
+        report
+            .policy
+            .iter()
+            .all(|(p, allowed)| p.answer.is_ok() == *allowed),
+        "the example policy allows and denies as written:\n{table}"
+    );
     assert_eq!(report.health.state, "ready", "{table}");
     assert!(table.contains("10.96.0.10:80"), "{table}");
 }

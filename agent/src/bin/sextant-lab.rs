@@ -55,7 +55,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     }
-    if report.probes.iter().all(|p| p.answer.is_ok()) {
+    if report.probes.iter().all(|p| p.answer.is_ok())
+        && report
+            .policy
+            .iter()
+            .all(|(p, allowed)| p.answer.is_ok() == *allowed)
+    {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
