@@ -416,6 +416,57 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_can_select_peers_by_service_account() {
+        let mut np = NodePolicy::default();
+        let sa = crate::policy_watch::SERVICE_ACCOUNT_LABEL;
+        let mut front = pod("prod", "front", "web", [10, 1, 0, 3]);
+        front.labels.insert(sa.into(), "frontend".into());
+        let mut other = pod("prod", "other", "web", [10, 1, 0, 4]);
+        other.labels.insert(sa.into(), "default".into());
+        let policy = serde_json::json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "db-sa", "namespace": "prod"},
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": "protected-db"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {sa: "frontend"}}]}]
+            }
+        });
+        let snap = PolicySnapshot {
+            policies: vec![policy],
+            pods: vec![
+                pod("prod", "db-0", "protected-db", [10, 1, 0, 2]),
+                front,
+                other,
+            ],
+            ..Default::default()
+        };
+        let (_, report) = np.sync(&snap, &[Ipv4Addr::new(10, 1, 0, 2)].into());
+        assert!(report.rejected.is_empty(), "{report:?}");
+        let c = np.engine().contents();
+        let db = report.identities["prod/db-0"];
+        assert!(
+            c.verdict(
+                db,
+                Direction::Ingress,
+                6,
+                report.identities["prod/front"],
+                5432
+            )
+            .is_some()
+        );
+        assert!(
+            c.verdict(
+                db,
+                Direction::Ingress,
+                6,
+                report.identities["prod/other"],
+                5432
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
     fn pods_with_equal_labels_share_one_identity_and_given_identities_win() {
         let mut np = NodePolicy::default();
         let snap = PolicySnapshot {

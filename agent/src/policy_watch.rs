@@ -30,6 +30,9 @@ use crate::{
     policy::{PodInfo, PolicySnapshot},
 };
 
+/// The identity label carrying a pod's service account (Cilium's key).
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+
 /// Serializes a typed object with its `apiVersion` and `kind`.
 fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(o: &K) -> serde_json::Value {
     let mut v = serde_json::to_value(o).unwrap_or_default();
@@ -75,10 +78,19 @@ pub fn snapshot(
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+        let mut labels = p.metadata.labels.clone().unwrap_or_default();
+        // As Cilium does: policies may select pods by service account.
+        if let Some(sa) = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_ref())
+        {
+            labels.insert(SERVICE_ACCOUNT_LABEL.to_string(), sa.clone());
+        }
         snap.pods.push(PodInfo {
             namespace: ns.clone(),
             name: name.clone(),
-            labels: p.metadata.labels.clone().unwrap_or_default(),
+            labels,
             ip,
         });
     }
@@ -276,6 +288,7 @@ mod tests {
             },
             spec: Some(PodSpec {
                 host_network: Some(host),
+                service_account_name: Some(format!("{app}-sa")),
                 ..Default::default()
             }),
             status: Some(PodStatus {
@@ -355,6 +368,7 @@ mod tests {
             "hostNetwork pods have no identity of their own"
         );
         assert_eq!(snap.pods[0].ip, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(snap.pods[0].labels[SERVICE_ACCOUNT_LABEL], "db-sa");
         assert_eq!(snap.pods[1].ip, None);
         assert_eq!(snap.namespaces["prod"]["team"], "a");
         assert_eq!(snap.nodes, vec![Ipv4Addr::new(192, 168, 1, 10)]);
