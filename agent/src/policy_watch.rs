@@ -30,8 +30,7 @@ use crate::{
     policy::{PodInfo, PolicySnapshot},
 };
 
-/// The identity label carrying a pod's service account (Cilium's key).
-pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+pub use sextant_policy::SERVICE_ACCOUNT_LABEL;
 
 /// Serializes a typed object with its `apiVersion` and `kind`.
 fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(o: &K) -> serde_json::Value {
@@ -78,15 +77,13 @@ pub fn snapshot(
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
-        let mut labels = p.metadata.labels.clone().unwrap_or_default();
         // As Cilium does: policies may select pods by service account.
-        if let Some(sa) = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.as_ref())
-        {
-            labels.insert(SERVICE_ACCOUNT_LABEL.to_string(), sa.clone());
-        }
+        let labels = sextant_policy::pod_labels(
+            p.metadata.labels.as_ref(),
+            p.spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref()),
+        );
         snap.pods.push(PodInfo {
             namespace: ns.clone(),
             name: name.clone(),

@@ -212,6 +212,7 @@ struct StateLabels {
 pub struct PolicyMetrics {
     policies: Family<StateLabels, Gauge>,
     errors: Family<ErrorLabels, Counter>,
+    identities_deleted: Counter,
 }
 
 impl PolicyMetrics {
@@ -227,6 +228,16 @@ impl PolicyMetrics {
             "Policy reconciles that failed, by error kind",
             self.errors.clone(),
         );
+        registry.register(
+            "identities_deleted",
+            "SextantIdentities deleted because no pod carried their labels any more",
+            self.identities_deleted.clone(),
+        );
+    }
+
+    /// The counter the identity sweep adds its deletions to.
+    pub fn identities_deleted(&self) -> Counter {
+        self.identities_deleted.clone()
     }
 
     /// Sets the number of accepted and rejected policies.

@@ -50,7 +50,10 @@ use crate::{
     leader::{LeaderElector, LeaderMetrics, LeaseConfig},
     metrics::{IpamMetrics, PolicyMetrics},
     node_watch::{self, NodeContext, NodeNetworkDefaults, NodeWatchMetrics},
-    policy_status::controller::{self as policy_controller, PolicyContext},
+    policy_status::{
+        controller::{self as policy_controller, PolicyContext},
+        identity_gc,
+    },
 };
 
 /// Environment variable with the Alibaba AccessKey id.
@@ -523,9 +526,27 @@ impl Leading {
             }
         };
         let policies = policy_controller::run(self.policies.clone(), self.concurrency);
-        tokio::join!(node_networks, nodes, resync, fixed_ips, policies);
+        let identities = identity_gc::run(
+            self.client.clone(),
+            IDENTITY_GC_EVERY,
+            IDENTITY_GC_GRACE,
+            self.policies.metrics().identities_deleted(),
+        );
+        tokio::join!(
+            node_networks,
+            nodes,
+            resync,
+            fixed_ips,
+            policies,
+            identities
+        );
     }
 }
+
+/// How often unused SextantIdentities are swept (each sweep lists pods).
+const IDENTITY_GC_EVERY: Duration = Duration::from_secs(1800);
+/// How old an unused SextantIdentity must be before it goes.
+const IDENTITY_GC_GRACE: Duration = Duration::from_secs(900);
 
 /// How often every fixed-IP StatefulSet is looked at without an event
 /// (retention TTLs expire on their own).

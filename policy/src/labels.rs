@@ -17,6 +17,22 @@ pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 /// Label of a node-local CIDR identity; its value is the prefix (`10.0.0.0/8`).
 pub const CIDR_LABEL: &str = "sextant.io/cidr";
 
+/// The identity label carrying a pod's service account (Cilium's key).
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+
+/// A pod's own labels as policy sees them: its labels plus its service
+/// account under [`SERVICE_ACCOUNT_LABEL`] (agent and operator agree on it).
+pub fn pod_labels(
+    labels: Option<&BTreeMap<String, String>>,
+    service_account: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut out = labels.cloned().unwrap_or_default();
+    if let Some(sa) = service_account {
+        out.insert(SERVICE_ACCOUNT_LABEL.to_owned(), sa.to_owned());
+    }
+    out
+}
+
 /// Pod labels that never take part in an identity: they differ per pod or per
 /// rollout, and would give every pod its own identity (Cilium drops them too).
 pub const IGNORED_POD_LABELS: &[&str] = &[

@@ -35,7 +35,7 @@ pub use error::{Error, Problem, ProblemKind, Result};
 pub use identity::{CidrIdentities, Prefix, allocate};
 pub use labels::{
     CIDR_LABEL, IGNORED_POD_LABELS, Labels, NAMESPACE_LABELS_PREFIX, Operator, POD_NAMESPACE_LABEL,
-    Requirement, Selector,
+    Requirement, SERVICE_ACCOUNT_LABEL, Selector, pod_labels,
 };
 pub use model::{
     Entity, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Peer, Peers, Policy, PolicyKind, PolicyRef,

@@ -310,6 +310,7 @@ fn rbac_grants_each_component_exactly_what_its_docs_list() {
                         "sextantidentities",
                         &["list", "watch", "delete"]
                     ),
+                    ("", "namespaces", &["list"]),
                     ("", "events", &["create", "patch"]),
                     ("events.k8s.io", "events", &["create", "patch"]),
                 ]),

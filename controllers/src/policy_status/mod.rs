@@ -18,5 +18,6 @@
 //! accepted, so status and datapath cannot disagree.
 
 pub mod controller;
+pub mod identity_gc;
 pub mod index;
 pub mod plan;
