@@ -30,6 +30,19 @@ pub fn can_run(name: &str) -> bool {
     }
 }
 
+/// Prints why and returns false when `iptables-restore` (the baseline's
+/// loader) is missing.
+pub fn has_iptables(name: &str) -> bool {
+    let found = Command::new("iptables-restore")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        println!("{name}: SKIPPED: iptables-restore missing (scripts/setup.sh installs iptables)");
+    }
+    found
+}
+
 /// Runs `args` inside the lab's node netns (`ip netns exec`), feeding
 /// `stdin`; a non-zero exit is an error carrying its stderr.
 pub fn in_node(lab: &Lab, args: &[&str], stdin: Option<String>) -> Result<()> {

@@ -9,7 +9,6 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -29,15 +28,7 @@ fn vip(i: usize) -> Ipv4Addr {
 }
 
 fn main() {
-    if !common::can_run("P4a") {
-        return;
-    }
-    if Command::new("iptables-restore")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("P4a: SKIPPED: iptables-restore missing (scripts/setup.sh installs iptables)");
+    if !common::can_run("P4a") || !common::has_iptables("P4a") {
         return;
     }
     if let Err(e) = run() {

@@ -26,7 +26,6 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -52,15 +51,7 @@ const PORT: u16 = 8080;
 const CLOSED_PORT: u16 = 8081;
 
 fn main() {
-    if !common::can_run("P4b") {
-        return;
-    }
-    if Command::new("iptables-restore")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("P4b: SKIPPED: iptables-restore missing (scripts/setup.sh installs iptables)");
+    if !common::can_run("P4b") || !common::has_iptables("P4b") {
         return;
     }
     if let Err(e) = run() {
