@@ -34,3 +34,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 command -v cargo-nextest >/dev/null || echo "setup: cargo-nextest not found; make test falls back to cargo test"
+
+# The upstream control plane the e2e tests run against (Kubernetes, etcd,
+# kwok), built from Go modules into a cache outside the repository; built
+# only when missing (the first build takes 10-40 minutes, later runs none).
+bash scripts/k8s-bins.sh >/dev/null

@@ -18,6 +18,7 @@
 //! it (`make setup`), never a silently passing test.
 
 pub mod chart;
+pub mod cluster;
 pub mod config_reference;
 pub mod dockerfile;
 pub mod images;

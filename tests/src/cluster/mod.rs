@@ -1,0 +1,364 @@
+//! A real Kubernetes control plane for tests: upstream etcd, kube-apiserver
+//! (`--authorization-mode=Node,RBAC`, NodeRestriction, service-account
+//! tokens), kube-controller-manager, kube-scheduler and kwok, built from Go
+//! modules by `scripts/k8s-bins.sh` and run on loopback ports.
+//!
+//! ```text
+//!  test binary ──spawn, stdin pipe──▶ sextant-cluster up (supervisor)
+//!      │                                 ├─ etcd            ─┐
+//!      │  cluster.json, kubeconfigs,     ├─ kube-apiserver   │ <dir>/logs/*.log
+//!      │◀── logs in <dir> ───────────────├─ kube-controller-manager
+//!      │                                 ├─ kube-scheduler (+ Sextant's extender)
+//!      │                                 └─ kwok (fake nodes)
+//!      └─ kube::Client (admin cert, or a ServiceAccount token via TokenRequest)
+//! ```
+//!
+//! The supervisor is a separate process so that the control plane goes away
+//! with the test process however it ends: when the test binary exits, even
+//! by a panic outside a test or a SIGKILL, its end of the stdin pipe closes
+//! and the supervisor stops every component. One cluster serves one test
+//! binary ([`Cluster::shared`]); each test takes its own namespace.
+//!
+//! Failing to start is an error with the failing component's log tail; the
+//! tests turn it into a failure, never a skip (unless `SEXTANT_SKIP`
+//! names the `cluster` tier).
+
+pub mod bins;
+pub mod kubeconfig;
+pub mod pki;
+pub mod supervisor;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::{Deserialize, Serialize};
+
+pub use supervisor::{Process, log_tail};
+
+/// The default scheduler as the supervisor configured it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SchedulerInfo {
+    /// Its profile's schedulerName.
+    pub name: String,
+    /// Its kubeconfig (user `system:kube-scheduler`).
+    pub kubeconfig: PathBuf,
+    /// The extender URL in its configuration, if any.
+    pub extender_url: Option<String>,
+}
+
+/// What a running cluster offers, as `<dir>/cluster.json` has it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub api_url: String,
+    /// The CA file every client trusts.
+    pub ca_cert: PathBuf,
+    /// The CA, PEM (a caBundle for webhooks signed by it is not needed:
+    /// webhooks bring their own).
+    pub ca_pem: String,
+    /// A `system:masters` kubeconfig.
+    pub admin_kubeconfig: PathBuf,
+    /// The kubectl of the same version.
+    pub kubectl: PathBuf,
+    /// The directory of the Kubernetes binaries.
+    pub kube_bin: PathBuf,
+    /// The default scheduler.
+    pub scheduler: SchedulerInfo,
+    /// Component name to pid.
+    pub pids: BTreeMap<String, u32>,
+    /// Component name to log file.
+    pub logs: BTreeMap<String, PathBuf>,
+}
+
+/// Options of [`Cluster::start`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Configure the default scheduler with Sextant's extender at this
+    /// loopback port (the test starts the extender there).
+    pub extender_port: Option<u16>,
+    /// The extender stanza's `ignorable`.
+    pub extender_ignorable: bool,
+}
+
+/// A running cluster, stopped when dropped or when this process exits.
+pub struct Cluster {
+    /// Endpoints, files, pids.
+    pub info: ClusterInfo,
+    supervisor: Mutex<Option<(Child, ChildStdin)>>,
+}
+
+static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+static NAMESPACES: AtomicU32 = AtomicU32::new(0);
+
+impl Cluster {
+    /// Starts a cluster through the supervisor binary `sextant_cluster`
+    /// (`env!("CARGO_BIN_EXE_sextant-cluster")` in this crate's tests).
+    pub fn start(sextant_cluster: &Path, options: &Options) -> anyhow::Result<Cluster> {
+        let dir = std::env::temp_dir().join(format!(
+            "sextant-cluster-{}-{}",
+            std::process::id(),
+            NAMESPACES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cmd = Command::new(sextant_cluster);
+        cmd.arg("up")
+            .arg(format!("--dir={}", dir.display()))
+            .arg("--lifeline-stdin")
+            .arg("--remove-dir");
+        if let Some(port) = options.extender_port {
+            cmd.arg(format!("--extender-url=http://127.0.0.1:{port}"));
+        }
+        if options.extender_ignorable {
+            cmd.arg("--extender-ignorable");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", sextant_cluster.display()))?;
+        let stdin = child.stdin.take().context("supervisor stdin")?;
+        let stdout = child.stdout.take().context("supervisor stdout")?;
+        // The supervisor prints `READY <cluster.json>` or `FAILED <why>`.
+        let mut lines = BufReader::new(stdout).lines();
+        let info_path = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("READY ") => {
+                    break PathBuf::from(line.trim_start_matches("READY ").trim());
+                }
+                Some(Ok(line)) if line.starts_with("FAILED ") => {
+                    let _ = child.wait();
+                    bail!(
+                        "the test cluster did not start: {}",
+                        &line[7..].replace("\\n", "\n")
+                    );
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("reading the supervisor's output: {e}"),
+                None => {
+                    let status = child.wait()?;
+                    bail!(
+                        "the test cluster supervisor exited ({status}) before the cluster was ready"
+                    );
+                }
+            }
+        };
+        // Keep draining its stdout so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let info: ClusterInfo = serde_json::from_slice(&std::fs::read(&info_path)?)
+            .with_context(|| format!("reading {}", info_path.display()))?;
+        Ok(Cluster {
+            info,
+            supervisor: Mutex::new(Some((child, stdin))),
+        })
+    }
+
+    /// The cluster of this test binary, started on first use. A start
+    /// failure fails every test that asks, with the same reason.
+    pub fn shared(sextant_cluster: &str, options: Options) -> &'static Cluster {
+        let started = SHARED.get_or_init(|| {
+            Cluster::start(Path::new(sextant_cluster), &options).map_err(|e| format!("{e:#}"))
+        });
+        match started {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A client as cluster admin.
+    pub async fn admin(&self) -> anyhow::Result<Client> {
+        client_from(&self.info.admin_kubeconfig).await
+    }
+
+    /// A client from any kubeconfig of this cluster.
+    pub async fn client(&self, kubeconfig: &Path) -> anyhow::Result<Client> {
+        client_from(kubeconfig).await
+    }
+
+    /// A kubeconfig for ServiceAccount `namespace/name` (which must exist),
+    /// with a token from the TokenRequest API, valid for `ttl`.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let admin = self.admin().await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(admin, namespace);
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 24 * 3600},
+        });
+        let answered: serde_json::Value = sas
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?;
+        let token = answered["status"]["token"]
+            .as_str()
+            .context("TokenRequest answered without a token")?
+            .to_owned();
+        let path = self
+            .info
+            .dir
+            .join(format!("sa-{namespace}-{name}.kubeconfig"));
+        kubeconfig::write_token(
+            &path,
+            &self.info.api_url,
+            &self.info.ca_cert,
+            &format!("system:serviceaccount:{namespace}:{name}"),
+            &token,
+        )?;
+        Ok(path)
+    }
+
+    /// A fresh namespace `<prefix>-<n>` for one test.
+    pub async fn namespace(&self, prefix: &str) -> anyhow::Result<String> {
+        let name = format!("{prefix}-{}", NAMESPACES.fetch_add(1, Ordering::Relaxed));
+        let api: Api<Namespace> = Api::all(self.admin().await?);
+        api.create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+        Ok(name)
+    }
+
+    /// Runs kubectl as admin with `args`; `stdin` is piped in if given.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        self.kubectl_as(&self.info.admin_kubeconfig, args, stdin)
+    }
+
+    /// Runs kubectl with `kubeconfig`.
+    pub fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<Output> {
+        let mut child = Command::new(&self.info.kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting kubectl")?;
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .context("kubectl stdin")?
+                .write_all(text.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// `kubectl` that must succeed; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        let out = self.kubectl(args, stdin)?;
+        ensure!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a process beside the cluster (a Sextant component), its log
+    /// under `<dir>/logs/`; stopped when the handle drops.
+    pub fn spawn(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Process> {
+        Process::start(&self.info.dir, name, program, args, env)
+    }
+
+    /// The last `lines` lines of a control-plane component's log.
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        match self.info.logs.get(component) {
+            Some(path) => log_tail(path, lines),
+            None => format!("(no component {component})"),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.supervisor.lock()
+            && let Some((mut child, stdin)) = guard.take()
+        {
+            drop(stdin);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_from(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after
+/// `timeout` with `what` and the last error `check` gave.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
