@@ -36,11 +36,12 @@ pub const DEFAULT_RETAIN_TTL_SECONDS: u64 = 24 * 3600;
 #[x_kube(
     validation = Rule::new("self.reclaimPolicy == 'Retain' || !has(self.ttlSeconds)").message("ttlSeconds applies only to reclaimPolicy Retain"),
     validation = Rule::new("self.ip == oldSelf.ip").message("ip is immutable"),
+    validation = Rule::new("isIP(self.ip) && ip(self.ip).family() == 4").message("ip must be an IPv4 address"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FixedIPSpec {
     /// The pod's IPv4 address.
-    #[schemars(regex(pattern = r"^(\d{1,3}\.){3}\d{1,3}$"))]
+    #[schemars(regex(pattern = r"^(\d{1,3}\.){3}\d{1,3}$"), length(max = 15))]
     pub ip: String,
     /// Name of the owning StatefulSet.
     pub stateful_set: String,

@@ -40,6 +40,7 @@ pub const DEFAULT_PRE_ALLOCATE: u32 = 8;
 #[x_kube(
     validation = Rule::new("self.provider == 'static' || (has(self.instanceId) && self.instanceId != '')").message("instanceId is required for cloud providers"),
     validation = Rule::new("self.provider != 'static' || (has(self.podCIDRs) && size(self.podCIDRs) > 0)").message("podCIDRs is required for the static provider"),
+    validation = Rule::new("!has(self.podCIDRs) || self.podCIDRs.all(c, isCIDR(c) && cidr(c).ip().family() == 4)").message("podCIDRs must be IPv4 CIDRs (like 10.128.7.0/24)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetworkSpec {
@@ -60,8 +61,9 @@ pub struct NodeNetworkSpec {
     /// Pool sizing and ENI placement knobs for this node (per-node overrides of the operator flags).
     #[serde(default)]
     pub ipam: IpamSpec,
-    /// Pod CIDRs of a bare-metal node (`static` provider).
+    /// Pod CIDRs of a bare-metal node (`static` provider), IPv4, at most 16.
     #[serde(default, rename = "podCIDRs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 18)))]
     pub pod_cidrs: Vec<String>,
 }
 

@@ -24,6 +24,7 @@
 //! names the `cluster` tier).
 
 pub mod bins;
+pub mod install;
 pub mod kubeconfig;
 pub mod pki;
 pub mod supervisor;

@@ -126,11 +126,25 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the kernel does not hand
-/// it out again soon).
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range
+/// (32768 and up by default), so that no outgoing connection of another
+/// component takes it between this check and the listener's bind. Ports
+/// are probed from a per-process start (pid-derived) upwards, so parallel
+/// test processes rarely probe the same ones.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    Ok(l.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let base = (std::process::id().wrapping_mul(7919)) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (base + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// The running control plane.
