@@ -25,4 +25,5 @@ pub mod leader;
 pub mod node_watch;
 pub mod policy_status;
 pub mod runtime;
+pub mod sim;
 pub mod webhook;

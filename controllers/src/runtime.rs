@@ -3,7 +3,7 @@
 //! while leading, the controllers and the full resync.
 //!
 //! ```text
-//!  Args ─▶ Cloud(AwsCloud | AlibabaCloud) ─▶ NodeIpam
+//!  Args ─▶ Cloud(AwsCloud | AlibabaCloud | sim::AutoRegister) ─▶ NodeIpam
 //!    │                                         │
 //!    ├─▶ http::serve (/metrics, /healthz)      │        (only while leading)
 //!    └─▶ LeaderElector ──leading──▶ NodeNetwork controller ─┬─ Node controller (creates NodeNetworks)
@@ -17,7 +17,8 @@
 //! default chain, never from flags: AWS through the SDK's chain (IRSA, pod
 //! identity, instance profile, `AWS_*`), Alibaba from
 //! `ALIBABA_CLOUD_ACCESS_KEY_ID`, `ALIBABA_CLOUD_ACCESS_KEY_SECRET` and
-//! optionally `ALIBABA_CLOUD_SECURITY_TOKEN`.
+//! optionally `ALIBABA_CLOUD_SECURITY_TOKEN`. `--provider sim` needs none:
+//! its cloud is simulated in the operator ([`crate::sim`]).
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -31,6 +32,7 @@ use sextant_cloud::{
     Backoff, Cloud, CloudConfig, CloudMetrics, EniCloud, RateLimit, RateLimits,
     alibaba::{AlibabaCloud, AlibabaConfig, ClientBuildError},
     aws::{AwsCloud, AwsConfig},
+    sim::SetupError,
 };
 use sextant_crds::{IpamSpec, NodeNetwork, Provider};
 use tokio::sync::watch;
@@ -54,6 +56,7 @@ use crate::{
         controller::{self as policy_controller, PolicyContext},
         identity_gc,
     },
+    sim::{DEFAULT_SIM_VPC, NodeNetworkDirectory, SimArgs},
 };
 
 /// Environment variable with the Alibaba AccessKey id.
@@ -70,12 +73,24 @@ pub enum CloudProvider {
     Aws,
     /// Alibaba Cloud ECS.
     Alibaba,
+    /// The embedded simulated cloud, seeded, its VPC from the `--sim-*`
+    /// flags: the suite on a real API server without a cloud account.
+    ///
+    /// Its NodeNetworks say `provider: aws`: the simulator follows EC2's
+    /// model (ENIs with secondary IPv4 addresses, EC2's per-type limits and
+    /// token buckets) and its nodes carry EC2 providerIDs
+    /// (`aws:///<zone>/i-...`), so the CRD, the node watch, the agent and the
+    /// scheduler extender treat them as the AWS nodes they stand in for. A
+    /// separate CRD value would say nothing the agent acts on and make every
+    /// match on the provider grow an arm that behaves as `aws` does. How the
+    /// simulated VPC is laid out and learns the nodes' instances: [`crate::sim`].
+    Sim,
 }
 
 impl From<CloudProvider> for Provider {
     fn from(p: CloudProvider) -> Self {
         match p {
-            CloudProvider::Aws => Provider::Aws,
+            CloudProvider::Aws | CloudProvider::Sim => Provider::Aws,
             CloudProvider::Alibaba => Provider::Alibaba,
         }
     }
@@ -99,7 +114,7 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 /// Client-side rate-limit overrides, per action class; unset values keep the
-/// provider's preset ([`RateLimits::aws`], [`RateLimits::alibaba`]).
+/// provider's preset ([`RateLimits::aws`], also for `sim`, [`RateLimits::alibaba`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, clap::Args)]
 pub struct RateLimitArgs {
     /// Describe/list calls per second.
@@ -126,7 +141,7 @@ impl RateLimitArgs {
     /// The provider's preset with the overrides applied.
     pub fn limits(&self, provider: CloudProvider) -> RateLimits {
         let preset = match provider {
-            CloudProvider::Aws => RateLimits::aws(),
+            CloudProvider::Aws | CloudProvider::Sim => RateLimits::aws(),
             CloudProvider::Alibaba => RateLimits::alibaba(),
         };
         let apply = |l: RateLimit, qps: Option<f64>, burst: Option<u32>| RateLimit {
@@ -169,7 +184,8 @@ pub struct Args {
     /// Cloud API endpoint override (a VPC endpoint, a test server).
     #[arg(long, env = "SEXTANT_ENDPOINT")]
     pub endpoint: Option<String>,
-    /// VPC written into new NodeNetworks and listed by every full resync.
+    /// VPC written into new NodeNetworks and listed by every full resync;
+    /// with `--provider sim`, the simulated VPC's id (default `vpc-sim`).
     #[arg(long, env = "SEXTANT_VPC_ID")]
     pub vpc_id: Option<String>,
     /// Subnet tags (`k=v`, comma-separated) written into new NodeNetworks.
@@ -220,6 +236,10 @@ pub struct Args {
     /// This replica's identity in the Lease; defaults to `$HOSTNAME` (the pod name).
     #[arg(long, env = "SEXTANT_POD_NAME")]
     pub identity: Option<String>,
+    /// The simulated cloud of `--provider sim` (last: its help heading
+    /// applies to every flag after it).
+    #[command(flatten, next_help_heading = "Simulated cloud (--provider sim)")]
+    pub sim: SimArgs,
 }
 
 /// Why the operator could not start.
@@ -234,6 +254,9 @@ pub enum RunError {
     /// The ECS HTTP client could not be built.
     #[error("building the ECS client")]
     AlibabaClient(#[source] ClientBuildError),
+    /// The simulated VPC of `--provider sim` cannot be laid out.
+    #[error("setting up the simulated cloud")]
+    Sim(#[source] SetupError),
     /// The metrics address cannot be bound.
     #[error("listening on {addr}")]
     Listen {
@@ -275,6 +298,16 @@ pub fn alibaba_config(
 }
 
 impl Args {
+    /// The VPC: `--vpc-id`, or with `--provider sim` the simulated VPC's
+    /// default id.
+    pub fn vpc(&self) -> Option<String> {
+        match (&self.vpc_id, self.provider) {
+            (Some(v), _) => Some(v.clone()),
+            (None, CloudProvider::Sim) => Some(DEFAULT_SIM_VPC.to_owned()),
+            (None, _) => None,
+        }
+    }
+
     /// Operator-wide IPAM defaults.
     pub fn ipam_defaults(&self) -> IpamDefaults {
         IpamDefaults {
@@ -289,7 +322,7 @@ impl Args {
     pub fn node_network_defaults(&self) -> NodeNetworkDefaults {
         let map = |kv: &[(String, String)]| kv.iter().cloned().collect::<BTreeMap<_, _>>();
         NodeNetworkDefaults {
-            vpc_id: self.vpc_id.clone(),
+            vpc_id: self.vpc(),
             ipam: IpamSpec {
                 subnet_tags: map(&self.subnet_tags),
                 security_group_tags: map(&self.security_group_tags),
@@ -323,7 +356,12 @@ impl Args {
         }
     }
 
-    async fn provider_cloud(&self) -> Result<Arc<dyn EniCloud>, RunError> {
+    /// The provider, raw. `nodes` tells the simulated cloud about the
+    /// instances it launches on first sight; the real clouds ignore it.
+    async fn provider_cloud(
+        &self,
+        nodes: &NodeNetworkDirectory,
+    ) -> Result<Arc<dyn EniCloud>, RunError> {
         Ok(match self.provider {
             CloudProvider::Aws => {
                 let mut config = AwsConfig::new(&self.region);
@@ -336,7 +374,56 @@ impl Args {
                 })?;
                 Arc::new(AlibabaCloud::new(config).map_err(RunError::AlibabaClient)?)
             }
+            CloudProvider::Sim => {
+                let vpc = self.vpc().unwrap_or_else(|| DEFAULT_SIM_VPC.to_owned());
+                let sim = self
+                    .sim
+                    .build(&self.region, &vpc, Arc::new(nodes.clone()))
+                    .map_err(RunError::Sim)?;
+                info!(
+                    vpc = %sim.vpc().vpc_id,
+                    cidr = %self.sim.sim_vpc_cidr,
+                    zones = %sim.vpc().zone_list(),
+                    seed = self.sim.sim_seed,
+                    latency = ?self.sim.sim_latency,
+                    "simulated cloud"
+                );
+                Arc::new(sim)
+            }
         })
+    }
+
+    /// The cloud the operator works against: the provider behind
+    /// deadlines, client-side rate limits, retries and metrics (one code
+    /// path for every provider, the simulated one included).
+    pub async fn cloud(
+        &self,
+        metrics: CloudMetrics,
+        nodes: &NodeNetworkDirectory,
+    ) -> Result<Arc<dyn EniCloud>, RunError> {
+        Ok(Arc::new(Cloud::new(
+            self.provider_cloud(nodes).await?,
+            CloudConfig {
+                limits: self.rate_limits.limits(self.provider),
+                // A simulated run replays with its seed, retries included.
+                seed: (self.provider == CloudProvider::Sim).then_some(self.sim.sim_seed),
+                ..CloudConfig::default()
+            },
+            metrics,
+        )))
+    }
+
+    /// Node IPAM over `cloud` with the flags' cluster name and watermarks.
+    pub fn node_ipam(&self, cloud: Arc<dyn EniCloud>, metrics: IpamMetrics) -> NodeIpam {
+        NodeIpam::new(
+            cloud,
+            IpamConfig {
+                cluster: self.cluster_name.clone(),
+                defaults: self.ipam_defaults(),
+                ..IpamConfig::default()
+            },
+            metrics,
+        )
     }
 
     /// Runs the operator until SIGTERM or Ctrl-C.
@@ -363,23 +450,9 @@ impl Args {
         }
         cloud_metrics.register(registry.sub_registry_with_prefix("sextant_cloud"));
 
-        let cloud: Arc<dyn EniCloud> = Arc::new(Cloud::new(
-            self.provider_cloud().await?,
-            CloudConfig {
-                limits: self.rate_limits.limits(self.provider),
-                ..CloudConfig::default()
-            },
-            cloud_metrics,
-        ));
-        let ipam = Arc::new(NodeIpam::new(
-            cloud.clone(),
-            IpamConfig {
-                cluster: self.cluster_name.clone(),
-                defaults: self.ipam_defaults(),
-                ..IpamConfig::default()
-            },
-            ipam_metrics,
-        ));
+        let nodes = NodeNetworkDirectory::default();
+        let cloud = self.cloud(cloud_metrics, &nodes).await?;
+        let ipam = Arc::new(self.node_ipam(cloud.clone(), ipam_metrics));
 
         let listener = tokio::net::TcpListener::bind(self.listen_addr)
             .await
@@ -401,7 +474,7 @@ impl Args {
             async move { elector.run(leading_tx).await }
         });
 
-        let fixed_ips = self.vpc_id.clone().map(|vpc| {
+        let fixed_ips = self.vpc().map(|vpc| {
             (
                 Arc::new(
                     FixedIpController::new(client.clone(), cloud.clone(), &self.cluster_name, &vpc)
@@ -425,6 +498,7 @@ impl Args {
             ctx: Arc::new(Context::new(client.clone(), ipam, RequeuePolicy::default())),
             provider: self.provider.into(),
             node_defaults: self.node_network_defaults(),
+            nodes,
             concurrency: self.reconcile_concurrency,
             node_metrics,
             resync: Arc::new(FullResync::new(
@@ -434,7 +508,7 @@ impl Args {
                     interval: self.full_resync_interval,
                     cluster: self.cluster_name.clone(),
                     gc: self.gc_policy(),
-                    vpcs: self.vpc_id.iter().cloned().collect(),
+                    vpcs: self.vpc().into_iter().collect(),
                 },
                 clock,
                 resync_metrics,
@@ -475,6 +549,8 @@ struct Leading {
     ctx: Arc<Context>,
     provider: Provider,
     node_defaults: NodeNetworkDefaults,
+    /// Handed the NodeNetwork cache, for the simulated cloud.
+    nodes: NodeNetworkDirectory,
     concurrency: u16,
     resync: Arc<FullResync>,
     node_metrics: NodeWatchMetrics,
@@ -490,6 +566,7 @@ impl Leading {
         let controller = Controller::new(nn_api, watcher::Config::default())
             .with_config(controller::Config::default().concurrency(self.concurrency));
         let nn_store = controller.store();
+        self.nodes.set(nn_store.clone());
         let node_networks = controller
             .run(
                 nn_controller::reconcile,
@@ -575,6 +652,7 @@ pub fn init_tracing() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::SimLatency;
     use clap::{CommandFactory, Parser};
 
     const REQUIRED: [&str; 7] = [
@@ -664,6 +742,95 @@ mod tests {
         );
         assert_eq!(d.ipam.subnet_tags.len(), 2);
         assert!(parse_key_value("novalue").is_err());
+    }
+
+    #[test]
+    fn sim_flags_default_to_a_seeded_realistic_ec2_vpc() {
+        let mut argv = REQUIRED.to_vec();
+        argv[4] = "sim";
+        let a = Args::try_parse_from(argv).unwrap();
+        assert_eq!(a.provider, CloudProvider::Sim);
+        assert_eq!(Provider::from(a.provider), Provider::Aws);
+        assert_eq!(a.sim.sim_seed, 1);
+        assert_eq!(a.sim.sim_vpc_cidr.to_string(), "10.0.0.0/16");
+        assert_eq!(a.sim.zones(&a.region), ["us-east-1a", "us-east-1b"]);
+        assert_eq!(a.sim.sim_instance_type, "m5.large");
+        assert_eq!(a.sim.sim_latency, SimLatency::Realistic);
+        assert!(a.sim.sim_config().server_throttling);
+        assert_eq!(a.rate_limits.limits(a.provider), RateLimits::aws());
+        // The simulated VPC's id is everywhere the VPC is.
+        assert_eq!(a.vpc().as_deref(), Some(DEFAULT_SIM_VPC));
+        assert_eq!(
+            a.node_network_defaults().vpc_id.as_deref(),
+            Some(DEFAULT_SIM_VPC)
+        );
+        // Other providers have no VPC unless told.
+        assert_eq!(Args::try_parse_from(REQUIRED).unwrap().vpc(), None);
+    }
+
+    #[test]
+    fn sim_flags_override_the_defaults() {
+        let mut argv = REQUIRED.to_vec();
+        argv[4] = "sim";
+        argv.extend([
+            "--sim-seed",
+            "42",
+            "--sim-vpc-cidr",
+            "172.31.0.0/20",
+            "--sim-zones",
+            "us-east-1c,us-east-1d,us-east-1f",
+            "--sim-instance-type",
+            "m5.4xlarge",
+            "--sim-latency",
+            "instant",
+            "--vpc-id",
+            "vpc-0abc",
+        ]);
+        let a = Args::try_parse_from(argv).unwrap();
+        assert_eq!(a.sim.sim_seed, 42);
+        assert_eq!(a.sim.sim_instance_type, "m5.4xlarge");
+        assert_eq!(a.sim.sim_latency, SimLatency::Instant);
+        assert!(!a.sim.sim_config().server_throttling);
+        let vpc = a.sim.vpc_config(&a.region, &a.vpc().unwrap());
+        assert_eq!(vpc.vpc_id, "vpc-0abc");
+        assert_eq!(vpc.cidr.to_string(), "172.31.0.0/20");
+        assert_eq!(vpc.zones, ["us-east-1c", "us-east-1d", "us-east-1f"]);
+    }
+
+    #[test]
+    fn bad_sim_flags_are_rejected_when_parsed() {
+        for (flag, value) in [
+            ("--sim-vpc-cidr", "10.0.0.0/8"),
+            ("--sim-vpc-cidr", "10.0.0.1/16"),
+            ("--sim-vpc-cidr", "not-a-cidr"),
+            ("--sim-instance-type", "t3.nano"),
+            ("--sim-latency", "slow"),
+            ("--sim-seed", "-1"),
+        ] {
+            let mut argv = REQUIRED.to_vec();
+            argv[4] = "sim";
+            argv.extend([flag, value]);
+            let err = Args::try_parse_from(argv).unwrap_err().to_string();
+            assert!(err.contains(value), "{flag} {value}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sim_vpc_too_small_for_its_zones_fails_at_startup() {
+        let mut argv = REQUIRED.to_vec();
+        argv[4] = "sim";
+        argv.extend(["--sim-vpc-cidr", "10.0.0.0/28"]);
+        let a = Args::try_parse_from(argv).unwrap();
+        let err = a
+            .cloud(CloudMetrics::default(), &NodeNetworkDirectory::default())
+            .await
+            .err()
+            .expect("two zones do not fit a /28");
+        assert!(
+            ErrorChain(&err).to_string().contains("10.0.0.0/28"),
+            "{}",
+            ErrorChain(&err)
+        );
     }
 
     #[test]

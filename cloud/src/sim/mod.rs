@@ -8,9 +8,13 @@
 //! seeded generator, so a seed replays the same run.
 
 mod instance_types;
+mod register;
 mod throttle;
+mod vpc;
 
 pub use instance_types::{INSTANCE_TYPES, instance_type};
+pub use register::{AutoRegister, InstanceDirectory, InstanceHint};
+pub use vpc::{Cidr, SimVpc, SimVpcConfig};
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -141,6 +145,32 @@ pub enum SetupError {
     /// Subnet full.
     #[error("subnet {0} has no free address for the primary interface")]
     SubnetFull(String),
+    /// Instance id not of EC2's shape (`i-` and letters, digits or dashes).
+    #[error("{0:?} is not an instance id (i-...)")]
+    BadInstanceId(String),
+    /// An instance with this id exists already.
+    #[error("instance {0} exists already")]
+    DuplicateInstance(String),
+    /// Security group id not known.
+    #[error("unknown security group {0:?}")]
+    UnknownSecurityGroup(String),
+    /// Zone name that no subnet could be put in.
+    #[error("bad zone name {0:?}")]
+    BadZone(String),
+    /// A VPC without zones.
+    #[error("no zones given")]
+    NoZones,
+    /// A zone given twice.
+    #[error("zone {0} is given twice")]
+    DuplicateZone(String),
+    /// A VPC CIDR too small for a subnet per zone.
+    #[error("VPC CIDR {cidr} is too small for {zones} zone subnets of at least /28")]
+    CidrTooSmall {
+        /// The VPC CIDR.
+        cidr: String,
+        /// Zones asked for.
+        zones: usize,
+    },
 }
 
 struct SimSubnet {
@@ -325,40 +355,56 @@ impl SimCloud {
     pub fn add_instance(&self, instance_type: &str, subnet_id: &str) -> Result<String, SetupError> {
         let limits = instance_type_limits(instance_type)?;
         let mut st = lock(&self.state);
-        let instance_id = st.id("i");
-        let eni_id = st.id("eni");
-        let subnet = st
-            .subnets
-            .get_mut(subnet_id)
-            .ok_or_else(|| SetupError::UnknownSubnet(subnet_id.into()))?;
-        let primary_ip = subnet
-            .allocate(&eni_id)
-            .ok_or_else(|| SetupError::SubnetFull(subnet_id.into()))?;
-        let eni = Eni {
-            id: eni_id.clone(),
-            subnet_id: subnet_id.into(),
-            vpc_id: subnet.subnet.vpc_id.clone(),
-            zone: subnet.subnet.zone.clone(),
-            mac: mac_of(&eni_id),
-            primary_ip,
-            secondary_ips: vec![],
-            security_groups: vec![],
-            tags: Tags::new(),
-            state: EniState::InUse,
-            attachment: Some(Attachment {
-                id: format!("attach-{eni_id}"),
-                instance_id: instance_id.clone(),
-                device_index: 0,
-            }),
+        let instance_id = loop {
+            // Skip ids taken by [`SimCloud::add_instance_with_id`].
+            let id = st.id("i");
+            if !st.instances.contains_key(&id) {
+                break id;
+            }
         };
-        st.enis.insert(eni_id, eni);
-        st.instances.insert(
-            instance_id.clone(),
-            SimInstance {
-                instance_type: limits,
-            },
-        );
+        launch(&mut st, &instance_id, limits, subnet_id, &[])?;
         Ok(instance_id)
+    }
+
+    /// Launches an instance under a caller-given id (one a real cloud
+    /// already runs, such as the instance a node's `spec.providerID` names),
+    /// with its primary ENI (device 0) in `subnet_id` carrying
+    /// `security_groups`, as EC2 launches it in the node group's groups.
+    pub fn add_instance_with_id(
+        &self,
+        instance_id: &str,
+        instance_type: &str,
+        subnet_id: &str,
+        security_groups: &[String],
+    ) -> Result<(), SetupError> {
+        if !is_instance_id(instance_id) {
+            return Err(SetupError::BadInstanceId(instance_id.into()));
+        }
+        let limits = instance_type_limits(instance_type)?;
+        let mut st = lock(&self.state);
+        if st.instances.contains_key(instance_id) {
+            return Err(SetupError::DuplicateInstance(instance_id.into()));
+        }
+        if let Some(g) = security_groups
+            .iter()
+            .find(|g| !st.security_groups.contains_key(*g))
+        {
+            return Err(SetupError::UnknownSecurityGroup(g.clone()));
+        }
+        launch(&mut st, instance_id, limits, subnet_id, security_groups)
+    }
+
+    /// Whether an instance runs (launched and not terminated).
+    pub fn has_instance(&self, instance_id: &str) -> bool {
+        lock(&self.state).instances.contains_key(instance_id)
+    }
+
+    /// The instance type an instance runs as.
+    pub fn instance_type_of(&self, instance_id: &str) -> Option<String> {
+        lock(&self.state)
+            .instances
+            .get(instance_id)
+            .map(|i| i.instance_type.instance_type.clone())
     }
 
     /// Terminates an instance: its primary ENI is deleted with it, other ENIs
@@ -487,6 +533,56 @@ impl SimCloud {
     }
 }
 
+/// Puts an instance and its primary ENI into `st`.
+fn launch(
+    st: &mut State,
+    instance_id: &str,
+    limits: InstanceLimits,
+    subnet_id: &str,
+    security_groups: &[String],
+) -> Result<(), SetupError> {
+    let eni_id = st.id("eni");
+    let subnet = st
+        .subnets
+        .get_mut(subnet_id)
+        .ok_or_else(|| SetupError::UnknownSubnet(subnet_id.into()))?;
+    let primary_ip = subnet
+        .allocate(&eni_id)
+        .ok_or_else(|| SetupError::SubnetFull(subnet_id.into()))?;
+    let eni = Eni {
+        id: eni_id.clone(),
+        subnet_id: subnet_id.into(),
+        vpc_id: subnet.subnet.vpc_id.clone(),
+        zone: subnet.subnet.zone.clone(),
+        mac: mac_of(&eni_id),
+        primary_ip,
+        secondary_ips: vec![],
+        security_groups: security_groups.to_vec(),
+        tags: Tags::new(),
+        state: EniState::InUse,
+        attachment: Some(Attachment {
+            id: format!("attach-{eni_id}"),
+            instance_id: instance_id.to_owned(),
+            device_index: 0,
+        }),
+    };
+    st.enis.insert(eni_id, eni);
+    st.instances.insert(
+        instance_id.to_owned(),
+        SimInstance {
+            instance_type: limits,
+        },
+    );
+    Ok(())
+}
+
+/// EC2's instance id shape: `i-` and then letters, digits or dashes.
+pub fn is_instance_id(id: &str) -> bool {
+    id.len() > 2
+        && id.starts_with("i-")
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 fn instance_type_limits(name: &str) -> Result<InstanceLimits, SetupError> {
     instance_type(name).ok_or_else(|| SetupError::UnknownInstanceType(name.into()))
 }
@@ -611,8 +707,16 @@ impl EniCloud for SimCloud {
     async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits> {
         let action = Action::DescribeInstanceTypes;
         self.run(action, |_| {
-            instance_type_limits(instance_type)
-                .map_err(|_| invalid(action, format!("unknown instance type {instance_type}")))
+            instance_type_limits(instance_type).map_err(|_| {
+                let known: Vec<&str> = INSTANCE_TYPES.iter().map(|(n, ..)| *n).collect();
+                invalid(
+                    action,
+                    format!(
+                        "unknown instance type {instance_type} (the simulator knows {})",
+                        known.join(", ")
+                    ),
+                )
+            })
         })
         .await
     }

@@ -293,3 +293,39 @@ async fn terminated_instances_leave_their_extra_enis_behind() {
         Err(Error::NotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn instances_launch_under_a_given_id_once() {
+    let (sim, subnet, sg, generated) = world(SimConfig::instant(SimProvider::Aws, 1));
+    sim.add_instance_with_id("i-0abc", "m5.xlarge", &subnet, std::slice::from_ref(&sg))
+        .unwrap();
+    assert!(sim.has_instance("i-0abc"));
+    assert_eq!(sim.instance_type_of("i-0abc").as_deref(), Some("m5.xlarge"));
+    let net = sim.instance_network("i-0abc").await.unwrap();
+    assert_eq!(net.enis[0].security_groups, vec![sg.clone()]);
+    assert_eq!(net.enis[0].attachment.as_ref().unwrap().device_index, 0);
+    let again = sim.add_instance_with_id("i-0abc", "m5.large", &subnet, &[]);
+    assert_eq!(again, Err(SetupError::DuplicateInstance("i-0abc".into())));
+    assert_eq!(
+        sim.add_instance_with_id("vm-1", "m5.large", &subnet, &[]),
+        Err(SetupError::BadInstanceId("vm-1".into()))
+    );
+    assert_eq!(
+        sim.add_instance_with_id("i-1", "m9.huge", &subnet, &[]),
+        Err(SetupError::UnknownInstanceType("m9.huge".into()))
+    );
+    assert_eq!(
+        sim.add_instance_with_id("i-1", "m5.large", &subnet, &["sg-nope".into()]),
+        Err(SetupError::UnknownSecurityGroup("sg-nope".into()))
+    );
+    assert!(!sim.has_instance("i-1"));
+    // Generated ids skip the ones taken.
+    let taken = format!("i-{:08x}", 100);
+    sim.add_instance_with_id(&taken, "m5.large", &subnet, &[])
+        .unwrap();
+    assert_ne!(generated, taken);
+    for _ in 0..200 {
+        let id = sim.add_instance("m5.large", &subnet).unwrap();
+        assert_ne!(id, taken);
+    }
+}

@@ -1,0 +1,215 @@
+//! `--provider sim`: the operator against the embedded simulated cloud, so
+//! the whole suite can be tried on a real Kubernetes API server (fake kwok
+//! nodes, say) without a cloud account.
+//!
+//! ```text
+//!  Node (providerID aws:///<zone>/i-..., instance-type and zone labels)
+//!    └─▶ NodeNetwork (provider aws) ─▶ NodeIpam ─▶ Cloud (limits, retries, metrics)
+//!                                                   └─▶ AutoRegister ─▶ SimCloud (seeded; EC2 buckets)
+//!                                                        └─ unknown i-... ? look it up in the NodeNetworks, launch it once
+//! ```
+//!
+//! The simulated VPC is laid out from flags: `--sim-vpc-cidr` split into one
+//! subnet per `--sim-zones` zone, and one security group every instance's
+//! primary interface is in. Its id is `--vpc-id`, or [`DEFAULT_SIM_VPC`]
+//! when that is unset, so NodeNetworks, the full resync and fixed IPs all
+//! name the VPC the simulator has. The simulator does not know the cluster's
+//! nodes: the first describe (or attach) naming an `i-...` instance launches
+//! it, with the instance type and zone its NodeNetwork says (from the node's
+//! labels and providerID), else `--sim-instance-type` in the first zone.
+//! State lives in the operator's memory: a restart, or a new leader, starts
+//! an empty VPC (NodeNetworks then resync to what it has).
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use kube::runtime::reflector::Store;
+use sextant_cloud::sim::{
+    AutoRegister, Cidr, INSTANCE_TYPES, InstanceDirectory, InstanceHint, SetupError, SimCloud,
+    SimConfig, SimProvider, SimVpc, SimVpcConfig, instance_type,
+};
+use sextant_crds::NodeNetwork;
+
+/// VPC id of the simulated VPC when `--vpc-id` is not given.
+pub const DEFAULT_SIM_VPC: &str = "vpc-sim";
+
+/// How calls to the simulated cloud behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimLatency {
+    /// Like EC2: 50 ms describes, 150 ms mutations (plus up to 50 ms of
+    /// jitter) and EC2's server-side token buckets, so throttling, retries
+    /// and the client-side limiter behave as they would against AWS.
+    Realistic,
+    /// No latency and no server-side throttling (the client-side limiter
+    /// still applies).
+    Instant,
+}
+
+/// Parses an instance type the simulator knows.
+pub fn parse_instance_type(s: &str) -> Result<String, String> {
+    match instance_type(s.trim()) {
+        Some(l) => Ok(l.instance_type),
+        None => Err(format!(
+            "{s:?} is not a simulated instance type; known: {}",
+            INSTANCE_TYPES
+                .iter()
+                .map(|(n, ..)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Flags of `--provider sim` (ignored by the other providers).
+#[derive(Clone, Debug, PartialEq, clap::Args)]
+pub struct SimArgs {
+    /// Seed of the simulated cloud's latency jitter and of the client's retry jitter.
+    #[arg(long, env = "SEXTANT_SIM_SEED", default_value_t = 1)]
+    pub sim_seed: u64,
+    /// CIDR of the simulated VPC (/16 to /28), split into one subnet per zone.
+    #[arg(long, env = "SEXTANT_SIM_VPC_CIDR", default_value = "10.0.0.0/16")]
+    pub sim_vpc_cidr: Cidr,
+    /// Zones of the simulated VPC (comma-separated); default `<region>a,<region>b`.
+    #[arg(long, env = "SEXTANT_SIM_ZONES", value_delimiter = ',')]
+    pub sim_zones: Vec<String>,
+    /// Instance type of instances no NodeNetwork describes.
+    #[arg(long, env = "SEXTANT_SIM_INSTANCE_TYPE", default_value = "m5.large", value_parser = parse_instance_type)]
+    pub sim_instance_type: String,
+    /// `realistic` (EC2 latencies and token buckets) or `instant`.
+    #[arg(long, env = "SEXTANT_SIM_LATENCY", value_enum, default_value_t = SimLatency::Realistic)]
+    pub sim_latency: SimLatency,
+}
+
+impl SimArgs {
+    /// The zones: `--sim-zones`, or `<region>a` and `<region>b`.
+    pub fn zones(&self, region: &str) -> Vec<String> {
+        let given: Vec<String> = self
+            .sim_zones
+            .iter()
+            .map(|z| z.trim().to_owned())
+            .filter(|z| !z.is_empty())
+            .collect();
+        if given.is_empty() {
+            vec![format!("{region}a"), format!("{region}b")]
+        } else {
+            given
+        }
+    }
+
+    /// The simulator's settings, following EC2.
+    pub fn sim_config(&self) -> SimConfig {
+        match self.sim_latency {
+            SimLatency::Realistic => SimConfig::new(SimProvider::Aws, self.sim_seed),
+            SimLatency::Instant => SimConfig::instant(SimProvider::Aws, self.sim_seed),
+        }
+    }
+
+    /// The simulated VPC `vpc_id` in `region`.
+    pub fn vpc_config(&self, region: &str, vpc_id: &str) -> SimVpcConfig {
+        SimVpcConfig {
+            vpc_id: vpc_id.to_owned(),
+            cidr: self.sim_vpc_cidr,
+            zones: self.zones(region),
+        }
+    }
+
+    /// A seeded simulated cloud with its VPC laid out, launching unseen
+    /// instances as `directory` describes them.
+    pub fn build(
+        &self,
+        region: &str,
+        vpc_id: &str,
+        directory: Arc<dyn InstanceDirectory>,
+    ) -> Result<AutoRegister, SetupError> {
+        let sim = Arc::new(SimCloud::new(self.sim_config()));
+        let vpc = SimVpc::create(&sim, &self.vpc_config(region, vpc_id))?;
+        AutoRegister::new(sim, vpc, &self.sim_instance_type, directory)
+    }
+}
+
+/// The NodeNetworks the NodeNetwork controller caches, as the simulator's
+/// [`InstanceDirectory`]: an instance is what the NodeNetwork naming it says
+/// (`spec.instanceType`, `spec.zone`). Empty until the controller starts
+/// leading and hands over its store ([`NodeNetworkDirectory::set`]).
+#[derive(Clone, Default)]
+pub struct NodeNetworkDirectory(Arc<RwLock<Option<Store<NodeNetwork>>>>);
+
+impl NodeNetworkDirectory {
+    /// Looks instances up in `store` from now on.
+    pub fn set(&self, store: Store<NodeNetwork>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(store);
+    }
+}
+
+impl InstanceDirectory for NodeNetworkDirectory {
+    fn lookup(&self, instance_id: &str) -> Option<InstanceHint> {
+        let store = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let nn = store.find(|nn| nn.spec.instance_id.as_deref() == Some(instance_id))?;
+        Some(InstanceHint {
+            instance_type: nn.spec.instance_type.clone(),
+            zone: nn.spec.zone.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher};
+    use sextant_crds::{NodeNetworkSpec, Provider};
+
+    #[test]
+    fn zones_default_to_the_regions_a_and_b() {
+        let mut a = SimArgs {
+            sim_seed: 1,
+            sim_vpc_cidr: "10.0.0.0/16".parse().unwrap(),
+            sim_zones: vec![],
+            sim_instance_type: "m5.large".into(),
+            sim_latency: SimLatency::Realistic,
+        };
+        assert_eq!(a.zones("eu-west-1"), ["eu-west-1a", "eu-west-1b"]);
+        a.sim_zones = vec![" us-east-1c".into(), "".into()];
+        assert_eq!(a.zones("eu-west-1"), ["us-east-1c"]);
+        assert!(a.sim_config().server_throttling);
+        a.sim_latency = SimLatency::Instant;
+        assert!(!a.sim_config().server_throttling);
+        assert_eq!(a.sim_config().seed, 1);
+    }
+
+    #[test]
+    fn instance_types_parse_only_when_simulated() {
+        assert_eq!(parse_instance_type("m5.xlarge"), Ok("m5.xlarge".into()));
+        let err = parse_instance_type("t3.nano").unwrap_err();
+        assert!(err.contains("t3.nano") && err.contains("m5.large"), "{err}");
+    }
+
+    #[test]
+    fn the_directory_reads_the_nodenetwork_naming_the_instance() {
+        let dir = NodeNetworkDirectory::default();
+        assert_eq!(dir.lookup("i-0abc"), None, "no store yet");
+        let (store, mut writer) = reflector::store::<NodeNetwork>();
+        let nn = NodeNetwork::new(
+            "kwok-1",
+            NodeNetworkSpec {
+                provider: Provider::Aws,
+                instance_id: Some("i-0abc".into()),
+                instance_type: Some("m5.xlarge".into()),
+                zone: Some("us-east-1b".into()),
+                ..NodeNetworkSpec::default()
+            },
+        );
+        writer.apply_watcher_event(&watcher::Event::Apply(nn));
+        dir.set(store);
+        assert_eq!(
+            dir.lookup("i-0abc"),
+            Some(InstanceHint {
+                instance_type: Some("m5.xlarge".into()),
+                zone: Some("us-east-1b".into()),
+            })
+        );
+        assert_eq!(dir.lookup("i-0other"), None);
+    }
+}
