@@ -1,4 +1,5 @@
-//! Shared by the kernel benchmarks: percentiles, the root check, running a
+//! Shared by the kernel benchmarks: percentiles, the root and tool checks
+//! (missing means MISSED and exit 1 unless `SEXTANT_SKIP=kernel`), running a
 //! command in a lab's node namespace. Each bench uses a part of it.
 #![allow(dead_code)]
 
@@ -9,6 +10,7 @@ use std::{
 };
 
 use sextant_agent::{Error, Result, lab::Lab};
+use sextant_testkit::{Decision, Tier};
 
 /// `p` in 0..=100 of sorted samples, in milliseconds.
 pub fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -19,28 +21,36 @@ pub fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-/// Prints why and returns false when the benchmark cannot run here.
-pub fn can_run(name: &str) -> bool {
-    match sextant_agent::lab::can_run() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("{name}: SKIPPED: {why}");
-            false
+/// Whether the benchmark's real part can run, `why` saying what is missing.
+/// Missing: prints a MISSED line with the reason and exits 1, unless
+/// `SEXTANT_SKIP=kernel`, which prints and records the skip (the ledger of
+/// `sextant-testkit`) and returns false.
+pub fn require_kernel(name: &str, why: Option<String>) -> bool {
+    match sextant_testkit::check(Tier::Kernel, why, &format!("bench {name}")) {
+        Decision::Run => true,
+        Decision::Skip(_) => false,
+        Decision::Fail(msg) => {
+            println!("{name}: MISSED: {msg}");
+            std::process::exit(1);
         }
     }
 }
 
-/// Prints why and returns false when `iptables-restore` (the baseline's
-/// loader) is missing.
+/// [`require_kernel`] for building labs (root, iproute2).
+pub fn can_run(name: &str) -> bool {
+    require_kernel(name, sextant_agent::lab::can_run().err())
+}
+
+/// [`require_kernel`] for `iptables-restore` (the baseline's loader).
 pub fn has_iptables(name: &str) -> bool {
     let found = Command::new("iptables-restore")
         .arg("--version")
         .output()
         .is_ok();
-    if !found {
-        println!("{name}: SKIPPED: iptables-restore missing (scripts/setup.sh installs iptables)");
-    }
-    found
+    require_kernel(
+        name,
+        (!found).then(|| "iptables-restore missing (scripts/setup.sh installs iptables)".into()),
+    )
 }
 
 /// Runs `args` inside the lab's node netns (`ip netns exec`), feeding

@@ -15,10 +15,12 @@ fn main() {
     if !common::can_run("P3") {
         return;
     }
-    if !Path::new(REFERENCE_BRIDGE).exists() {
-        println!(
-            "P3: SKIPPED: {REFERENCE_BRIDGE} missing (containernetworking-plugins; scripts/setup.sh installs it)"
-        );
+    let bridge_missing = (!Path::new(REFERENCE_BRIDGE).exists()).then(|| {
+        format!(
+            "{REFERENCE_BRIDGE} missing (containernetworking-plugins; scripts/setup.sh installs it)"
+        )
+    });
+    if !common::require_kernel("P3", bridge_missing) {
         return;
     }
     if let Err(e) = run() {

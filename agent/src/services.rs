@@ -294,8 +294,16 @@ mod kube_tests {
     /// datapath's service map.
     #[tokio::test]
     async fn watched_cluster_ip_is_programmed_into_the_datapath() {
-        if let Err(why) = crate::lab::can_run() {
-            eprintln!("SKIPPED watched_cluster_ip_is_programmed_into_the_datapath: {why}");
+        let test = format!(
+            "{}: {}",
+            file!(),
+            sextant_testkit::current_test("watched_cluster_ip_is_programmed_into_the_datapath")
+        );
+        if !sextant_testkit::require(
+            sextant_testkit::Tier::Kernel,
+            crate::lab::can_run().err(),
+            &test,
+        ) {
             return;
         }
         let root = std::path::PathBuf::from(format!(

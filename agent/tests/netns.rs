@@ -1,7 +1,7 @@
 //! Kernel tests: real namespaces, veths, BPF programs and packets. Each test
 //! builds its own uniquely named lab (node + pod namespaces, bpffs root) and
-//! removes it on drop, so tests run in parallel. Without root they print why
-//! and skip.
+//! removes it on drop, so tests run in parallel. Without root they fail with
+//! the reason, unless `SEXTANT_SKIP=kernel` (see `sextant-testkit`).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -14,10 +14,17 @@ use sextant_agent::{
     datapath::{Backend, Frontend, Proto},
     lab::{Lab, LabConfig, can_run, in_netns, line_server, spawn_in_netns},
 };
+use sextant_testkit::Tier;
+
+/// Whether this machine can build labs: fails without root unless
+/// `SEXTANT_SKIP=kernel`, then records the skip and says no.
+fn kernel(what: &str) -> bool {
+    let test = format!("{}: {}", file!(), sextant_testkit::current_test(what));
+    sextant_testkit::require(Tier::Kernel, can_run().err(), &test)
+}
 
 fn lab(name: &str, pods: usize) -> Option<Lab> {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED {name}: {why}");
+    if !kernel(name) {
         return None;
     }
     let cfg = LabConfig {
@@ -288,8 +295,7 @@ fn established_tcp_flow_survives_an_agent_restart() {
 
 #[test]
 fn lab_demo_reaches_every_pod_and_the_service() {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED lab demo: {why}");
+    if !kernel("lab demo") {
         return;
     }
     let report = sextant_agent::lab::demo(
@@ -314,8 +320,7 @@ fn lab_demo_reaches_every_pod_and_the_service() {
 
 #[test]
 fn datapath_pins_are_readopted_with_their_maps() {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED datapath re-adoption: {why}");
+    if !kernel("datapath re-adoption") {
         return;
     }
     let root = std::path::PathBuf::from(format!(

@@ -1,7 +1,8 @@
 //! Network policy on the real kernel: pods in namespaces, the real agent,
 //! CNI and BPF programs, policies sent as the control plane would
 //! (`PUT /v1/policy`), and TCP connections that must pass or be dropped.
-//! Without root the tests print why and skip.
+//! Without root the tests fail with the reason, unless `SEXTANT_SKIP=kernel`
+//! (see `sextant-testkit`).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -15,10 +16,17 @@ use sextant_agent::{
     datapath::{Backend, CtTimeouts, Datapath, Frontend, Proto},
     lab::{Lab, LabConfig, can_run, in_netns, line_server},
 };
+use sextant_testkit::Tier;
+
+/// Whether this machine can build labs: fails without root unless
+/// `SEXTANT_SKIP=kernel`, then records the skip and says no.
+fn kernel(what: &str) -> bool {
+    let test = format!("{}: {}", file!(), sextant_testkit::current_test(what));
+    sextant_testkit::require(Tier::Kernel, can_run().err(), &test)
+}
 
 fn lab(name: &str, pods: usize) -> Option<Lab> {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED {name}: {why}");
+    if !kernel(name) {
         return None;
     }
     let cfg = LabConfig {
@@ -348,8 +356,7 @@ fn conntrack_sweep_removes_only_idle_entries() {
 
 #[test]
 fn fail_open_opens_selected_pods_when_the_control_plane_stays_away_and_a_sync_restores() {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED fail-open: {why}");
+    if !kernel("fail-open") {
         return;
     }
     let mut lab = Lab::new(LabConfig {

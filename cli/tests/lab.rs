@@ -1,7 +1,10 @@
 //! `sextantctl lab` on this machine: the real agent, CNI and datapath serve
-//! pods from a NodeNetwork that node IPAM filled from the `sim` cloud. Root.
+//! pods from a NodeNetwork that node IPAM filled from the `sim` cloud. Root;
+//! without it the test fails with the reason, unless `SEXTANT_SKIP=kernel`.
 
 use std::{path::PathBuf, process::Command};
+
+use sextant_testkit::Tier;
 
 /// `target/<profile>` of this test binary (it runs from `deps/`).
 fn target_dir() -> PathBuf {
@@ -13,8 +16,14 @@ fn target_dir() -> PathBuf {
 
 #[test]
 fn lab_pods_get_ips_the_sim_cloud_assigned_to_the_instance_enis() {
-    if !is_root() {
-        println!("SKIPPED: needs root");
+    let test = format!(
+        "{}: {}",
+        file!(),
+        sextant_testkit::current_test(
+            "lab_pods_get_ips_the_sim_cloud_assigned_to_the_instance_enis"
+        )
+    );
+    if !sextant_testkit::require(Tier::Kernel, sextant_testkit::root_unavailable(), &test) {
         return;
     }
     // The agent's binaries are another package's: build them (a no-op when fresh).
@@ -45,12 +54,4 @@ fn lab_pods_get_ips_the_sim_cloud_assigned_to_the_instance_enis() {
         assert_eq!(pod.ip.octets()[..2], [10, 91], "{}", pod.ip);
     }
     assert!(out.all_from_sim());
-}
-
-fn is_root() -> bool {
-    // `id -u` keeps this test free of a libc dependency.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
