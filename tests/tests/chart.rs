@@ -647,6 +647,184 @@ fn cert_manager_replaces_the_chart_generated_certificate() {
     assert!(no_secret, "no chart-generated Secret with cert-manager");
 }
 
+/// The subject alternative names of a PEM certificate: `(DNS names, IPs)`.
+fn sans(pem: &[u8]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
+    let cert = pem.parse_x509().expect("X.509");
+    let mut dns = BTreeSet::new();
+    let mut ips = BTreeSet::new();
+    let ext = cert
+        .subject_alternative_name()
+        .expect("SAN extension parses")
+        .expect("a SAN extension");
+    for name in &ext.value.general_names {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(d) => {
+                dns.insert((*d).to_owned());
+            }
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                let ip = match b.len() {
+                    4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")),
+                    16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes")),
+                    n => panic!("IP SAN of {n} bytes"),
+                };
+                ips.insert(ip.to_string());
+            }
+            _ => {}
+        }
+    }
+    (dns, ips)
+}
+
+fn webhook_tls_secret(r: &Rendered) -> &Secret {
+    r.all(|o| match o {
+        Object::Secret(s) => Some(s.as_ref()),
+        _ => None,
+    })
+    .into_iter()
+    .find(|s| name_of(&s.metadata) == "sextant-webhook-tls")
+    .unwrap_or_else(|| panic!("{}: no webhook TLS Secret", r.set))
+}
+
+#[test]
+fn webhook_url_replaces_the_service_and_joins_the_serving_certificate() {
+    let service_names = [
+        "sextant-webhook",
+        "sextant-webhook.sextant-system",
+        "sextant-webhook.sextant-system.svc",
+        "sextant-webhook.sextant-system.svc.cluster.local",
+    ];
+    let results = render_values(&[
+        (
+            "url-ip",
+            Some("webhook:\n  url: https://127.0.0.1:20443/mutate\n".to_owned()),
+        ),
+        (
+            "url-dns",
+            Some("webhook:\n  url: https://webhook.dev.example:8443/mutate\n".to_owned()),
+        ),
+        (
+            "url-ipv6",
+            Some("webhook:\n  url: https://[::1]:20443/mutate\n".to_owned()),
+        ),
+        (
+            "url-cert-manager",
+            Some(
+                "webhook:\n  url: https://10.1.2.3/mutate\n  certManager:\n    enabled: true\n"
+                    .to_owned(),
+            ),
+        ),
+        (
+            "url-http",
+            Some("webhook:\n  url: http://127.0.0.1/mutate\n".to_owned()),
+        ),
+        (
+            "url-no-host",
+            Some("webhook:\n  url: https:///mutate\n".to_owned()),
+        ),
+    ])
+    .expect("helm ran");
+    let mut results = results.into_iter();
+    for (url, host, want_dns, want_ips) in [
+        (
+            "https://127.0.0.1:20443/mutate",
+            "127.0.0.1",
+            None,
+            Some("127.0.0.1"),
+        ),
+        (
+            "https://webhook.dev.example:8443/mutate",
+            "webhook.dev.example",
+            Some("webhook.dev.example"),
+            None,
+        ),
+        ("https://[::1]:20443/mutate", "::1", None, Some("::1")),
+    ] {
+        let r = results
+            .next()
+            .expect("one result per set")
+            .expect("rendered");
+        let h = &webhook_config(&r).webhooks.as_deref().unwrap_or_default()[0];
+        assert_eq!(h.client_config.url.as_deref(), Some(url), "{}", r.set);
+        assert!(
+            h.client_config.service.is_none(),
+            "{}: url replaces the Service",
+            r.set
+        );
+        // The caBundle is the chart's own CA, as without a URL.
+        let tls = webhook_tls_secret(&r);
+        let data = tls.data.clone().unwrap_or_default();
+        assert_eq!(
+            h.client_config.ca_bundle.as_ref().map(|b| &b.0),
+            data.get("ca.crt").map(|b| &b.0),
+            "{}",
+            r.set
+        );
+        let annotations = tls.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get("sextant.io/webhook-url-host")
+                .map(String::as_str),
+            Some(host),
+            "{}: the Secret records the host its certificate names",
+            r.set
+        );
+        let (dns, ips) = sans(&data["tls.crt"].0);
+        let mut expected_dns: BTreeSet<String> = service_names.map(String::from).into();
+        expected_dns.extend(want_dns.map(String::from));
+        assert_eq!(dns, expected_dns, "{}", r.set);
+        assert_eq!(
+            ips,
+            want_ips.map(String::from).into_iter().collect(),
+            "{}",
+            r.set
+        );
+        // The in-cluster Deployment and Service are still rendered.
+        assert!(deployment(&r, "sextant-webhook").is_some(), "{}", r.set);
+    }
+
+    // cert-manager: the host goes into the Certificate.
+    let r = results.next().expect("cert-manager set").expect("rendered");
+    let h = &webhook_config(&r).webhooks.as_deref().unwrap_or_default()[0];
+    assert_eq!(
+        h.client_config.url.as_deref(),
+        Some("https://10.1.2.3/mutate")
+    );
+    let certificate = r
+        .all(|o| match o {
+            Object::CertManager(v) if v["kind"] == "Certificate" => Some(v),
+            _ => None,
+        })
+        .pop()
+        .expect("a Certificate");
+    assert_eq!(
+        certificate["spec"]["ipAddresses"],
+        serde_json::json!(["10.1.2.3"])
+    );
+
+    for what in ["http URL", "URL without host"] {
+        let err = results
+            .next()
+            .expect("error set")
+            .expect_err(&format!("{what} must be refused"));
+        assert!(format!("{err:#}").contains("webhook"), "{what}: {err:#}");
+    }
+
+    // Without the value, the default render names only the Service.
+    let r = render_values(&[("default", None)])
+        .expect("helm ran")
+        .remove(0)
+        .expect("rendered");
+    let tls = webhook_tls_secret(&r);
+    assert!(
+        tls.metadata.annotations.is_none(),
+        "no url, no host annotation"
+    );
+    let (dns, ips) = sans(&tls.data.clone().unwrap_or_default()["tls.crt"].0);
+    assert_eq!(dns, service_names.map(String::from).into());
+    assert!(ips.is_empty(), "{ips:?}");
+}
+
 #[test]
 fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
     for r in sets() {
