@@ -42,6 +42,9 @@ enum Cmd {
         /// Mark the extender ignorable.
         #[arg(long)]
         extender_ignorable: bool,
+        /// Keep the API server's audit log in <dir>/logs/audit.log.
+        #[arg(long)]
+        audit: bool,
     },
     /// Stop the cluster running in `--dir`.
     Down {
@@ -59,11 +62,13 @@ async fn main() -> anyhow::Result<()> {
             remove_dir,
             extender_url,
             extender_ignorable,
+            audit,
         } => {
             let spec = Spec {
                 dir: dir.clone(),
                 extender_url,
                 extender_ignorable,
+                audit,
             };
             let started = Bins::locate().and_then(|bins| ControlPlane::start(&spec, &bins));
             let mut plane = match started {

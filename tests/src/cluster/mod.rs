@@ -97,6 +97,9 @@ pub struct Options {
     pub extender_port: Option<u16>,
     /// The extender stanza's `ignorable`.
     pub extender_ignorable: bool,
+    /// Keep the API server's audit log (`<dir>/logs/audit.log`): who made
+    /// which request, for request-rate figures by user.
+    pub audit: bool,
 }
 
 /// A running cluster, stopped when dropped or when this process exits.
@@ -129,6 +132,9 @@ impl Cluster {
         }
         if options.extender_ignorable {
             cmd.arg("--extender-ignorable");
+        }
+        if options.audit {
+            cmd.arg("--audit");
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -170,6 +176,15 @@ impl Cluster {
             info,
             supervisor: Mutex::new(Some((child, stdin))),
         })
+    }
+
+    /// A handle on a cluster some other process supervises (`make cluster`,
+    /// or the supervisor itself); dropping it stops nothing.
+    pub fn attach(info: ClusterInfo) -> Cluster {
+        Cluster {
+            info,
+            supervisor: Mutex::new(None),
+        }
     }
 
     /// The cluster of this test binary, started on first use. A start

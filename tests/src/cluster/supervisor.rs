@@ -34,6 +34,9 @@ pub struct Spec {
     pub extender_url: Option<String>,
     /// Whether the extender may be down (`ignorable` in the stanza).
     pub extender_ignorable: bool,
+    /// Write the API server's audit log (every request's user, verb and
+    /// resource at level Metadata) to `<dir>/logs/audit.log`.
+    pub audit: bool,
 }
 
 /// One process with its log file; killed on drop.
@@ -187,6 +190,21 @@ impl ControlPlane {
             &[],
         )?;
         processes.push(etcd);
+        let mut audit_flags = Vec::new();
+        if spec.audit {
+            let policy = dir.join("audit-policy.yaml");
+            std::fs::write(
+                &policy,
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n",
+            )?;
+            audit_flags.push(format!("--audit-policy-file={}", policy.display()));
+            audit_flags.push(format!(
+                "--audit-log-path={}",
+                dir.join("logs/audit.log").display()
+            ));
+            audit_flags.push("--audit-log-format=json".into());
+            audit_flags.push("--audit-log-mode=batch".into());
+        }
         wait_for(&mut processes, Duration::from_secs(60), || {
             http_get_ok(etcd_port, "/health")
         })
@@ -234,7 +252,10 @@ impl ControlPlane {
                 "--profiling=false".into(),
                 format!("--cert-dir={}", dir.join("pki").display()),
                 "--v=0".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(audit_flags)
+            .collect::<Vec<_>>(),
             &[],
         )?;
         processes.push(apiserver);
