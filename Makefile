@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export SEXTANT_VENV := $(CURDIR)/.venv
 
-.PHONY: setup demo test test-suite bench lab crds docs images fmt lint
+.PHONY: setup demo test test-suite bench lab cluster cluster-down crds docs images fmt lint
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,7 @@ test: setup
 		bash scripts/skip-summary.sh; exit $$status
 
 test-suite:
+	$(CARGO) build --workspace --bins
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -35,6 +36,17 @@ bench: setup
 	$(CARGO) bench -q -p sextant-agent --bench p4b_policy
 	$(CARGO) bench -q -p sextant-operator --bench p5_webhook
 	$(CARGO) bench -q -p sextant-scheduler-ext --bench p6_filter
+	$(CARGO) build --release -q -p sextant-operator -p sextant-scheduler-ext --bins
+	$(CARGO) bench -q -p sextant-e2e --bench p9_kwok
+
+# A real control plane on loopback with Sextant on the simulated cloud, for a
+# person: prints the kubeconfig and what to look at. `make cluster-down` stops it.
+cluster: setup
+	$(CARGO) build -q -p sextant-operator -p sextant-scheduler-ext -p sextant-e2e --bins
+	@bash scripts/cluster.sh up
+
+cluster-down:
+	@bash scripts/cluster.sh down
 
 lab: setup
 	$(CARGO) build --release -q -p sextant-agent --bins

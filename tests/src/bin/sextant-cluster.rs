@@ -8,8 +8,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sextant_e2e::cluster::{
+    Cluster,
     bins::Bins,
-    supervisor::{ControlPlane, Spec},
+    dev,
+    supervisor::{ControlPlane, Spec, free_port},
 };
 use tokio::{io::AsyncReadExt, signal::unix};
 
@@ -45,6 +47,10 @@ enum Cmd {
         /// Keep the API server's audit log in <dir>/logs/audit.log.
         #[arg(long)]
         audit: bool,
+        /// Install Sextant (chart with the simulated cloud; operator,
+        /// webhook and scheduler extender as host processes; kwok nodes).
+        #[arg(long)]
+        sextant: bool,
     },
     /// Stop the cluster running in `--dir`.
     Down {
@@ -53,7 +59,7 @@ enum Cmd {
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Up {
@@ -63,10 +69,17 @@ async fn main() -> anyhow::Result<()> {
             extender_url,
             extender_ignorable,
             audit,
+            sextant,
         } => {
+            // With Sextant installed, the default scheduler calls its extender.
+            let extender_port = match (&extender_url, sextant) {
+                (None, true) => Some(free_port()?),
+                _ => None,
+            };
             let spec = Spec {
                 dir: dir.clone(),
-                extender_url,
+                extender_url: extender_url
+                    .or_else(|| extender_port.map(|p| format!("http://127.0.0.1:{p}"))),
                 extender_ignorable,
                 audit,
             };
@@ -84,6 +97,28 @@ async fn main() -> anyhow::Result<()> {
             let info_path = dir.join("cluster.json");
             std::fs::write(&info_path, serde_json::to_vec_pretty(&plane.info)?)?;
             std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
+            let _sextant = match extender_port {
+                Some(port) => {
+                    let cluster = Cluster::attach(plane.info.clone());
+                    match dev::install_sextant(&cluster, port).await {
+                        Ok(s) => {
+                            for line in &s.notes {
+                                eprintln!("  {line}");
+                            }
+                            Some(s)
+                        }
+                        Err(e) => {
+                            println!(
+                                "FAILED installing Sextant: {}",
+                                format!("{e:#}").replace('\n', "\\n")
+                            );
+                            drop(plane);
+                            std::process::exit(1);
+                        }
+                    }
+                }
+                None => None,
+            };
             println!("READY {}", info_path.display());
             let mut term = unix::signal(unix::SignalKind::terminate())?;
             let mut int = unix::signal(unix::SignalKind::interrupt())?;

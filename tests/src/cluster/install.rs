@@ -312,3 +312,29 @@ pub fn scratch(cluster: &Cluster, name: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// Writes the chart-rendered webhook serving pair (Secret
+/// `sextant-webhook-tls`) into `dir`; returns the (cert, key) paths.
+pub fn webhook_serving_pair(rendered: &Rendered, dir: &Path) -> anyhow::Result<(String, String)> {
+    let secret = rendered
+        .objects
+        .iter()
+        .find_map(|(_, o)| match o {
+            Object::Secret(s) if s.metadata.name.as_deref() == Some("sextant-webhook-tls") => {
+                Some(s.as_ref())
+            }
+            _ => None,
+        })
+        .context("the chart rendered no sextant-webhook-tls Secret")?;
+    let data = secret.data.clone().unwrap_or_default();
+    let mut paths = Vec::new();
+    for key in ["tls.crt", "tls.key"] {
+        let bytes = data
+            .get(key)
+            .with_context(|| format!("sextant-webhook-tls has no {key}"))?;
+        let path = dir.join(key);
+        std::fs::write(&path, &bytes.0)?;
+        paths.push(path.display().to_string());
+    }
+    Ok((paths[0].clone(), paths[1].clone()))
+}

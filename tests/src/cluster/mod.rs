@@ -24,6 +24,7 @@
 //! names the `cluster` tier).
 
 pub mod bins;
+pub mod dev;
 pub mod install;
 pub mod kubeconfig;
 pub mod pki;
@@ -197,6 +198,17 @@ impl Cluster {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// The shared cluster for the running test, or `None` after printing and
+    /// recording a skip when `SEXTANT_SKIP` names the `cluster` tier. A
+    /// cluster that cannot start fails the test with the reason.
+    pub fn for_test(sextant_cluster: &str, options: Options) -> Option<&'static Cluster> {
+        let test = sextant_testkit::current_test("cluster");
+        if !sextant_testkit::require(sextant_testkit::Tier::Cluster, None, &test) {
+            return None;
+        }
+        Some(Cluster::shared(sextant_cluster, options))
     }
 
     /// A client as cluster admin.
