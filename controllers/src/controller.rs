@@ -4,10 +4,20 @@
 //!
 //! ```text
 //!  watch NodeNetwork ─▶ reconcile ─▶ NodeIpam::reconcile (observe, plan, execute)
-//!                           │
-//!                           ├─▶ status_patch(old, new) ─▶ PATCH …/nodenetworks/<node>/status (merge)
-//!                           └─▶ Ok(requeue_after) | Err ─▶ error_policy ─▶ requeue_for (pure)
+//!                        ▲  │
+//!                        │  ├─▶ make_status_patch(read, new) ─▶ PATCH …/nodenetworks/<node>/status
+//!                        │  │     (merge, metadata.resourceVersion of the read: 409 if it changed)
+//!                        │  └─▶ Ok(requeue_after) | Err ─▶ error_policy ─▶ requeue_for (pure)
+//!                        └── 409: requeued at once; that reconcile GETs the node (the cache
+//!                            may still hold the old version) and, if cloud steps were done,
+//!                            resyncs the instance before planning
 //! ```
+//!
+//! Every status field the operator writes is decided from the status it read
+//! (marks from the agent's usage, unassigns from its `ready-for-release`
+//! answers, ENIs and pool from a resync on top of the read), so the write is
+//! guarded by that read's resourceVersion: a decision made on a status that
+//! changed meanwhile is refused, never written over the newer report.
 
 use std::{
     collections::HashMap,
@@ -26,7 +36,7 @@ use sextant_cloud::Backoff;
 use sextant_crds::{NodeNetwork, NodeNetworkStatus};
 use tracing::{debug, instrument, warn};
 
-use crate::{Error, ipam::node::NodeIpam, status_patch};
+use crate::{Error, ipam::node::NodeIpam, make_status_patch};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "sextant-operator";
@@ -43,9 +53,19 @@ pub enum ControllerError {
         #[source]
         source: Error,
     },
-    /// Writing the status failed.
+    /// Writing the status failed; a 409 Conflict means the NodeNetwork
+    /// changed since it was read (requeued at once, read again).
     #[error("NodeNetwork {node}: writing status")]
     WriteStatus {
+        /// Node name.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the NodeNetwork again after a conflict failed.
+    #[error("NodeNetwork {node}: reading it again after a conflict")]
+    ReadAgain {
         /// Node name.
         node: String,
         /// The API error.
@@ -65,7 +85,7 @@ impl ControllerError {
         match self {
             ControllerError::Ipam { source, .. } => source.metric_label(),
             ControllerError::WriteStatus { source, .. } if is_conflict(source) => "kube_conflict",
-            ControllerError::WriteStatus { .. } => "kube",
+            ControllerError::WriteStatus { .. } | ControllerError::ReadAgain { .. } => "kube",
         }
     }
 }
@@ -129,7 +149,9 @@ pub fn requeue_for(
             rng,
         )),
         ControllerError::WriteStatus { source, .. } if is_conflict(source) => Some(Duration::ZERO),
-        ControllerError::WriteStatus { .. } => Some(backoff(policy.backoff.base, rng)),
+        ControllerError::WriteStatus { .. } | ControllerError::ReadAgain { .. } => {
+            Some(backoff(policy.backoff.base, rng))
+        }
         ControllerError::Ipam { source, .. } if source.is_transient() => {
             Some(backoff(policy.backoff.base, rng))
         }
@@ -155,7 +177,17 @@ pub struct Context {
     policy: RequeuePolicy,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
+    conflicted: Mutex<HashMap<String, Conflicted>>,
     rng: Mutex<SmallRng>,
+}
+
+/// A node whose last status write was refused with 409 Conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Conflicted {
+    /// Cloud steps were done before the refused write: the status read
+    /// again does not show them, so the instance is resynced before planning
+    /// (else an assign would be planned twice).
+    mutated: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,6 +213,7 @@ impl Context {
             policy,
             clock,
             failures: Mutex::default(),
+            conflicted: Mutex::default(),
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
     }
@@ -201,45 +234,107 @@ impl Context {
     fn succeeded(&self, node: &str) {
         lock(&self.failures).remove(node);
     }
+
+    /// Notes a refused status write of `node` so that its next reconcile
+    /// reads it again.
+    fn note_write_error(&self, node: &str, err: &ControllerError, mutated: bool) {
+        if let ControllerError::WriteStatus { source, .. } = err
+            && is_conflict(source)
+        {
+            let mut c = lock(&self.conflicted);
+            let e = c.entry(node.to_owned()).or_insert(Conflicted { mutated });
+            e.mutated |= mutated;
+        }
+    }
 }
 
-/// Writes the operator's fields of `new` as a merge patch against `old`;
-/// no request when nothing changed.
-async fn write_status(
+/// Writes the operator's fields of `new` as a merge patch against `read`,
+/// the NodeNetwork as it was read, guarded by its resourceVersion
+/// ([`make_status_patch`]); no request when nothing changed. Returns whether
+/// a request was made. A 409 is [`ControllerError::WriteStatus`] with a
+/// conflict, which [`requeue_for`] requeues at once.
+pub async fn write_status(
     api: &Api<NodeNetwork>,
-    node: &str,
-    old: &NodeNetworkStatus,
+    read: &NodeNetwork,
     new: &NodeNetworkStatus,
-) -> Result<(), ControllerError> {
-    let Some(patch) = status_patch(old, new) else {
+) -> Result<bool, ControllerError> {
+    let Some(patch) = make_status_patch(read, new) else {
         debug!("status unchanged");
-        return Ok(());
+        return Ok(false);
     };
     let pp = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    api.patch_status(node, &pp, &Patch::Merge(&patch))
+    let node = read.name_any();
+    api.patch_status(&node, &pp, &Patch::Merge(&patch))
         .await
-        .map_err(|source| ControllerError::WriteStatus {
-            node: node.to_owned(),
-            source,
-        })?;
-    Ok(())
+        .map_err(|source| ControllerError::WriteStatus { node, source })?;
+    Ok(true)
 }
 
-/// Reconciles one NodeNetwork: node IPAM, then the status write. A cloud
-/// error met while executing is returned after the status that still
-/// reflects the work done has been written.
+/// The NodeNetwork to reconcile: `cached` as the controller's cache has
+/// it, or, after a refused write, the API server's current one (the cache
+/// may not have seen the change yet); `None` when it is gone. The second
+/// value is the object IPAM works on: the same, with `lastResync` cleared
+/// when cloud steps preceded the refused write, so the instance is resynced
+/// before planning.
+async fn observe(
+    api: &Api<NodeNetwork>,
+    cached: Arc<NodeNetwork>,
+    ctx: &Context,
+) -> Result<Option<(Arc<NodeNetwork>, Arc<NodeNetwork>)>, ControllerError> {
+    let node = cached.name_any();
+    let Some(conflicted) = lock(&ctx.conflicted).get(&node).copied() else {
+        return Ok(Some((cached.clone(), cached)));
+    };
+    let fresh = api
+        .get_opt(&node)
+        .await
+        .map_err(|source| ControllerError::ReadAgain {
+            node: node.clone(),
+            source,
+        })?;
+    lock(&ctx.conflicted).remove(&node);
+    let Some(fresh) = fresh.map(Arc::new) else {
+        return Ok(None);
+    };
+    debug!(
+        resource_version = fresh.metadata.resource_version.as_deref(),
+        resync = conflicted.mutated,
+        "read again after a conflict"
+    );
+    if !conflicted.mutated {
+        return Ok(Some((fresh.clone(), fresh)));
+    }
+    let mut work = fresh.as_ref().clone();
+    if let Some(s) = work.status.as_mut() {
+        s.last_resync = None;
+    }
+    Ok(Some((fresh, Arc::new(work))))
+}
+
+/// Reconciles one NodeNetwork: node IPAM, then the status write, guarded
+/// by the resourceVersion of the read. A cloud error met while executing is
+/// returned after the status that still reflects the work done has been
+/// written. After a refused write the node is read from the API server again.
 #[instrument(skip_all, fields(node = %nn.name_any()))]
 pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let node = nn.name_any();
     let api: Api<NodeNetwork> = Api::all(ctx.client.clone());
-    let old = nn.status.clone().unwrap_or_default();
+    let Some((read, work)) = observe(&api, nn, &ctx).await? else {
+        debug!("gone");
+        ctx.succeeded(&node);
+        return Ok(Action::await_change());
+    };
     let now = (ctx.clock)();
-    match ctx.ipam.reconcile(&nn, now).await {
+    match ctx.ipam.reconcile(&work, now).await {
         Ok(reconciled) => {
-            write_status(&api, &node, &old, &reconciled.status).await?;
+            // A failed step may have changed the cloud before failing.
+            let mutated = !reconciled.done.is_empty() || reconciled.error.is_some();
+            write_status(&api, &read, &reconciled.status)
+                .await
+                .inspect_err(|e| ctx.note_write_error(&node, e, mutated))?;
             if let Some(source) = reconciled.error {
                 return Err(ControllerError::Ipam { node, source });
             }
@@ -253,7 +348,9 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
         }
         Err(source) => {
             if let Error::InvalidSpec { status, .. } = &source {
-                write_status(&api, &node, &old, status).await?;
+                write_status(&api, &read, status)
+                    .await
+                    .inspect_err(|e| ctx.note_write_error(&node, e, false))?;
             }
             Err(ControllerError::Ipam { node, source })
         }
@@ -270,7 +367,12 @@ fn failure_requeue(node: &str, err: &ControllerError, ctx: &Context) -> Option<D
     ctx.ipam.metrics().error(err.metric_label());
     let attempt = ctx.failed(node);
     let requeue = requeue_for(err, attempt, &ctx.policy, &mut *lock(&ctx.rng));
-    warn!(%node, error = %ErrorChain(err), kind = err.metric_label(), attempt, ?requeue, "reconcile failed");
+    if matches!(err, ControllerError::WriteStatus { source, .. } if is_conflict(source)) {
+        // Routine: the agent reported while we planned; go again on its report.
+        debug!(%node, error = %ErrorChain(err), attempt, "status changed since read; again at once");
+    } else {
+        warn!(%node, error = %ErrorChain(err), kind = err.metric_label(), attempt, ?requeue, "reconcile failed");
+    }
     requeue
 }
 
@@ -516,11 +618,25 @@ mod tests {
         }
     }
 
-    /// `nn` as the API server keeps it after `patch`.
+    /// `nn` as the API server keeps it after `patch`: merged, at the next
+    /// resourceVersion.
     fn patched(nn: &NodeNetwork, patch: &Value) -> NodeNetwork {
         let mut v = serde_json::to_value(nn).unwrap();
         merge(&mut v, patch);
-        serde_json::from_value(v).unwrap()
+        let mut out: NodeNetwork = serde_json::from_value(v).unwrap();
+        out.metadata.resource_version = Some(next_version(nn));
+        out
+    }
+
+    fn next_version(nn: &NodeNetwork) -> String {
+        let rv: u64 = nn
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (rv + 1).to_string()
     }
 
     fn condition_of<'a>(status: &'a Value, type_: &str) -> &'a Value {
@@ -586,7 +702,7 @@ mod tests {
             .collect();
         assert_eq!(
             body,
-            json!({ "status": {
+            json!({ "metadata": { "resourceVersion": "5" }, "status": {
                 "enis": [
                     {
                         "id": "eni-00000004", "subnetId": "subnet-00000001", "deviceIndex": 0,
@@ -648,7 +764,7 @@ mod tests {
         assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
         assert_eq!(
             second,
-            json!({ "status": { "conditions": [
+            json!({ "metadata": { "resourceVersion": "6" }, "status": { "conditions": [
                 spec_valid(),
                 {
                     "type": "PoolReady", "status": "True", "reason": "Ready",
@@ -731,7 +847,7 @@ mod tests {
         let (result, body) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
         assert_eq!(
             body,
-            json!({ "status": { "conditions": [{
+            json!({ "metadata": { "resourceVersion": "5" }, "status": { "conditions": [{
                 "type": "SpecValid", "status": "False", "reason": "InvalidSpec",
                 "message": "spec.instanceId is required for provider aws",
                 "observedGeneration": 1, "lastTransitionTime": NOW,
@@ -827,6 +943,7 @@ mod tests {
             sim.stats().by_action[&sextant_cloud::Action::AssignIps].throttled,
             1
         );
+        assert_eq!(body["metadata"], json!({ "resourceVersion": "6" }));
         let status = &body["status"];
         let mut keys: Vec<&str> = status
             .as_object()
@@ -860,5 +977,188 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    const NODE: &str = "/apis/sextant.io/v1alpha1/nodenetworks/node-a";
+
+    /// `nn` after the agent's report of `ips` in use (its own merge patch),
+    /// at the next resourceVersion.
+    fn agent_reported(nn: &NodeNetwork, ips: std::ops::RangeInclusive<u8>) -> NodeNetwork {
+        let mut out = nn.clone();
+        out.status.get_or_insert_with(Default::default).usage = Some(AgentUsage {
+            used: ips
+                .map(|i| (format!("10.0.0.{i}"), format!("default/pod-{i}")))
+                .collect(),
+            reported_at: Some(format!("report at {}", next_version(nn))),
+            ..AgentUsage::default()
+        });
+        out.metadata.resource_version = Some(next_version(nn));
+        out
+    }
+
+    fn assign_calls(sim: &SimCloud) -> u64 {
+        sim.stats()
+            .by_action
+            .get(&sextant_cloud::Action::AssignIps)
+            .map_or(0, |s| s.calls)
+    }
+
+    #[tokio::test]
+    async fn after_a_conflict_the_node_is_read_again_and_planned_on_the_newer_report() {
+        let World {
+            sim,
+            ctx,
+            mut server,
+            instance,
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (_, first) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        // The cache holds version 6: a full pool, nothing used. The agent
+        // has meanwhile reported five pods (version 7).
+        let cached = patched(&nn, &first);
+        let fresh = agent_reported(&cached, 6..=10);
+
+        let (result, refused) = reconcile_answering(&cached, &ctx, &mut server, 409).await;
+        assert_eq!(refused["metadata"], json!({ "resourceVersion": "6" }));
+        let err = result.unwrap_err();
+        assert_eq!(err.metric_label(), "kube_conflict");
+        assert_eq!(
+            error_policy(Arc::new(cached.clone()), &err, ctx.clone()),
+            Action::requeue(Duration::ZERO)
+        );
+
+        // Requeued at once with the cache's version 6 again: the API
+        // server's version 7 is read, and the pool grows by the five used.
+        let (result, (read, written)) =
+            tokio::join!(reconcile(Arc::new(cached.clone()), ctx.clone()), async {
+                let read = server.expect(Method::GET, NODE, 200, json!(fresh)).await;
+                let written = server
+                    .expect(Method::PATCH, STATUS, 200, json!(fresh))
+                    .await;
+                (read, written)
+            });
+        assert_eq!(read.body, Value::Null);
+        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(written.body["metadata"], json!({ "resourceVersion": "7" }));
+        assert_eq!(written.body["status"]["summary"]["used"], 5);
+        assert_eq!(written.body["status"]["summary"]["poolSize"], 13);
+        assert!(
+            written.body["status"].get("usage").is_none(),
+            "never the agent's usage"
+        );
+        assert_eq!(assign_calls(&sim), 1);
+
+        // Read again once: the next reconcile trusts the cache.
+        let settled = patched(&fresh, &written.body);
+        let (result, _) = reconcile_answering(&settled, &ctx, &mut server, 200).await;
+        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_conflict_after_cloud_steps_resyncs_the_instance_before_planning_again() {
+        let World {
+            sim,
+            ctx,
+            mut server,
+            instance,
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (_, first) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        let cached = agent_reported(&patched(&nn, &first), 6..=10);
+
+        // Five more assigned in the cloud, and the write of them refused:
+        // the agent reported again meanwhile.
+        let (result, refused) = reconcile_answering(&cached, &ctx, &mut server, 409).await;
+        assert_eq!(refused["metadata"], json!({ "resourceVersion": "7" }));
+        assert_eq!(refused["status"]["summary"]["poolSize"], 13);
+        assert_eq!(assign_calls(&sim), 1);
+        let err = result.unwrap_err();
+        assert_eq!(
+            error_policy(Arc::new(cached.clone()), &err, ctx.clone()),
+            Action::requeue(Duration::ZERO)
+        );
+
+        // What the API server has does not show the five: planned on it
+        // alone, they would be assigned twice. The instance is resynced first.
+        let fresh = agent_reported(&cached, 6..=10);
+        let (result, written) =
+            tokio::join!(reconcile(Arc::new(cached.clone()), ctx.clone()), async {
+                server.expect(Method::GET, NODE, 200, json!(fresh)).await;
+                server
+                    .expect(Method::PATCH, STATUS, 200, json!(fresh))
+                    .await
+            });
+        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+        assert_eq!(assign_calls(&sim), 1, "no second assign");
+        assert_eq!(
+            sim.stats().by_action[&sextant_cloud::Action::CreateEni].calls,
+            2,
+            "no third ENI"
+        );
+        assert_eq!(written.body["metadata"], json!({ "resourceVersion": "8" }));
+        assert_eq!(written.body["status"]["summary"]["poolSize"], 13);
+        assert_eq!(
+            written.body["status"]["pool"].as_object().map(|p| p.len()),
+            Some(5),
+            "the five assigned before the conflict join the pool: {}",
+            written.body
+        );
+        let in_cloud: usize = sim.all_enis().iter().map(|e| e.secondary_ips.len()).sum();
+        assert_eq!(in_cloud, 13);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_gone_when_read_again_after_a_conflict_is_let_go() {
+        let World {
+            ctx,
+            mut server,
+            instance,
+            ..
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (result, _) = reconcile_answering(&nn, &ctx, &mut server, 409).await;
+        assert!(result.is_err());
+        let (result, _) = tokio::join!(
+            reconcile(Arc::new(nn.clone()), ctx.clone()),
+            server.expect(Method::GET, NODE, 404, status_failure(404, "NotFound")),
+        );
+        assert_eq!(result.unwrap(), Action::await_change());
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_after_a_conflict_backs_off_and_reads_again_next_time() {
+        let World {
+            ctx,
+            mut server,
+            instance,
+            ..
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (result, _) = reconcile_answering(&nn, &ctx, &mut server, 409).await;
+        assert!(result.is_err());
+        let (result, _) = tokio::join!(
+            reconcile(Arc::new(nn.clone()), ctx.clone()),
+            server.expect(Method::GET, NODE, 500, status_failure(500, "InternalError")),
+        );
+        let err = result.unwrap_err();
+        assert!(matches!(err, ControllerError::ReadAgain { .. }), "{err:?}");
+        assert_eq!(err.metric_label(), "kube");
+        let base = RequeuePolicy::default().backoff.base;
+        let after = failure_requeue("node-a", &err, &ctx).unwrap();
+        assert!((base..=base * 2).contains(&after), "{after:?}");
+        // Still not trusting the cache.
+        let (result, _) = tokio::join!(reconcile(Arc::new(nn.clone()), ctx.clone()), async {
+            server.expect(Method::GET, NODE, 200, json!(nn)).await;
+            server.expect(Method::PATCH, STATUS, 200, json!(nn)).await
+        });
+        assert!(result.is_ok(), "{result:?}");
+        drop(ctx);
+        server.expect_no_more().await;
     }
 }

@@ -29,7 +29,7 @@ use prometheus_client::{
     metrics::{counter::Counter, histogram::Histogram},
     registry::Registry,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use sextant_cloud::{Eni, EniCloud, InstanceNetwork};
 use sextant_crds::NodeNetwork;
 use tracing::{debug, info, instrument, warn};
@@ -40,7 +40,7 @@ use crate::{
         gc::{GcPolicy, plan_gc},
         resync::{apply_enis, by_instance, eni_statuses, list_vpc},
     },
-    status_patch,
+    make_status_patch,
 };
 
 /// Settings of the full resync.
@@ -181,11 +181,7 @@ pub fn resync_patch(
     let mut new = old.clone();
     apply_enis(&mut new, enis, nn.spec.ipam.first_interface_index());
     new.last_resync = Some(now.to_string());
-    let mut patch = status_patch(&old, &new)?;
-    if let (Some(rv), Some(obj)) = (nn.resource_version(), patch.as_object_mut()) {
-        obj.insert("metadata".into(), json!({ "resourceVersion": rv }));
-    }
-    Some(patch)
+    make_status_patch(nn, &new)
 }
 
 /// Runs full resync rounds.
@@ -328,6 +324,7 @@ impl FullResync {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use serde_json::json;
     use sextant_cloud::{Attachment, EniState, Tags};
     use sextant_crds::{EniStatus, NodeNetworkSpec, NodeNetworkStatus, Provider};
     use std::net::Ipv4Addr;

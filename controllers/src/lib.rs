@@ -17,7 +17,7 @@ pub mod ipam;
 pub mod metrics;
 
 pub use error::{Error, Result};
-pub use ipam::status::status_patch;
+pub use ipam::status::{make_status_patch, status_patch, with_resource_version};
 pub mod controller;
 pub mod full_resync;
 pub mod http;

@@ -77,8 +77,18 @@ impl FixedIpError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             FixedIpError::Cloud { source, .. } => source.metric_label(),
+            FixedIpError::Kube { source, .. } if crate::controller::is_conflict(source) => {
+                "kube_conflict"
+            }
             FixedIpError::Kube { .. } => "kube",
         }
+    }
+
+    /// A write refused with 409 Conflict: the FixedIP changed since it was
+    /// read. Nothing to back off from: the change's watch event marks the
+    /// StatefulSet dirty again once the cache holds the new version.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, FixedIpError::Kube { source, .. } if crate::controller::is_conflict(source))
     }
 }
 
@@ -194,6 +204,27 @@ pub struct FixedIpController {
     cluster: String,
 }
 
+/// The status merge patch writing `status` over FixedIP `read`, guarded by
+/// the resourceVersion of that read: the new status is `read`'s status with
+/// the decision applied (phase, node, ENI, TTL, conditions), so if the
+/// FixedIP changed since, the API server refuses it with 409 Conflict and
+/// the change's own watch event brings the StatefulSet back with the new
+/// version.
+pub fn make_fixed_ip_status_patch(read: &FixedIP, status: &FixedIPStatus) -> Value {
+    crate::with_resource_version(
+        json!({ "status": status }),
+        read.metadata.resource_version.as_deref(),
+    )
+}
+
+/// [`make_fixed_ip_status_patch`] over the FixedIP as read, when there was one.
+fn status_patch_over(read: Option<&FixedIP>, status: &FixedIPStatus) -> Value {
+    match read {
+        Some(f) => make_fixed_ip_status_patch(f, status),
+        None => json!({ "status": status }),
+    }
+}
+
 fn pp() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -273,7 +304,7 @@ impl FixedIpController {
 
         // Status-only steps and blocked pods first: they need no cloud.
         for step in &steps {
-            let (pod, new) = match step {
+            let (pod, read, new) = match step {
                 Step::Status { pod, message, .. } => {
                     let Some(f) = by_name.get(pod) else { continue };
                     let mut s = status_for(&f.status.clone().unwrap_or_default(), step);
@@ -281,7 +312,7 @@ impl FixedIpController {
                         &mut s.conditions,
                         condition("Placed", true, "Placed", message.clone(), None, now),
                     );
-                    (pod, s)
+                    (pod, *f, s)
                 }
                 Step::Blocked { pod, message } => {
                     let Some(f) = by_name.get(pod) else {
@@ -293,11 +324,12 @@ impl FixedIpController {
                         &mut s.conditions,
                         condition("Placed", false, "Blocked", message.clone(), None, now),
                     );
-                    (pod, s)
+                    (pod, *f, s)
                 }
                 _ => continue,
             };
-            fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": new })))
+            let patch = make_fixed_ip_status_patch(read, &new);
+            fips.patch_status(pod, &pp(), &Patch::Merge(&patch))
                 .await
                 .map_err(err(&format!("FixedIP {pod} status")))?;
         }
@@ -404,6 +436,8 @@ impl FixedIpController {
                         now,
                     ),
                 );
+                // Not guarded: nothing was read; the status records what
+                // was just done to the object just created.
                 fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": s })))
                     .await
                     .map_err(err(&format!("FixedIP {pod} status")))?;
@@ -434,7 +468,8 @@ impl FixedIpController {
                         now,
                     ),
                 );
-                fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": s })))
+                let patch = status_patch_over(by_name.get(pod).copied(), &s);
+                fips.patch_status(pod, &pp(), &Patch::Merge(&patch))
                     .await
                     .map_err(err(&format!("FixedIP {pod} status")))?;
                 let owner = format!("{namespace}/{pod}");
@@ -480,7 +515,8 @@ impl FixedIpController {
                         now,
                     ),
                 );
-                fips.patch_status(pod, &pp(), &Patch::Merge(&json!({ "status": s })))
+                let patch = status_patch_over(by_name.get(pod).copied(), &s);
+                fips.patch_status(pod, &pp(), &Patch::Merge(&patch))
                     .await
                     .map_err(err(&format!("FixedIP {pod} status")))?;
                 info!(%pod, %ip, %eni, "fixed IP parked");
@@ -555,7 +591,12 @@ impl FixedIpController {
     }
 
     /// Sets (`Some(owner)`) or removes (`None`) one entry of a NodeNetwork's
-    /// `status.fixedIps` with a merge patch.
+    /// `status.fixedIps` with a merge patch. Not guarded by a resourceVersion:
+    /// the entry is decided from the FixedIP and the cloud step just done,
+    /// not from the NodeNetwork's status; the key is this controller's alone
+    /// and the one-key patch leaves every other writer's fields alone. A
+    /// guard would be refused at every agent usage report, after the address
+    /// has already moved in the cloud.
     async fn node_fixed_ip(
         &self,
         node: &str,
@@ -755,6 +796,10 @@ pub mod watch {
                         Ok(steps) => {
                             debug!(statefulset = %format!("{ns}/{name}"), steps = steps.len(), "fixed IPs reconciled")
                         }
+                        // Its watch event brings the key back, the cache then fresh.
+                        Err(e) if e.is_conflict() => {
+                            debug!(error = %ErrorChain(&e), "FixedIP changed since read; again on its event")
+                        }
                         Err(e) => {
                             warn!(error = %ErrorChain(&e), kind = e.metric_label(), "fixed IPs reconcile failed")
                         }
@@ -884,6 +929,10 @@ mod tests {
             Some("application/merge-patch+json")
         );
         assert_eq!(status.body["status"]["phase"], "Reserved");
+        assert!(
+            status.body.get("metadata").is_none(),
+            "nothing was read: no precondition"
+        );
         // The address is held in the cloud, on a parking ENI nobody collects.
         let parking: Vec<_> = sim
             .all_enis()
@@ -983,6 +1032,7 @@ mod tests {
             },
         );
         f.metadata.namespace = Some("db".into());
+        f.metadata.resource_version = Some("12".into());
         f.status = Some(FixedIPStatus {
             phase: Some(FixedIPPhase::Bound),
             node: Some("n1".into()),
@@ -1056,6 +1106,11 @@ mod tests {
             "{}",
             event.body["note"]
         );
+        assert_eq!(
+            fip.body["metadata"],
+            json!({ "resourceVersion": "12" }),
+            "the move was decided on version 12 of the FixedIP"
+        );
         assert_eq!(fip.body["status"]["phase"], "Bound");
         assert_eq!(fip.body["status"]["node"], "n2");
         assert_eq!(
@@ -1078,6 +1133,129 @@ mod tests {
             .map(|e| e.id)
             .collect();
         assert_eq!(holders, vec![enis["n2"].1.clone()]);
+    }
+
+    #[test]
+    fn a_fixed_ip_status_patch_is_guarded_by_the_version_it_was_decided_on() {
+        let mut f = FixedIP::new(
+            "web-0",
+            FixedIPSpec {
+                ip: "10.0.0.9".into(),
+                stateful_set: "web".into(),
+                ordinal: 0,
+                zone: None,
+                subnet_id: None,
+                reclaim_policy: ReclaimPolicy::Retain,
+                ttl_seconds: None,
+            },
+        );
+        let status = FixedIPStatus {
+            phase: Some(FixedIPPhase::Reserved),
+            ..Default::default()
+        };
+        assert_eq!(
+            make_fixed_ip_status_patch(&f, &status),
+            json!({ "status": { "phase": "Reserved" } }),
+            "no version, no guard"
+        );
+        f.metadata.resource_version = Some("31".into());
+        assert_eq!(
+            make_fixed_ip_status_patch(&f, &status),
+            json!({
+                "metadata": { "resourceVersion": "31" },
+                "status": { "phase": "Reserved" },
+            })
+        );
+        assert_eq!(
+            status_patch_over(Some(&f), &status)["metadata"]["resourceVersion"],
+            "31"
+        );
+        assert!(status_patch_over(None, &status).get("metadata").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_retention_decided_on_an_old_version_is_refused_as_a_conflict() {
+        let (sim, subnet) = sim();
+        let subnets = sim.subnets("vpc-1").await.unwrap();
+        let mut f = FixedIP::new(
+            "web-0",
+            FixedIPSpec {
+                ip: "10.0.0.9".into(),
+                stateful_set: "web".into(),
+                ordinal: 0,
+                zone: Some("a".into()),
+                subnet_id: Some(subnet),
+                reclaim_policy: ReclaimPolicy::Retain,
+                ttl_seconds: Some(60),
+            },
+        );
+        f.metadata.namespace = Some("db".into());
+        f.metadata.resource_version = Some("20".into());
+        f.status = Some(FixedIPStatus {
+            phase: Some(FixedIPPhase::Bound),
+            node: Some("n1".into()),
+            eni: Some("eni-1".into()),
+            ..Default::default()
+        });
+        let nodes = node_views(&[nn("n1", "i-1", vec![])]);
+        // Scaled to zero: ordinal 0 is retained for its TTL, a status-only step.
+        let view = StatefulSetView {
+            replicas: 0,
+            ..sts_view()
+        };
+        let (client, mut server) = mock_client();
+        let ctl = FixedIpController::new(client, sim.clone(), "test", "vpc-1");
+        let script = tokio::spawn(async move {
+            let seen = server
+                .expect(
+                    Method::PATCH,
+                    "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0/status?&fieldManager=sextant-fixed-ip",
+                    409,
+                    crate::fixtures::status_failure(409, "Conflict"),
+                )
+                .await;
+            server.expect_no_more().await;
+            seen
+        });
+        let err = ctl
+            .reconcile_statefulset(
+                "db",
+                "web",
+                Observed {
+                    statefulset: Some(&view),
+                    fixed: vec![f],
+                    pods: vec![],
+                    nodes,
+                    subnets: &subnets,
+                },
+                NOW.parse().unwrap(),
+            )
+            .await
+            .unwrap_err();
+        drop(ctl);
+        let seen = finish(script).await;
+        assert_eq!(seen.body["metadata"], json!({ "resourceVersion": "20" }));
+        assert_eq!(seen.body["status"]["releaseAfter"], "2026-11-25T12:01:00Z");
+        assert!(err.is_conflict(), "{err:?}");
+        assert_eq!(err.metric_label(), "kube_conflict");
+    }
+
+    #[test]
+    fn a_refused_fixed_ip_write_is_a_conflict_not_a_failure() {
+        let kube = |code: u16, reason: &str| FixedIpError::Kube {
+            namespace: "db".into(),
+            statefulset: "web".into(),
+            what: "FixedIP web-0 status".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("x", reason)
+                    .with_code(code)
+                    .boxed(),
+            ),
+        };
+        assert!(kube(409, "Conflict").is_conflict());
+        assert_eq!(kube(409, "Conflict").metric_label(), "kube_conflict");
+        assert!(!kube(500, "InternalError").is_conflict());
+        assert_eq!(kube(500, "InternalError").metric_label(), "kube");
     }
 
     #[test]
