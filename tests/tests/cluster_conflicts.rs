@@ -1,0 +1,397 @@
+//! Issue 12 on a real kube-apiserver: the operator's status writes are
+//! guarded by the resourceVersion of the read they were decided from, so a
+//! decision made on a status that changed meanwhile (the agent's usage
+//! report, another writer's change) is refused with 409 Conflict instead of
+//! being written over the newer status; the refusal is the error the
+//! reconciler requeues at once, and the requeued reconcile reads the node
+//! again and decides on the newer report.
+//!
+//! ```text
+//!  admin: create NodeNetwork ─▶ read (rv N) ─▶ "agent": usage patch (rv N+1)
+//!  operator: make_status_patch(read at rv N, decision) ─▶ PATCH …/status ─▶ 409 ─▶ requeue now
+//! ```
+//!
+//! The patches are the operator's own (`sextant_operator::make_status_patch`,
+//! `controller::write_status`, `make_fixed_ip_status_patch`) and so is the
+//! reconcile (`controller::reconcile` over the simulated cloud), all sent
+//! through a kube `Client` to the test cluster's API server.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use sextant_cloud::{
+    Tags,
+    sim::{SimCloud, SimConfig, SimProvider},
+};
+use sextant_crds::{
+    EniStatus, FixedIP, FixedIPPhase, FixedIPSpec, FixedIPStatus, IpamSpec, NodeNetwork,
+    NodeNetworkSpec, NodeNetworkStatus, PoolEntry, Provider, ReclaimPolicy, ReleaseState,
+};
+use sextant_e2e::cluster::{Cluster, Options, install};
+use sextant_operator::{
+    controller::{self, Context, ControllerError, RequeuePolicy, is_conflict},
+    fixed_ip::controller::make_fixed_ip_status_patch,
+    ipam::node::{IpamConfig, NodeIpam},
+    metrics::IpamMetrics,
+    status_patch,
+};
+
+/// One CRD install at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `None`: SEXTANT_SKIP names the cluster tier (recorded, listed at the end).
+fn cluster() -> Option<&'static Cluster> {
+    Cluster::for_test(env!("CARGO_BIN_EXE_sextant-cluster"), Options::default())
+}
+
+/// The chart's CRDs, applied and Established; an admin client.
+async fn with_crds(c: &Cluster) -> Client {
+    install::apply(c, &install::crd_manifests().expect("CRDs"), false).expect("apply CRDs");
+    c.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ],
+        None,
+    )
+    .expect("CRDs established");
+    c.admin().await.expect("admin client")
+}
+
+/// A context whose cloud is a simulator with one subnet, one security group
+/// and one m5.large; returns it with the instance id.
+fn sim_context(client: Client) -> (Arc<Context>, Arc<SimCloud>, String) {
+    let sim = Arc::new(SimCloud::new(SimConfig::instant(SimProvider::Aws, 7)));
+    let subnet = sim
+        .add_subnet("vpc-1", "us-east-1a", "10.0.0.0/24", Tags::new())
+        .expect("subnet");
+    sim.add_security_group("vpc-1", "pods", Tags::new());
+    let instance = sim.add_instance("m5.large", &subnet).expect("instance");
+    let ipam = Arc::new(NodeIpam::new(
+        sim.clone(),
+        IpamConfig {
+            cluster: "e2e".into(),
+            ..IpamConfig::default()
+        },
+        IpamMetrics::default(),
+    ));
+    let ctx = Arc::new(Context::new(client, ipam, RequeuePolicy::default()));
+    (ctx, sim, instance)
+}
+
+fn spec(instance: &str) -> NodeNetworkSpec {
+    NodeNetworkSpec {
+        provider: Provider::Aws,
+        instance_id: Some(instance.into()),
+        instance_type: Some("m5.large".into()),
+        zone: Some("us-east-1a".into()),
+        vpc_id: Some("vpc-1".into()),
+        ipam: IpamSpec::default(),
+        pod_cidrs: vec![],
+    }
+}
+
+/// A fresh NodeNetwork `name` (any earlier one deleted).
+async fn create_node_network(api: &Api<NodeNetwork>, name: &str, spec: NodeNetworkSpec) {
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    for _ in 0..50 {
+        if api.get_opt(name).await.expect("get").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.create(&PostParams::default(), &NodeNetwork::new(name, spec))
+        .await
+        .expect("create NodeNetwork");
+}
+
+/// What the agent writes: its usage report (a merge patch of `usage` only),
+/// as `sextant-agent` sends it, with its default field manager.
+async fn agent_reports(api: &Api<NodeNetwork>, node: &str, used: &[&str]) {
+    let used: BTreeMap<&str, String> = used
+        .iter()
+        .map(|ip| (*ip, format!("default/pod-{ip}")))
+        .collect();
+    let patch = json!({ "status": { "usage": {
+        "used": used, "cooling": [], "reportedAt": "2026-11-25T12:00:01Z",
+    }}});
+    api.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("agent usage report");
+}
+
+fn in_use(nn: &NodeNetwork) -> Vec<String> {
+    nn.status
+        .as_ref()
+        .and_then(|s| s.usage.as_ref())
+        .map(|u| u.used.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn release(nn: &NodeNetwork) -> BTreeMap<String, ReleaseState> {
+    nn.status
+        .as_ref()
+        .map(|s| s.release.clone())
+        .unwrap_or_default()
+}
+
+fn refused_as_conflict(err: &ControllerError) -> bool {
+    matches!(err, ControllerError::WriteStatus { source, .. } if is_conflict(source))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_mark_decided_on_a_stale_read_is_refused_with_409_and_requeued_now() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let admin = with_crds(c).await;
+    let api: Api<NodeNetwork> = Api::all(admin.clone());
+    let node = "conflict-stale-mark";
+    create_node_network(&api, node, spec("i-0e2e0000000000001")).await;
+
+    // The operator's pool, as an earlier reconcile wrote it.
+    let ips: Vec<String> = (6..=13).map(|i| format!("10.0.0.{i}")).collect();
+    let pool: BTreeMap<String, PoolEntry> = ips
+        .iter()
+        .map(|ip| {
+            (
+                ip.clone(),
+                PoolEntry {
+                    eni: "eni-1".into(),
+                },
+            )
+        })
+        .collect();
+    let filled = NodeNetworkStatus {
+        enis: vec![EniStatus {
+            id: "eni-1".into(),
+            subnet_id: "subnet-1".into(),
+            device_index: 1,
+            addresses: ips.clone(),
+            ..EniStatus::default()
+        }],
+        pool,
+        last_resync: Some("2026-11-25T12:00:00Z".into()),
+        ..NodeNetworkStatus::default()
+    };
+    let empty = api.get(node).await.expect("read");
+    assert!(
+        controller::write_status(&api, &empty, &filled)
+            .await
+            .expect("the pool, written on a fresh read"),
+        "a request was made"
+    );
+
+    // The operator reads (version N) and decides 10.0.0.13, free in that
+    // read, is excess; meanwhile the agent hands it to a pod (version N+1).
+    let read = api.get(node).await.expect("read");
+    let rv = read
+        .metadata
+        .resource_version
+        .clone()
+        .expect("resourceVersion");
+    let mut decided = read.status.clone().expect("status");
+    decided
+        .release
+        .insert("10.0.0.13".into(), ReleaseState::Marked);
+    agent_reports(&api, node, &["10.0.0.13"]).await;
+
+    let patch = sextant_operator::make_status_patch(&read, &decided).expect("a change");
+    assert_eq!(patch["metadata"]["resourceVersion"], rv.as_str());
+    let err = controller::write_status(&api, &read, &decided)
+        .await
+        .expect_err("a mark decided on an old version must be refused once the agent wrote");
+    assert!(refused_as_conflict(&err), "{err:?}");
+    assert_eq!(err.metric_label(), "kube_conflict");
+    let (ctx, _, _) = sim_context(admin.clone());
+    assert_eq!(
+        controller::error_policy(Arc::new(read.clone()), &err, ctx),
+        Action::requeue(Duration::ZERO),
+        "a conflict is requeued at once"
+    );
+
+    // Nothing of the refused decision landed; the agent's report stands.
+    let now = api.get(node).await.expect("read");
+    assert_eq!(in_use(&now), ["10.0.0.13"]);
+    assert!(release(&now).is_empty(), "{:?}", release(&now));
+
+    // Decided again on the newer read: 10.0.0.13 is used, 10.0.0.12 is
+    // the free one to mark; accepted, the report untouched.
+    let mut again = now.status.clone().expect("status");
+    again
+        .release
+        .insert("10.0.0.12".into(), ReleaseState::Marked);
+    controller::write_status(&api, &now, &again)
+        .await
+        .expect("a patch decided on the current version is accepted");
+    let after = api.get(node).await.expect("read");
+    assert_eq!(
+        release(&after),
+        BTreeMap::from([("10.0.0.12".to_owned(), ReleaseState::Marked)])
+    );
+    assert_eq!(in_use(&after), ["10.0.0.13"]);
+
+    // The defect the guard closes: the same stale decision without the
+    // resourceVersion is accepted, marking an address the agent uses.
+    let unguarded = status_patch(read.status.as_ref().expect("status"), &decided).expect("patch");
+    assert!(unguarded.get("metadata").is_none());
+    api.patch_status(node, &PatchParams::default(), &Patch::Merge(&unguarded))
+        .await
+        .expect("an unguarded merge patch is never refused");
+    let broken = api.get(node).await.expect("read");
+    assert_eq!(
+        release(&broken).get("10.0.0.13"),
+        Some(&ReleaseState::Marked),
+        "without the guard the stale mark lands on a used address"
+    );
+    let _ = api.delete(node, &DeleteParams::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reconciler_refused_on_a_stale_read_reads_again_and_marks_only_free_addresses() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let admin = with_crds(c).await;
+    let api: Api<NodeNetwork> = Api::all(admin.clone());
+    let node = "conflict-reconcile";
+    let (ctx, sim, instance) = sim_context(admin.clone());
+    create_node_network(&api, node, spec(&instance)).await;
+
+    // Fill the pool to preAllocate (8) on fresh reads, as the controller
+    // would on its watch events.
+    for _ in 0..4 {
+        let nn = api.get(node).await.expect("read");
+        controller::reconcile(Arc::new(nn), ctx.clone())
+            .await
+            .expect("reconcile on a fresh read");
+    }
+    let filled = api.get(node).await.expect("read");
+    let mut pool: Vec<Ipv4Addr> = filled
+        .status
+        .as_ref()
+        .expect("status")
+        .pool
+        .keys()
+        .map(|ip| ip.parse().expect("IPv4"))
+        .collect();
+    assert_eq!(pool.len(), 8, "{:?}", filled.status);
+    pool.sort();
+
+    // preAllocate drops to 2: six addresses become excess. The controller's
+    // cache holds this version; then the agent hands the three highest
+    // addresses (the ones the operator would mark first) to pods.
+    let watermarks = json!({ "spec": { "ipam": { "preAllocate": 2, "maxAboveWatermark": 0 } } });
+    api.patch(node, &PatchParams::default(), &Patch::Merge(&watermarks))
+        .await
+        .expect("spec");
+    let cached = Arc::new(api.get(node).await.expect("read"));
+    let used: Vec<String> = pool[5..].iter().map(ToString::to_string).collect();
+    let used_refs: Vec<&str> = used.iter().map(String::as_str).collect();
+    agent_reports(&api, node, &used_refs).await;
+
+    // The reconcile on the cached version plans six marks, three of them on
+    // used addresses: refused, requeued at once.
+    let err = controller::reconcile(cached.clone(), ctx.clone())
+        .await
+        .expect_err("a status planned on a version the agent has written since must be refused");
+    assert!(refused_as_conflict(&err), "{err:?}");
+    assert_eq!(
+        controller::error_policy(cached.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::ZERO)
+    );
+    let now = api.get(node).await.expect("read");
+    assert!(
+        release(&now).is_empty(),
+        "refused marks landed: {:?}",
+        release(&now)
+    );
+    assert_eq!(in_use(&now), used);
+
+    // Requeued with the cache's (old) version again: it reads the node from
+    // the API server and marks the three excess among the five free.
+    let action = controller::reconcile(cached.clone(), ctx.clone())
+        .await
+        .expect("the requeued reconcile succeeds");
+    assert!(action != Action::await_change(), "{action:?}");
+    let after = api.get(node).await.expect("read");
+    let marks = release(&after);
+    assert_eq!(marks.len(), 3, "{marks:?}");
+    for (ip, state) in &marks {
+        assert_eq!(*state, ReleaseState::Marked, "{ip}");
+        assert!(!used.contains(ip), "{ip} is in use and marked for release");
+    }
+    assert_eq!(in_use(&after), used, "the agent's report stands");
+    assert_eq!(
+        sim.stats()
+            .by_action
+            .get(&sextant_cloud::Action::UnassignIps)
+            .map_or(0, |s| s.calls),
+        0,
+        "nothing released without the agent's answer"
+    );
+    let _ = api.delete(node, &DeleteParams::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_ip_status_decided_on_a_stale_read_is_refused_with_409() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let admin = with_crds(c).await;
+    let ns = c.namespace("conflicts").await.expect("namespace");
+    let api: Api<FixedIP> = Api::namespaced(admin, &ns);
+    let f = FixedIP::new(
+        "web-0",
+        FixedIPSpec {
+            ip: "10.0.0.9".into(),
+            stateful_set: "web".into(),
+            ordinal: 0,
+            zone: Some("us-east-1a".into()),
+            subnet_id: Some("subnet-1".into()),
+            reclaim_policy: ReclaimPolicy::Retain,
+            ttl_seconds: Some(60),
+        },
+    );
+    api.create(&PostParams::default(), &f)
+        .await
+        .expect("FixedIP");
+    let bound = json!({ "status": { "phase": "Bound", "node": "n1", "eni": "eni-1" } });
+    api.patch_status("web-0", &PatchParams::default(), &Patch::Merge(&bound))
+        .await
+        .expect("bound");
+
+    // Decided on this read: the pod is gone, retain the address until …
+    let read = api.get("web-0").await.expect("read");
+    let mut retained = read.status.clone().expect("status");
+    retained.phase = Some(FixedIPPhase::Reserved);
+    retained.node = None;
+    retained.release_after = Some("2026-11-25T12:01:00Z".into());
+    // … while another writer (a second replica, say) binds it again.
+    let moved = json!({ "status": { "node": "n2", "eni": "eni-2" } });
+    api.patch_status("web-0", &PatchParams::default(), &Patch::Merge(&moved))
+        .await
+        .expect("the other write");
+
+    let patch = make_fixed_ip_status_patch(&read, &retained);
+    let err = api
+        .patch_status("web-0", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect_err("a FixedIP status decided on an old version must be refused");
+    assert!(is_conflict(&err), "{err:?}");
+    let now = api.get("web-0").await.expect("read");
+    assert_eq!(
+        now.status,
+        Some(FixedIPStatus {
+            phase: Some(FixedIPPhase::Bound),
+            node: Some("n2".into()),
+            eni: Some("eni-2".into()),
+            ..FixedIPStatus::default()
+        })
+    );
+}
