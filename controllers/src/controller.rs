@@ -273,20 +273,33 @@ pub async fn write_status(
     Ok(true)
 }
 
+/// What a reconcile works on.
+struct Observed {
+    /// The NodeNetwork as read: the write is guarded by its version.
+    read: Arc<NodeNetwork>,
+    /// What IPAM plans on: `read`, with `lastResync` cleared when cloud
+    /// steps preceded a refused write, so the instance is resynced first.
+    work: Arc<NodeNetwork>,
+    /// Cloud steps preceded a refused write that no write has recorded
+    /// since: still owed if this reconcile's write is refused too.
+    unrecorded: bool,
+}
+
 /// The NodeNetwork to reconcile: `cached` as the controller's cache has
 /// it, or, after a refused write, the API server's current one (the cache
-/// may not have seen the change yet); `None` when it is gone. The second
-/// value is the object IPAM works on: the same, with `lastResync` cleared
-/// when cloud steps preceded the refused write, so the instance is resynced
-/// before planning.
+/// may not have seen the change yet); `None` when it is gone.
 async fn observe(
     api: &Api<NodeNetwork>,
     cached: Arc<NodeNetwork>,
     ctx: &Context,
-) -> Result<Option<(Arc<NodeNetwork>, Arc<NodeNetwork>)>, ControllerError> {
+) -> Result<Option<Observed>, ControllerError> {
     let node = cached.name_any();
     let Some(conflicted) = lock(&ctx.conflicted).get(&node).copied() else {
-        return Ok(Some((cached.clone(), cached)));
+        return Ok(Some(Observed {
+            read: cached.clone(),
+            work: cached,
+            unrecorded: false,
+        }));
     };
     let fresh = api
         .get_opt(&node)
@@ -305,13 +318,21 @@ async fn observe(
         "read again after a conflict"
     );
     if !conflicted.mutated {
-        return Ok(Some((fresh.clone(), fresh)));
+        return Ok(Some(Observed {
+            read: fresh.clone(),
+            work: fresh,
+            unrecorded: false,
+        }));
     }
     let mut work = fresh.as_ref().clone();
     if let Some(s) = work.status.as_mut() {
         s.last_resync = None;
     }
-    Ok(Some((fresh, Arc::new(work))))
+    Ok(Some(Observed {
+        read: fresh,
+        work: Arc::new(work),
+        unrecorded: true,
+    }))
 }
 
 /// Reconciles one NodeNetwork: node IPAM, then the status write, guarded
@@ -322,7 +343,12 @@ async fn observe(
 pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let node = nn.name_any();
     let api: Api<NodeNetwork> = Api::all(ctx.client.clone());
-    let Some((read, work)) = observe(&api, nn, &ctx).await? else {
+    let Some(Observed {
+        read,
+        work,
+        unrecorded,
+    }) = observe(&api, nn, &ctx).await?
+    else {
         debug!("gone");
         ctx.succeeded(&node);
         return Ok(Action::await_change());
@@ -331,7 +357,7 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
     match ctx.ipam.reconcile(&work, now).await {
         Ok(reconciled) => {
             // A failed step may have changed the cloud before failing.
-            let mutated = !reconciled.done.is_empty() || reconciled.error.is_some();
+            let mutated = unrecorded || !reconciled.done.is_empty() || reconciled.error.is_some();
             write_status(&api, &read, &reconciled.status)
                 .await
                 .inspect_err(|e| ctx.note_write_error(&node, e, mutated))?;
@@ -350,7 +376,7 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
             if let Error::InvalidSpec { status, .. } = &source {
                 write_status(&api, &read, status)
                     .await
-                    .inspect_err(|e| ctx.note_write_error(&node, e, false))?;
+                    .inspect_err(|e| ctx.note_write_error(&node, e, unrecorded))?;
             }
             Err(ControllerError::Ipam { node, source })
         }
@@ -1107,6 +1133,50 @@ mod tests {
         );
         let in_cloud: usize = sim.all_enis().iter().map(|e| e.secondary_ips.len()).sum();
         assert_eq!(in_cloud, 13);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_resync_owed_after_cloud_steps_survives_a_second_conflict() {
+        let World {
+            sim,
+            ctx,
+            mut server,
+            instance,
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (_, first) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        let cached = agent_reported(&patched(&nn, &first), 6..=10);
+        let (result, _) = reconcile_answering(&cached, &ctx, &mut server, 409).await;
+        assert!(result.is_err());
+        assert_eq!(assign_calls(&sim), 1);
+
+        // The retry resyncs, plans nothing new, and is refused again: the
+        // agent keeps reporting. Its write never recorded the cloud steps.
+        let fresh = agent_reported(&cached, 6..=10);
+        let (result, _) = tokio::join!(reconcile(Arc::new(cached.clone()), ctx.clone()), async {
+            server.expect(Method::GET, NODE, 200, json!(fresh)).await;
+            server
+                .expect(Method::PATCH, STATUS, 409, status_failure(409, "Conflict"))
+                .await
+        });
+        let err = result.unwrap_err();
+        assert_eq!(err.metric_label(), "kube_conflict");
+
+        // So the next attempt resyncs again rather than assign twice.
+        let fresher = agent_reported(&fresh, 6..=10);
+        let (result, written) =
+            tokio::join!(reconcile(Arc::new(cached.clone()), ctx.clone()), async {
+                server.expect(Method::GET, NODE, 200, json!(fresher)).await;
+                server
+                    .expect(Method::PATCH, STATUS, 200, json!(fresher))
+                    .await
+            });
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(assign_calls(&sim), 1, "no second assign");
+        assert_eq!(written.body["metadata"], json!({ "resourceVersion": "9" }));
+        assert_eq!(written.body["status"]["summary"]["poolSize"], 13);
         drop(ctx);
         server.expect_no_more().await;
     }
