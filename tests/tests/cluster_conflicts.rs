@@ -395,3 +395,283 @@ async fn a_fixed_ip_status_decided_on_a_stale_read_is_refused_with_409() {
         })
     );
 }
+
+/// A kwok node as a cloud's node controller would register it.
+fn kwok_node(name: &str, provider_id: &str) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "node.kubernetes.io/instance-type": "m5.large",
+                "topology.kubernetes.io/zone": "us-east-1a",
+            },
+        },
+        "spec": {"providerID": provider_id},
+    }))
+    .expect("node")
+}
+
+/// A small deterministic sequence (no test randomness).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) as usize) % below.max(1)
+    }
+}
+
+/// A test stand-in for the agent, keeping its side of the contract: it
+/// hands out only pool addresses outside the handshake, answers each mark
+/// (`do-not-release` when in use, else `ready-for-release`, after which it
+/// never hands that address out), drops `released` entries, and reports
+/// usage with its own merge patch (no resourceVersion, `null` for freed).
+#[derive(Default)]
+struct FakeAgent {
+    used: BTreeMap<String, String>,
+    freed: Vec<String>,
+    promised: std::collections::BTreeSet<String>,
+    reports: u64,
+    released_seen: u64,
+    violations: Vec<String>,
+}
+
+impl FakeAgent {
+    /// Reads the node, checks that nothing it uses was released, answers the
+    /// handshake, moves one address toward `target` in use, and reports.
+    async fn step(&mut self, api: &Api<NodeNetwork>, node: &str, target: usize, rng: &mut Lcg) {
+        let Some(nn) = api.get_opt(node).await.expect("read") else {
+            return;
+        };
+        let status = nn.status.clone().unwrap_or_default();
+        for ip in self.used.keys() {
+            if !status.pool.contains_key(ip) {
+                self.violations
+                    .push(format!("{ip} in use but gone from the pool"));
+            }
+            if matches!(
+                status.release.get(ip),
+                Some(ReleaseState::Released | ReleaseState::ReadyForRelease)
+            ) {
+                self.violations.push(format!(
+                    "{ip} in use but {:?} in the handshake",
+                    status.release[ip]
+                ));
+            }
+        }
+        // A cancelled mark lifts the promise.
+        self.promised.retain(|ip| status.release.contains_key(ip));
+        let mut answers = serde_json::Map::new();
+        for (ip, state) in &status.release {
+            match state {
+                ReleaseState::Marked if self.used.contains_key(ip) => {
+                    answers.insert(ip.clone(), json!("do-not-release"));
+                }
+                ReleaseState::Marked => {
+                    self.promised.insert(ip.clone());
+                    answers.insert(ip.clone(), json!("ready-for-release"));
+                }
+                ReleaseState::Released => {
+                    self.released_seen += 1;
+                    self.promised.remove(ip);
+                    answers.insert(ip.clone(), serde_json::Value::Null);
+                }
+                ReleaseState::ReadyForRelease | ReleaseState::DoNotRelease => {}
+            }
+        }
+        if self.used.len() < target {
+            let free: Vec<&String> = status
+                .pool
+                .keys()
+                .filter(|ip| {
+                    !self.used.contains_key(*ip)
+                        && !status.release.contains_key(*ip)
+                        && !self.promised.contains(*ip)
+                        && !answers.contains_key(*ip)
+                })
+                .collect();
+            if !free.is_empty() {
+                let ip = free[rng.next(free.len())].clone();
+                self.used.insert(ip.clone(), format!("default/pod-{ip}"));
+            }
+        } else if self.used.len() > target {
+            let keys: Vec<String> = self.used.keys().cloned().collect();
+            let ip = keys[rng.next(keys.len())].clone();
+            self.used.remove(&ip);
+            self.freed.push(ip);
+        }
+        let mut used: serde_json::Map<String, serde_json::Value> = self
+            .used
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        for ip in self.freed.drain(..) {
+            used.insert(ip, serde_json::Value::Null);
+        }
+        let mut report = json!({ "usage": {
+            "used": used, "cooling": [], "reportedAt": format!("report {}", self.reports),
+        }});
+        if !answers.is_empty() {
+            report["release"] = serde_json::Value::Object(answers);
+        }
+        api.patch_status(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": report })),
+        )
+        .await
+        .expect("agent report");
+        self.reports += 1;
+    }
+}
+
+/// `sextant_operator_reconcile_errors_total{error="kube_conflict"}` from
+/// the operator's admin port.
+fn conflicts_counted(addr: &str) -> u64 {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| {
+            l.starts_with("sextant_operator_reconcile_errors_total")
+                && l.contains("error=\"kube_conflict\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_racing_agent_reports_loses_none_and_never_releases_a_used_address() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let values = "provider: sim\nregion: us-east-1\nclusterName: e2e\nvpcId: vpc-sim\nipam:\n  preAllocate: 2\n  maxAboveWatermark: 0\n";
+    let rendered = install::install(c, Some(values.into())).expect("install");
+    let addr = install::loopback_addr().expect("port");
+    let op = install::run(
+        c,
+        &rendered,
+        "sextant-operator-race",
+        install::Component {
+            workload: "sextant-operator",
+            container: "operator",
+            bin: "sextant-operator",
+            service_account: Some("sextant-operator"),
+            pod: install::PodFacts {
+                pod_name: "sextant-operator-race".into(),
+                node_name: "control-plane".into(),
+            },
+            overrides: vec![("SEXTANT_LISTEN_ADDR", addr.clone())],
+            args: None,
+            extra_args: vec![],
+        },
+    )
+    .await
+    .expect("operator started");
+    let admin = c.admin().await.expect("admin");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    let node = "race-node";
+    let _ = nodes.delete(node, &DeleteParams::default()).await;
+    nodes
+        .create(
+            &PostParams::default(),
+            &kwok_node(node, "aws:///us-east-1a/i-0e2e0000000000099"),
+        )
+        .await
+        .expect("node");
+    let api: Api<NodeNetwork> = Api::all(admin);
+    sextant_e2e::cluster::eventually(Duration::from_secs(60), "a filled pool", || {
+        let api = api.clone();
+        async move {
+            Ok(api
+                .get_opt(node)
+                .await?
+                .filter(|nn| nn.status.as_ref().is_some_and(|s| s.pool.len() >= 2)))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.process.log_tail(40)));
+
+    // Reports every ~150 ms (the real agent's default is one per 15 s, plus
+    // its handshake answers) while the operator reconciles each of them:
+    // up to five pods, back to none, twice, so the pool grows and the
+    // handshake then has to release what is no longer needed.
+    let mut agent = FakeAgent::default();
+    let mut rng = Lcg(12);
+    for target in [5, 0, 5, 0] {
+        for _ in 0..25 {
+            agent.step(&api, node, target, &mut rng).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    // Then only the handshake, until the operator has settled: every
+    // report there, every used address pooled, preAllocate free, no marks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let settled = loop {
+        let target = agent.used.len();
+        agent.step(&api, node, target, &mut rng).await;
+        let nn = api.get(node).await.expect("read");
+        let s = nn.status.clone().unwrap_or_default();
+        let free = s
+            .pool
+            .keys()
+            .filter(|ip| !agent.used.contains_key(*ip))
+            .count();
+        if s.release.is_empty() && free == 2 {
+            break nn;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool did not settle on the last report within 60 s: {s:?}\noperator log:\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    assert!(
+        agent.violations.is_empty(),
+        "used addresses released: {:?}",
+        agent.violations
+    );
+    let status = settled.status.expect("status");
+    let reported: Vec<&String> = status
+        .usage
+        .as_ref()
+        .map(|u| u.used.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        reported,
+        agent.used.keys().collect::<Vec<_>>(),
+        "the last report stands"
+    );
+    for ip in agent.used.keys() {
+        assert!(status.pool.contains_key(ip), "{ip} used but not pooled");
+    }
+    assert!(
+        agent.released_seen > 0,
+        "the handshake released nothing in {} reports",
+        agent.reports
+    );
+    let conflicts = conflicts_counted(&addr);
+    eprintln!(
+        "{} agent reports, {} releases seen, {conflicts} status writes refused as conflicts",
+        agent.reports, agent.released_seen
+    );
+    assert!(
+        conflicts > 0,
+        "no status write raced a report in {} reports: the race was not exercised",
+        agent.reports
+    );
+    op.assert_no_forbidden().expect("operator RBAC");
+    let _ = nodes.delete(node, &DeleteParams::default()).await;
+}
