@@ -15,7 +15,8 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceSpec, fmt_mac,
+        CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceList,
+        ServiceSpec, fmt_mac,
     },
     checkpoint::{self, Checkpoint},
     datapath::{CtTimeouts, Datapath, Endpoint},
@@ -83,6 +84,10 @@ struct State {
     phase: Phase,
     capacity: usize,
     unavailable: usize,
+    /// Addresses NodeNetwork `status.usage.used` may still list: what the
+    /// watch last showed there and what the last merge patch sent.
+    status_used: BTreeSet<String>,
+    sent_used: BTreeSet<String>,
 }
 
 /// How the agent learns whether a pod has a `FixedIP` (set once the
@@ -187,6 +192,8 @@ impl Agent {
                 phase,
                 capacity,
                 unavailable: 0,
+                status_used: BTreeSet::new(),
+                sent_used: BTreeSet::new(),
             }),
             cfg,
             fixed_lookup: std::sync::OnceLock::new(),
@@ -596,6 +603,20 @@ impl Agent {
         }
     }
 
+    /// `GET /v1/services`: what the datapath's service map holds.
+    pub fn services(&self) -> ServiceList {
+        let services = lock(&self.datapath)
+            .as_ref()
+            .map(|dp| {
+                dp.services()
+                    .into_iter()
+                    .map(|(frontend, backends)| ServiceSpec { frontend, backends })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ServiceList { services }
+    }
+
     /// `GET /v1/healthz`.
     pub fn health(&self) -> Health {
         let st = lock(&self.state);
@@ -683,20 +704,28 @@ impl Agent {
         ps.control_plane_seen = std::time::Instant::now();
         ps.last = Some(snap);
         let report = self.apply_policy(&mut ps)?;
-        if ps.engaged {
-            ps.engaged = false;
-            if let Some(dp) = lock(&self.datapath).as_mut() {
-                policy::write_all(dp, ps.node.engine())?;
-            }
-            self.metrics.policy_fail_open.set(0);
-            warn!("control plane back: policy enforcement restored");
-            ps.events.push(PolicyEvent {
-                warning: false,
-                reason: "PolicyRestored",
-                note: format!("policy enforcement restored at {}", now_rfc3339()),
-            });
-        }
+        self.restore_enforcement(&mut ps)?;
         Ok(report)
+    }
+
+    /// Puts back the enforcement the fail-open mode lifted (nothing when it
+    /// is not engaged); stays engaged, to be tried again, if the maps refuse.
+    fn restore_enforcement(&self, ps: &mut PolicyState) -> Result<()> {
+        if !ps.engaged {
+            return Ok(());
+        }
+        if let Some(dp) = lock(&self.datapath).as_mut() {
+            policy::write_all(dp, ps.node.engine())?;
+        }
+        ps.engaged = false;
+        self.metrics.policy_fail_open.set(0);
+        warn!("control plane back: policy enforcement restored");
+        ps.events.push(PolicyEvent {
+            warning: false,
+            reason: "PolicyRestored",
+            note: format!("policy enforcement restored at {}", now_rfc3339()),
+        });
+        Ok(())
     }
 
     /// Takes the policy Events waiting to be posted.
@@ -784,24 +813,62 @@ impl Agent {
     }
 
     /// Records contact with the control plane (a usage report written, a
-    /// watch event): the fail-open clock starts over.
+    /// read answered, a policy sync): the fail-open clock starts over, and
+    /// enforcement the fail-open mode lifted comes back (a quiet cluster may
+    /// send no watch event for a long time after it returns).
     pub fn control_plane_seen(&self) {
-        lock(&self.policy).control_plane_seen = std::time::Instant::now();
+        let mut ps = lock(&self.policy);
+        ps.control_plane_seen = std::time::Instant::now();
+        if let Err(e) = self.restore_enforcement(&mut ps) {
+            self.metrics.error(&e);
+            warn!(error = %crate::ErrorChain(&e), "restoring policy enforcement failed");
+        }
     }
 
     /// Checks every `every` whether the control plane has been away longer
-    /// than the fail-open delay; if so, lifts enforcement of the selected
-    /// local pods (their allow entries stay, so a reconnect restores them).
-    pub async fn watch_policy_fail_open(self: Arc<Self>, every: Duration) {
+    /// than the fail-open delay. Quiet is not away: before lifting anything
+    /// it asks `probe` (one read from the API server; `true` when it was
+    /// answered), and an answer counts as contact. Only when the probe fails
+    /// too are the selected local pods opened (their allow entries stay, so
+    /// the next contact restores them).
+    pub async fn watch_policy_fail_open<P, F>(self: Arc<Self>, every: Duration, probe: P)
+    where
+        P: Fn() -> F,
+        F: std::future::Future<Output = bool>,
+    {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.check_fail_open() {
+            if let Err(e) = self.fail_open_tick(&probe).await {
                 self.metrics.error(&e);
                 warn!(error = %crate::ErrorChain(&e), "fail-open check failed");
             }
         }
+    }
+
+    /// One check of [`Agent::watch_policy_fail_open`].
+    async fn fail_open_tick<P, F>(&self, probe: &P) -> Result<()>
+    where
+        P: Fn() -> F,
+        F: std::future::Future<Output = bool>,
+    {
+        if !self.fail_open_due() {
+            return Ok(());
+        }
+        if probe().await {
+            self.control_plane_seen();
+            return Ok(());
+        }
+        self.check_fail_open()
+    }
+
+    /// Armed, not engaged, a snapshot to open, and no contact for the delay.
+    fn fail_open_due(&self) -> bool {
+        let ps = lock(&self.policy);
+        ps.fail_open.as_ref().is_some_and(|cfg| {
+            !ps.engaged && ps.last.is_some() && ps.control_plane_seen.elapsed() >= cfg.after
+        })
     }
 
     fn check_fail_open(&self) -> Result<()> {
@@ -883,6 +950,12 @@ impl Agent {
         let ips = crate::usage::pool_ips(nn);
         let n = ips.len();
         st.pool.set_pool(ips);
+        st.status_used = nn
+            .status
+            .as_ref()
+            .and_then(|s| s.usage.as_ref())
+            .map(|u| u.used.keys().cloned().collect())
+            .unwrap_or_default();
         let fixed = nn
             .status
             .as_ref()
@@ -904,7 +977,8 @@ impl Agent {
         answers.patch
     }
 
-    /// The usage patch for NodeNetwork status, with `answers`; `None` while restoring.
+    /// The usage report with `answers`, `used` whole (a file consumer
+    /// replaces it); `None` while restoring.
     pub fn usage_patch(
         &self,
         answers: &std::collections::BTreeMap<String, sextant_crds::ReleaseState>,
@@ -918,7 +992,34 @@ impl Agent {
             answers,
             now_ms(),
             &now_rfc3339(),
+            &BTreeSet::new(),
         ))
+    }
+
+    /// The usage report with `answers` as a JSON merge patch of NodeNetwork
+    /// status. A merge patch only adds and changes map keys, so addresses
+    /// the status may still list as used (the watch showed them, or the
+    /// last patch sent them) and that are no longer in use go as `null`:
+    /// otherwise an address once used would stay used there for good.
+    /// `None` while restoring.
+    pub fn usage_merge_patch(
+        &self,
+        answers: &std::collections::BTreeMap<String, sextant_crds::ReleaseState>,
+    ) -> Option<serde_json::Value> {
+        let mut st = lock(&self.state);
+        if st.phase == Phase::Restoring {
+            return None;
+        }
+        let in_use: BTreeSet<String> = st.pool.allocations().map(|a| a.ip.to_string()).collect();
+        let gone: BTreeSet<String> = st
+            .status_used
+            .union(&st.sent_used)
+            .filter(|ip| !in_use.contains(*ip))
+            .cloned()
+            .collect();
+        let patch = crate::usage::status_patch(&st.pool, answers, now_ms(), &now_rfc3339(), &gone);
+        st.sent_used = in_use;
+        Some(patch)
     }
 }
 
@@ -1101,6 +1202,78 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn quiet_control_plane_that_answers_the_probe_never_opens_policy() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
+        agent.sync_policy(PolicySnapshot::default()).expect("sync");
+        agent.enable_policy_fail_open(PolicyFailOpen {
+            after: Duration::ZERO,
+            selector: BTreeMap::new(),
+        });
+        // Past the delay with no watch event or report: the API server still answers.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let answers = || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { true }
+        };
+        agent.fail_open_tick(&answers).await.expect("tick");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(agent.take_policy_events().is_empty(), "quiet is not away");
+        assert!(
+            agent
+                .metrics_text()
+                .contains("sextant_agent_policy_fail_open 0")
+        );
+        // No answer: now it engages.
+        agent
+            .fail_open_tick(&|| async { false })
+            .await
+            .expect("tick");
+        let evs = agent.take_policy_events();
+        assert_eq!(
+            evs.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            ["PolicyFailOpen"]
+        );
+    }
+
+    #[tokio::test]
+    async fn contact_restores_enforcement_without_a_watch_event() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
+        agent.sync_policy(PolicySnapshot::default()).expect("sync");
+        agent.enable_policy_fail_open(PolicyFailOpen {
+            after: Duration::ZERO,
+            selector: BTreeMap::new(),
+        });
+        agent
+            .fail_open_tick(&|| async { false })
+            .await
+            .expect("tick");
+        assert!(
+            agent
+                .metrics_text()
+                .contains("sextant_agent_policy_fail_open 1")
+        );
+        // A usage report (or a probe) gets through; no policy object changed.
+        agent.control_plane_seen();
+        assert!(
+            agent
+                .metrics_text()
+                .contains("sextant_agent_policy_fail_open 0")
+        );
+        assert_eq!(
+            agent
+                .take_policy_events()
+                .iter()
+                .map(|e| e.reason)
+                .collect::<Vec<_>>(),
+            ["PolicyFailOpen", "PolicyRestored"]
+        );
+        agent.control_plane_seen();
+        assert!(agent.take_policy_events().is_empty(), "restored once");
+    }
+
+    #[tokio::test]
     async fn add_of_a_fixed_ip_pod_waits_until_its_address_reaches_the_node() {
         let dir = tempfile::tempdir().expect("dir");
         let agent = ready_agent(dir.path()).await;
@@ -1248,6 +1421,45 @@ mod tests {
         assert_eq!(h.state, "ready");
         assert_eq!((h.ipam.allocated, h.ipam.cooldown), (0, 1));
         assert!(agent.usage_patch(&Default::default()).is_some());
+    }
+
+    #[tokio::test]
+    async fn merge_patch_removes_addresses_no_longer_in_use() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
+        // An earlier agent left 10.0.0.3 in status; this one uses 10.0.0.1.
+        let mut nn = mk_node(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], &[]);
+        if let Some(st) = nn.status.as_mut() {
+            st.usage = Some(sextant_crds::AgentUsage {
+                used: [("10.0.0.3".to_string(), "default/old".to_string())].into(),
+                ..Default::default()
+            });
+        }
+        agent.apply_node(&nn);
+        let a = lock(&agent.state)
+            .pool
+            .allocate(&mk_req("a"), now_ms(), "t")
+            .expect("ip");
+        let patch = agent.usage_merge_patch(&BTreeMap::new()).expect("ready");
+        let used = &patch["status"]["usage"]["used"];
+        assert_eq!(used[a.ip.to_string()], "default/pod-a");
+        assert_eq!(
+            used.as_object().and_then(|m| m.get("10.0.0.3")),
+            Some(&serde_json::Value::Null)
+        );
+        // Freed before the watch showed it in status: the last patch sent it.
+        lock(&agent.state).pool.free(&a.key(), now_ms());
+        agent.apply_node(&mk_node(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], &[]));
+        let patch = agent.usage_merge_patch(&BTreeMap::new()).expect("ready");
+        assert_eq!(
+            patch["status"]["usage"]["used"]
+                .as_object()
+                .and_then(|m| m.get(&a.ip.to_string())),
+            Some(&serde_json::Value::Null)
+        );
+        // The file report keeps `used` whole, without deletions.
+        let file = agent.usage_patch(&BTreeMap::new()).expect("ready");
+        assert_eq!(file["status"]["usage"]["used"], serde_json::json!({}));
     }
 
     #[tokio::test]

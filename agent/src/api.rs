@@ -72,6 +72,13 @@ pub struct IpamList {
     pub allocations: Vec<Allocation>,
 }
 
+/// `GET /v1/services`: the datapath's service map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceList {
+    /// Every ClusterIP frontend with its backends (none without a datapath).
+    pub services: Vec<ServiceSpec>,
+}
+
 /// Body of `POST /v1/cni/add`, `/v1/cni/del`, `/v1/cni/check`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -155,6 +155,19 @@ impl Frontend {
         b[6] = self.proto.number();
         b
     }
+
+    fn decode(b: &[u8; 8]) -> Option<Self> {
+        let proto = match b[6] {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            _ => return None,
+        };
+        Some(Frontend {
+            vip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            port: u16::from_be_bytes([b[4], b[5]]),
+            proto,
+        })
+    }
 }
 
 /// A service backend.
@@ -544,6 +557,28 @@ impl Datapath {
         self.services.keys().filter(|k| k.is_ok()).count()
     }
 
+    /// The service map as the programs see it: every frontend with its
+    /// backends in slot order.
+    pub fn services(&self) -> BTreeMap<Frontend, Vec<Backend>> {
+        let mut out = BTreeMap::new();
+        for (key, v) in self.services.iter().filter_map(|r| r.ok()) {
+            let Some(fe) = Frontend::decode(&key) else {
+                continue;
+            };
+            let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+            let count = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]);
+            let backends = (0..count)
+                .filter_map(|slot| self.backends.get(&backend_key(id, slot), 0).ok())
+                .map(|b| Backend {
+                    ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+                    port: u16::from_be_bytes([b[4], b[5]]),
+                })
+                .collect();
+            out.insert(fe, backends);
+        }
+        out
+    }
+
     /// Conntrack entries (both directions).
     pub fn conntrack_count(&self) -> usize {
         self.ct.keys().filter(|k| k.is_ok()).count()
@@ -713,5 +748,29 @@ pub fn remove_pins(root: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("removing {}", root.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontend_keys_decode_to_what_was_encoded() {
+        for fe in [
+            Frontend {
+                vip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 443,
+                proto: Proto::Tcp,
+            },
+            Frontend {
+                vip: Ipv4Addr::new(10, 96, 255, 1),
+                port: 53,
+                proto: Proto::Udp,
+            },
+        ] {
+            assert_eq!(Frontend::decode(&fe.encode()), Some(fe));
+        }
+        assert_eq!(Frontend::decode(&[10, 0, 0, 1, 0, 80, 1, 0]), None);
     }
 }

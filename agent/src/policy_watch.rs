@@ -136,7 +136,9 @@ pub async fn publish(api: &Api<SextantIdentity>, ids: &[(u32, BTreeMap<String, S
 }
 
 /// Posts the agent's pending policy Events on its Node (`node`); those the
-/// API server refuses wait for the next try.
+/// API server refuses wait for the next try, and each refusal is a warning
+/// with the API server's answer (a 403 means the agent's RBAC lacks
+/// `events`: nobody would ever see the Event).
 pub async fn post_events(agent: &Agent, recorder: &Recorder, node: &str) {
     let pending = agent.take_policy_events();
     let mut failed = Vec::new();
@@ -159,7 +161,7 @@ pub async fn post_events(agent: &Agent, recorder: &Recorder, node: &str) {
             ..Default::default()
         };
         if let Err(e) = recorder.publish(&event, &reference).await {
-            debug!(error = %e, "posting a policy event failed; kept for later");
+            warn!(error = %e, reason = ev.reason, %node, "posting a policy Event on the Node failed; kept for the next try");
             failed.push(ev);
         }
     }

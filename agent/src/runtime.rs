@@ -165,7 +165,6 @@ impl Args {
                 selector,
             });
         }
-        let fail_open = tokio::spawn(agent.clone().watch_policy_fail_open(Duration::from_secs(1)));
         let ct_gc = tokio::spawn(agent.clone().sweep_conntrack(
             Duration::from_secs(self.ct_gc_seconds.max(1)),
             CtTimeouts {
@@ -189,6 +188,9 @@ impl Args {
             })
         };
         let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
+        // What the fail-open mode asks before it lifts anything: this node's
+        // NodeNetwork, when there is an API server to ask.
+        let mut probe: Option<(Api<NodeNetwork>, String)> = None;
         let node_loop = match (
             &self.node_network_file,
             &self.node_name,
@@ -220,6 +222,7 @@ impl Args {
                         node.clone(),
                     ));
                 }
+                probe = Some((Api::all(client.clone()), node.clone()));
                 Some(tokio::spawn(node_loops(
                     agent.clone(),
                     Api::all(client),
@@ -235,6 +238,18 @@ impl Args {
             }
             _ => None,
         };
+        let fail_open = tokio::spawn(agent.clone().watch_policy_fail_open(
+            Duration::from_secs(1),
+            move || {
+                let probe = probe.clone();
+                async move {
+                    match probe {
+                        Some((api, node)) => control_plane_answers(&api, &node).await,
+                        None => false,
+                    }
+                }
+            },
+        ));
         shutdown().await;
         info!("shutting down; the datapath stays pinned");
         srv.abort();
@@ -246,6 +261,25 @@ impl Args {
         }
         let _ = std::fs::remove_file(&self.socket);
         agent.save().await
+    }
+}
+
+/// How long the fail-open mode's probe waits for the API server.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the API server answers a read of NodeNetwork `node` (a 404 is an
+/// answer) within [`PROBE_TIMEOUT`].
+async fn control_plane_answers(api: &Api<NodeNetwork>, node: &str) -> bool {
+    match tokio::time::timeout(PROBE_TIMEOUT, api.get_metadata_opt(node)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            warn!(error = %e, %node, "control plane probe failed");
+            false
+        }
+        Err(_) => {
+            warn!(%node, timeout_s = PROBE_TIMEOUT.as_secs(), "control plane probe timed out");
+            false
+        }
     }
 }
 
@@ -273,7 +307,7 @@ pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, 
             let mut tick = tokio::time::interval(rate);
             loop {
                 tick.tick().await;
-                if let Some(patch) = agent.usage_patch(&Default::default()) {
+                if let Some(patch) = agent.usage_merge_patch(&Default::default()) {
                     match usage::write(&api, &node, &patch).await {
                         Ok(()) => {
                             agent.metrics.reports.inc();
@@ -313,7 +347,7 @@ pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, 
             if let Err(e) = agent.save().await {
                 warn!(error = %crate::ErrorChain(&e), "checkpoint after handshake");
             }
-            if let Some(patch) = agent.usage_patch(&answers)
+            if let Some(patch) = agent.usage_merge_patch(&answers)
                 && let Err(e) = usage::write(&api, &node, &patch).await
             {
                 agent.metrics.error(&e);

@@ -118,6 +118,7 @@ async fn handle(agent: &Agent, req: Request<hyper::body::Incoming>) -> Response<
                 &agent.sync_policy(parse::<crate::policy::PolicySnapshot>(&body)?)?,
             ),
             (&Method::GET, "/v1/policy") => json(StatusCode::OK, &agent.policy_report()),
+            (&Method::GET, "/v1/services") => json(StatusCode::OK, &agent.services()),
             (&Method::POST, "/v1/services") => {
                 agent.set_service(&parse::<ServiceSpec>(&body)?)?;
                 json(StatusCode::OK, &serde_json::json!({}))

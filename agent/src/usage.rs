@@ -2,7 +2,7 @@
 //! kube call that applies it (a JSON merge patch on the status subresource,
 //! touching only `usage` and the agent's `release` answers).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::{
     Api,
@@ -52,17 +52,22 @@ pub fn capacity(nn: &NodeNetwork, pool_len: usize) -> (usize, usize) {
     (cap.max(pool_len), unavailable)
 }
 
-/// The status merge patch: usage (in use + cooling) and handshake answers.
+/// The status merge patch: usage (in use + cooling) and handshake answers;
+/// the addresses in `gone` (listed as used before, not in use now) are
+/// removed from `used` (`null`).
 pub fn status_patch(
     pool: &Pool,
     answers: &BTreeMap<String, ReleaseState>,
     now_ms: u64,
     reported_at: &str,
+    gone: &BTreeSet<String>,
 ) -> Value {
-    let used: BTreeMap<String, String> = pool
-        .allocations()
-        .map(|a| (a.ip.to_string(), a.owner()))
-        .collect();
+    let mut used: BTreeMap<String, Value> =
+        gone.iter().map(|ip| (ip.clone(), Value::Null)).collect();
+    used.extend(
+        pool.allocations()
+            .map(|a| (a.ip.to_string(), Value::String(a.owner()))),
+    );
     let cooling: Vec<String> = pool.cooling(now_ms).map(|(ip, _)| ip.to_string()).collect();
     let mut status = json!({
         "usage": { "used": used, "cooling": cooling, "reportedAt": reported_at },
@@ -99,16 +104,36 @@ mod tests {
         let b = p.allocate(&mk_req("b"), 0, "t").expect("ip");
         p.free(&b.key(), 0);
         let answers = [("10.0.0.4".to_string(), ReleaseState::ReadyForRelease)].into();
-        let v = status_patch(&p, &answers, 1, "2026-11-25T23:00:00Z");
+        let v = status_patch(&p, &answers, 1, "2026-11-25T23:00:00Z", &BTreeSet::new());
         assert_eq!(v["status"]["usage"]["used"]["10.0.0.1"], "default/pod-a");
         assert_eq!(v["status"]["usage"]["cooling"][0], "10.0.0.2");
         assert_eq!(v["status"]["release"]["10.0.0.4"], "ready-for-release");
     }
 
     #[test]
+    fn patch_removes_gone_addresses_and_keeps_used_ones() {
+        let mut p = mk_pool(4);
+        let a = p.allocate(&mk_req("a"), 0, "t").expect("ip");
+        let gone: BTreeSet<String> = ["10.0.0.3".to_string(), a.ip.to_string()].into();
+        let v = status_patch(&p, &BTreeMap::new(), 0, "x", &gone);
+        assert_eq!(v["status"]["usage"]["used"]["10.0.0.3"], Value::Null);
+        assert!(
+            v["status"]["usage"]["used"]
+                .as_object()
+                .is_some_and(|m| m.contains_key("10.0.0.3")),
+            "an explicit null deletes the key"
+        );
+        assert_eq!(
+            v["status"]["usage"]["used"][a.ip.to_string()],
+            "default/pod-a",
+            "in use wins over gone"
+        );
+    }
+
+    #[test]
     fn patch_without_answers_leaves_release_alone() {
         let p = mk_pool(1);
-        let v = status_patch(&p, &BTreeMap::new(), 0, "x");
+        let v = status_patch(&p, &BTreeMap::new(), 0, "x", &BTreeSet::new());
         assert!(v["status"].get("release").is_none());
     }
 

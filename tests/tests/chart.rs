@@ -268,6 +268,8 @@ fn rbac_grants_each_component_exactly_what_its_docs_list() {
                     "sextantidentities",
                     &["get", "list", "watch", "create"]
                 ),
+                ("", "events", &["create", "patch"]),
+                ("events.k8s.io", "events", &["create", "patch"]),
             ]),
             "{}: agent",
             r.set
@@ -410,6 +412,19 @@ fn policy_rbac_is_least_privilege_for_the_operator_and_the_agent() {
             "{}: agent identity writes",
             r.set
         );
+        // Its fail-open / restored Events on its Node: posted (a series is
+        // patched), never read back, updated or deleted.
+        for group in ["", "events.k8s.io"] {
+            assert_eq!(
+                agent
+                    .get(&(group.to_owned(), "events".to_owned()))
+                    .cloned()
+                    .unwrap_or_default(),
+                ["create", "patch"].map(str::to_owned).into(),
+                "{}: agent {group}/events",
+                r.set
+            );
+        }
         if r.set == "static" {
             continue;
         }
