@@ -42,18 +42,7 @@ const PODS: usize = 200;
 
 fn node(name: &str, i: usize) -> Node {
     let zone = ["us-east-1a", "us-east-1b"][i % 2];
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {"type": "kwok", "kubernetes.io/hostname": name,
-                "node.kubernetes.io/instance-type": "m5.4xlarge",
-                "topology.kubernetes.io/zone": zone},
-        },
-        "spec": {"providerID": format!("aws:///{zone}/i-0{i:016x}")},
-    }))
-    .expect("node")
+    install::kwok_node(name, zone, &format!("i-0{i:016x}"), "m5.4xlarge")
 }
 
 fn free(nn: &NodeNetwork) -> usize {

@@ -18,18 +18,7 @@ fn cluster() -> Option<&'static Cluster> {
 }
 
 fn crds_installed(c: &Cluster) {
-    apply(c, &install::crd_manifests().expect("crds"), false).expect("CRDs apply");
-    c.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ],
-        None,
-    )
-    .expect("CRDs established");
+    install::apply_crds(c).expect("CRDs applied and established");
 }
 
 #[test]

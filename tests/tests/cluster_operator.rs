@@ -30,26 +30,6 @@ fn cluster() -> Option<&'static Cluster> {
     Cluster::for_test(env!("CARGO_BIN_EXE_sextant-cluster"), Options::default())
 }
 
-/// A kwok node as a cloud's node controller would register it.
-fn kwok_node(name: &str, provider_id: &str, zone: &str, instance_type: &str) -> Node {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "node.kubernetes.io/instance-type": instance_type,
-                "topology.kubernetes.io/zone": zone,
-            },
-        },
-        "spec": {"providerID": provider_id},
-    }))
-    .expect("node")
-}
-
 /// Runs one operator replica named `pod` with the chart's environment plus
 /// `env`, its admin server on a free loopback port.
 async fn operator(
@@ -215,12 +195,7 @@ async fn kwok_nodes_get_node_networks_filled_to_pre_allocate_on_the_simulated_cl
         } else {
             "us-east-1b"
         };
-        let node = kwok_node(
-            &name,
-            &format!("aws:///{zone}/i-0e2e{i:013}"),
-            zone,
-            "m5.large",
-        );
+        let node = install::kwok_node(&name, zone, &format!("i-0e2e{i:013}"), "m5.large");
         nodes_api
             .create(&PostParams::default(), &node)
             .await
@@ -360,7 +335,7 @@ async fn kwok_nodes_backed_by_moto_instances_get_enis_from_moto() {
     for (zone, inst) in setup["instances"].as_object().expect("instances") {
         let inst = inst.as_str().expect("id");
         let name = format!("aws-node-{zone}");
-        let node = kwok_node(&name, &format!("aws:///{zone}/{inst}"), zone, "m5.large");
+        let node = install::kwok_node(&name, zone, inst, "m5.large");
         nodes_api
             .create(&PostParams::default(), &node)
             .await

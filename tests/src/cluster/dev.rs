@@ -123,17 +123,7 @@ pub async fn install_sextant(cluster: &Cluster, extender_port: u16) -> anyhow::R
     for i in 0..NODES {
         let zone = ["us-east-1a", "us-east-1b"][i % 2];
         let name = format!("kwok-node-{i}");
-        let node: Node = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {"type": "kwok", "kubernetes.io/hostname": name,
-                    "node.kubernetes.io/instance-type": "m5.large",
-                    "topology.kubernetes.io/zone": zone},
-            },
-            "spec": {"providerID": format!("aws:///{zone}/i-0dev{i:013}")},
-        }))?;
+        let node = install::kwok_node(&name, zone, &format!("i-0dev{i:013}"), "m5.large");
         if let Err(e) = nodes.create(&PostParams::default(), &node).await {
             tracing_free_warn(&format!("creating node {name}: {e}"));
         }

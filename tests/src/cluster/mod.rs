@@ -243,10 +243,12 @@ impl Cluster {
             .as_str()
             .context("TokenRequest answered without a token")?
             .to_owned();
-        let path = self
-            .info
-            .dir
-            .join(format!("sa-{namespace}-{name}.kubeconfig"));
+        // One file per token: components started in parallel under the same
+        // ServiceAccount never share (or race on) a kubeconfig.
+        let path = self.info.dir.join(format!(
+            "sa-{namespace}-{name}-{}.kubeconfig",
+            NAMESPACES.fetch_add(1, Ordering::Relaxed)
+        ));
         kubeconfig::write_token(
             &path,
             &self.info.api_url,

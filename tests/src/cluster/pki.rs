@@ -123,24 +123,4 @@ impl Pki {
         std::fs::write(&out.key, key.serialize_pem())?;
         Ok(out)
     }
-
-    /// A serving certificate for `sans` signed by the cluster CA (webhooks,
-    /// extenders), written as `<file>.crt` / `<file>.key`.
-    pub fn serving_pair(&self, file: &str, sans: &[&str]) -> anyhow::Result<ClientCert> {
-        let key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        if let Some(cn) = sans.first() {
-            params.distinguished_name.push(DnType::CommonName, *cn);
-        }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.ca)?;
-        let out = ClientCert {
-            cert: self.dir.join(format!("{file}.crt")),
-            key: self.dir.join(format!("{file}.key")),
-        };
-        std::fs::write(&out.cert, cert.pem())?;
-        std::fs::write(&out.key, key.serialize_pem())?;
-        Ok(out)
-    }
 }
