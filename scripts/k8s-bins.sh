@@ -116,55 +116,35 @@ EOF
   echo "k8s-bins: Kubernetes $KUBERNETES_VERSION built in $(elapsed "$start")"
 }
 
-build_etcd() {
-  local start w
+# build_module NAME VERSION DIR MODULE PACKAGE LDFLAGS: one binary NAME from
+# PACKAGE of MODULE@VERSION through a wrapper module, into DIR.
+build_module() {
+  local name=$1 version=$2 dir=$3 module=$4 package=$5 ldflags=$6 start w
   start=$(date +%s)
-  echo "k8s-bins: building etcd $ETCD_VERSION into $ETCD_DIR"
+  echo "k8s-bins: building $name $version into $dir"
   w=$(new_wrapper)
   cd "$w"
-  go mod init sextant.local/etcd-bin >/dev/null 2>&1
-  go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-  cat > tools.go <<'EOF'
-//go:build tools
-
-package tools
-
-import _ "go.etcd.io/etcd/server/v3"
-EOF
+  go mod init "sextant.local/$name-bin" >/dev/null 2>&1
+  go mod edit -require="$module@$version"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" > tools.go
   go mod tidy
-  rm -rf "$ETCD_DIR.tmp"
-  mkdir -p "$ETCD_DIR.tmp"
-  go build -trimpath -ldflags "-s -w" -o "$ETCD_DIR.tmp/etcd" go.etcd.io/etcd/server/v3
-  "$ETCD_DIR.tmp/etcd" --version | head -1
-  rm -rf "$ETCD_DIR"
-  mv "$ETCD_DIR.tmp" "$ETCD_DIR"
-  touch "$ETCD_DIR/.complete"
-  echo "k8s-bins: etcd $ETCD_VERSION built in $(elapsed "$start")"
+  rm -rf "$dir.tmp"
+  mkdir -p "$dir.tmp"
+  go build -trimpath -ldflags "-s -w $ldflags" -o "$dir.tmp/$name" "$package"
+  "$dir.tmp/$name" --version | head -1
+  rm -rf "$dir"
+  mv "$dir.tmp" "$dir"
+  touch "$dir/.complete"
+  echo "k8s-bins: $name $version built in $(elapsed "$start")"
+}
+
+build_etcd() {
+  build_module etcd "$ETCD_VERSION" "$ETCD_DIR" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ""
 }
 
 build_kwok() {
-  local start w
-  start=$(date +%s)
-  echo "k8s-bins: building kwok $KWOK_VERSION into $KWOK_DIR"
-  w=$(new_wrapper)
-  cd "$w"
-  go mod init sextant.local/kwok-bin >/dev/null 2>&1
-  go mod edit -require="sigs.k8s.io/kwok@$KWOK_VERSION"
-  cat > tools.go <<'EOF'
-//go:build tools
-
-package tools
-
-import _ "sigs.k8s.io/kwok/cmd/kwok"
-EOF
-  go mod tidy
-  rm -rf "$KWOK_DIR.tmp"
-  mkdir -p "$KWOK_DIR.tmp"
-  go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$KWOK_DIR.tmp/kwok" sigs.k8s.io/kwok/cmd/kwok
-  rm -rf "$KWOK_DIR"
-  mv "$KWOK_DIR.tmp" "$KWOK_DIR"
-  touch "$KWOK_DIR/.complete"
-  echo "k8s-bins: kwok $KWOK_VERSION built in $(elapsed "$start")"
+  build_module kwok "$KWOK_VERSION" "$KWOK_DIR" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok \
+    "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 }
 
 mkdir -p "$CACHE"

@@ -39,6 +39,9 @@ use sextant_e2e::cluster::{
 const PRE_ALLOCATE: usize = 8;
 const BURST: usize = 100;
 const PODS: usize = 200;
+/// Sextant's components: the chart's ServiceAccounts (the bench itself and
+/// kwok use the admin certificate).
+const SEXTANT_USERS: &str = "system:serviceaccount:sextant-system:";
 
 fn node(name: &str, i: usize) -> Node {
     let zone = ["us-east-1a", "us-east-1b"][i % 2];
@@ -145,35 +148,38 @@ fn now_rfc3339() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Creates `PODS` pods for `scheduler` and returns each one's wait from
-/// its create call returning to a watch seeing it bound, in ms.
-async fn schedule(client: &Client, ns: &str, scheduler: &str) -> Vec<f64> {
+/// Creates `PODS` pods for each of `schedulers`, interleaved (pod i goes
+/// to `schedulers[i % n]`, both schedulers running at once, so neither is
+/// favoured by what else the machine is doing), four creates in flight;
+/// returns per scheduler each pod's wait from just before its create call
+/// to a watch seeing it bound, in ms, sorted.
+async fn schedule(client: &Client, ns: &str, schedulers: &[&str]) -> HashMap<String, Vec<f64>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let waits: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let selector = format!("p9-scheduler={scheduler}");
+    let created: Arc<Mutex<HashMap<String, (String, Instant)>>> = Arc::default();
+    let waits: Arc<Mutex<HashMap<String, Vec<f64>>>> = Arc::default();
     let watch = {
         let created = created.clone();
         let waits = waits.clone();
         let stream =
-            watcher(pods.clone(), watcher::Config::default().labels(&selector)).applied_objects();
+            watcher(pods.clone(), watcher::Config::default().labels("p9-pod=1")).applied_objects();
         tokio::spawn(async move {
             let mut seen = std::collections::HashSet::new();
             let mut stream = std::pin::pin!(stream);
             while let Ok(Some(pod)) = stream.try_next().await {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                if pod
+                let bound = pod
                     .spec
                     .as_ref()
                     .and_then(|s| s.node_name.as_ref())
-                    .is_some()
-                    && seen.insert(name.clone())
-                {
-                    let t0 = created.lock().expect("lock").get(&name).copied();
-                    if let Some(t0) = t0 {
+                    .is_some();
+                if bound && seen.insert(name.clone()) {
+                    let entry = created.lock().expect("lock").get(&name).cloned();
+                    if let Some((scheduler, t0)) = entry {
                         waits
                             .lock()
                             .expect("lock")
+                            .entry(scheduler)
+                            .or_default()
                             .push(t0.elapsed().as_secs_f64() * 1e3);
                     }
                 }
@@ -181,16 +187,17 @@ async fn schedule(client: &Client, ns: &str, scheduler: &str) -> Vec<f64> {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stream::iter(0..PODS)
-        .for_each_concurrent(10, |i| {
+    let total = PODS * schedulers.len();
+    stream::iter(0..total)
+        .for_each_concurrent(4, |i| {
             let pods = pods.clone();
             let created = created.clone();
-            let scheduler = scheduler.to_owned();
+            let scheduler = schedulers[i % schedulers.len()].to_owned();
             async move {
                 let name = format!("{scheduler}-{i}");
                 let pod: Pod = serde_json::from_value(serde_json::json!({
                     "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": name, "labels": {"p9-scheduler": scheduler}},
+                    "metadata": {"name": name, "labels": {"p9-pod": "1"}},
                     "spec": {
                         "schedulerName": scheduler,
                         "nodeSelector": {"type": "kwok"},
@@ -200,23 +207,30 @@ async fn schedule(client: &Client, ns: &str, scheduler: &str) -> Vec<f64> {
                     },
                 }))
                 .expect("pod");
-                let t = Instant::now();
-                if pods.create(&PostParams::default(), &pod).await.is_ok() {
-                    created.lock().expect("lock").insert(name, t);
+                // Recorded before the call, so a watch event can't beat it.
+                created
+                    .lock()
+                    .expect("lock")
+                    .insert(name.clone(), (scheduler, Instant::now()));
+                if pods.create(&PostParams::default(), &pod).await.is_err() {
+                    created.lock().expect("lock").remove(&name);
                 }
             }
         })
         .await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while waits.lock().expect("lock").len() < created.lock().expect("lock").len()
+    let done = |w: &HashMap<String, Vec<f64>>| w.values().map(Vec::len).sum::<usize>();
+    while done(&waits.lock().expect("lock")) < created.lock().expect("lock").len()
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     watch.abort();
-    let mut w = waits.lock().expect("lock").clone();
-    w.sort_by(f64::total_cmp);
-    w
+    let mut out = waits.lock().expect("lock").clone();
+    for w in out.values_mut() {
+        w.sort_by(f64::total_cmp);
+    }
+    out
 }
 
 #[tokio::main]
@@ -388,8 +402,9 @@ async fn main() -> anyhow::Result<()> {
         &[],
     )?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let with_ext = schedule(&admin, &ns, "default-scheduler").await;
-    let without = schedule(&admin, &ns, "plain-scheduler").await;
+    let mut waits = schedule(&admin, &ns, &["default-scheduler", "plain-scheduler"]).await;
+    let with_ext = waits.remove("default-scheduler").unwrap_or_default();
+    let without = waits.remove("plain-scheduler").unwrap_or_default();
     let ext_metrics = scrape(&ext_addr);
     drop(plain);
 
@@ -411,14 +426,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let secs = all_ready.max(1.0);
     for (user, n) in &by_user {
-        if user.contains("sextant") {
+        if user.starts_with(SEXTANT_USERS) {
             println!("P9 API requests by {user}: {:.1}/s ({n})", *n as f64 / secs);
         }
     }
     let total: u64 = by_user.values().sum();
     let sextant: u64 = by_user
         .iter()
-        .filter(|(u, _)| u.contains("sextant"))
+        .filter(|(u, _)| u.starts_with(SEXTANT_USERS))
         .map(|(_, n)| n)
         .sum();
     println!(
