@@ -359,8 +359,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let all_ready = start.elapsed().as_secs_f64();
     let window_to = now_rfc3339();
-    let reconciles =
-        counter_sum(&scrape(&op_addr), "sextant_operator_reconciles") - reconciles_before;
+    let op_metrics = scrape(&op_addr);
+    let reconciles = counter_sum(&op_metrics, "sextant_operator_reconciles") - reconciles_before;
     nn_watch.abort();
     let mut waits: Vec<f64> = ready_after
         .lock()
@@ -402,9 +402,9 @@ async fn main() -> anyhow::Result<()> {
         &[],
     )?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut waits = schedule(&admin, &ns, &["default-scheduler", "plain-scheduler"]).await;
-    let with_ext = waits.remove("default-scheduler").unwrap_or_default();
-    let without = waits.remove("plain-scheduler").unwrap_or_default();
+    let mut bound = schedule(&admin, &ns, &["default-scheduler", "plain-scheduler"]).await;
+    let with_ext = bound.remove("default-scheduler").unwrap_or_default();
+    let without = bound.remove("plain-scheduler").unwrap_or_default();
     let ext_metrics = scrape(&ext_addr);
     drop(plain);
 
@@ -441,6 +441,26 @@ async fn main() -> anyhow::Result<()> {
         sextant as f64 / secs,
         total as f64 / secs,
         100.0 * sextant as f64 / total.max(1) as f64
+    );
+    // What the cloud saw: the operator's own call counters by action.
+    let mut calls: BTreeMap<String, f64> = BTreeMap::new();
+    for line in op_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("sextant_cloud_api_calls_total{")
+            && let Some(action) = rest
+                .split("action=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            && let Some(n) = rest.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok())
+        {
+            *calls.entry(action.to_owned()).or_default() += n;
+        }
+    }
+    let listed: Vec<String> = calls.iter().map(|(a, n)| format!("{a} {n:.0}")).collect();
+    println!(
+        "P9 cloud calls for {held} nodes (simulated EC2 with its buckets): {:.0} in total, {:.2} per node ({})",
+        calls.values().sum::<f64>(),
+        calls.values().sum::<f64>() / held.max(1) as f64,
+        listed.join(", ")
     );
     let (a50, a99) = (quantile(&with_ext, 0.5), quantile(&with_ext, 0.99));
     let (b50, b99) = (quantile(&without, 0.5), quantile(&without, 0.99));
