@@ -32,7 +32,7 @@ use kube::{
 use sextant_crds::NodeNetwork;
 use sextant_e2e::cluster::{
     Cluster, Options, Process,
-    install::{self, Component, PodFacts, loopback_addr},
+    install::{self, Component, loopback_addr},
     supervisor::{free_port, scheduler_config},
 };
 
@@ -257,19 +257,13 @@ async fn main() -> anyhow::Result<()> {
         &c,
         &rendered,
         "sextant-operator",
-        Component {
-            workload: "sextant-operator",
-            container: "operator",
-            bin: "sextant-operator",
-            service_account: Some("sextant-operator"),
-            pod: PodFacts {
-                pod_name: "sextant-operator-p9".into(),
-                node_name: "cp".into(),
-            },
-            overrides: vec![("SEXTANT_LISTEN_ADDR", op_addr.clone())],
-            args: None,
-            extra_args: vec![],
-        },
+        Component::new(
+            "sextant-operator",
+            "operator",
+            Some("sextant-operator"),
+            "sextant-operator-p9",
+            vec![("SEXTANT_LISTEN_ADDR", op_addr.clone())],
+        ),
     )
     .await?;
     let ext_addr = format!("127.0.0.1:{extender_port}");
@@ -277,19 +271,13 @@ async fn main() -> anyhow::Result<()> {
         &c,
         &rendered,
         "sextant-scheduler-ext",
-        Component {
-            workload: "sextant-scheduler-ext",
-            container: "scheduler-ext",
-            bin: "sextant-scheduler-ext",
-            service_account: Some("sextant-scheduler-ext"),
-            pod: PodFacts {
-                pod_name: "sextant-scheduler-ext-p9".into(),
-                node_name: "cp".into(),
-            },
-            overrides: vec![("SEXTANT_SCHEDULER_EXT_LISTEN", ext_addr.clone())],
-            args: None,
-            extra_args: vec![],
-        },
+        Component::new(
+            "sextant-scheduler-ext",
+            "scheduler-ext",
+            Some("sextant-scheduler-ext"),
+            "sextant-scheduler-ext-p9",
+            vec![("SEXTANT_SCHEDULER_EXT_LISTEN", ext_addr.clone())],
+        ),
     )
     .await?;
     let admin = c.admin().await?;

@@ -51,18 +51,7 @@ fn cluster() -> Option<&'static Cluster> {
 
 /// The chart's CRDs, applied and Established; an admin client.
 async fn with_crds(c: &Cluster) -> Client {
-    install::apply(c, &install::crd_manifests().expect("CRDs"), false).expect("apply CRDs");
-    c.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ],
-        None,
-    )
-    .expect("CRDs established");
+    install::apply_crds(c).expect("CRDs applied and established");
     c.admin().await.expect("admin client")
 }
 

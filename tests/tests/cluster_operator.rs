@@ -17,7 +17,7 @@ use sextant_e2e::{
     chart::NAMESPACE,
     cluster::{
         Cluster, Options, Process, eventually,
-        install::{self, Component, PodFacts, Running, loopback_addr},
+        install::{self, Component, Running, loopback_addr},
         supervisor::free_port,
     },
 };
@@ -44,19 +44,13 @@ async fn operator(
         c,
         rendered,
         pod,
-        Component {
-            workload: "sextant-operator",
-            container: "operator",
-            bin: "sextant-operator",
-            service_account: Some("sextant-operator"),
-            pod: PodFacts {
-                pod_name: pod.to_owned(),
-                node_name: "control-plane".into(),
-            },
+        Component::new(
+            "sextant-operator",
+            "operator",
+            Some("sextant-operator"),
+            pod,
             overrides,
-            args: None,
-            extra_args: vec![],
-        },
+        ),
     )
     .await
     .expect("operator started")

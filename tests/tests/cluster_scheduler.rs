@@ -23,7 +23,6 @@ use k8s_openapi::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
             Container, Event, Node, NodeSpec, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
-            ServiceAccount,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::LabelSelector},
@@ -36,7 +35,7 @@ use serde_json::{Value, json};
 use sextant_crds::{FixedIP, FixedIPSpec, IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
 use sextant_e2e::cluster::{
     Cluster, Options, eventually,
-    install::{self, Component, PodFacts, Running, wait_http_ok},
+    install::{self, Component, Running, wait_http_ok},
     supervisor::free_port,
 };
 
@@ -89,19 +88,13 @@ async fn start_extender(
         c,
         rendered,
         name,
-        Component {
-            workload: "sextant-scheduler-ext",
-            container: "scheduler-ext",
-            bin: "sextant-scheduler-ext",
-            service_account: Some("sextant-scheduler-ext"),
-            pod: PodFacts {
-                pod_name: "sextant-scheduler-ext-0".into(),
-                node_name: "host".into(),
-            },
-            overrides: vec![("SEXTANT_SCHEDULER_EXT_LISTEN", addr.clone())],
-            args: None,
-            extra_args: vec![],
-        },
+        Component::new(
+            "sextant-scheduler-ext",
+            "scheduler-ext",
+            Some("sextant-scheduler-ext"),
+            "sextant-scheduler-ext-0",
+            vec![("SEXTANT_SCHEDULER_EXT_LISTEN", addr.clone())],
+        ),
     )
     .await?;
     // Ready once both watches have listed (its /readyz).
@@ -388,22 +381,6 @@ fn extender_passes(pod: &Pod, nodes: &[&str]) -> anyhow::Result<Vec<String>> {
         .flatten()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect())
-}
-
-/// A fresh namespace whose `default` ServiceAccount exists.
-async fn namespace(c: &Cluster, client: &Client, prefix: &str) -> anyhow::Result<String> {
-    let ns = c.namespace(prefix).await?;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    eventually(
-        Duration::from_secs(60),
-        "the default ServiceAccount",
-        || {
-            let sas = sas.clone();
-            async move { Ok(sas.get_opt("default").await?.map(|_| ())) }
-        },
-    )
-    .await?;
-    Ok(ns)
 }
 
 /// Plain pods stay off a node whose pod IPs are used up, though kube-scheduler's
@@ -843,7 +820,7 @@ async fn kube_scheduler_with_the_extender_keeps_pods_off_full_nodes_and_fixed_ip
     ] {
         create_node(&admin, name, group, zone, 20).await?;
     }
-    let ns = namespace(c, &admin, "sched").await?;
+    let ns = c.namespace("sched").await?;
 
     capacity_phase(&admin, &ns).await?;
     fixed_ip_phase(&admin, &ns).await?;

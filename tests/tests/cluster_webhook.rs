@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, ensure};
 use k8s_openapi::{
-    api::core::v1::{Container, Namespace, Pod, PodSpec, ServiceAccount},
+    api::core::v1::{Container, Namespace, Pod, PodSpec},
     apimachinery::pkg::api::resource::Quantity,
 };
 use kube::{
@@ -167,24 +167,6 @@ fn asks_for_one_ip(pod: &Pod) -> bool {
     ip_resource(pod) == (Some(Quantity("1".into())), Some(Quantity("1".into())))
 }
 
-/// A fresh namespace whose `default` ServiceAccount exists (the
-/// ServiceAccount admission plugin refuses pods before the controller
-/// manager made it).
-async fn namespace(c: &Cluster, client: &Client, prefix: &str) -> anyhow::Result<String> {
-    let ns = c.namespace(prefix).await?;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    eventually(
-        Duration::from_secs(60),
-        "the default ServiceAccount",
-        || {
-            let sas = sas.clone();
-            async move { Ok(sas.get_opt("default").await?.map(|_| ())) }
-        },
-    )
-    .await?;
-    Ok(ns)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_adds_the_ip_resource_through_the_api_server_skips_excluded_pods_and_fails_open()
 -> anyhow::Result<()> {
@@ -210,7 +192,7 @@ async fn webhook_adds_the_ip_resource_through_the_api_server_skips_excluded_pods
 
     let metrics = loopback_addr()?;
     let mut webhook = start_webhook(c, &rendered, port, &metrics, "sextant-webhook").await?;
-    let ns = namespace(c, &admin, "wh").await?;
+    let ns = c.namespace("wh").await?;
 
     // Mutated by the API server's call. The first pods may be created before
     // the API server has picked the configuration up (it fails open then).
@@ -240,7 +222,7 @@ async fn webhook_adds_the_ip_resource_through_the_api_server_skips_excluded_pods
     // (the webhook's review count stays put), and a hostNetwork pod is
     // answered unchanged by the webhook itself.
     let before = reviews(&metrics)?;
-    let skipped = namespace(c, &admin, "wh-skip").await?;
+    let skipped = c.namespace("wh-skip").await?;
     Api::<Namespace>::all(admin.clone())
         .patch(
             &skipped,

@@ -14,7 +14,7 @@ use kube::{
 
 use super::{
     Cluster,
-    install::{self, Component, PodFacts, Running, loopback_addr, wait_http_ok},
+    install::{self, Component, Running, loopback_addr, wait_http_ok},
     supervisor::free_port,
 };
 
@@ -27,27 +27,6 @@ pub struct Sextant {
     pub components: Vec<Running>,
     /// Lines to print for the person.
     pub notes: Vec<String>,
-}
-
-fn component<'a>(
-    workload: &'a str,
-    container: &'a str,
-    sa: Option<&'a str>,
-    overrides: Vec<(&'a str, String)>,
-) -> Component<'a> {
-    Component {
-        workload,
-        container,
-        bin: workload,
-        service_account: sa,
-        pod: PodFacts {
-            pod_name: format!("{workload}-dev"),
-            node_name: "dev-control-plane".into(),
-        },
-        overrides,
-        args: None,
-        extra_args: vec![],
-    }
 }
 
 /// Installs and starts Sextant on `cluster`, whose default scheduler calls
@@ -66,10 +45,11 @@ pub async fn install_sextant(cluster: &Cluster, extender_port: u16) -> anyhow::R
         cluster,
         &rendered,
         "sextant-operator",
-        component(
+        Component::new(
             "sextant-operator",
             "operator",
             Some("sextant-operator"),
+            "sextant-operator-dev",
             vec![("SEXTANT_LISTEN_ADDR", op_addr.clone())],
         ),
     )
@@ -84,10 +64,11 @@ pub async fn install_sextant(cluster: &Cluster, extender_port: u16) -> anyhow::R
         cluster,
         &rendered,
         "sextant-webhook",
-        component(
+        Component::new(
             "sextant-webhook",
             "webhook",
             None,
+            "sextant-webhook-dev",
             vec![
                 (
                     "SEXTANT_WEBHOOK_LISTEN",
@@ -108,10 +89,11 @@ pub async fn install_sextant(cluster: &Cluster, extender_port: u16) -> anyhow::R
         cluster,
         &rendered,
         "sextant-scheduler-ext",
-        component(
+        Component::new(
             "sextant-scheduler-ext",
             "scheduler-ext",
             Some("sextant-scheduler-ext"),
+            "sextant-scheduler-ext-dev",
             vec![("SEXTANT_SCHEDULER_EXT_LISTEN", ext_addr.clone())],
         ),
     )

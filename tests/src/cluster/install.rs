@@ -222,6 +222,33 @@ pub struct Component<'a> {
     pub extra_args: Vec<String>,
 }
 
+impl<'a> Component<'a> {
+    /// Workload `workload` (also the binary's name), its container
+    /// `container`, under ServiceAccount `service_account`, as pod
+    /// `pod_name`, with `overrides` on the rendered environment.
+    pub fn new(
+        workload: &'a str,
+        container: &'a str,
+        service_account: Option<&'a str>,
+        pod_name: &str,
+        overrides: Vec<(&'a str, String)>,
+    ) -> Component<'a> {
+        Component {
+            workload,
+            container,
+            bin: workload,
+            service_account,
+            pod: PodFacts {
+                pod_name: pod_name.to_owned(),
+                node_name: "control-plane".into(),
+            },
+            overrides,
+            args: None,
+            extra_args: vec![],
+        }
+    }
+}
+
 /// A component process and what it was started with.
 pub struct Running {
     /// The process (stopped on drop).

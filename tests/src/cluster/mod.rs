@@ -259,7 +259,8 @@ impl Cluster {
         Ok(path)
     }
 
-    /// A fresh namespace `<prefix>-<n>` for one test.
+    /// A fresh namespace `<prefix>-<n>` for one test, ready for pods (its
+    /// `default` ServiceAccount exists).
     pub async fn namespace(&self, prefix: &str) -> anyhow::Result<String> {
         let name = format!("{prefix}-{}", NAMESPACES.fetch_add(1, Ordering::Relaxed));
         let api: Api<Namespace> = Api::all(self.admin().await?);
@@ -275,6 +276,18 @@ impl Cluster {
         )
         .await
         .with_context(|| format!("creating namespace {name}"))?;
+        // The ServiceAccount admission plugin refuses pods until the
+        // controller manager has made the namespace's `default` account.
+        let sas: Api<ServiceAccount> = Api::namespaced(self.admin().await?, &name);
+        eventually(
+            Duration::from_secs(60),
+            "the default ServiceAccount",
+            || {
+                let sas = sas.clone();
+                async move { Ok(sas.get_opt("default").await?.map(|_| ())) }
+            },
+        )
+        .await?;
         Ok(name)
     }
 
