@@ -31,8 +31,7 @@ use kube::{
 };
 use sextant_crds::NodeNetwork;
 use sextant_e2e::cluster::{
-    Cluster, Options, Process,
-    install::{self, Component, loopback_addr},
+    Cluster, Options, Process, install,
     supervisor::{free_port, scheduler_config},
 };
 
@@ -252,34 +251,10 @@ async fn main() -> anyhow::Result<()> {
         "provider: sim\nregion: us-east-1\nclusterName: p9\nvpcId: vpc-sim\nipam:\n  preAllocate: {PRE_ALLOCATE}\nsim:\n  instanceType: m5.4xlarge\n  vpcCidr: 10.0.0.0/16\n"
     );
     let rendered = install::install(&c, Some(values))?;
-    let op_addr = loopback_addr()?;
-    let op = install::run(
-        &c,
-        &rendered,
-        "sextant-operator",
-        Component::new(
-            "sextant-operator",
-            "operator",
-            Some("sextant-operator"),
-            "sextant-operator-p9",
-            vec![("SEXTANT_LISTEN_ADDR", op_addr.clone())],
-        ),
-    )
-    .await?;
+    let (op, op_addr) = install::run_operator(&c, &rendered, "sextant-operator-p9", vec![]).await?;
     let ext_addr = format!("127.0.0.1:{extender_port}");
-    let ext = install::run(
-        &c,
-        &rendered,
-        "sextant-scheduler-ext",
-        Component::new(
-            "sextant-scheduler-ext",
-            "scheduler-ext",
-            Some("sextant-scheduler-ext"),
-            "sextant-scheduler-ext-p9",
-            vec![("SEXTANT_SCHEDULER_EXT_LISTEN", ext_addr.clone())],
-        ),
-    )
-    .await?;
+    let ext =
+        install::run_scheduler_ext(&c, &rendered, "sextant-scheduler-ext-p9", &ext_addr).await?;
     let admin = c.admin().await?;
 
     // Nodes, 100 at a time; each one's NodeNetwork watched until its pool

@@ -385,26 +385,6 @@ async fn a_fixed_ip_status_decided_on_a_stale_read_is_refused_with_409() {
     );
 }
 
-/// A kwok node as a cloud's node controller would register it.
-fn kwok_node(name: &str, provider_id: &str) -> k8s_openapi::api::core::v1::Node {
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "node.kubernetes.io/instance-type": "m5.large",
-                "topology.kubernetes.io/zone": "us-east-1a",
-            },
-        },
-        "spec": {"providerID": provider_id},
-    }))
-    .expect("node")
-}
-
 /// A small deterministic sequence (no test randomness).
 struct Lcg(u64);
 
@@ -546,27 +526,9 @@ async fn the_operator_racing_agent_reports_loses_none_and_never_releases_a_used_
     let Some(c) = cluster() else { return };
     let values = "provider: sim\nregion: us-east-1\nclusterName: e2e\nvpcId: vpc-sim\nipam:\n  preAllocate: 2\n  maxAboveWatermark: 0\n";
     let rendered = install::install(c, Some(values.into())).expect("install");
-    let addr = install::loopback_addr().expect("port");
-    let op = install::run(
-        c,
-        &rendered,
-        "sextant-operator-race",
-        install::Component {
-            workload: "sextant-operator",
-            container: "operator",
-            bin: "sextant-operator",
-            service_account: Some("sextant-operator"),
-            pod: install::PodFacts {
-                pod_name: "sextant-operator-race".into(),
-                node_name: "control-plane".into(),
-            },
-            overrides: vec![("SEXTANT_LISTEN_ADDR", addr.clone())],
-            args: None,
-            extra_args: vec![],
-        },
-    )
-    .await
-    .expect("operator started");
+    let (op, addr) = install::run_operator(c, &rendered, "sextant-operator-race", vec![])
+        .await
+        .expect("operator started");
     let admin = c.admin().await.expect("admin");
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
     let node = "race-node";
@@ -574,7 +536,7 @@ async fn the_operator_racing_agent_reports_loses_none_and_never_releases_a_used_
     nodes
         .create(
             &PostParams::default(),
-            &kwok_node(node, "aws:///us-east-1a/i-0e2e0000000000099"),
+            &install::kwok_node(node, "us-east-1a", "i-0e2e0000000000099", "m5.large"),
         )
         .await
         .expect("node");

@@ -17,7 +17,7 @@ use sextant_e2e::{
     chart::NAMESPACE,
     cluster::{
         Cluster, Options, Process, eventually,
-        install::{self, Component, Running, loopback_addr},
+        install::{self, Running},
         supervisor::free_port,
     },
 };
@@ -38,22 +38,10 @@ async fn operator(
     pod: &str,
     env: Vec<(&'static str, String)>,
 ) -> Running {
-    let mut overrides = vec![("SEXTANT_LISTEN_ADDR", loopback_addr().expect("port"))];
-    overrides.extend(env);
-    install::run(
-        c,
-        rendered,
-        pod,
-        Component::new(
-            "sextant-operator",
-            "operator",
-            Some("sextant-operator"),
-            pod,
-            overrides,
-        ),
-    )
-    .await
-    .expect("operator started")
+    install::run_operator(c, rendered, pod, env)
+        .await
+        .expect("operator started")
+        .0
 }
 
 async fn lease_holder(c: &Cluster, name: &str) -> anyhow::Result<Option<String>> {
@@ -125,8 +113,11 @@ async fn two_replicas_elect_one_leader_and_hand_over_when_it_dies() {
     let _serial = SERIAL.lock().await;
     let Some(c) = cluster() else { return };
     let rendered = install::install(c, Some(values_sim("vpc-sim"))).expect("install");
-    let mut a = operator(c, &rendered, "sextant-operator-a", vec![]).await;
-    let b = operator(c, &rendered, "sextant-operator-b", vec![]).await;
+    let mut replicas = [
+        operator(c, &rendered, "sextant-operator-a", vec![]).await,
+        operator(c, &rendered, "sextant-operator-b", vec![]).await,
+    ];
+    let names = ["sextant-operator-a", "sextant-operator-b"];
     let first = eventually(
         Duration::from_secs(60),
         "a leader holds the Lease",
@@ -134,44 +125,29 @@ async fn two_replicas_elect_one_leader_and_hand_over_when_it_dies() {
     )
     .await
     .expect("leader");
-    assert!(first.starts_with("sextant-operator-"), "holder {first}");
+    let leader = names
+        .iter()
+        .position(|n| *n == first)
+        .unwrap_or_else(|| panic!("holder {first} is neither replica"));
+    let standby = 1 - leader;
     // Kill the leader (no graceful release): the other replica must take
     // over once the lease (6 s here) expires.
-    let (leader, standby): (&mut Process, &str) = if first.ends_with("-a") {
-        (&mut a.process, "sextant-operator-b")
-    } else {
-        let mut b = b;
-        b.process.stop(Duration::ZERO);
-        drop(b);
-        let next = eventually(
-            Duration::from_secs(30),
-            "the standby takes the Lease",
-            || async {
-                Ok(lease_holder(c, "sextant-operator")
-                    .await?
-                    .filter(|h| h == "sextant-operator-a"))
-            },
-        )
-        .await
-        .expect("handover");
-        assert_eq!(next, "sextant-operator-a");
-        a.assert_no_forbidden().expect("operator RBAC");
-        return;
-    };
-    leader.stop(Duration::ZERO);
+    replicas[leader].process.stop(Duration::ZERO);
     let next = eventually(
         Duration::from_secs(30),
         "the standby takes the Lease",
         || async {
             Ok(lease_holder(c, "sextant-operator")
                 .await?
-                .filter(|h| h == standby))
+                .filter(|h| h == names[standby]))
         },
     )
     .await
     .expect("handover");
-    assert_eq!(next, standby);
-    b.assert_no_forbidden().expect("operator RBAC");
+    assert_eq!(next, names[standby]);
+    replicas[standby]
+        .assert_no_forbidden()
+        .expect("operator RBAC");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -21,9 +21,7 @@ use anyhow::{Context, bail, ensure};
 use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
-        core::v1::{
-            Container, Event, Node, NodeSpec, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
-        },
+        core::v1::{Container, Event, Node, Pod, PodSpec, PodTemplateSpec, ResourceRequirements},
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::LabelSelector},
 };
@@ -35,7 +33,7 @@ use serde_json::{Value, json};
 use sextant_crds::{FixedIP, FixedIPSpec, IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
 use sextant_e2e::cluster::{
     Cluster, Options, eventually,
-    install::{self, Component, Running, wait_http_ok},
+    install::{self, Running},
     supervisor::free_port,
 };
 
@@ -84,22 +82,7 @@ async fn start_extender(
     name: &str,
 ) -> anyhow::Result<Running> {
     let addr = format!("127.0.0.1:{}", extender_port());
-    let mut running = install::run(
-        c,
-        rendered,
-        name,
-        Component::new(
-            "sextant-scheduler-ext",
-            "scheduler-ext",
-            Some("sextant-scheduler-ext"),
-            "sextant-scheduler-ext-0",
-            vec![("SEXTANT_SCHEDULER_EXT_LISTEN", addr.clone())],
-        ),
-    )
-    .await?;
-    // Ready once both watches have listed (its /readyz).
-    wait_http_ok(&mut running.process, &addr, "/readyz").await?;
-    Ok(running)
+    install::run_scheduler_ext(c, rendered, name, &addr).await
 }
 
 /// A kwok node in `zone` advertising `ips` of `sextant.io/ip`.
@@ -112,26 +95,11 @@ async fn create_node(
 ) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let instance = format!("i-0{:x}", name.bytes().map(u32::from).sum::<u32>() * 7919);
-    let node = Node {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            annotations: Some(labels(&[("kwok.x-k8s.io/node", "fake")])),
-            labels: Some(labels(&[
-                ("type", "kwok"),
-                ("kubernetes.io/hostname", name),
-                ("kubernetes.io/os", "linux"),
-                ("topology.kubernetes.io/zone", zone),
-                ("node.kubernetes.io/instance-type", "m5.large"),
-                (GROUP, group),
-            ])),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            provider_id: Some(format!("aws:///{zone}/{instance}")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut node = install::kwok_node(name, zone, &instance, "m5.large");
+    node.metadata
+        .labels
+        .get_or_insert_default()
+        .extend(labels(&[("kubernetes.io/os", "linux"), (GROUP, group)]));
     nodes
         .create(&PostParams::default(), &node)
         .await

@@ -40,21 +40,7 @@ pub async fn install_sextant(cluster: &Cluster, extender_port: u16) -> anyhow::R
     );
     let rendered = install::install(cluster, Some(values))?;
     let mut components = Vec::new();
-    let op_addr = loopback_addr()?;
-    let mut op = install::run(
-        cluster,
-        &rendered,
-        "sextant-operator",
-        Component::new(
-            "sextant-operator",
-            "operator",
-            Some("sextant-operator"),
-            "sextant-operator-dev",
-            vec![("SEXTANT_LISTEN_ADDR", op_addr.clone())],
-        ),
-    )
-    .await?;
-    wait_http_ok(&mut op.process, &op_addr, "/healthz").await?;
+    let (op, _) = install::run_operator(cluster, &rendered, "sextant-operator-dev", vec![]).await?;
     components.push(op);
 
     let dir = install::scratch(cluster, "webhook")?;
@@ -85,20 +71,9 @@ pub async fn install_sextant(cluster: &Cluster, extender_port: u16) -> anyhow::R
     components.push(wh);
 
     let ext_addr = format!("127.0.0.1:{extender_port}");
-    let mut ext = install::run(
-        cluster,
-        &rendered,
-        "sextant-scheduler-ext",
-        Component::new(
-            "sextant-scheduler-ext",
-            "scheduler-ext",
-            Some("sextant-scheduler-ext"),
-            "sextant-scheduler-ext-dev",
-            vec![("SEXTANT_SCHEDULER_EXT_LISTEN", ext_addr.clone())],
-        ),
-    )
-    .await?;
-    wait_http_ok(&mut ext.process, &ext_addr, "/healthz").await?;
+    let ext =
+        install::run_scheduler_ext(cluster, &rendered, "sextant-scheduler-ext-dev", &ext_addr)
+            .await?;
     components.push(ext);
 
     let nodes: Api<Node> = Api::all(cluster.admin().await?);

@@ -330,6 +330,62 @@ pub async fn run(
     })
 }
 
+/// The operator (chart workload `sextant-operator`) as pod `pod`, under its
+/// chart ServiceAccount, `env` over the rendered environment, its admin
+/// server on a free loopback port; returned with that address once it
+/// answers `/healthz`.
+pub async fn run_operator(
+    cluster: &Cluster,
+    rendered: &Rendered,
+    pod: &str,
+    env: Vec<(&str, String)>,
+) -> anyhow::Result<(Running, String)> {
+    let addr = loopback_addr()?;
+    let mut overrides = vec![("SEXTANT_LISTEN_ADDR", addr.clone())];
+    overrides.extend(env);
+    let mut running = run(
+        cluster,
+        rendered,
+        pod,
+        Component::new(
+            "sextant-operator",
+            "operator",
+            Some("sextant-operator"),
+            pod,
+            overrides,
+        ),
+    )
+    .await?;
+    wait_http_ok(&mut running.process, &addr, "/healthz").await?;
+    Ok((running, addr))
+}
+
+/// The scheduler extender (chart workload `sextant-scheduler-ext`) as pod
+/// `pod`, under its chart ServiceAccount, listening on `addr` (where the
+/// scheduler calls it); returned once `/readyz` says both watches listed.
+pub async fn run_scheduler_ext(
+    cluster: &Cluster,
+    rendered: &Rendered,
+    pod: &str,
+    addr: &str,
+) -> anyhow::Result<Running> {
+    let mut running = run(
+        cluster,
+        rendered,
+        pod,
+        Component::new(
+            "sextant-scheduler-ext",
+            "scheduler-ext",
+            Some("sextant-scheduler-ext"),
+            pod,
+            vec![("SEXTANT_SCHEDULER_EXT_LISTEN", addr.to_owned())],
+        ),
+    )
+    .await?;
+    wait_http_ok(&mut running.process, addr, "/readyz").await?;
+    Ok(running)
+}
+
 /// `127.0.0.1:<free port>`.
 pub fn loopback_addr() -> anyhow::Result<String> {
     Ok(format!("127.0.0.1:{}", free_port()?))
