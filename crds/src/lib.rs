@@ -19,6 +19,7 @@ mod condition;
 mod fixed_ip;
 mod network_policy;
 mod node_network;
+pub mod wellknown;
 
 pub use condition::{condition, set_condition};
 pub use fixed_ip::*;

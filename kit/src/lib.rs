@@ -1,0 +1,25 @@
+//! What every Sextant binary shares, and nothing domain-specific (the shape
+//! of linkerd's kubert): a binary's `main` parses its flags, calls
+//! [`log::init`], and runs until [`shutdown::signal`] resolves, serving its
+//! [`admin`] endpoints on the way.
+//!
+//! ```text
+//!  main ─▶ log::init ─▶ run(args) ──┬─ admin::serve (/metrics /healthz /readyz)
+//!                                   ├─ lease::LeaderElector (feature "lease")
+//!                                   └─ until shutdown::signal (SIGTERM | SIGINT)
+//!  errors: every failure logged as errors::Chain ("a: b: c")
+//!  flags:  every duration through duration::parse ("500ms", "30s", "5m")
+//! ```
+//!
+//! Boundaries: no kube types except behind the `lease` feature, no cloud,
+//! no IPAM or datapath vocabulary. What a crate needs only for itself stays
+//! in that crate.
+
+pub mod admin;
+pub mod duration;
+pub mod errors;
+pub mod log;
+pub mod shutdown;
+pub mod sync;
+
+pub use errors::Chain as ErrorChain;
