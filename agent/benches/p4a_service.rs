@@ -14,10 +14,9 @@ use std::{
 
 use sextant_agent::{
     Error, Result,
-    api::ServiceSpec,
-    datapath::{Backend, Frontend, Proto},
     lab::{Lab, LabConfig, in_netns, line_server},
 };
+use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 const CONNECTIONS: usize = 300;

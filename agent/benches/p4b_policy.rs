@@ -223,7 +223,7 @@ fn snapshot(lab: &Lab, n: usize) -> Value {
 }
 
 fn put_policy(side: &Side, n: usize) -> Result<()> {
-    let report: Value = sextant_agent::api::call_json_blocking(
+    let report: Value = sextant_agent_api::blocking::call_json(
         &side.lab.socket,
         "PUT",
         "/v1/policy",

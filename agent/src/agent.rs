@@ -13,11 +13,12 @@ use std::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use sextant_agent_api::{
+    AgentState, CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceList,
+    ServiceSpec, fmt_mac,
+};
+
 use crate::{
-    api::{
-        CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceList,
-        ServiceSpec, fmt_mac,
-    },
     checkpoint::{self, Checkpoint},
     datapath::{CtTimeouts, Datapath, Endpoint},
     error::{Error, Result},
@@ -57,11 +58,11 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn as_str(self) -> &'static str {
+    fn state(self) -> AgentState {
         match self {
-            Phase::Restoring => "restoring",
-            Phase::Ready => "ready",
-            Phase::Degraded => "degraded",
+            Phase::Restoring => AgentState::Restoring,
+            Phase::Ready => AgentState::Ready,
+            Phase::Degraded => AgentState::Degraded,
         }
     }
 }
@@ -623,7 +624,7 @@ impl Agent {
         let c = st.pool.counts(now_ms());
         let dp = lock(&self.datapath);
         Health {
-            state: st.phase.as_str().to_string(),
+            state: st.phase.state(),
             ipam: IpamHealth {
                 status: format!("IPv4: {}/{} allocated", c.allocated, c.pool),
                 allocated: c.allocated,
@@ -1406,7 +1407,7 @@ mod tests {
         .expect("checkpoint");
         let agent = Agent::new(cfg(dir.path())).expect("agent");
         let h = agent.health();
-        assert_eq!(h.state, "restoring");
+        assert_eq!(h.state, AgentState::Restoring);
         assert_eq!(
             h.ipam.allocated, 1,
             "checkpointed allocation counts as in use"
@@ -1418,7 +1419,7 @@ mod tests {
         agent.restore().await.expect("restore");
         // The pod's netns does not exist here: its IP goes to cooldown.
         let h = agent.health();
-        assert_eq!(h.state, "ready");
+        assert_eq!(h.state, AgentState::Ready);
         assert_eq!((h.ipam.allocated, h.ipam.cooldown), (0, 1));
         assert!(agent.usage_patch(&Default::default()).is_some());
     }

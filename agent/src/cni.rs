@@ -8,9 +8,8 @@ use std::{path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{
-    api::{self, CniReply, CniRequest, Health},
-    paths::DEFAULT_SOCKET,
+use sextant_agent_api::{
+    self as api, AgentState, CniReply, CniRequest, Health, SOCKET_PATH, blocking::call_json,
 };
 
 /// CNI versions this plugin speaks.
@@ -143,7 +142,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let socket = conf
         .agent_socket
         .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        .unwrap_or_else(|| PathBuf::from(SOCKET_PATH));
     let default_timeout = if env.command == "ADD" {
         DEFAULT_ADD_TIMEOUT_SECONDS
     } else {
@@ -173,9 +172,9 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         pod_namespace: env.arg("K8S_POD_NAMESPACE"),
         pod_name: env.arg("K8S_POD_NAME"),
     };
-    let agent_err = |e: crate::Error| {
+    let agent_err = |e: api::Error| {
         let code = match &e {
-            crate::Error::Api { reason, .. } if reason.starts_with("connecting") => 11,
+            api::Error::Connect { .. } => 11,
             _ => 100,
         };
         CniError::new(
@@ -190,25 +189,16 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             need("CNI_CONTAINERID", &req.container_id)?;
             need("CNI_IFNAME", &req.ifname)?;
             need("CNI_NETNS", &req.netns)?;
-            let r: CniReply =
-                api::call_json_blocking(&socket, "POST", "/v1/cni/add", Some(&req), deadline)
-                    .map_err(agent_err)?;
+            let r: CniReply = call_json(&socket, "POST", "/v1/cni/add", Some(&req), deadline)
+                .map_err(agent_err)?;
             Ok(Some(add_result(&version, &req, &r)))
         }
         "DEL" => {
             need("CNI_CONTAINERID", &req.container_id)?;
             need("CNI_IFNAME", &req.ifname)?;
-            match api::call_json_blocking::<Value>(
-                &socket,
-                "POST",
-                "/v1/cni/del",
-                Some(&req),
-                deadline,
-            ) {
+            match call_json::<Value>(&socket, "POST", "/v1/cni/del", Some(&req), deadline) {
                 Ok(_) => Ok(None),
-                Err(crate::Error::Api { reason, .. })
-                    if reason.starts_with("connecting") || reason.starts_with("no answer") =>
-                {
+                Err(e) if e.is_unreachable() => {
                     // Agent down: clean what we can; its reconciliation frees the IP later.
                     let cleaned = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -234,25 +224,23 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         "CHECK" => {
             need("CNI_CONTAINERID", &req.container_id)?;
             need("CNI_IFNAME", &req.ifname)?;
-            let _: CniReply =
-                api::call_json_blocking(&socket, "POST", "/v1/cni/check", Some(&req), deadline)
-                    .map_err(agent_err)?;
+            let _: CniReply = call_json(&socket, "POST", "/v1/cni/check", Some(&req), deadline)
+                .map_err(agent_err)?;
             Ok(None)
         }
         "STATUS" => {
-            let h: Health =
-                api::call_json_blocking(&socket, "GET", "/v1/healthz", None::<&()>, deadline)
-                    .map_err(|e| {
-                        CniError::new(
-                            &version,
-                            50,
-                            "sextant agent not available",
-                            crate::ErrorChain(&e).to_string(),
-                        )
-                    })?;
-            if h.state == "ready" && h.ipam.free > 0 {
+            let h: Health = call_json(&socket, "GET", "/v1/healthz", None::<&()>, deadline)
+                .map_err(|e| {
+                    CniError::new(
+                        &version,
+                        50,
+                        "sextant agent not available",
+                        crate::ErrorChain(&e).to_string(),
+                    )
+                })?;
+            if h.state == AgentState::Ready && h.ipam.free > 0 {
                 Ok(None)
-            } else if h.state == "ready" {
+            } else if h.state == AgentState::Ready {
                 Err(CniError::new(
                     &version,
                     51,

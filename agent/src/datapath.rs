@@ -32,6 +32,8 @@ use aya::{
     },
 };
 
+use sextant_agent_api::{Backend, Frontend, Proto};
+
 use crate::{
     error::{Error, Result},
     paths::{LINKS_DIR, PROG_PIN, PROG_TO_POD_PIN},
@@ -90,26 +92,6 @@ pub const COUNTER_NAMES: [(&str, u32); 10] = [
 ];
 
 /// IP protocol numbers the service map knows.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Proto {
-    fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
-    }
-}
-
 /// One pod on this node, as the datapath delivers to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -134,51 +116,22 @@ impl Endpoint {
     }
 }
 
-/// A ClusterIP service frontend.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct Frontend {
-    /// Virtual IP.
-    pub vip: Ipv4Addr,
-    /// Port.
-    pub port: u16,
-    /// Protocol.
-    pub proto: Proto,
+/// The `SERVICES` map key of a frontend.
+fn frontend_key(fe: &Frontend) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&fe.vip.octets());
+    b[4..6].copy_from_slice(&fe.port.to_be_bytes());
+    b[6] = fe.proto.number();
+    b
 }
 
-impl Frontend {
-    fn encode(&self) -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[0..4].copy_from_slice(&self.vip.octets());
-        b[4..6].copy_from_slice(&self.port.to_be_bytes());
-        b[6] = self.proto.number();
-        b
-    }
-
-    fn decode(b: &[u8; 8]) -> Option<Self> {
-        let proto = match b[6] {
-            6 => Proto::Tcp,
-            17 => Proto::Udp,
-            _ => return None,
-        };
-        Some(Frontend {
-            vip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
-            port: u16::from_be_bytes([b[4], b[5]]),
-            proto,
-        })
-    }
-}
-
-/// A service backend.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct Backend {
-    /// Backend pod IP.
-    pub ip: Ipv4Addr,
-    /// Backend port.
-    pub port: u16,
+/// The frontend of a `SERVICES` map key (`None` for a protocol it never writes).
+fn frontend_of_key(b: &[u8; 8]) -> Option<Frontend> {
+    Some(Frontend {
+        vip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+        port: u16::from_be_bytes([b[4], b[5]]),
+        proto: Proto::from_number(b[6])?,
+    })
 }
 
 /// One allow entry of the `POLICY` map: packets between local pods of
@@ -495,7 +448,7 @@ impl Datapath {
 
     /// Sets the backends of a frontend (empty: packets to it are dropped).
     pub fn set_service(&mut self, fe: &Frontend, backends: &[Backend]) -> Result<()> {
-        let key = fe.encode();
+        let key = frontend_key(fe);
         let (id, old_count) = match self.services.get(&key, 0) {
             Ok(v) => (
                 u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
@@ -532,7 +485,7 @@ impl Datapath {
 
     /// Removes a frontend and its backends.
     pub fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
-        let key = fe.encode();
+        let key = frontend_key(fe);
         let Ok(v) = self.services.get(&key, 0) else {
             return Ok(());
         };
@@ -562,7 +515,7 @@ impl Datapath {
     pub fn services(&self) -> BTreeMap<Frontend, Vec<Backend>> {
         let mut out = BTreeMap::new();
         for (key, v) in self.services.iter().filter_map(|r| r.ok()) {
-            let Some(fe) = Frontend::decode(&key) else {
+            let Some(fe) = frontend_of_key(&key) else {
                 continue;
             };
             let id = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
@@ -769,8 +722,8 @@ mod tests {
                 proto: Proto::Udp,
             },
         ] {
-            assert_eq!(Frontend::decode(&fe.encode()), Some(fe));
+            assert_eq!(frontend_of_key(&frontend_key(&fe)), Some(fe));
         }
-        assert_eq!(Frontend::decode(&[10, 0, 0, 1, 0, 80, 1, 0]), None);
+        assert_eq!(frontend_of_key(&[10, 0, 0, 1, 0, 80, 1, 0]), None);
     }
 }

@@ -142,12 +142,15 @@ pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
     /// Talking to the agent API failed (client side).
-    #[error("agent API {path}: {reason}")]
-    Api {
-        /// Request path.
-        path: String,
-        /// What happened.
-        reason: String,
+    #[error(transparent)]
+    Api(#[from] sextant_agent_api::Error),
+    /// A link netlink just created or reported is not there.
+    #[error("{what} {name} is missing")]
+    LinkMissing {
+        /// Interface name.
+        name: String,
+        /// Which link (`host veth`, `veth peer in the pod netns`).
+        what: &'static str,
     },
 }
 
@@ -169,7 +172,8 @@ impl Error {
             Error::FixedIpUnavailable { .. } => "fixed_ip_unavailable",
             Error::NodeFileInvalid { .. } => "node_file_invalid",
             Error::BadRequest(_) => "bad_request",
-            Error::Api { .. } => "api",
+            Error::Api(_) => "api",
+            Error::LinkMissing { .. } => "link_missing",
         }
     }
 

@@ -15,10 +15,9 @@ use std::{
 use hyper::Method;
 use serde_json::Value;
 
-use crate::{
-    api::{self, Health, ServiceSpec},
-    error::{Error, Result},
-};
+use sextant_agent_api::{self as api, AgentState, Health, ServiceSpec};
+
+use crate::error::{Error, Result};
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -222,7 +221,7 @@ impl Lab {
         let start = Instant::now();
         loop {
             if let Ok(h) = self.health()
-                && (h.state == "ready" || h.state == "degraded")
+                && (h.state == AgentState::Ready || h.state == AgentState::Degraded)
             {
                 return Ok(());
             }
@@ -275,24 +274,28 @@ impl Lab {
 
     /// `GET /v1/healthz`.
     pub fn health(&self) -> Result<Health> {
-        self.rt.block_on(api::call_json(
-            &self.socket,
-            Method::GET,
-            "/v1/healthz",
-            None::<&()>,
-            Duration::from_secs(2),
-        ))
+        self.rt
+            .block_on(api::call_json(
+                &self.socket,
+                Method::GET,
+                "/v1/healthz",
+                None::<&()>,
+                Duration::from_secs(2),
+            ))
+            .map_err(Error::from)
     }
 
     /// Sends a policy snapshot (`PUT /v1/policy`) and returns the agent's report.
     pub fn set_policy(&self, snapshot: &crate::policy::PolicySnapshot) -> Result<Value> {
-        self.rt.block_on(api::call_json(
-            &self.socket,
-            Method::PUT,
-            "/v1/policy",
-            Some(snapshot),
-            Duration::from_secs(30),
-        ))
+        self.rt
+            .block_on(api::call_json(
+                &self.socket,
+                Method::PUT,
+                "/v1/policy",
+                Some(snapshot),
+                Duration::from_secs(30),
+            ))
+            .map_err(Error::from)
     }
 
     /// Sets a ClusterIP service through the agent API.
@@ -353,10 +356,7 @@ impl Lab {
     pub fn add(&mut self, i: usize) -> Result<Ipv4Addr> {
         let (ok, out) = self.cni("ADD", i, &self.net_conf())?;
         if !ok {
-            return Err(Error::Api {
-                path: "sextant-cni ADD".into(),
-                reason: out,
-            });
+            return Err(Error::BadRequest(format!("sextant-cni ADD: {out}")));
         }
         let v: Value = serde_json::from_str(&out)
             .map_err(|e| Error::BadRequest(format!("ADD result: {e}")))?;
@@ -809,15 +809,15 @@ pub fn demo_with(
     for i in 1..pods {
         echo_server(&lab, i, 8080, format!("pod{i}"))?;
         if let Some(ip) = lab.pods[i].ip {
-            backends.push(crate::datapath::Backend { ip, port: 8080 });
+            backends.push(api::Backend { ip, port: 8080 });
         }
     }
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     lab.set_service(&ServiceSpec {
-        frontend: crate::datapath::Frontend {
+        frontend: api::Frontend {
             vip,
             port: 80,
-            proto: crate::datapath::Proto::Tcp,
+            proto: api::Proto::Tcp,
         },
         backends,
     })?;

@@ -16,7 +16,6 @@
 //! `services::desired`/`diff`) take time and state as inputs; `lab` builds
 //! a node in namespaces for tests, benchmarks and `sextantctl lab`.
 pub mod agent;
-pub mod api;
 pub mod checkpoint;
 pub mod cni;
 pub mod datapath;

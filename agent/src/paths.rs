@@ -1,7 +1,7 @@
 //! Paths the kernel, kubelet and other components share with the agent.
 
 /// The agent API socket (docs/agent-api.md).
-pub const DEFAULT_SOCKET: &str = "/var/run/sextant/agent.sock";
+pub const DEFAULT_SOCKET: &str = sextant_agent_api::SOCKET_PATH;
 /// Where the allocation checkpoint lives: on a node, `/var/run` is a tmpfs,
 /// so the checkpoint survives agent restarts (what it is for) but not
 /// reboots, which no pod netns survives either (aws-node keeps its IPAM

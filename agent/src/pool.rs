@@ -13,67 +13,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use sextant_agent_api::{AllocKey, Allocation};
+
 use crate::error::{Error, Result};
 
 /// Default reuse cooldown of a freed IP (AWS VPC CNI's `IP_COOLDOWN_PERIOD`).
 pub const DEFAULT_COOLDOWN_MS: u64 = 30_000;
-
-/// What identifies one pod interface: CNI's container id + interface name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AllocKey {
-    /// CNI `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// CNI `CNI_IFNAME`.
-    pub ifname: String,
-}
-
-impl std::fmt::Display for AllocKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.container_id, self.ifname)
-    }
-}
-
-/// One IP handed to a pod interface; the `GET /v1/ipam` row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Allocation {
-    /// The pod IP.
-    pub ip: Ipv4Addr,
-    /// CNI container id.
-    pub container_id: String,
-    /// Interface name in the pod.
-    pub ifname: String,
-    /// Network namespace path of the pod.
-    pub netns: String,
-    /// Pod namespace (from `CNI_ARGS` `K8S_POD_NAMESPACE`), empty if unknown.
-    #[serde(default)]
-    pub pod_namespace: String,
-    /// Pod name (from `CNI_ARGS` `K8S_POD_NAME`), empty if unknown.
-    #[serde(default)]
-    pub pod_name: String,
-    /// When the IP was handed out (RFC 3339).
-    pub since: String,
-}
-
-impl Allocation {
-    /// The key this allocation is stored under.
-    pub fn key(&self) -> AllocKey {
-        AllocKey {
-            container_id: self.container_id.clone(),
-            ifname: self.ifname.clone(),
-        }
-    }
-
-    /// Owner string for the usage report: `namespace/pod`, or the container id.
-    pub fn owner(&self) -> String {
-        if self.pod_name.is_empty() {
-            self.container_id.clone()
-        } else {
-            format!("{}/{}", self.pod_namespace, self.pod_name)
-        }
-    }
-}
 
 /// A CNI ADD's request for an IP.
 #[derive(Clone, Debug, PartialEq, Eq)]

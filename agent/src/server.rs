@@ -11,9 +11,10 @@ use serde::Serialize;
 use tokio::net::UnixListener;
 use tracing::warn;
 
+use sextant_agent_api::{ApiError, CniRequest, ServiceSpec};
+
 use crate::{
     agent::Agent,
-    api::{ApiError, CniRequest, ServiceSpec},
     error::{Error, Result},
 };
 

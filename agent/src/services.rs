@@ -12,11 +12,9 @@ use kube::{
 };
 use tracing::warn;
 
-use crate::{
-    agent::Agent,
-    api::ServiceSpec,
-    datapath::{Backend, Frontend, Proto},
-};
+use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
+
+use crate::agent::Agent;
 
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

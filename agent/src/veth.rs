@@ -275,10 +275,12 @@ pub async fn setup(
         )
     })?;
     drop(ns);
-    let link = link_by_name(h, &host).await?.ok_or_else(|| Error::Api {
-        path: host.clone(),
-        reason: "host veth vanished after creation".into(),
-    })?;
+    let link = link_by_name(h, &host)
+        .await?
+        .ok_or_else(|| Error::LinkMissing {
+            name: host.clone(),
+            what: "host veth (vanished after creation)",
+        })?;
     let host_ifindex = link.header.index;
     let host_mac = mac_of(&link);
     let pl = PodLink {
@@ -314,9 +316,9 @@ pub async fn setup(
             None => {
                 link_by_name(&ph, &pif)
                     .await?
-                    .ok_or_else(|| Error::Api {
-                        path: pif.clone(),
-                        reason: "veth peer missing in the pod netns".into(),
+                    .ok_or_else(|| Error::LinkMissing {
+                        name: pif.clone(),
+                        what: "veth peer in the pod netns",
                     })?
                     .header
                     .index
@@ -378,7 +380,7 @@ pub async fn setup(
             .execute()
             .await
             .map_err(|e| Error::netlink("adding the default route", e))?;
-        Ok(t0.elapsed())
+        Ok::<_, Error>(t0.elapsed())
     };
     let host_side = async {
         let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -392,7 +394,7 @@ pub async fn setup(
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("adding host route {ip}/32 dev {host}"), e))?;
-        Ok(t0.elapsed())
+        Ok::<_, Error>(t0.elapsed())
     };
     let (pod, host_side) = tokio::join!(pod, host_side);
     let t_pod = pod?;

@@ -9,11 +9,8 @@ use std::{
     time::Duration,
 };
 
-use sextant_agent::{
-    api::ServiceSpec,
-    datapath::{Backend, Frontend, Proto},
-    lab::{Lab, LabConfig, can_run, in_netns, line_server, spawn_in_netns},
-};
+use sextant_agent::lab::{Lab, LabConfig, can_run, in_netns, line_server, spawn_in_netns};
+use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
 use sextant_testkit::Tier;
 
 /// Whether this machine can build labs: fails without root unless
@@ -101,7 +98,7 @@ fn cni_add_del_check_are_idempotent_and_del_works_with_the_agent_down() {
     let (ok, out) = lab.cni("CHECK", 0, &conf).expect("CHECK runs");
     assert!(ok, "CHECK right after ADD: {out}");
     let h = lab.health().expect("healthz");
-    assert_eq!(h.state, "ready");
+    assert_eq!(h.state, sextant_agent_api::AgentState::Ready);
     assert_eq!(h.ipam.allocated, 1);
     assert_eq!(h.ipam.status, format!("IPv4: 1/{} allocated", h.ipam.pool));
     assert_eq!(h.datapath.endpoints, 1);
@@ -314,7 +311,11 @@ fn lab_demo_reaches_every_pod_and_the_service() {
             .all(|(p, allowed)| p.answer.is_ok() == *allowed),
         "the example policy allows and denies as written:\n{table}"
     );
-    assert_eq!(report.health.state, "ready", "{table}");
+    assert_eq!(
+        report.health.state,
+        sextant_agent_api::AgentState::Ready,
+        "{table}"
+    );
     assert!(table.contains("10.96.0.10:80"), "{table}");
 }
 

@@ -12,10 +12,10 @@ use std::{
 
 use serde_json::{Value, json};
 use sextant_agent::{
-    api::ServiceSpec,
-    datapath::{Backend, CtTimeouts, Datapath, Frontend, Proto},
+    datapath::{CtTimeouts, Datapath},
     lab::{Lab, LabConfig, can_run, in_netns, line_server},
 };
+use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
 use sextant_testkit::Tier;
 
 /// Whether this machine can build labs: fails without root unless
@@ -88,7 +88,7 @@ fn pod(lab: &Lab, i: usize, labels: Value) -> Value {
 }
 
 fn put_policy(lab: &Lab, snap: &Value) -> Value {
-    sextant_agent::api::call_json_blocking(
+    sextant_agent_api::blocking::call_json(
         &lab.socket,
         "PUT",
         "/v1/policy",

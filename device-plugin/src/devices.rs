@@ -14,7 +14,9 @@
 
 use std::collections::HashSet;
 
-use crate::{agent::Healthz, api};
+use sextant_agent_api::Health;
+
+use crate::api;
 
 /// Width of the number in a device id; ids stay sortable as strings.
 const ID_DIGITS: usize = 5;
@@ -103,7 +105,7 @@ impl Default for Policy {
 #[derive(Clone, Copy, Debug)]
 pub enum Observation<'a> {
     /// The agent answered `GET /v1/healthz`.
-    Agent(&'a Healthz),
+    Agent(&'a Health),
     /// The poll failed; `consecutive` counts the failures in a row, this one
     /// included.
     AgentDown {
@@ -133,7 +135,7 @@ pub fn plan(prev: DeviceList, observation: Observation<'_>, policy: Policy) -> D
     }
 }
 
-fn clamp_u32(n: u64) -> u32 {
+fn clamp_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
@@ -169,16 +171,17 @@ pub fn preferred(available: &[String], must_include: &[String], size: i32) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::{AgentState, IpamHealth};
+    use sextant_agent_api::{AgentState, IpamHealth};
 
-    fn mk_healthz(state: AgentState, capacity: u64, unavailable: u64) -> Healthz {
-        Healthz {
+    fn mk_healthz(state: AgentState, capacity: usize, unavailable: usize) -> Health {
+        Health {
             state,
             ipam: IpamHealth {
                 capacity,
                 unavailable,
                 ..IpamHealth::default()
             },
+            ..Health::default()
         }
     }
 

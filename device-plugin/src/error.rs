@@ -8,68 +8,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong talking to the agent or kubelet, or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The agent socket could not be connected.
-    #[error("connecting to the agent at {socket}")]
-    AgentConnect {
-        /// Agent socket.
-        socket: PathBuf,
-        /// The IO error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The HTTP exchange with the agent failed.
-    #[error("HTTP to the agent at {socket}")]
-    AgentHttp {
-        /// Agent socket.
-        socket: PathBuf,
-        /// hyper's error.
-        #[source]
-        source: hyper::Error,
-    },
-    /// The request to the agent could not be built.
-    #[error("building GET {path} for the agent")]
-    AgentRequest {
-        /// Request path.
-        path: &'static str,
-        /// http's error.
-        #[source]
-        source: http::Error,
-    },
-    /// The agent answered with a non-200 status.
-    #[error("agent answered {status} to GET {path}: {body}")]
-    AgentStatus {
-        /// Request path.
-        path: &'static str,
-        /// HTTP status.
-        status: u16,
-        /// Start of the body.
-        body: String,
-    },
-    /// The agent's body is not the documented JSON.
-    #[error("agent's {path} body is not valid JSON")]
-    AgentBody {
-        /// Request path.
-        path: &'static str,
-        /// serde's error.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The agent's body exceeded the size limit.
-    #[error("agent's {path} body exceeds {limit} bytes")]
-    AgentBodyTooLarge {
-        /// Request path.
-        path: &'static str,
-        /// Limit in bytes.
-        limit: usize,
-    },
-    /// The agent did not answer within the deadline.
-    #[error("agent did not answer GET {path} within {timeout:?}")]
-    AgentTimeout {
-        /// Request path.
-        path: &'static str,
-        /// The deadline.
-        timeout: Duration,
-    },
+    /// Talking to the node agent failed.
+    #[error(transparent)]
+    Agent(#[from] sextant_agent_api::Error),
     /// Kubelet's registration socket could not be reached.
     #[error("connecting to kubelet at {socket}")]
     KubeletConnect {
@@ -118,13 +59,7 @@ impl Error {
     /// Label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::AgentConnect { .. } => "agent_connect",
-            Error::AgentHttp { .. } => "agent_http",
-            Error::AgentRequest { .. } => "agent_request",
-            Error::AgentStatus { .. } => "agent_status",
-            Error::AgentBody { .. } => "agent_body",
-            Error::AgentBodyTooLarge { .. } => "agent_body_too_large",
-            Error::AgentTimeout { .. } => "agent_timeout",
+            Error::Agent(e) => e.metric_label(),
             Error::KubeletConnect { .. } => "kubelet_connect",
             Error::Register { .. } => "register_refused",
             Error::RegisterTimeout { .. } => "register_timeout",

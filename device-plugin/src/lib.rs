@@ -19,11 +19,11 @@
 //!                                 when kubelet restarts (sockets deleted)
 //! ```
 //!
-//! Boundaries: [`devices`] is pure (no IO, no clock); [`agent`] and
-//! [`registration`] are the clients; [`plugin`] is the gRPC service;
+//! Boundaries: [`devices`] is pure (no IO, no clock); the agent client and
+//! its wire types are `sextant-agent-api`'s (the plugin links nothing of
+//! the agent itself); //! [`registration`] are the clients; [`plugin`] is the gRPC service;
 //! [`runtime`] wires them with deadlines on every call.
 
-pub mod agent;
 pub mod api;
 pub mod devices;
 mod error;

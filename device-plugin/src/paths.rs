@@ -6,7 +6,5 @@ pub const DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
 pub const KUBELET_SOCKET: &str = "kubelet.sock";
 /// This plugin's socket, inside [`DEVICE_PLUGIN_DIR`].
 pub const PLUGIN_SOCKET: &str = "sextant-ip.sock";
-/// The node agent's API socket (docs/agent-api.md).
-pub const AGENT_SOCKET: &str = "/var/run/sextant/agent.sock";
 /// The extended resource this plugin advertises.
 pub const RESOURCE_NAME: &str = "sextant.io/ip";

@@ -11,6 +11,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
+use sextant_agent_api::Client;
 use tokio::{
     net::UnixListener,
     sync::watch,
@@ -23,7 +24,6 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Error, ErrorChain, Result,
-    agent::AgentClient,
     api::device_plugin_server::DevicePluginServer,
     devices::{self, DeviceList, Observation, Policy},
     metrics::{self, Metrics},
@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, env = "SEXTANT_PLUGIN_SOCKET", default_value = paths::PLUGIN_SOCKET)]
     pub socket_name: String,
     /// The node agent's API socket.
-    #[arg(long, env = "SEXTANT_AGENT_SOCKET", default_value = paths::AGENT_SOCKET)]
+    #[arg(long, env = "SEXTANT_AGENT_SOCKET", default_value = sextant_agent_api::SOCKET_PATH)]
     pub agent_socket: PathBuf,
     /// How often the agent is polled and the directory checked; a capacity
     /// change reaches ListAndWatch within one interval.
@@ -155,7 +155,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let agent = AgentClient::new(&config.agent_socket, config.agent_timeout);
+    let agent = Client::new(&config.agent_socket, config.agent_timeout);
     let mut poller = AgentPoller {
         agent,
         policy: config.policy,
@@ -211,7 +211,7 @@ pub async fn run(
 
 /// Polls the agent and publishes the device list when it changes.
 struct AgentPoller {
-    agent: AgentClient,
+    agent: Client,
     policy: Policy,
     failures: u32,
     metrics: Metrics,
