@@ -33,13 +33,11 @@ use kube::{
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sextant_cloud::Backoff;
-use sextant_crds::{NodeNetwork, NodeNetworkStatus};
+use sextant_crds::{NodeNetwork, NodeNetworkStatus, wellknown::FIELD_MANAGER_OPERATOR};
+use sextant_kit::{ErrorChain, sync::lock};
 use tracing::{debug, instrument, warn};
 
 use crate::{Error, ipam::node::NodeIpam, make_status_patch};
-
-/// Field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "sextant-operator";
 
 /// Why a NodeNetwork reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +166,7 @@ pub fn action(requeue: Option<Duration>) -> Action {
 }
 
 /// The clock reconciles read; tests pin it.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+pub use sextant_kit::lease::Clock;
 
 /// What the NodeNetwork controller works with.
 pub struct Context {
@@ -188,10 +186,6 @@ struct Conflicted {
     /// again does not show them, so the instance is resynced before planning
     /// (else an assign would be planned twice).
     mutated: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Context {
@@ -263,7 +257,7 @@ pub async fn write_status(
         return Ok(false);
     };
     let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
+        field_manager: Some(FIELD_MANAGER_OPERATOR.to_owned()),
         ..PatchParams::default()
     };
     let node = read.name_any();
@@ -400,21 +394,6 @@ fn failure_requeue(node: &str, err: &ControllerError, ctx: &Context) -> Option<D
         warn!(%node, error = %ErrorChain(err), kind = err.metric_label(), attempt, ?requeue, "reconcile failed");
     }
     requeue
-}
-
-/// Displays an error with its sources, `a: b: c`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        while let Some(e) = next {
-            write!(f, ": {e}")?;
-            next = e.source();
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -555,11 +534,9 @@ mod tests {
     };
     use sextant_crds::{AgentUsage, NodeNetworkSpec, Provider};
 
-    use crate::{
-        fixtures::{ApiServerVerifier, mock_client, status_failure},
-        ipam::node::IpamConfig,
-        metrics::IpamMetrics,
-    };
+    use sextant_kit::testing::{ApiServerVerifier, mock_client, status_failure};
+
+    use crate::{ipam::node::IpamConfig, metrics::IpamMetrics};
 
     const NOW: &str = "2026-11-25T12:00:00Z";
     const STATUS: &str =

@@ -31,11 +31,12 @@ use prometheus_client::{
 };
 use serde_json::Value;
 use sextant_cloud::{Eni, EniCloud, InstanceNetwork};
-use sextant_crds::NodeNetwork;
+use sextant_crds::{NodeNetwork, wellknown::FIELD_MANAGER_OPERATOR};
+use sextant_kit::ErrorChain;
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
-    controller::{Clock, ErrorChain, FIELD_MANAGER, is_conflict},
+    controller::{Clock, is_conflict},
     ipam::{
         gc::{GcPolicy, plan_gc},
         resync::{apply_enis, by_instance, eni_statuses, list_vpc},
@@ -240,7 +241,7 @@ impl FullResync {
 
         let api: Api<NodeNetwork> = Api::all(self.client.clone());
         let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
+            field_manager: Some(FIELD_MANAGER_OPERATOR.to_owned()),
             ..PatchParams::default()
         };
         for nn in nns {
@@ -476,7 +477,7 @@ mod tests {
         sim::{Faults, SimCloud, SimConfig, SimProvider},
     };
 
-    use crate::fixtures::{ApiServerVerifier, mock_client, status_failure};
+    use sextant_kit::testing::{ApiServerVerifier, mock_client, status_failure};
 
     const NOW: &str = "2026-11-25T12:00:00Z";
     const STATUS_A: &str =

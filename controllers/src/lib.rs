@@ -11,8 +11,6 @@
 
 mod error;
 pub mod fixed_ip;
-#[cfg(test)]
-mod fixtures;
 pub mod ipam;
 pub mod metrics;
 
@@ -20,8 +18,6 @@ pub use error::{Error, Result};
 pub use ipam::status::{make_status_patch, status_patch, with_resource_version};
 pub mod controller;
 pub mod full_resync;
-pub mod http;
-pub mod leader;
 pub mod node_watch;
 pub mod policy_status;
 pub mod runtime;

@@ -2,12 +2,13 @@
 //! and hands over to [`sextant_operator::runtime`].
 
 use clap::Parser;
-use sextant_operator::runtime::{Args, ErrorChain, init_tracing};
+use sextant_kit::ErrorChain;
+use sextant_operator::runtime::Args;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_tracing();
+    sextant_kit::log::init();
     match args.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

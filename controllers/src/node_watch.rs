@@ -33,7 +33,8 @@ use sextant_cloud::Backoff;
 use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
 use tracing::{debug, info, instrument, warn};
 
-use crate::controller::{ErrorChain, FIELD_MANAGER};
+use sextant_crds::wellknown::{FIELD_MANAGER_OPERATOR, LABEL_MANAGED_BY};
+use sextant_kit::ErrorChain;
 
 /// Label with the instance type, set by the kubelet or cloud controller.
 pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
@@ -41,8 +42,6 @@ pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
 pub const LABEL_INSTANCE_TYPE_BETA: &str = "beta.kubernetes.io/instance-type";
 /// Label with the availability zone.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
-/// Label Sextant puts on the NodeNetworks it creates.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// What a NodeNetwork created for a node starts with, besides what the node says.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -225,9 +224,12 @@ pub fn node_network_for(
     let mut nn = NodeNetwork::new(name, spec);
     nn.metadata.owner_references = node.controller_owner_ref(&()).map(|o| vec![o]);
     nn.metadata.labels = Some(
-        [(LABEL_MANAGED_BY.to_owned(), FIELD_MANAGER.to_owned())]
-            .into_iter()
-            .collect(),
+        [(
+            LABEL_MANAGED_BY.to_owned(),
+            FIELD_MANAGER_OPERATOR.to_owned(),
+        )]
+        .into_iter()
+        .collect(),
     );
     Ok(Some(nn))
 }
@@ -349,7 +351,7 @@ pub async fn ensure_node_network(
     };
     let api: Api<NodeNetwork> = Api::all(ctx.client.clone());
     let pp = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
+        field_manager: Some(FIELD_MANAGER_OPERATOR.to_owned()),
         ..PostParams::default()
     };
     match api.create(&pp, &nn).await {
@@ -654,7 +656,7 @@ mod tests {
     use kube::runtime::{reflector, watcher};
     use serde_json::{Value, json};
 
-    use crate::fixtures::{ApiServerVerifier, mock_client, status_failure};
+    use sextant_kit::testing::{ApiServerVerifier, mock_client, status_failure};
 
     const NODE_NETWORKS: &str =
         "/apis/sextant.io/v1alpha1/nodenetworks?&fieldManager=sextant-operator";

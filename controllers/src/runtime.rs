@@ -34,11 +34,16 @@ use sextant_cloud::{
     aws::{AwsCloud, AwsConfig},
     sim::SetupError,
 };
+use sextant_crds::wellknown::FIELD_MANAGER_OPERATOR;
 use sextant_crds::{IpamSpec, NodeNetwork, Provider};
+use sextant_kit::{
+    ErrorChain,
+    admin::{self, Admin, Readiness},
+    duration,
+    lease::{LeaderElector, LeaderMetrics, LeaseConfig},
+};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-
-pub use crate::controller::ErrorChain;
 
 use crate::{
     controller::{self as nn_controller, Clock, Context, RequeuePolicy},
@@ -49,7 +54,6 @@ use crate::{
         node::{IpamConfig, NodeIpam},
         watermark::IpamDefaults,
     },
-    leader::{LeaderElector, LeaderMetrics, LeaseConfig},
     metrics::{IpamMetrics, PolicyMetrics},
     node_watch::{self, NodeContext, NodeNetworkDefaults, NodeWatchMetrics},
     policy_status::{
@@ -94,15 +98,6 @@ impl From<CloudProvider> for Provider {
             CloudProvider::Alibaba => Provider::Alibaba,
         }
     }
-}
-
-/// Parses `5m`, `30s`, `1h 30m`, `500ms` or ISO 8601 (`PT5M`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration (e.g. 30s, 5m, 1h): {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
 }
 
 /// Parses `key=value`.
@@ -207,10 +202,10 @@ pub struct Args {
     #[arg(long, env = "SEXTANT_MAX_ABOVE_WATERMARK", default_value_t = 0)]
     pub max_above_watermark: u32,
     /// Time between full resyncs (one paged listing per VPC).
-    #[arg(long, env = "SEXTANT_FULL_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "SEXTANT_FULL_RESYNC_INTERVAL", default_value = "5m", value_parser = duration::parse)]
     pub full_resync_interval: Duration,
     /// How long a leaked ENI stays unattached before it is deleted.
-    #[arg(long, env = "SEXTANT_GC_GRACE", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "SEXTANT_GC_GRACE", default_value = "5m", value_parser = duration::parse)]
     pub gc_grace: Duration,
     /// Most leaked ENIs deleted per full resync.
     #[arg(long, env = "SEXTANT_GC_BATCH", default_value_t = 20)]
@@ -231,7 +226,7 @@ pub struct Args {
     #[arg(long, env = "SEXTANT_LEASE_NAME", default_value = "sextant-operator")]
     pub lease_name: String,
     /// How long the Lease stays valid without renewal.
-    #[arg(long, env = "SEXTANT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "SEXTANT_LEASE_DURATION", default_value = "15s", value_parser = duration::parse)]
     pub lease_duration: Duration,
     /// This replica's identity in the Lease; defaults to `$HOSTNAME` (the pod name).
     #[arg(long, env = "SEXTANT_POD_NAME")]
@@ -353,6 +348,7 @@ impl Args {
             name: self.lease_name.clone(),
             identity,
             duration: self.lease_duration,
+            field_manager: FIELD_MANAGER_OPERATOR.to_owned(),
         }
     }
 
@@ -460,7 +456,12 @@ impl Args {
                 addr: self.listen_addr,
                 source,
             })?;
-        let http = tokio::spawn(crate::http::serve(listener, Arc::new(registry)));
+        // Ready from the start: a standby replica serves too (it waits for the
+        // Lease), and readiness gates no traffic to the operator.
+        let http = tokio::spawn(admin::serve(
+            listener,
+            Admin::new(Arc::new(registry), Readiness::ready()),
+        ));
 
         let elector = Arc::new(LeaderElector::new(
             client.clone(),
@@ -515,7 +516,8 @@ impl Args {
             )),
         };
 
-        let mut shutdown = std::pin::pin!(shutdown_signal()?);
+        let mut shutdown =
+            std::pin::pin!(sextant_kit::shutdown::signal().map_err(RunError::Signal)?);
         info!(identity = %elector.config().identity, "waiting for the leader lease");
         loop {
             tokio::select! {
@@ -629,26 +631,6 @@ const IDENTITY_GC_GRACE: Duration = Duration::from_secs(900);
 /// (retention TTLs expire on their own).
 const FIXED_IP_TICK: Duration = Duration::from_secs(30);
 
-/// Resolves on SIGTERM or Ctrl-C.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(RunError::Signal)?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    })
-}
-
-/// Installs the log subscriber: `RUST_LOG` filters, `info` by default.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A subscriber set earlier (tests) stays.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,11 +708,11 @@ mod tests {
 
     #[test]
     fn durations_and_tags_parse() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("PT5M"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-5s").is_err());
+        assert_eq!(duration::parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration::parse("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration::parse("PT5M"), Ok(Duration::from_secs(300)));
+        assert!(duration::parse("soon").is_err());
+        assert!(duration::parse("-5s").is_err());
         let mut argv = REQUIRED.to_vec();
         argv.extend(["--subnet-tags", "role=pods,tier=a", "--vpc-id", "vpc-1"]);
         let a = Args::try_parse_from(argv).unwrap();

@@ -169,7 +169,7 @@ async fn an_unsimulated_instance_type_on_a_node_is_a_clear_error() {
         .reconcile(&nn, jiff::Timestamp::now())
         .await
         .expect_err("t3.nano is not simulated");
-    let chain = format!("{}", sextant_operator::runtime::ErrorChain(&err));
+    let chain = format!("{}", sextant_kit::ErrorChain(&err));
     assert!(
         chain.contains("t3.nano") && chain.contains("m5.large"),
         "{chain}"
@@ -191,6 +191,6 @@ async fn a_node_in_a_zone_without_a_simulated_subnet_is_a_clear_error() {
         .reconcile(&nn, jiff::Timestamp::now())
         .await
         .expect_err("no subnet in us-east-1c");
-    let chain = format!("{}", sextant_operator::runtime::ErrorChain(&err));
+    let chain = format!("{}", sextant_kit::ErrorChain(&err));
     assert!(chain.contains("us-east-1c"), "{chain}");
 }

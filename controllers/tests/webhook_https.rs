@@ -9,7 +9,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde_json::{Value, json};
 use support::{TestPki, TestWebhook, pod_create_review};
 
-const RESOURCE: &str = "sextant.io/ip";
+use sextant_crds::wellknown::IP_RESOURCE as RESOURCE;
 
 async fn post(client: &reqwest::Client, hook: &TestWebhook, body: Vec<u8>) -> Value {
     let resp = client

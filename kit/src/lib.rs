@@ -18,8 +18,12 @@
 pub mod admin;
 pub mod duration;
 pub mod errors;
+#[cfg(feature = "lease")]
+pub mod lease;
 pub mod log;
 pub mod shutdown;
 pub mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use errors::Chain as ErrorChain;

@@ -11,6 +11,7 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sextant_crds::{AgentUsage, ReleaseState};
+use sextant_kit::sync::lock;
 use tokio::time::Instant;
 
 use super::store::Store;
@@ -27,10 +28,7 @@ pub struct Ledger {
 
 impl Ledger {
     fn take(&self, ip: Ipv4Addr, owner: String) {
-        let mut o = self
-            .owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = lock(&self.owners);
         if o.insert(ip, owner).is_some() {
             self.double_allocations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -38,10 +36,7 @@ impl Ledger {
     }
 
     fn give_back(&self, ip: Ipv4Addr) {
-        self.owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&ip);
+        lock(&self.owners).remove(&ip);
     }
 }
 

@@ -9,11 +9,8 @@ use std::{
 };
 
 use sextant_crds::NodeNetwork;
+use sextant_kit::sync::lock;
 use tokio::sync::Notify;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// NodeNetworks by name.
 #[derive(Default)]

@@ -16,6 +16,7 @@ use sextant_cloud::{
     sim::{Faults, SimCloud, SimConfig, SimProvider},
 };
 use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
+use sextant_kit::sync::lock;
 use sextant_operator::{
     Error as OperatorError,
     ipam::{
@@ -63,10 +64,6 @@ struct World {
     reconciles: AtomicU64,
     start: Instant,
     epoch: jiff::Timestamp,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl World {

@@ -2,15 +2,13 @@
 //! fallbacks) and hands over to [`sextant_operator::webhook::WebhookArgs`].
 
 use clap::Parser;
-use sextant_operator::{
-    runtime::{ErrorChain, init_tracing},
-    webhook::WebhookArgs,
-};
+use sextant_kit::ErrorChain;
+use sextant_operator::webhook::WebhookArgs;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = WebhookArgs::parse();
-    init_tracing();
+    sextant_kit::log::init();
     match args.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

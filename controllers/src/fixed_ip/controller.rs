@@ -28,7 +28,11 @@ use kube::{
 };
 use serde_json::{Value, json};
 use sextant_cloud::{EniCloud, Subnet};
-use sextant_crds::{FixedIP, FixedIPSpec, FixedIPStatus, NodeNetwork, condition, set_condition};
+use sextant_crds::{
+    FixedIP, FixedIPSpec, FixedIPStatus, NodeNetwork, condition, set_condition,
+    wellknown::{FIELD_MANAGER_FIXED_IP, LABEL_STATEFULSET},
+};
+
 use tracing::{info, instrument, warn};
 
 use super::{
@@ -36,10 +40,6 @@ use super::{
     plan::{FixedIpInput, NodeView, PodView, StatefulSetView, Step, plan},
 };
 
-/// Label on every FixedIP naming its StatefulSet.
-pub const LABEL_STATEFULSET: &str = "sextant.io/statefulset";
-/// Field manager of the FixedIP controller's writes.
-pub const FIELD_MANAGER: &str = "sextant-fixed-ip";
 /// Label kube's StatefulSet controller puts on its pods.
 pub const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 
@@ -227,7 +227,7 @@ fn status_patch_over(read: Option<&FixedIP>, status: &FixedIPStatus) -> Value {
 
 fn pp() -> PatchParams {
     PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
+        field_manager: Some(FIELD_MANAGER_FIXED_IP.to_owned()),
         ..PatchParams::default()
     }
 }
@@ -417,7 +417,7 @@ impl FixedIpController {
                 )]));
                 fips.create(
                     &PostParams {
-                        field_manager: Some(FIELD_MANAGER.to_owned()),
+                        field_manager: Some(FIELD_MANAGER_FIXED_IP.to_owned()),
                         ..PostParams::default()
                     },
                     &f,
@@ -626,15 +626,14 @@ pub mod watch {
         runtime::{WatchStreamExt, reflector, watcher},
     };
     use sextant_cloud::EniCloud;
-    use sextant_crds::{FixedIP, NodeNetwork};
+    use sextant_crds::{FixedIP, NodeNetwork, wellknown::LABEL_STATEFULSET};
     use tokio::sync::mpsc;
     use tracing::{debug, warn};
 
     use super::{
-        FixedIpController, LABEL_POD_NAME, LABEL_STATEFULSET, Observed, node_views, pod_views,
-        statefulset_view,
+        FixedIpController, LABEL_POD_NAME, Observed, node_views, pod_views, statefulset_view,
     };
-    use crate::controller::ErrorChain;
+    use sextant_kit::ErrorChain;
 
     type Key = (String, String);
 
@@ -828,7 +827,7 @@ mod tests {
     use sextant_crds::{FixedIPPhase, ReclaimPolicy};
 
     use super::*;
-    use crate::fixtures::{finish, mock_client};
+    use sextant_kit::testing::{finish, mock_client};
 
     const NOW: &str = "2026-11-25T12:00:00Z";
 
@@ -1211,7 +1210,7 @@ mod tests {
                     Method::PATCH,
                     "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0/status?&fieldManager=sextant-fixed-ip",
                     409,
-                    crate::fixtures::status_failure(409, "Conflict"),
+                    sextant_kit::testing::status_failure(409, "Conflict"),
                 )
                 .await;
             server.expect_no_more().await;

@@ -14,6 +14,7 @@ use sextant_cloud::{
     AssignIps, CreateEni, EniCloud, EniTags, Error as CloudError, ROLE_PARKING, TAG_ROLE,
 };
 use sextant_crds::{FixedIPPhase, FixedIPStatus};
+use sextant_kit::sync::lock;
 
 use super::plan::{NodeView, Step};
 use crate::ipam::resync::list_vpc;
@@ -77,10 +78,6 @@ pub struct Parking {
     cluster: String,
     vpc_id: String,
     loaded: Mutex<Option<BySubnet>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Parking {

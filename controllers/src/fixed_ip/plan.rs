@@ -15,16 +15,13 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use jiff::{SignedDuration, Timestamp};
 use sextant_cloud::Subnet;
-use sextant_crds::{FixedIP, FixedIPPhase, Provider, ReclaimPolicy};
-
-/// Annotation that turns fixed IPs on for a StatefulSet.
-pub const ANNOTATION_ENABLED: &str = "sextant.io/fixed-ip";
-/// Optional annotation: comma-separated subnet ids to reserve addresses in.
-pub const ANNOTATION_SUBNETS: &str = "sextant.io/fixed-ip-subnets";
-/// Optional annotation: `Retain` (default) or `Delete`.
-pub const ANNOTATION_RECLAIM: &str = "sextant.io/fixed-ip-reclaim-policy";
-/// Optional annotation: seconds a `Retain`ed address outlives its ordinal.
-pub const ANNOTATION_TTL: &str = "sextant.io/fixed-ip-ttl-seconds";
+use sextant_crds::{
+    FixedIP, FixedIPPhase, Provider, ReclaimPolicy,
+    wellknown::{
+        ANNOTATION_FIXED_IP, ANNOTATION_FIXED_IP_RECLAIM, ANNOTATION_FIXED_IP_SUBNETS,
+        ANNOTATION_FIXED_IP_TTL,
+    },
+};
 
 /// A StatefulSet with fixed IPs turned on, as the plan needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,10 +44,10 @@ pub struct StatefulSetView {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AnnotationError {
     /// `sextant.io/fixed-ip-reclaim-policy` is neither `Retain` nor `Delete`.
-    #[error("annotation {ANNOTATION_RECLAIM}={0:?}: expected Retain or Delete")]
+    #[error("annotation {ANNOTATION_FIXED_IP_RECLAIM}={0:?}: expected Retain or Delete")]
     Reclaim(String),
     /// `sextant.io/fixed-ip-ttl-seconds` is not a whole number of seconds.
-    #[error("annotation {ANNOTATION_TTL}={0:?}: expected whole seconds")]
+    #[error("annotation {ANNOTATION_FIXED_IP_TTL}={0:?}: expected whole seconds")]
     Ttl(String),
 }
 
@@ -62,16 +59,19 @@ impl StatefulSetView {
         replicas: u32,
         annotations: &BTreeMap<String, String>,
     ) -> Result<Option<Self>, AnnotationError> {
-        if annotations.get(ANNOTATION_ENABLED).map(String::as_str) != Some("true") {
+        if annotations.get(ANNOTATION_FIXED_IP).map(String::as_str) != Some("true") {
             return Ok(None);
         }
-        let reclaim = match annotations.get(ANNOTATION_RECLAIM).map(String::as_str) {
+        let reclaim = match annotations
+            .get(ANNOTATION_FIXED_IP_RECLAIM)
+            .map(String::as_str)
+        {
             None | Some("Retain") => ReclaimPolicy::Retain,
             Some("Delete") => ReclaimPolicy::Delete,
             Some(other) => return Err(AnnotationError::Reclaim(other.to_owned())),
         };
         let ttl_seconds = annotations
-            .get(ANNOTATION_TTL)
+            .get(ANNOTATION_FIXED_IP_TTL)
             .map(|t| {
                 t.trim()
                     .parse()
@@ -79,7 +79,7 @@ impl StatefulSetView {
             })
             .transpose()?;
         let subnet_ids = annotations
-            .get(ANNOTATION_SUBNETS)
+            .get(ANNOTATION_FIXED_IP_SUBNETS)
             .map(|s| {
                 s.split(',')
                     .map(str::trim)

@@ -11,6 +11,7 @@ use std::{
 use jiff::Timestamp;
 use sextant_cloud::{EniCloud, InstanceLimits, SecurityGroup, Subnet};
 use sextant_crds::{NodeNetwork, NodeNetworkStatus, Provider, condition, set_condition};
+use sextant_kit::sync::lock;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -85,10 +86,6 @@ pub struct Reconciled {
     pub requeue_after: Duration,
     /// A cloud error met while executing; the status above is still worth writing.
     pub error: Option<Error>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl NodeIpam {

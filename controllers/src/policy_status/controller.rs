@@ -31,7 +31,8 @@ use kube::{
 use rand::{SeedableRng, rngs::SmallRng};
 use serde_json::json;
 use sextant_cloud::Backoff;
-use sextant_crds::SextantNetworkPolicy;
+use sextant_crds::{SextantNetworkPolicy, wellknown::FIELD_MANAGER_OPERATOR};
+use sextant_kit::{ErrorChain, sync::lock};
 use tracing::{debug, info, instrument, warn};
 
 use super::{
@@ -39,7 +40,7 @@ use super::{
     plan::{Refusal, Verdict, judge, next_status},
 };
 use crate::{
-    controller::{Clock, ErrorChain, FIELD_MANAGER, is_conflict},
+    controller::{Clock, is_conflict},
     metrics::PolicyMetrics,
 };
 
@@ -88,10 +89,6 @@ pub struct PolicyContext {
     rng: Mutex<SmallRng>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl PolicyContext {
     /// A context writing through `client`, reading time from `clock`.
     pub fn new(client: Client, metrics: PolicyMetrics, clock: Clock) -> Self {
@@ -99,7 +96,7 @@ impl PolicyContext {
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {
-                    controller: FIELD_MANAGER.into(),
+                    controller: FIELD_MANAGER_OPERATOR.into(),
                     instance: std::env::var("HOSTNAME").ok(),
                 },
             ),
@@ -199,7 +196,7 @@ pub async fn reconcile_sextant(
     };
     let api: Api<SextantNetworkPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
+        field_manager: Some(FIELD_MANAGER_OPERATOR.to_owned()),
         ..PatchParams::default()
     };
     api.patch_status(&key.name, &pp, &Patch::Merge(&json!({ "status": status })))
@@ -344,7 +341,7 @@ mod tests {
     use sextant_crds::REASON_UNSUPPORTED;
 
     use super::*;
-    use crate::fixtures::{ApiServerVerifier, finish, mock_client, status_failure};
+    use sextant_kit::testing::{ApiServerVerifier, finish, mock_client, status_failure};
 
     const NOW: &str = "2026-11-25T12:00:00Z";
     const STATUS: &str = "/apis/sextant.io/v1alpha1/namespaces/shop/sextantnetworkpolicies/db/status?&fieldManager=sextant-operator";

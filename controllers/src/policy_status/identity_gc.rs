@@ -179,7 +179,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{finish, mock_client};
+    use sextant_kit::testing::{finish, mock_client};
 
     fn t(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

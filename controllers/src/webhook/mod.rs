@@ -26,7 +26,7 @@ pub mod tls;
 
 pub use error::WebhookError;
 pub use metrics::WebhookMetrics;
-pub use mutate::{Mutation, OPT_OUT, RESOURCE, Skip, mutate};
+pub use mutate::{Mutation, Skip, mutate};
 pub use review::{ReviewConfig, Verdict, review};
 pub use server::{MUTATE_PATH, WebhookArgs, WebhookServer};
 pub use tls::ReloadingCert;

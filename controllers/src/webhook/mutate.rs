@@ -4,18 +4,14 @@ use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
 use serde_json::{Value, json};
 
-/// The extended resource the device plugin advertises.
-pub const RESOURCE: &str = "sextant.io/ip";
-/// Annotation or label that opts a pod out when set to `"true"`. As a label it
-/// also works in the webhook's `objectSelector`, so the API server never calls.
-pub const OPT_OUT: &str = "sextant.io/skip-ip-resource";
+use sextant_crds::wellknown::{ANNOTATION_SKIP_IP_RESOURCE, IP_RESOURCE};
 
 /// Why a pod is left as it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
     /// `hostNetwork: true`: the pod uses the node's IP, not a pod IP.
     HostNetwork,
-    /// The pod carries [`OPT_OUT`]` = "true"`.
+    /// The pod carries [`ANNOTATION_SKIP_IP_RESOURCE`]` = "true"`.
     OptedOut,
     /// Some container (regular, init or ephemeral) already has the resource
     /// in limits or requests: the pod is already counted.
@@ -89,7 +85,7 @@ pub fn mutate(pod: &Pod) -> Mutation {
 fn opted_out(pod: &Pod) -> bool {
     let set = |m: &Option<std::collections::BTreeMap<String, String>>| {
         m.as_ref()
-            .and_then(|m| m.get(OPT_OUT))
+            .and_then(|m| m.get(ANNOTATION_SKIP_IP_RESOURCE))
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     };
     set(&pod.metadata.annotations) || set(&pod.metadata.labels)
@@ -97,7 +93,7 @@ fn opted_out(pod: &Pod) -> bool {
 
 fn asks_for_resource(r: &ResourceRequirements) -> bool {
     let has = |m: &Option<std::collections::BTreeMap<String, _>>| {
-        m.as_ref().is_some_and(|m| m.contains_key(RESOURCE))
+        m.as_ref().is_some_and(|m| m.contains_key(IP_RESOURCE))
     };
     has(&r.limits) || has(&r.requests)
 }
@@ -114,7 +110,7 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 fn add_resource(c: &Container, index: usize) -> Vec<PatchOperation> {
     let i = index.to_string();
     let base = ["spec", "containers", i.as_str(), "resources"];
-    let one = json!({ RESOURCE: "1" });
+    let one = json!({ IP_RESOURCE: "1" });
     let Some(r) = c.resources.as_ref() else {
         return vec![add(&base, json!({ "limits": one, "requests": one }))];
     };
@@ -124,7 +120,7 @@ fn add_resource(c: &Container, index: usize) -> Vec<PatchOperation> {
         ("requests", r.requests.is_some()),
     ] {
         if present {
-            let path = [&base[..], &[field, RESOURCE]].concat();
+            let path = [&base[..], &[field, IP_RESOURCE]].concat();
             ops.push(add(&path, json!("1")));
         } else {
             let path = [&base[..], &[field]].concat();
@@ -161,8 +157,8 @@ mod tests {
         let pod = mk_pod(json!({ "containers": [{ "name": "app", "image": "nginx" }] }));
         let out = apply(&pod);
         let r = &out["spec"]["containers"][0]["resources"];
-        assert_eq!(r["limits"][RESOURCE], "1");
-        assert_eq!(r["requests"][RESOURCE], "1");
+        assert_eq!(r["limits"][IP_RESOURCE], "1");
+        assert_eq!(r["requests"][IP_RESOURCE], "1");
     }
 
     #[test]
@@ -179,8 +175,8 @@ mod tests {
         );
         let out = apply(&pod);
         let r = &out["spec"]["containers"][0]["resources"];
-        assert_eq!(r["limits"], json!({ "cpu": "1", RESOURCE: "1" }));
-        assert_eq!(r["requests"], json!({ "memory": "1Gi", RESOURCE: "1" }));
+        assert_eq!(r["limits"], json!({ "cpu": "1", IP_RESOURCE: "1" }));
+        assert_eq!(r["requests"], json!({ "memory": "1Gi", IP_RESOURCE: "1" }));
     }
 
     #[test]
@@ -189,8 +185,8 @@ mod tests {
             "limits": { "cpu": "1" } } }] }));
         let out = apply(&pod);
         let r = &out["spec"]["containers"][0]["resources"];
-        assert_eq!(r["requests"], json!({ RESOURCE: "1" }));
-        assert_eq!(r["limits"], json!({ "cpu": "1", RESOURCE: "1" }));
+        assert_eq!(r["requests"], json!({ IP_RESOURCE: "1" }));
+        assert_eq!(r["limits"], json!({ "cpu": "1", IP_RESOURCE: "1" }));
     }
 
     #[test]
@@ -199,15 +195,17 @@ mod tests {
         assert_eq!(mutate(&host), Mutation::Skip(Skip::HostNetwork));
 
         let mut opted = mk_pod(json!({ "containers": [{ "name": "a" }] }));
-        opted.metadata.annotations = Some([(OPT_OUT.to_owned(), "true".to_owned())].into());
+        opted.metadata.annotations =
+            Some([(ANNOTATION_SKIP_IP_RESOURCE.to_owned(), "true".to_owned())].into());
         assert_eq!(mutate(&opted), Mutation::Skip(Skip::OptedOut));
         let mut labelled = mk_pod(json!({ "containers": [{ "name": "a" }] }));
-        labelled.metadata.labels = Some([(OPT_OUT.to_owned(), "True".to_owned())].into());
+        labelled.metadata.labels =
+            Some([(ANNOTATION_SKIP_IP_RESOURCE.to_owned(), "True".to_owned())].into());
         assert_eq!(mutate(&labelled), Mutation::Skip(Skip::OptedOut));
 
         let present = mk_pod(json!({ "containers": [
             { "name": "a" },
-            { "name": "b", "resources": { "requests": { RESOURCE: "1" } } } ] }));
+            { "name": "b", "resources": { "requests": { IP_RESOURCE: "1" } } } ] }));
         assert_eq!(mutate(&present), Mutation::Skip(Skip::AlreadyPresent));
     }
 
@@ -220,12 +218,12 @@ mod tests {
         assert!(out["spec"]["initContainers"][0].get("resources").is_none());
         assert!(out["spec"]["containers"][1].get("resources").is_none());
         assert_eq!(
-            out["spec"]["containers"][0]["resources"]["limits"][RESOURCE],
+            out["spec"]["containers"][0]["resources"]["limits"][IP_RESOURCE],
             "1"
         );
 
         let init_has = mk_pod(json!({
-            "initContainers": [{ "name": "init", "resources": { "limits": { RESOURCE: "1" } } }],
+            "initContainers": [{ "name": "init", "resources": { "limits": { IP_RESOURCE: "1" } } }],
             "containers": [{ "name": "a" }] }));
         assert_eq!(mutate(&init_has), Mutation::Skip(Skip::AlreadyPresent));
     }

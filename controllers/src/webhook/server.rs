@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sextant_kit::admin::{self, Admin, Readiness};
 use tokio::{net::TcpListener, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -54,7 +55,7 @@ pub struct WebhookArgs {
     )]
     pub tls_key: PathBuf,
     /// How often the TLS files are checked for changes.
-    #[arg(long, env = "SEXTANT_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = crate::runtime::parse_duration)]
+    #[arg(long, env = "SEXTANT_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = sextant_kit::duration::parse)]
     pub tls_reload_interval: Duration,
     /// Namespaces whose pods are never mutated (besides the namespaceSelector).
     #[arg(
@@ -65,7 +66,7 @@ pub struct WebhookArgs {
     )]
     pub skip_namespaces: Vec<String>,
     /// Deadline for the TLS handshake, the request headers and the body.
-    #[arg(long, env = "SEXTANT_WEBHOOK_REQUEST_TIMEOUT", default_value = "5s", value_parser = crate::runtime::parse_duration)]
+    #[arg(long, env = "SEXTANT_WEBHOOK_REQUEST_TIMEOUT", default_value = "5s", value_parser = sextant_kit::duration::parse)]
     pub request_timeout: Duration,
     /// Address of plain-HTTP `/metrics` and `/healthz`.
     #[arg(
@@ -84,7 +85,10 @@ impl WebhookArgs {
         let listener = bind(self.listen).await?;
         let metrics_listener = bind(self.metrics_addr).await?;
         let registry = Arc::new(metrics.registry());
-        let metrics_task = tokio::spawn(crate::http::serve(metrics_listener, registry));
+        let metrics_task = tokio::spawn(admin::serve(
+            metrics_listener,
+            Admin::new(registry, Readiness::ready()),
+        ));
         let reload_task = tokio::spawn(
             cert.clone()
                 .watch(self.tls_reload_interval, metrics.clone()),
@@ -102,9 +106,10 @@ impl WebhookArgs {
             metrics,
             self.request_timeout,
         )?;
+        let stop = sextant_kit::shutdown::signal()?;
         tokio::select! {
             _ = server.serve(listener) => {}
-            _ = shutdown_signal() => info!("shutting down"),
+            signal = stop => info!(%signal, "shutting down"),
         }
         metrics_task.abort();
         reload_task.abort();
@@ -116,24 +121,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| WebhookError::Bind { addr, source })
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the webhook");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 /// The webhook's HTTPS server; clones share everything.

@@ -157,7 +157,7 @@ impl ReloadingCert {
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
                     metrics.tls_reload(e.metric_label());
-                    warn!(error = %crate::controller::ErrorChain(&e), "TLS files changed but cannot be used; keeping the previous pair");
+                    warn!(error = %sextant_kit::ErrorChain(&e), "TLS files changed but cannot be used; keeping the previous pair");
                 }
                 Err(e) => warn!(error = %e, "TLS reload task failed"),
             }

@@ -1,4 +1,4 @@
-//! Test fixtures: a kube `Client` over a tower-test mock service, and an
+//! Test fixtures (feature `testing`): a kube `Client` over a tower-test mock service, and an
 //! API server stand-in that asserts each request's method, path and body
 //! and answers it (controller-rs's `ApiServerVerifier` pattern).
 //!

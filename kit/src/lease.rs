@@ -1,5 +1,7 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, so that of several
-//! operator replicas only one runs the controllers and talks to the cloud.
+//! Leader election on a `coordination.k8s.io/v1` Lease (feature `lease`), so
+//! that of several replicas of a controller only one runs the controllers and
+//! talks to the cloud. Who writes (the field manager) and what time it is
+//! (the [`Clock`]) are the caller's.
 //!
 //! ```text
 //!  every renew period:  GET lease ─▶ decide (pure) ─▶ Create: POST
@@ -13,7 +15,7 @@
 //! both see an expired lease cannot both take it: the API server accepts
 //! only the first write.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -26,7 +28,10 @@ use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
-use crate::controller::{Clock, ErrorChain, FIELD_MANAGER};
+use crate::errors::Chain as ErrorChain;
+
+/// The clock lease rounds read; tests pin it or drive it from tokio's time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// What to do with the lease this round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +100,8 @@ pub struct LeaseConfig {
     pub identity: String,
     /// How long a lease stays valid without renewal.
     pub duration: Duration,
+    /// Field manager of the Lease writes (the binary's own).
+    pub field_manager: String,
 }
 
 impl LeaseConfig {
@@ -178,7 +185,8 @@ pub enum LeaseError {
     },
 }
 
-/// Whether this replica leads: `sextant_operator_leader` (1 or 0).
+/// Whether this replica leads: `<prefix>_leader` (1 or 0) and
+/// `<prefix>_leader_changes_total`, under the registry the binary gives.
 #[derive(Clone, Default)]
 pub struct LeaderMetrics {
     leader: Gauge,
@@ -186,7 +194,7 @@ pub struct LeaderMetrics {
 }
 
 impl LeaderMetrics {
-    /// Registers under `registry` (the `sextant_operator` one).
+    /// Registers under `registry` (the binary's own, e.g. `sextant_operator`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "leader",
@@ -268,7 +276,7 @@ impl LeaderElector {
             return Ok(false);
         };
         let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
+            field_manager: Some(self.config.field_manager.clone()),
             ..PostParams::default()
         };
         let written = match decision {
@@ -311,7 +319,7 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime((self.clock)()));
         let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
+            field_manager: Some(self.config.field_manager.clone()),
             ..PostParams::default()
         };
         match self.api.replace(&self.config.name, &pp, &lease).await {
@@ -410,6 +418,7 @@ mod tests {
             name: "sextant-operator".into(),
             identity: "me".into(),
             duration: Duration::from_secs(15),
+            field_manager: "sextant-operator".into(),
         }
     }
 
@@ -519,283 +528,177 @@ mod tests {
         assert_eq!(c.renew_deadline(), Duration::from_secs(10));
     }
 
-    // The lease round trips, against a mocked API server.
+    /// The lease round trips, against a mocked API server (feature
+    /// `testing`: `cargo test -p sextant-kit --features testing`).
+    #[cfg(feature = "testing")]
+    mod round_trips {
+        use super::*;
 
-    use std::sync::Arc;
+        use http::Method;
+        use serde_json::{Value, json};
 
-    use http::Method;
-    use serde_json::{Value, json};
+        use crate::testing::{ApiServerVerifier, mock_client, status_failure};
 
-    use crate::fixtures::{ApiServerVerifier, mock_client, status_failure};
+        const LEASE: &str =
+            "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases/sextant-operator";
+        const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases?&fieldManager=sextant-operator";
+        const PUT_LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases/sextant-operator?&fieldManager=sextant-operator";
+        /// [`NOW`] as the API server spells a `MicroTime`.
+        const NOW_MICRO: &str = "2026-11-25T12:00:00.000000Z";
 
-    const LEASE: &str =
-        "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases/sextant-operator";
-    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases?&fieldManager=sextant-operator";
-    const PUT_LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/sextant-system/leases/sextant-operator?&fieldManager=sextant-operator";
-    /// [`NOW`] as the API server spells a `MicroTime`.
-    const NOW_MICRO: &str = "2026-11-25T12:00:00.000000Z";
+        fn elector_with(config: LeaseConfig, clock: Clock) -> (LeaderElector, ApiServerVerifier) {
+            let (client, server) = mock_client();
+            let elector = LeaderElector::new(client, config, clock, LeaderMetrics::default());
+            (elector, server)
+        }
 
-    fn elector_with(config: LeaseConfig, clock: Clock) -> (LeaderElector, ApiServerVerifier) {
-        let (client, server) = mock_client();
-        let elector = LeaderElector::new(client, config, clock, LeaderMetrics::default());
-        (elector, server)
-    }
+        fn elector() -> (LeaderElector, ApiServerVerifier) {
+            let now = ts(NOW);
+            elector_with(config(), Arc::new(move || now))
+        }
 
-    fn elector() -> (LeaderElector, ApiServerVerifier) {
-        let now = ts(NOW);
-        elector_with(config(), Arc::new(move || now))
-    }
+        fn not_found() -> Value {
+            status_failure(404, "NotFound")
+        }
 
-    fn not_found() -> Value {
-        status_failure(404, "NotFound")
-    }
+        #[tokio::test]
+        async fn a_missing_lease_is_created_naming_us() {
+            let (elector, mut server) = elector();
+            let script = async {
+                server.expect(Method::GET, LEASE, 404, not_found()).await;
+                server
+                    .expect(
+                        Method::POST,
+                        LEASES,
+                        201,
+                        json!(mk_lease(Some("me"), NOW, 15)),
+                    )
+                    .await
+            };
+            let (led, created) = tokio::join!(elector.try_lead(), script);
+            assert!(led.unwrap());
+            assert_eq!(created.content_type.as_deref(), Some("application/json"));
+            assert_eq!(
+                created.body,
+                json!({
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": { "name": "sextant-operator", "namespace": "sextant-system" },
+                    "spec": {
+                        "holderIdentity": "me",
+                        "leaseDurationSeconds": 15,
+                        "acquireTime": NOW_MICRO,
+                        "renewTime": NOW_MICRO,
+                        "leaseTransitions": 0,
+                    },
+                })
+            );
+            drop(elector);
+            server.expect_no_more().await;
+        }
 
-    #[tokio::test]
-    async fn a_missing_lease_is_created_naming_us() {
-        let (elector, mut server) = elector();
-        let script = async {
-            server.expect(Method::GET, LEASE, 404, not_found()).await;
-            server
-                .expect(
-                    Method::POST,
-                    LEASES,
-                    201,
-                    json!(mk_lease(Some("me"), NOW, 15)),
-                )
-                .await
-        };
-        let (led, created) = tokio::join!(elector.try_lead(), script);
-        assert!(led.unwrap());
-        assert_eq!(created.content_type.as_deref(), Some("application/json"));
-        assert_eq!(
-            created.body,
-            json!({
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": { "name": "sextant-operator", "namespace": "sextant-system" },
-                "spec": {
+        #[tokio::test]
+        async fn a_live_lease_of_another_replica_is_read_and_not_written() {
+            let (elector, mut server) = elector();
+            let live = mk_lease(Some("other"), "2026-11-25T11:59:50Z", 15);
+            let (led, read) = tokio::join!(
+                elector.try_lead(),
+                server.expect(Method::GET, LEASE, 200, json!(live)),
+            );
+            assert!(!led.unwrap());
+            assert_eq!(read.body, Value::Null);
+            drop(elector);
+            server.expect_no_more().await;
+        }
+
+        #[tokio::test]
+        async fn an_expired_lease_is_taken_over_by_a_put_guarded_by_its_resource_version() {
+            let (elector, mut server) = elector();
+            let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
+            let script = async {
+                server.expect(Method::GET, LEASE, 200, json!(expired)).await;
+                server
+                    .expect(Method::PUT, PUT_LEASE, 200, json!(expired))
+                    .await
+            };
+            let (led, put) = tokio::join!(elector.try_lead(), script);
+            assert!(led.unwrap());
+            assert_eq!(put.content_type.as_deref(), Some("application/json"));
+            assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+            assert_eq!(
+                put.body["spec"],
+                json!({
                     "holderIdentity": "me",
                     "leaseDurationSeconds": 15,
                     "acquireTime": NOW_MICRO,
                     "renewTime": NOW_MICRO,
-                    "leaseTransitions": 0,
-                },
-            })
-        );
-        drop(elector);
-        server.expect_no_more().await;
-    }
-
-    #[tokio::test]
-    async fn a_live_lease_of_another_replica_is_read_and_not_written() {
-        let (elector, mut server) = elector();
-        let live = mk_lease(Some("other"), "2026-11-25T11:59:50Z", 15);
-        let (led, read) = tokio::join!(
-            elector.try_lead(),
-            server.expect(Method::GET, LEASE, 200, json!(live)),
-        );
-        assert!(!led.unwrap());
-        assert_eq!(read.body, Value::Null);
-        drop(elector);
-        server.expect_no_more().await;
-    }
-
-    #[tokio::test]
-    async fn an_expired_lease_is_taken_over_by_a_put_guarded_by_its_resource_version() {
-        let (elector, mut server) = elector();
-        let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
-        let script = async {
-            server.expect(Method::GET, LEASE, 200, json!(expired)).await;
-            server
-                .expect(Method::PUT, PUT_LEASE, 200, json!(expired))
-                .await
-        };
-        let (led, put) = tokio::join!(elector.try_lead(), script);
-        assert!(led.unwrap());
-        assert_eq!(put.content_type.as_deref(), Some("application/json"));
-        assert_eq!(put.body["metadata"]["resourceVersion"], "7");
-        assert_eq!(
-            put.body["spec"],
-            json!({
-                "holderIdentity": "me",
-                "leaseDurationSeconds": 15,
-                "acquireTime": NOW_MICRO,
-                "renewTime": NOW_MICRO,
-                "leaseTransitions": 3,
-            })
-        );
-        drop(elector);
-        server.expect_no_more().await;
-    }
-
-    #[tokio::test]
-    async fn our_own_lease_is_renewed_by_a_put_keeping_its_acquire_time() {
-        let (elector, mut server) = elector();
-        let ours = mk_lease(Some("me"), "2026-11-25T11:59:55Z", 15);
-        let script = async {
-            server.expect(Method::GET, LEASE, 200, json!(ours)).await;
-            server
-                .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
-                .await
-        };
-        let (led, put) = tokio::join!(elector.try_lead(), script);
-        assert!(led.unwrap());
-        assert_eq!(put.body["metadata"]["resourceVersion"], "7");
-        assert_eq!(
-            put.body["spec"]["acquireTime"],
-            "2026-11-25T11:00:00.000000Z"
-        );
-        assert_eq!(put.body["spec"]["renewTime"], NOW_MICRO);
-        assert_eq!(put.body["spec"]["leaseTransitions"], 2);
-        drop(elector);
-        server.expect_no_more().await;
-    }
-
-    #[tokio::test]
-    async fn losing_the_race_to_write_the_lease_means_not_leading_this_round() {
-        // Another replica wrote the expired lease first: 409 Conflict.
-        let (elector, mut server) = elector();
-        let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
-        let script = async {
-            server.expect(Method::GET, LEASE, 200, json!(expired)).await;
-            server
-                .expect(Method::PUT, PUT_LEASE, 409, status_failure(409, "Conflict"))
-                .await;
-            // Another replica created the lease first: 409 AlreadyExists.
-            server.expect(Method::GET, LEASE, 404, not_found()).await;
-            server
-                .expect(
-                    Method::POST,
-                    LEASES,
-                    409,
-                    status_failure(409, "AlreadyExists"),
-                )
-                .await;
-        };
-        let (lost_put, lost_post) = tokio::join!(
-            async { (elector.try_lead().await, elector.try_lead().await) },
-            script
-        )
-        .0;
-        assert!(!lost_put.unwrap());
-        assert!(!lost_post.unwrap());
-        drop(elector);
-        server.expect_no_more().await;
-    }
-
-    #[tokio::test]
-    async fn a_failed_read_or_write_is_an_error_not_a_verdict() {
-        let (elector, mut server) = elector();
-        let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
-        let script = async {
-            server
-                .expect(
-                    Method::GET,
-                    LEASE,
-                    500,
-                    status_failure(500, "InternalError"),
-                )
-                .await;
-            server.expect(Method::GET, LEASE, 200, json!(expired)).await;
-            server
-                .expect(
-                    Method::PUT,
-                    PUT_LEASE,
-                    500,
-                    status_failure(500, "InternalError"),
-                )
-                .await;
-        };
-        let ((read, write), ()) = tokio::join!(
-            async { (elector.try_lead().await, elector.try_lead().await) },
-            script
-        );
-        assert!(matches!(read, Err(LeaseError::Read { .. })), "{read:?}");
-        assert!(matches!(write, Err(LeaseError::Write { .. })), "{write:?}");
-        drop(elector);
-        server.expect_no_more().await;
-    }
-
-    #[tokio::test]
-    async fn release_frees_only_a_lease_we_hold() {
-        let (elector, mut server) = elector();
-        let ours = mk_lease(Some("me"), "2026-11-25T11:59:55Z", 15);
-        let theirs = mk_lease(Some("other"), "2026-11-25T11:59:55Z", 15);
-        let script = async {
-            server.expect(Method::GET, LEASE, 200, json!(ours)).await;
-            let put = server
-                .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
-                .await;
-            server.expect(Method::GET, LEASE, 200, json!(theirs)).await;
-            server.expect(Method::GET, LEASE, 404, not_found()).await;
-            put
-        };
-        let (released, put) = tokio::join!(
-            async {
-                [
-                    elector.release().await.is_ok(),
-                    elector.release().await.is_ok(),
-                    elector.release().await.is_ok(),
-                ]
-            },
-            script
-        );
-        assert_eq!(released, [true; 3]);
-        assert_eq!(put.body["metadata"]["resourceVersion"], "7");
-        let spec = &put.body["spec"];
-        assert_eq!(spec.get("holderIdentity"), None, "nobody holds it");
-        assert_eq!(spec["leaseDurationSeconds"], 1);
-        assert_eq!(spec["renewTime"], NOW_MICRO);
-        drop(elector);
-        server.expect_no_more().await;
-    }
-
-    /// A clock that follows tokio's (paused) time from [`NOW`].
-    fn tokio_clock() -> Clock {
-        let start = Instant::now();
-        let epoch = ts(NOW);
-        Arc::new(move || {
-            let since = SignedDuration::try_from(start.elapsed()).unwrap();
-            epoch.checked_add(since).unwrap()
-        })
-    }
-
-    /// A lease of 3 s: renewed every second, given up after 2 s without renewal.
-    fn short_config() -> LeaseConfig {
-        LeaseConfig {
-            duration: Duration::from_secs(3),
-            ..config()
+                    "leaseTransitions": 3,
+                })
+            );
+            drop(elector);
+            server.expect_no_more().await;
         }
-    }
 
-    /// Starts `run`; returns the verifier after the first round made us leader.
-    async fn leading_elector() -> (
-        Arc<LeaderElector>,
-        ApiServerVerifier,
-        watch::Receiver<bool>,
-        tokio::task::JoinHandle<()>,
-        Instant,
-    ) {
-        let (elector, mut server) = elector_with(short_config(), tokio_clock());
-        let elector = Arc::new(elector);
-        let (tx, mut leading) = watch::channel(false);
-        let started = Instant::now();
-        let run = tokio::spawn({
-            let elector = elector.clone();
-            async move { elector.run(tx).await }
-        });
-        server.expect(Method::GET, LEASE, 404, not_found()).await;
-        let lease = mk_lease(Some("me"), NOW, 3);
-        server.expect(Method::POST, LEASES, 201, json!(lease)).await;
-        leading.wait_for(|l| *l).await.unwrap();
-        (elector, server, leading, run, started)
-    }
+        #[tokio::test]
+        async fn our_own_lease_is_renewed_by_a_put_keeping_its_acquire_time() {
+            let (elector, mut server) = elector();
+            let ours = mk_lease(Some("me"), "2026-11-25T11:59:55Z", 15);
+            let script = async {
+                server.expect(Method::GET, LEASE, 200, json!(ours)).await;
+                server
+                    .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
+                    .await
+            };
+            let (led, put) = tokio::join!(elector.try_lead(), script);
+            assert!(led.unwrap());
+            assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+            assert_eq!(
+                put.body["spec"]["acquireTime"],
+                "2026-11-25T11:00:00.000000Z"
+            );
+            assert_eq!(put.body["spec"]["renewTime"], NOW_MICRO);
+            assert_eq!(put.body["spec"]["leaseTransitions"], 2);
+            drop(elector);
+            server.expect_no_more().await;
+        }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_leader_that_cannot_renew_steps_down_by_the_renew_deadline() {
-        let (elector, mut server, mut leading, run, renewed) = leading_elector().await;
-        let failing = async {
-            loop {
+        #[tokio::test]
+        async fn losing_the_race_to_write_the_lease_means_not_leading_this_round() {
+            // Another replica wrote the expired lease first: 409 Conflict.
+            let (elector, mut server) = elector();
+            let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
+            let script = async {
+                server.expect(Method::GET, LEASE, 200, json!(expired)).await;
+                server
+                    .expect(Method::PUT, PUT_LEASE, 409, status_failure(409, "Conflict"))
+                    .await;
+                // Another replica created the lease first: 409 AlreadyExists.
+                server.expect(Method::GET, LEASE, 404, not_found()).await;
+                server
+                    .expect(
+                        Method::POST,
+                        LEASES,
+                        409,
+                        status_failure(409, "AlreadyExists"),
+                    )
+                    .await;
+            };
+            let (lost_put, lost_post) = tokio::join!(
+                async { (elector.try_lead().await, elector.try_lead().await) },
+                script
+            )
+            .0;
+            assert!(!lost_put.unwrap());
+            assert!(!lost_post.unwrap());
+            drop(elector);
+            server.expect_no_more().await;
+        }
+
+        #[tokio::test]
+        async fn a_failed_read_or_write_is_an_error_not_a_verdict() {
+            let (elector, mut server) = elector();
+            let expired = mk_lease(Some("other"), "2026-11-25T11:59:45Z", 15);
+            let script = async {
                 server
                     .expect(
                         Method::GET,
@@ -804,62 +707,171 @@ mod tests {
                         status_failure(500, "InternalError"),
                     )
                     .await;
-            }
-        };
-        tokio::select! {
-            stepped_down = leading.wait_for(|l| !*l) => { stepped_down.unwrap(); }
-            () = failing => {}
-            () = tokio::time::sleep(Duration::from_secs(30)) => panic!("never stepped down"),
+                server.expect(Method::GET, LEASE, 200, json!(expired)).await;
+                server
+                    .expect(
+                        Method::PUT,
+                        PUT_LEASE,
+                        500,
+                        status_failure(500, "InternalError"),
+                    )
+                    .await;
+            };
+            let ((read, write), ()) = tokio::join!(
+                async { (elector.try_lead().await, elector.try_lead().await) },
+                script
+            );
+            assert!(matches!(read, Err(LeaseError::Read { .. })), "{read:?}");
+            assert!(matches!(write, Err(LeaseError::Write { .. })), "{write:?}");
+            drop(elector);
+            server.expect_no_more().await;
         }
-        assert!(
-            renewed.elapsed() <= short_config().renew_deadline(),
-            "stepped down {:?} after the last renewal",
-            renewed.elapsed()
-        );
-        assert_eq!(elector.metrics.leader.get(), 0);
-        assert_eq!(elector.metrics.transitions.get(), 2);
-        run.abort();
-    }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_leader_rides_out_one_failed_renewal() {
-        let (elector, mut server, mut leading, run, _) = leading_elector().await;
-        let ours = mk_lease(Some("me"), NOW, 3);
-        server
-            .expect(
-                Method::GET,
-                LEASE,
-                500,
-                status_failure(500, "InternalError"),
-            )
-            .await;
-        server.expect(Method::GET, LEASE, 200, json!(ours)).await;
-        server
-            .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
-            .await;
-        // The next round begins only after the last one was published.
-        let _next_round = server.expect_and_hang(Method::GET, LEASE).await;
-        assert!(*leading.borrow_and_update());
-        assert_eq!(elector.metrics.transitions.get(), 1, "never stepped down");
-        assert_eq!(elector.metrics.leader.get(), 1);
-        run.abort();
-    }
+        #[tokio::test]
+        async fn release_frees_only_a_lease_we_hold() {
+            let (elector, mut server) = elector();
+            let ours = mk_lease(Some("me"), "2026-11-25T11:59:55Z", 15);
+            let theirs = mk_lease(Some("other"), "2026-11-25T11:59:55Z", 15);
+            let script = async {
+                server.expect(Method::GET, LEASE, 200, json!(ours)).await;
+                let put = server
+                    .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
+                    .await;
+                server.expect(Method::GET, LEASE, 200, json!(theirs)).await;
+                server.expect(Method::GET, LEASE, 404, not_found()).await;
+                put
+            };
+            let (released, put) = tokio::join!(
+                async {
+                    [
+                        elector.release().await.is_ok(),
+                        elector.release().await.is_ok(),
+                        elector.release().await.is_ok(),
+                    ]
+                },
+                script
+            );
+            assert_eq!(released, [true; 3]);
+            assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+            let spec = &put.body["spec"];
+            assert_eq!(spec.get("holderIdentity"), None, "nobody holds it");
+            assert_eq!(spec["leaseDurationSeconds"], 1);
+            assert_eq!(spec["renewTime"], NOW_MICRO);
+            drop(elector);
+            server.expect_no_more().await;
+        }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_leader_whose_renewal_hangs_steps_down_by_the_renew_deadline() {
-        // The API server takes the GET and never answers (a half-open
-        // connection): the lease expires for everyone else all the same.
-        let (_elector, mut server, mut leading, run, renewed) = leading_elector().await;
-        let _hung = server.expect_and_hang(Method::GET, LEASE).await;
-        tokio::time::timeout(Duration::from_secs(30), leading.wait_for(|l| !*l))
-            .await
-            .expect("a hung renewal must not keep us leading")
-            .unwrap();
-        assert!(
-            renewed.elapsed() <= short_config().renew_deadline(),
-            "stepped down {:?} after the last renewal",
-            renewed.elapsed()
-        );
-        run.abort();
+        /// A clock that follows tokio's (paused) time from [`NOW`].
+        fn tokio_clock() -> Clock {
+            let start = Instant::now();
+            let epoch = ts(NOW);
+            Arc::new(move || {
+                let since = SignedDuration::try_from(start.elapsed()).unwrap();
+                epoch.checked_add(since).unwrap()
+            })
+        }
+
+        /// A lease of 3 s: renewed every second, given up after 2 s without renewal.
+        fn short_config() -> LeaseConfig {
+            LeaseConfig {
+                duration: Duration::from_secs(3),
+                ..config()
+            }
+        }
+
+        /// Starts `run`; returns the verifier after the first round made us leader.
+        async fn leading_elector() -> (
+            Arc<LeaderElector>,
+            ApiServerVerifier,
+            watch::Receiver<bool>,
+            tokio::task::JoinHandle<()>,
+            Instant,
+        ) {
+            let (elector, mut server) = elector_with(short_config(), tokio_clock());
+            let elector = Arc::new(elector);
+            let (tx, mut leading) = watch::channel(false);
+            let started = Instant::now();
+            let run = tokio::spawn({
+                let elector = elector.clone();
+                async move { elector.run(tx).await }
+            });
+            server.expect(Method::GET, LEASE, 404, not_found()).await;
+            let lease = mk_lease(Some("me"), NOW, 3);
+            server.expect(Method::POST, LEASES, 201, json!(lease)).await;
+            leading.wait_for(|l| *l).await.unwrap();
+            (elector, server, leading, run, started)
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_leader_that_cannot_renew_steps_down_by_the_renew_deadline() {
+            let (elector, mut server, mut leading, run, renewed) = leading_elector().await;
+            let failing = async {
+                loop {
+                    server
+                        .expect(
+                            Method::GET,
+                            LEASE,
+                            500,
+                            status_failure(500, "InternalError"),
+                        )
+                        .await;
+                }
+            };
+            tokio::select! {
+                stepped_down = leading.wait_for(|l| !*l) => { stepped_down.unwrap(); }
+                () = failing => {}
+                () = tokio::time::sleep(Duration::from_secs(30)) => panic!("never stepped down"),
+            }
+            assert!(
+                renewed.elapsed() <= short_config().renew_deadline(),
+                "stepped down {:?} after the last renewal",
+                renewed.elapsed()
+            );
+            assert_eq!(elector.metrics.leader.get(), 0);
+            assert_eq!(elector.metrics.transitions.get(), 2);
+            run.abort();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_leader_rides_out_one_failed_renewal() {
+            let (elector, mut server, mut leading, run, _) = leading_elector().await;
+            let ours = mk_lease(Some("me"), NOW, 3);
+            server
+                .expect(
+                    Method::GET,
+                    LEASE,
+                    500,
+                    status_failure(500, "InternalError"),
+                )
+                .await;
+            server.expect(Method::GET, LEASE, 200, json!(ours)).await;
+            server
+                .expect(Method::PUT, PUT_LEASE, 200, json!(ours))
+                .await;
+            // The next round begins only after the last one was published.
+            let _next_round = server.expect_and_hang(Method::GET, LEASE).await;
+            assert!(*leading.borrow_and_update());
+            assert_eq!(elector.metrics.transitions.get(), 1, "never stepped down");
+            assert_eq!(elector.metrics.leader.get(), 1);
+            run.abort();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_leader_whose_renewal_hangs_steps_down_by_the_renew_deadline() {
+            // The API server takes the GET and never answers (a half-open
+            // connection): the lease expires for everyone else all the same.
+            let (_elector, mut server, mut leading, run, renewed) = leading_elector().await;
+            let _hung = server.expect_and_hang(Method::GET, LEASE).await;
+            tokio::time::timeout(Duration::from_secs(30), leading.wait_for(|l| !*l))
+                .await
+                .expect("a hung renewal must not keep us leading")
+                .unwrap();
+            assert!(
+                renewed.elapsed() <= short_config().renew_deadline(),
+                "stepped down {:?} after the last renewal",
+                renewed.elapsed()
+            );
+            run.abort();
+        }
     }
 }
