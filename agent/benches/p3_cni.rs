@@ -24,7 +24,7 @@ fn main() {
         return;
     }
     if let Err(e) = run() {
-        println!("P3: FAILED: {}", sextant_agent::ErrorChain(&e));
+        println!("P3: FAILED: {}", sextant_kit::ErrorChain(&e));
         std::process::exit(1);
     }
 }

@@ -31,7 +31,7 @@ fn main() {
         return;
     }
     if let Err(e) = run() {
-        println!("P4a: FAILED: {}", sextant_agent::ErrorChain(&e));
+        println!("P4a: FAILED: {}", sextant_kit::ErrorChain(&e));
         std::process::exit(1);
     }
 }

@@ -55,7 +55,7 @@ fn main() {
         return;
     }
     if let Err(e) = run() {
-        println!("P4b: FAILED: {}", sextant_agent::ErrorChain(&e));
+        println!("P4b: FAILED: {}", sextant_kit::ErrorChain(&e));
         std::process::exit(1);
     }
 }

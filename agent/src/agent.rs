@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -17,6 +17,8 @@ use sextant_agent_api::{
     AgentState, CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceList,
     ServiceSpec, fmt_mac,
 };
+
+use sextant_kit::sync::lock;
 
 use crate::{
     checkpoint::{self, Checkpoint},
@@ -148,11 +150,6 @@ pub struct Agent {
     registry: prometheus_client::registry::Registry,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Agent {
     /// Builds the agent in the restoring phase: reads the checkpoint (a
     /// corrupt one or a double assignment is an error: the agent refuses to
@@ -176,7 +173,7 @@ impl Agent {
                     Some(dp)
                 }
                 Err(e) => {
-                    warn!(error = %crate::ErrorChain(&e), "datapath failed to load; kernel routing only");
+                    warn!(error = %sextant_kit::ErrorChain(&e), "datapath failed to load; kernel routing only");
                     phase = Phase::Degraded;
                     None
                 }
@@ -692,9 +689,7 @@ impl Agent {
             self.metrics
                 .sync_verdicts(&dp.policy_verdicts(names.keys().copied()), &names);
         }
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        sextant_kit::admin::metrics_text(&self.registry).unwrap_or_default()
     }
 
     /// Brings network policy to `snap`, the control plane's whole desired
@@ -771,7 +766,7 @@ impl Agent {
         }
         if let Err(e) = self.apply_policy(&mut ps) {
             self.metrics.error(&e);
-            warn!(error = %crate::ErrorChain(&e), "policy resync failed");
+            warn!(error = %sextant_kit::ErrorChain(&e), "policy resync failed");
         }
     }
 
@@ -822,7 +817,7 @@ impl Agent {
         ps.control_plane_seen = std::time::Instant::now();
         if let Err(e) = self.restore_enforcement(&mut ps) {
             self.metrics.error(&e);
-            warn!(error = %crate::ErrorChain(&e), "restoring policy enforcement failed");
+            warn!(error = %sextant_kit::ErrorChain(&e), "restoring policy enforcement failed");
         }
     }
 
@@ -843,7 +838,7 @@ impl Agent {
             tick.tick().await;
             if let Err(e) = self.fail_open_tick(&probe).await {
                 self.metrics.error(&e);
-                warn!(error = %crate::ErrorChain(&e), "fail-open check failed");
+                warn!(error = %sextant_kit::ErrorChain(&e), "fail-open check failed");
             }
         }
     }

@@ -181,7 +181,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             &version,
             code,
             "sextant agent refused",
-            crate::ErrorChain(&e).to_string(),
+            sextant_kit::ErrorChain(&e).to_string(),
         )
     };
     match env.command.as_str() {
@@ -213,7 +213,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                     if let Err(e) = cleaned {
                         eprintln!(
                             "sextant-cni: agent down and local cleanup failed: {}",
-                            crate::ErrorChain(&e)
+                            sextant_kit::ErrorChain(&e)
                         );
                     }
                     Ok(None)
@@ -235,7 +235,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                         &version,
                         50,
                         "sextant agent not available",
-                        crate::ErrorChain(&e).to_string(),
+                        sextant_kit::ErrorChain(&e).to_string(),
                     )
                 })?;
             if h.state == AgentState::Ready && h.ipam.free > 0 {

@@ -207,8 +207,8 @@ impl Lab {
                 // Report usage every second: the feeder grows the pool from it.
                 cmd.arg("--node-network-file")
                     .arg(path)
-                    .arg("--ipam-node-update-rate")
-                    .arg("1");
+                    .arg("--usage-report-interval")
+                    .arg("1s");
             }
         }
         if !self.cfg.datapath {

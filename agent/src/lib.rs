@@ -35,5 +35,5 @@ pub mod services;
 pub mod usage;
 pub mod veth;
 
-pub use error::{Error, ErrorChain, Result};
+pub use error::{Error, Result};
 pub use metrics::Metrics;

@@ -147,14 +147,14 @@ pub async fn file_loops(agent: Arc<Agent>, path: PathBuf, rate: Duration) {
                     } else {
                         answers.extend(new);
                         if let Err(e) = agent.save().await {
-                            warn!(error = %crate::ErrorChain(&e), "checkpoint after handshake");
+                            warn!(error = %sextant_kit::ErrorChain(&e), "checkpoint after handshake");
                         }
                         true
                     }
                 }
                 Ok(None) => false,
                 Err(e) => {
-                    let msg = crate::ErrorChain(&e).to_string();
+                    let msg = sextant_kit::ErrorChain(&e).to_string();
                     // Once per distinct problem, not every second.
                     if last_error.as_deref() != Some(msg.as_str()) {
                         agent.metrics.error(&e);
@@ -176,7 +176,7 @@ pub async fn file_loops(agent: Arc<Agent>, path: PathBuf, rate: Duration) {
                 }
                 Err(e) => {
                     agent.metrics.error(&e);
-                    warn!(error = %crate::ErrorChain(&e), "usage report failed");
+                    warn!(error = %sextant_kit::ErrorChain(&e), "usage report failed");
                 }
             }
         }

@@ -177,7 +177,7 @@ pub async fn watch(agent: Arc<Agent>, client: Client, node: String) {
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
-            controller: "sextant-agent".into(),
+            controller: sextant_crds::wellknown::FIELD_MANAGER_AGENT.into(),
             instance: Some(node.clone()),
         },
     );
@@ -259,7 +259,7 @@ async fn sync_loop(agent: Arc<Agent>, client: Client) {
                     debug!(changes = report.changes, "policy synced");
                 }
             }
-            Err(e) => warn!(error = %crate::ErrorChain(&e), "policy sync"),
+            Err(e) => warn!(error = %sextant_kit::ErrorChain(&e), "policy sync"),
         }
         let unpublished = agent.unpublished_identities(&given);
         if !unpublished.is_empty() {

@@ -12,6 +12,8 @@ use kube::{
 use sextant_crds::NodeNetwork;
 use tracing::{info, warn};
 
+use sextant_kit::{ErrorChain, duration};
+
 use crate::{
     agent::{Agent, Config, PolicyFailOpen},
     datapath::CtTimeouts,
@@ -36,19 +38,19 @@ pub struct Args {
     /// Run without the eBPF datapath (kernel routing only).
     #[arg(long, env = "SEXTANT_NO_DATAPATH")]
     pub no_datapath: bool,
-    /// Seconds a freed IP waits before reuse.
-    #[arg(long, env = "SEXTANT_IP_COOLDOWN_SECONDS", default_value_t = 30)]
-    pub ip_cooldown_seconds: u64,
-    /// Seconds between usage reports into NodeNetwork status.
-    #[arg(long, env = "SEXTANT_IPAM_NODE_UPDATE_RATE", default_value_t = 15)]
-    pub ipam_node_update_rate: u64,
-    /// Seconds between sweeps that free IPs of pods gone without a DEL.
-    #[arg(long, env = "SEXTANT_RECONCILE_SECONDS", default_value_t = 60)]
-    pub reconcile_seconds: u64,
-    /// Seconds a CNI ADD of a pod with a FixedIP waits for the address to
+    /// How long a freed IP waits before reuse.
+    #[arg(long, env = "SEXTANT_IP_COOLDOWN", default_value = "30s", value_parser = duration::parse)]
+    pub ip_cooldown: Duration,
+    /// Interval of usage reports into NodeNetwork status (at least 1s).
+    #[arg(long, env = "SEXTANT_USAGE_REPORT_INTERVAL", default_value = "15s", value_parser = duration::parse)]
+    pub usage_report_interval: Duration,
+    /// Interval of sweeps that free IPs of pods gone without a DEL (at least 1s).
+    #[arg(long, env = "SEXTANT_RECONCILE_INTERVAL", default_value = "60s", value_parser = duration::parse)]
+    pub reconcile_interval: Duration,
+    /// How long a CNI ADD of a pod with a FixedIP waits for the address to
     /// reach this node's NodeNetwork `status.fixedIps`.
-    #[arg(long, env = "SEXTANT_FIXED_IP_WAIT_SECONDS", default_value_t = 30)]
-    pub fixed_ip_wait_seconds: u64,
+    #[arg(long, env = "SEXTANT_FIXED_IP_WAIT", default_value = "30s", value_parser = duration::parse)]
+    pub fixed_ip_wait: Duration,
     /// This node's name (its NodeNetwork's name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -68,28 +70,124 @@ pub struct Args {
         conflicts_with_all = ["static_pool", "node_name"]
     )]
     pub node_network_file: Option<PathBuf>,
-    /// Idle timeout of TCP conntrack entries (service and policy), seconds.
-    #[arg(long, env = "SEXTANT_CT_TIMEOUT_TCP_SECONDS", default_value_t = 21_600)]
-    pub ct_timeout_tcp_seconds: u64,
-    /// Idle timeout of UDP and other conntrack entries, seconds.
-    #[arg(long, env = "SEXTANT_CT_TIMEOUT_OTHER_SECONDS", default_value_t = 60)]
-    pub ct_timeout_other_seconds: u64,
-    /// Seconds between conntrack sweeps.
-    #[arg(long, env = "SEXTANT_CT_GC_SECONDS", default_value_t = 30)]
-    pub ct_gc_seconds: u64,
-    /// Last resort: after this many seconds without the control plane, lift
-    /// policy enforcement of the pods `--policy-fail-open-selector` selects.
-    /// 0 (the default) never does.
+    /// Idle timeout of TCP conntrack entries (service and policy).
+    #[arg(long, env = "SEXTANT_CT_TIMEOUT_TCP", default_value = "6h", value_parser = duration::parse)]
+    pub ct_timeout_tcp: Duration,
+    /// Idle timeout of UDP and other conntrack entries.
+    #[arg(long, env = "SEXTANT_CT_TIMEOUT_OTHER", default_value = "60s", value_parser = duration::parse)]
+    pub ct_timeout_other: Duration,
+    /// Interval of conntrack sweeps (at least 1s).
+    #[arg(long, env = "SEXTANT_CT_GC_INTERVAL", default_value = "30s", value_parser = duration::parse)]
+    pub ct_gc_interval: Duration,
+    /// Last resort: after this long without the control plane, lift policy
+    /// enforcement of the pods `--policy-fail-open-selector` selects.
+    /// 0s (the default) never does.
     #[arg(
         long,
-        env = "SEXTANT_POLICY_FAIL_OPEN_AFTER_SECONDS",
-        default_value_t = 0
+        env = "SEXTANT_POLICY_FAIL_OPEN_AFTER",
+        default_value = "0s",
+        value_parser = duration::parse
     )]
-    pub policy_fail_open_after_seconds: u64,
+    pub policy_fail_open_after: Duration,
     /// `key=value` pod labels (all must match) of the pods the fail-open mode
     /// opens; empty opens every policy-selected pod on the node.
     #[arg(long, env = "SEXTANT_POLICY_FAIL_OPEN_SELECTOR", value_delimiter = ',')]
     pub policy_fail_open_selector: Vec<String>,
+    /// Integer-seconds flags of earlier agents, still read so that an
+    /// existing DaemonSet keeps working; each wins over its new flag.
+    #[command(flatten)]
+    pub deprecated: DeprecatedSeconds,
+}
+
+/// The `--*-seconds` flags (and their `SEXTANT_*` variables) of earlier
+/// agents: hidden, deprecated, each a whole number of seconds. When one is
+/// given it wins over its duration flag and a warning names the new one.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeprecatedSeconds {
+    /// Deprecated: `--ip-cooldown`.
+    #[arg(long, env = "SEXTANT_IP_COOLDOWN_SECONDS", hide = true)]
+    pub ip_cooldown_seconds: Option<u64>,
+    /// Deprecated: `--usage-report-interval`.
+    #[arg(long, env = "SEXTANT_IPAM_NODE_UPDATE_RATE", hide = true)]
+    pub ipam_node_update_rate: Option<u64>,
+    /// Deprecated: `--reconcile-interval`.
+    #[arg(long, env = "SEXTANT_RECONCILE_SECONDS", hide = true)]
+    pub reconcile_seconds: Option<u64>,
+    /// Deprecated: `--fixed-ip-wait`.
+    #[arg(long, env = "SEXTANT_FIXED_IP_WAIT_SECONDS", hide = true)]
+    pub fixed_ip_wait_seconds: Option<u64>,
+    /// Deprecated: `--ct-timeout-tcp`.
+    #[arg(long, env = "SEXTANT_CT_TIMEOUT_TCP_SECONDS", hide = true)]
+    pub ct_timeout_tcp_seconds: Option<u64>,
+    /// Deprecated: `--ct-timeout-other`.
+    #[arg(long, env = "SEXTANT_CT_TIMEOUT_OTHER_SECONDS", hide = true)]
+    pub ct_timeout_other_seconds: Option<u64>,
+    /// Deprecated: `--ct-gc-interval`.
+    #[arg(long, env = "SEXTANT_CT_GC_SECONDS", hide = true)]
+    pub ct_gc_seconds: Option<u64>,
+    /// Deprecated: `--policy-fail-open-after`.
+    #[arg(long, env = "SEXTANT_POLICY_FAIL_OPEN_AFTER_SECONDS", hide = true)]
+    pub policy_fail_open_after_seconds: Option<u64>,
+}
+
+impl Args {
+    /// Folds the deprecated `--*-seconds` flags into their duration flags
+    /// (a given old flag wins) and returns the old names that were used.
+    pub fn resolve_deprecated(&mut self) -> Vec<(&'static str, &'static str)> {
+        let d = std::mem::take(&mut self.deprecated);
+        let mut used = Vec::new();
+        let mut fold =
+            |old: Option<u64>, new: &mut Duration, names: (&'static str, &'static str)| {
+                if let Some(secs) = old {
+                    *new = Duration::from_secs(secs);
+                    used.push(names);
+                }
+            };
+        fold(
+            d.ip_cooldown_seconds,
+            &mut self.ip_cooldown,
+            ("--ip-cooldown-seconds", "--ip-cooldown"),
+        );
+        fold(
+            d.ipam_node_update_rate,
+            &mut self.usage_report_interval,
+            ("--ipam-node-update-rate", "--usage-report-interval"),
+        );
+        fold(
+            d.reconcile_seconds,
+            &mut self.reconcile_interval,
+            ("--reconcile-seconds", "--reconcile-interval"),
+        );
+        fold(
+            d.fixed_ip_wait_seconds,
+            &mut self.fixed_ip_wait,
+            ("--fixed-ip-wait-seconds", "--fixed-ip-wait"),
+        );
+        fold(
+            d.ct_timeout_tcp_seconds,
+            &mut self.ct_timeout_tcp,
+            ("--ct-timeout-tcp-seconds", "--ct-timeout-tcp"),
+        );
+        fold(
+            d.ct_timeout_other_seconds,
+            &mut self.ct_timeout_other,
+            ("--ct-timeout-other-seconds", "--ct-timeout-other"),
+        );
+        fold(
+            d.ct_gc_seconds,
+            &mut self.ct_gc_interval,
+            ("--ct-gc-seconds", "--ct-gc-interval"),
+        );
+        fold(
+            d.policy_fail_open_after_seconds,
+            &mut self.policy_fail_open_after,
+            (
+                "--policy-fail-open-after-seconds",
+                "--policy-fail-open-after",
+            ),
+        );
+        used
+    }
 }
 
 /// Parses `key=value` items into a label map.
@@ -141,40 +239,47 @@ impl Args {
         Ok(Config {
             state_dir: self.state_dir.clone(),
             bpf_root: (!self.no_datapath).then(|| self.bpf_root.clone()),
-            cooldown: Duration::from_secs(self.ip_cooldown_seconds),
+            cooldown: self.ip_cooldown,
             static_pool: expand_pool(&self.static_pool)?,
         })
     }
 
     /// Runs the agent until SIGTERM or SIGINT.
-    pub async fn run(self) -> Result<()> {
+    pub async fn run(mut self) -> Result<()> {
+        for (old, new) in self.resolve_deprecated() {
+            warn!(
+                flag = old,
+                instead = new,
+                "deprecated flag (whole seconds); use its duration flag"
+            );
+        }
         let agent = Agent::new(self.config()?)?;
         let listener = server::bind(&self.socket)?;
         info!(socket = %self.socket.display(), "agent API listening");
         let srv = tokio::spawn(server::serve(agent.clone(), listener));
         agent.restore().await?;
         let selector = parse_labels(&self.policy_fail_open_selector)?;
-        if self.policy_fail_open_after_seconds > 0 {
+        if !self.policy_fail_open_after.is_zero() {
             warn!(
-                after_s = self.policy_fail_open_after_seconds,
+                after_s = self.policy_fail_open_after.as_secs(),
                 ?selector,
                 "policy fail-open armed: selected pods lose enforcement when the control plane stays away"
             );
             agent.enable_policy_fail_open(PolicyFailOpen {
-                after: Duration::from_secs(self.policy_fail_open_after_seconds),
+                after: self.policy_fail_open_after,
                 selector,
             });
         }
         let ct_gc = tokio::spawn(agent.clone().sweep_conntrack(
-            Duration::from_secs(self.ct_gc_seconds.max(1)),
+            self.ct_gc_interval.max(MIN_INTERVAL),
             CtTimeouts {
-                tcp: Duration::from_secs(self.ct_timeout_tcp_seconds),
-                other: Duration::from_secs(self.ct_timeout_other_seconds),
+                tcp: self.ct_timeout_tcp,
+                other: self.ct_timeout_other,
             },
         ));
         let sweeper = {
             let agent = agent.clone();
-            let every = Duration::from_secs(self.reconcile_seconds.max(1));
+            let every = self.reconcile_interval.max(MIN_INTERVAL);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
@@ -182,12 +287,12 @@ impl Args {
                     tick.tick().await;
                     if let Err(e) = agent.sweep(Some(every)).await {
                         agent.metrics.error(&e);
-                        warn!(error = %crate::ErrorChain(&e), "sweep of gone pods failed");
+                        warn!(error = %ErrorChain(&e), "sweep of gone pods failed");
                     }
                 }
             })
         };
-        let rate = Duration::from_secs(self.ipam_node_update_rate.max(1));
+        let rate = self.usage_report_interval.max(MIN_INTERVAL);
         // What the fail-open mode asks before it lifts anything: this node's
         // NodeNetwork, when there is an API server to ask.
         let mut probe: Option<(Api<NodeNetwork>, String)> = None;
@@ -212,7 +317,7 @@ impl Args {
                 agent.enable_fixed_ips_cached(
                     client.clone(),
                     crate::fixed_ip::FixedIpCache::start(client.clone()),
-                    Duration::from_secs(self.fixed_ip_wait_seconds),
+                    self.fixed_ip_wait,
                 );
                 if !self.no_datapath {
                     tokio::spawn(crate::services::watch(agent.clone(), client.clone()));
@@ -250,8 +355,10 @@ impl Args {
                 }
             },
         ));
-        shutdown().await;
-        info!("shutting down; the datapath stays pinned");
+        let signal = sextant_kit::shutdown::signal()
+            .map_err(|e| Error::io("installing the SIGTERM/SIGINT handlers", e))?
+            .await;
+        info!(%signal, "shutting down; the datapath stays pinned");
         srv.abort();
         sweeper.abort();
         fail_open.abort();
@@ -263,6 +370,9 @@ impl Args {
         agent.save().await
     }
 }
+
+/// Floor of the loop intervals, so a typo cannot spin a loop.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long the fail-open mode's probe waits for the API server.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -283,21 +393,6 @@ async fn control_plane_answers(api: &Api<NodeNetwork>, node: &str) -> bool {
     }
 }
 
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 /// Watches this node's NodeNetwork (pool, release marks) and reports usage
 /// every `rate`; answers to the handshake are written as soon as they change.
 pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, rate: Duration) {
@@ -315,7 +410,7 @@ pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, 
                         }
                         Err(e) => {
                             agent.metrics.error(&e);
-                            warn!(error = %crate::ErrorChain(&e), %node, "usage report failed");
+                            warn!(error = %ErrorChain(&e), %node, "usage report failed");
                         }
                     }
                 } else if api.get_metadata(&node).await.is_ok() {
@@ -345,13 +440,13 @@ pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, 
                 continue;
             }
             if let Err(e) = agent.save().await {
-                warn!(error = %crate::ErrorChain(&e), "checkpoint after handshake");
+                warn!(error = %ErrorChain(&e), "checkpoint after handshake");
             }
             if let Some(patch) = agent.usage_merge_patch(&answers)
                 && let Err(e) = usage::write(&api, &node, &patch).await
             {
                 agent.metrics.error(&e);
-                warn!(error = %crate::ErrorChain(&e), %node, "handshake answer failed");
+                warn!(error = %ErrorChain(&e), %node, "handshake answer failed");
             }
         }
     };
@@ -368,16 +463,6 @@ pub fn enter_netns(args: &Args) -> Result<()> {
         .map_err(|e| Error::io(format!("opening netns {}", path.display()), e))?;
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| Error::io(format!("entering netns {}", path.display()), e.into()))
-}
-
-/// Installs the tracing subscriber (`RUST_LOG`, default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]
@@ -401,6 +486,69 @@ mod tests {
             argv.extend(other);
             assert!(Args::try_parse_from(argv).is_err(), "{other:?}");
         }
+    }
+
+    #[test]
+    fn durations_default_to_the_old_seconds_and_take_units() {
+        let mut a = Args::try_parse_from(["sextant-agent"]).expect("defaults");
+        assert!(a.resolve_deprecated().is_empty());
+        assert_eq!(a.ip_cooldown, Duration::from_secs(30));
+        assert_eq!(a.usage_report_interval, Duration::from_secs(15));
+        assert_eq!(a.reconcile_interval, Duration::from_secs(60));
+        assert_eq!(a.fixed_ip_wait, Duration::from_secs(30));
+        assert_eq!(a.ct_timeout_tcp, Duration::from_secs(21_600));
+        assert_eq!(a.ct_timeout_other, Duration::from_secs(60));
+        assert_eq!(a.ct_gc_interval, Duration::from_secs(30));
+        assert_eq!(a.policy_fail_open_after, Duration::ZERO);
+        let a = Args::try_parse_from([
+            "sextant-agent",
+            "--ip-cooldown",
+            "500ms",
+            "--ct-timeout-tcp",
+            "2h",
+        ])
+        .expect("units");
+        assert_eq!(a.ip_cooldown, Duration::from_millis(500));
+        assert_eq!(a.ct_timeout_tcp, Duration::from_secs(7_200));
+        assert!(
+            Args::try_parse_from(["sextant-agent", "--ip-cooldown", "30"]).is_err(),
+            "a bare number is refused"
+        );
+    }
+
+    #[test]
+    fn deprecated_seconds_flags_still_work_and_win() {
+        let mut a = Args::try_parse_from([
+            "sextant-agent",
+            "--ip-cooldown",
+            "1s",
+            "--ip-cooldown-seconds",
+            "600",
+            "--ipam-node-update-rate",
+            "2",
+            "--reconcile-seconds",
+            "7",
+            "--fixed-ip-wait-seconds",
+            "60",
+            "--ct-timeout-tcp-seconds",
+            "100",
+            "--ct-timeout-other-seconds",
+            "5",
+            "--ct-gc-seconds",
+            "3",
+            "--policy-fail-open-after-seconds",
+            "9",
+        ])
+        .expect("old flags parse");
+        assert_eq!(a.resolve_deprecated().len(), 8);
+        assert_eq!(a.ip_cooldown, Duration::from_secs(600));
+        assert_eq!(a.usage_report_interval, Duration::from_secs(2));
+        assert_eq!(a.reconcile_interval, Duration::from_secs(7));
+        assert_eq!(a.fixed_ip_wait, Duration::from_secs(60));
+        assert_eq!(a.ct_timeout_tcp, Duration::from_secs(100));
+        assert_eq!(a.ct_timeout_other, Duration::from_secs(5));
+        assert_eq!(a.ct_gc_interval, Duration::from_secs(3));
+        assert_eq!(a.policy_fail_open_after, Duration::from_secs(9));
     }
 
     #[test]

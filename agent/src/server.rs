@@ -78,7 +78,7 @@ fn error(e: &Error) -> Response<Full<Bytes>> {
         status,
         &ApiError {
             code: e.metric_label().to_string(),
-            message: crate::ErrorChain(e).to_string(),
+            message: sextant_kit::ErrorChain(e).to_string(),
         },
     )
 }
@@ -99,7 +99,7 @@ async fn handle(agent: &Agent, req: Request<hyper::body::Incoming>) -> Response<
             (&Method::GET, "/v1/healthz") => json(StatusCode::OK, &agent.health()),
             (&Method::GET, "/v1/ipam") => json(StatusCode::OK, &agent.ipam()),
             (&Method::GET, "/metrics") => Response::builder()
-                .header("content-type", "text/plain; version=0.0.4")
+                .header("content-type", sextant_kit::admin::METRICS_CONTENT_TYPE)
                 .body(Full::new(Bytes::from(agent.metrics_text())))
                 .unwrap_or_default(),
             (&Method::POST, "/v1/cni/add") => json(

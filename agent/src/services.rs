@@ -146,7 +146,7 @@ pub async fn watch(agent: Arc<Agent>, client: Client) {
         let want = desired(&svc_store.state(), &eps_store.state());
         for spec in diff(&installed, &want) {
             if let Err(e) = agent.set_service(&spec) {
-                warn!(error = %crate::ErrorChain(&e), vip = %spec.frontend.vip, "programming service");
+                warn!(error = %sextant_kit::ErrorChain(&e), vip = %spec.frontend.vip, "programming service");
             }
         }
         installed = want;

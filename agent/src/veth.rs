@@ -463,7 +463,7 @@ pub fn interface_alive(netns: &Path, ifname: &str) -> bool {
         Ok(alive) => alive,
         Err(e) => {
             // Cannot tell: keeping the IP is safe, freeing it might double-assign.
-            tracing::warn!(netns = %netns.display(), error = %crate::ErrorChain(&e), "cannot check pod interface; keeping it");
+            tracing::warn!(netns = %netns.display(), error = %sextant_kit::ErrorChain(&e), "cannot check pod interface; keeping it");
             true
         }
     }

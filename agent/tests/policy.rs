@@ -369,8 +369,8 @@ fn fail_open_opens_selected_pods_when_the_control_plane_stays_away_and_a_sync_re
     })
     .expect("lab namespaces");
     lab.start_agent_with(&[
-        "--policy-fail-open-after-seconds",
-        "3",
+        "--policy-fail-open-after",
+        "3s",
         "--policy-fail-open-selector",
         "tier=critical",
     ])

@@ -33,4 +33,4 @@ pub mod plugin;
 pub mod registration;
 pub mod runtime;
 
-pub use error::{Error, ErrorChain, Result};
+pub use error::{Error, Result};

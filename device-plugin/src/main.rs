@@ -2,15 +2,13 @@
 //! fallbacks) and hands over to [`sextant_device_plugin::runtime`].
 
 use clap::Parser;
-use sextant_device_plugin::{ErrorChain, runtime::Args};
+use sextant_device_plugin::runtime::Args;
+use sextant_kit::ErrorChain;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A subscriber set earlier stays.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    sextant_kit::log::init();
     match args.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -12,6 +12,7 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use sextant_agent_api::Client;
+use sextant_kit::{ErrorChain, duration};
 use tokio::{
     net::UnixListener,
     sync::watch,
@@ -23,23 +24,14 @@ use tonic::transport::Server;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Error, ErrorChain, Result,
+    Error, Result,
     api::device_plugin_server::DevicePluginServer,
     devices::{self, DeviceList, Observation, Policy},
-    metrics::{self, Metrics},
+    metrics::Metrics,
     paths,
     plugin::IpDevicePlugin,
     registration::{self, SocketId},
 };
-
-/// Parses durations like `500ms`, `1s`, `5m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 1s, 5m): {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
-}
 
 /// Flags of `sextant-device-plugin`, each with a `SEXTANT_*` environment
 /// fallback.
@@ -57,13 +49,13 @@ pub struct Args {
     pub agent_socket: PathBuf,
     /// How often the agent is polled and the directory checked; a capacity
     /// change reaches ListAndWatch within one interval.
-    #[arg(long, env = "SEXTANT_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SEXTANT_POLL_INTERVAL", default_value = "1s", value_parser = duration::parse)]
     pub poll_interval: Duration,
     /// Deadline of one agent call.
-    #[arg(long, env = "SEXTANT_AGENT_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "SEXTANT_AGENT_TIMEOUT", default_value = "500ms", value_parser = duration::parse)]
     pub agent_timeout: Duration,
     /// Deadline of one kubelet call (Register) and of each served call.
-    #[arg(long, env = "SEXTANT_KUBELET_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "SEXTANT_KUBELET_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub kubelet_timeout: Duration,
     /// Failed agent polls in a row after which every device is unhealthy.
     #[arg(long, env = "SEXTANT_AGENT_DOWN_AFTER", default_value_t = Policy::default().agent_down_after)]
@@ -71,7 +63,7 @@ pub struct Args {
     /// Most devices ever advertised.
     #[arg(long, env = "SEXTANT_MAX_DEVICES", default_value_t = Policy::default().max_devices)]
     pub max_devices: u32,
-    /// Address of `/metrics` and `/healthz`.
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "SEXTANT_METRICS_ADDR", default_value = "0.0.0.0:9966")]
     pub metrics_addr: SocketAddr,
 }
@@ -123,30 +115,28 @@ impl Args {
                 addr: self.metrics_addr,
                 source,
             })?;
-        let metrics_task = tokio::spawn(metrics::serve(listener, registry));
+        let admin =
+            sextant_kit::admin::Admin::new(registry, sextant_kit::admin::Readiness::ready());
+        let metrics_task = tokio::spawn(sextant_kit::admin::serve(listener, admin));
         let result = run(Config::from(&self), m, shutdown_signal()).await;
         metrics_task.abort();
         Ok(result?)
     }
 }
 
+/// Resolves on SIGTERM or SIGINT; if the handlers cannot be installed the
+/// plugin runs until killed.
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the plugin");
-                std::future::pending::<()>().await;
-            }
+    match sextant_kit::shutdown::signal() {
+        Ok(stop) => {
+            let signal = stop.await;
+            info!(%signal, "shutting down");
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM or SIGINT; the plugin stops only when killed");
+            std::future::pending::<()>().await;
+        }
     }
-    info!("shutting down");
 }
 
 /// Runs the plugin until `shutdown` completes, then removes its socket.
@@ -400,9 +390,9 @@ mod tests {
 
     #[test]
     fn durations_parse_and_negative_ones_are_refused() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration(" 2s "), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("soon").is_err());
+        assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration::parse(" 2s "), Ok(Duration::from_secs(2)));
+        assert!(duration::parse("-1s").is_err());
+        assert!(duration::parse("soon").is_err());
     }
 }

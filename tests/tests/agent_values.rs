@@ -44,11 +44,18 @@ fn agent_env(values: Option<String>) -> BTreeMap<String, String> {
 #[test]
 fn fail_open_is_off_by_default_and_conntrack_timeouts_are_cilium_s() {
     let env = agent_env(None);
-    assert_eq!(env["SEXTANT_POLICY_FAIL_OPEN_AFTER_SECONDS"], "0");
+    assert_eq!(env["SEXTANT_POLICY_FAIL_OPEN_AFTER"], "0s");
     assert!(!env.contains_key("SEXTANT_POLICY_FAIL_OPEN_SELECTOR"));
-    assert_eq!(env["SEXTANT_CT_TIMEOUT_TCP_SECONDS"], "21600");
-    assert_eq!(env["SEXTANT_CT_TIMEOUT_OTHER_SECONDS"], "60");
-    assert_eq!(env["SEXTANT_CT_GC_SECONDS"], "30");
+    assert_eq!(env["SEXTANT_CT_TIMEOUT_TCP"], "21600s");
+    assert_eq!(env["SEXTANT_CT_TIMEOUT_OTHER"], "60s");
+    assert_eq!(env["SEXTANT_CT_GC_INTERVAL"], "30s");
+    assert_eq!(env["SEXTANT_USAGE_REPORT_INTERVAL"], "15s");
+    assert_eq!(env["SEXTANT_IP_COOLDOWN"], "30s");
+    assert_eq!(env["SEXTANT_FIXED_IP_WAIT"], "30s");
+    assert!(
+        !env.keys().any(|k| k.ends_with("_SECONDS") || k.ends_with("_RATE")),
+        "the chart sets only the duration flags: {env:?}"
+    );
 }
 
 #[test]
@@ -57,7 +64,7 @@ fn fail_open_values_become_the_agent_flags() {
         "agent:\n  policy:\n    failOpenAfterSeconds: 600\n    failOpenSelector: {tier: critical, app: pay}\n"
             .into(),
     ));
-    assert_eq!(env["SEXTANT_POLICY_FAIL_OPEN_AFTER_SECONDS"], "600");
+    assert_eq!(env["SEXTANT_POLICY_FAIL_OPEN_AFTER"], "600s");
     assert_eq!(
         env["SEXTANT_POLICY_FAIL_OPEN_SELECTOR"],
         "app=pay,tier=critical"

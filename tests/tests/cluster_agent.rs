@@ -130,9 +130,9 @@ struct AgentSpec<'a> {
     /// Load the eBPF datapath (pins under a bpffs directory of its own);
     /// `false` runs `--no-datapath`.
     datapath: bool,
-    /// `--policy-fail-open-after-seconds` (0: never).
+    /// `--policy-fail-open-after` in seconds (0: never).
     fail_open_after: u64,
-    /// `--ipam-node-update-rate` seconds.
+    /// `--usage-report-interval` in seconds.
     update_rate: u64,
     /// Reach the API server through this proxy instead of directly.
     proxy: Option<&'a Proxy>,
@@ -208,16 +208,16 @@ async fn start_agent(c: &Cluster, spec: AgentSpec<'_>) -> anyhow::Result<Agent> 
                 .to_string(),
         ),
         (
-            "SEXTANT_IPAM_NODE_UPDATE_RATE",
-            spec.update_rate.to_string(),
+            "SEXTANT_USAGE_REPORT_INTERVAL",
+            format!("{}s", spec.update_rate),
         ),
         (
-            "SEXTANT_POLICY_FAIL_OPEN_AFTER_SECONDS",
-            spec.fail_open_after.to_string(),
+            "SEXTANT_POLICY_FAIL_OPEN_AFTER",
+            format!("{}s", spec.fail_open_after),
         ),
-        ("SEXTANT_FIXED_IP_WAIT_SECONDS", "60".to_owned()),
+        ("SEXTANT_FIXED_IP_WAIT", "60s".to_owned()),
         // Freed addresses stay in the report's `cooling` while a test looks.
-        ("SEXTANT_IP_COOLDOWN_SECONDS", "600".to_owned()),
+        ("SEXTANT_IP_COOLDOWN", "600s".to_owned()),
     ];
     if !spec.datapath {
         overrides.push(("SEXTANT_NO_DATAPATH", "true".to_owned()));

@@ -2,14 +2,12 @@
 //! and hands over to [`sextant_agent::runtime`].
 
 use clap::Parser;
-use sextant_agent::{
-    ErrorChain,
-    runtime::{Args, enter_netns, init_tracing},
-};
+use sextant_agent::runtime::{Args, enter_netns};
+use sextant_kit::ErrorChain;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_tracing();
+    sextant_kit::log::init();
     // Before the runtime exists, so every worker thread is in the namespace.
     let rt = enter_netns(&args).and_then(|()| {
         tokio::runtime::Builder::new_multi_thread()

@@ -43,7 +43,7 @@ fn main() -> std::process::ExitCode {
     ) {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("sextant-lab: {}", sextant_agent::ErrorChain(&e));
+            eprintln!("sextant-lab: {}", sextant_kit::ErrorChain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
