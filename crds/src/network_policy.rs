@@ -119,7 +119,7 @@ impl Resource for SextantNetworkPolicy {
         "v1alpha1".into()
     }
     fn api_version(_: &()) -> Cow<'_, str> {
-        "sextant.io/v1alpha1".into()
+        crate::wellknown::API_VERSION.into()
     }
     fn plural(_: &()) -> Cow<'_, str> {
         "sextantnetworkpolicies".into()

@@ -2,7 +2,7 @@
 //! refused when Sextant could not enforce them as written.
 
 use serde_json::{Map, Value};
-use sextant_crds::SextantNetworkPolicy;
+use sextant_crds::{SextantNetworkPolicy, wellknown::API_VERSION};
 
 use crate::{
     error::{Error, Result},
@@ -67,7 +67,7 @@ pub fn cilium_to_sextant(doc: &Value) -> Result<Value> {
         }
     }
     let mut out = Map::new();
-    out.insert("apiVersion".to_owned(), "sextant.io/v1alpha1".into());
+    out.insert("apiVersion".to_owned(), API_VERSION.into());
     out.insert("kind".to_owned(), "SextantNetworkPolicy".into());
     out.insert("metadata".to_owned(), Value::Object(meta));
     for key in ["spec", "specs"] {

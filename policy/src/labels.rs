@@ -8,14 +8,14 @@ use std::{
     fmt,
 };
 
+use sextant_crds::wellknown::LABEL_CIDR;
+
 use crate::identity::Prefix;
 
 /// Identity label carrying the pod's namespace.
 pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// Prefix of identity labels carrying the namespace's own labels.
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
-/// Label of a node-local CIDR identity; its value is the prefix (`10.0.0.0/8`).
-pub const CIDR_LABEL: &str = "sextant.io/cidr";
 
 /// The identity label carrying a pod's service account (Cilium's key).
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
@@ -75,7 +75,7 @@ impl Labels {
     /// The labels of the node-local identity standing for `prefix`.
     pub fn cidr(prefix: Prefix) -> Self {
         Self(BTreeMap::from([(
-            CIDR_LABEL.to_owned(),
+            LABEL_CIDR.to_owned(),
             prefix.to_string(),
         )]))
     }
@@ -85,7 +85,7 @@ impl Labels {
         if self.0.len() != 1 {
             return None;
         }
-        self.0.get(CIDR_LABEL)?.parse().ok()
+        self.0.get(LABEL_CIDR)?.parse().ok()
     }
 
     /// The value of `key`.

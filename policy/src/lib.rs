@@ -34,7 +34,7 @@ pub use engine::PolicyEngine;
 pub use error::{Error, Problem, ProblemKind, Result};
 pub use identity::{CidrIdentities, Prefix, allocate};
 pub use labels::{
-    CIDR_LABEL, IGNORED_POD_LABELS, Labels, NAMESPACE_LABELS_PREFIX, Operator, POD_NAMESPACE_LABEL,
+    IGNORED_POD_LABELS, Labels, NAMESPACE_LABELS_PREFIX, Operator, POD_NAMESPACE_LABEL,
     Requirement, SERVICE_ACCOUNT_LABEL, Selector, pod_labels,
 };
 pub use model::{

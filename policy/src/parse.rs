@@ -13,7 +13,8 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 use sextant_crds::{
-    CidrRule, EgressRule, EndpointSelector, IngressRule, PolicyRule, PortRule, SextantNetworkPolicy,
+    CidrRule, EgressRule, EndpointSelector, IngressRule, PolicyRule, PortRule,
+    SextantNetworkPolicy, wellknown::API_VERSION,
 };
 
 use crate::{
@@ -117,8 +118,7 @@ impl Problems {
 pub fn parse_value(doc: &Value) -> Result<Policy> {
     let field = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or_default();
     match (field("apiVersion"), field("kind")) {
-        ("cilium.io/v2", "CiliumNetworkPolicy")
-        | ("sextant.io/v1alpha1", "SextantNetworkPolicy") => {
+        ("cilium.io/v2", "CiliumNetworkPolicy") | (API_VERSION, "SextantNetworkPolicy") => {
             let p: SextantNetworkPolicy =
                 serde_json::from_value(doc.clone()).map_err(|source| Error::Decode {
                     what: format!("{} {}", field("kind"), name_of(doc)),

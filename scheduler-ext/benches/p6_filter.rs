@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use sextant_crds::{
     AgentUsage, EniStatus, FixedIP, FixedIPSpec, NodeNetwork, NodeNetworkSpec, NodeNetworkStatus,
-    PoolEntry, PoolSummary, Provider,
+    PoolEntry, PoolSummary, Provider, wellknown::IP_RESOURCE,
 };
 use sextant_scheduler_ext::{
     extender::{ExtenderArgsRef, ExtenderFilterResult},
@@ -199,8 +199,8 @@ fn pod_json(ns: &str, name: &str) -> Value {
         },
         "spec": {
             "containers": [{"name": "web", "image": "registry.k8s.io/nginx-slim:0.27",
-                "resources": {"requests": {"cpu": "100m", "memory": "128Mi", "sextant.io/ip": "1"},
-                              "limits": {"sextant.io/ip": "1"}}}],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi", IP_RESOURCE: "1"},
+                              "limits": {IP_RESOURCE: "1"}}}],
             "schedulerName": "default-scheduler", "priority": 0,
             "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
                              "effect": "NoExecute", "tolerationSeconds": 300}],
@@ -239,8 +239,8 @@ fn node_json(i: usize, nn: &NodeNetwork) -> Value {
         },
         "spec": {"providerID": format!("aws:///{zone}/{}", nn.spec.instance_id.clone().unwrap_or_default())},
         "status": {
-            "capacity": {"cpu": "4", "ephemeral-storage": "83873772Ki", "memory": "15896988Ki", "pods": "58", "sextant.io/ip": cap.to_string()},
-            "allocatable": {"cpu": "3920m", "ephemeral-storage": "76224326324", "memory": "14880156Ki", "pods": "58", "sextant.io/ip": cap.to_string()},
+            "capacity": {"cpu": "4", "ephemeral-storage": "83873772Ki", "memory": "15896988Ki", "pods": "58", IP_RESOURCE: cap.to_string()},
+            "allocatable": {"cpu": "3920m", "ephemeral-storage": "76224326324", "memory": "14880156Ki", "pods": "58", IP_RESOURCE: cap.to_string()},
             "conditions": [cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
                            cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
                            cond("PIDPressure", "False", "KubeletHasSufficientPID"),

@@ -93,6 +93,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The SIGTERM/SIGINT handlers could not be installed.
+    #[error("installing the SIGTERM/SIGINT handlers")]
+    Signal {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// No Kubernetes client could be built (no kubeconfig, no in-cluster env).
     #[error("building the Kubernetes client")]
     Kube {
@@ -118,6 +125,7 @@ impl Error {
             Error::FixedIpMissing { .. } => "fixed_ip_missing",
             Error::Encode { .. } => "encode",
             Error::Bind { .. } => "bind",
+            Error::Signal { .. } => "signal",
             Error::Kube { .. } => "kube",
         }
     }
@@ -135,20 +143,5 @@ impl Error {
                 | Error::BodyRead { .. }
                 | Error::BodyTimeout { .. }
         )
-    }
-}
-
-/// Displays an error with its `source` chain: `a: b: c`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! - `POST {prefix}/filter` and `POST {prefix}/prioritize`: the
 //!   kube-scheduler extender calls;
 //! - `GET /healthz` (the process serves), `GET /readyz` (the index is
-//!   synced), `GET /metrics` (Prometheus text).
+//!   synced), `GET /metrics` (Prometheus text): [`sextant_kit::admin`]'s
+//!   answers, readiness taken from the index at each request.
 //!
 //! Error answers. A filter call that cannot be decided (malformed body, index
 //! not synced, failed FixedIP lookup) is answered **HTTP 200 with
@@ -31,13 +32,17 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::{encoding::text::encode, registry::Registry};
+use prometheus_client::registry::Registry;
 use serde::Serialize;
+use sextant_kit::{
+    ErrorChain,
+    admin::{Admin, Readiness},
+};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::{
-    error::{Error, ErrorChain, Result},
+    error::{Error, Result},
     extender::{ExtenderArgsRef, ExtenderFilterResult, HostPriorityList, NodeList, NodeName},
     filter::{Decision, decide},
     index::SharedIndex,
@@ -45,9 +50,6 @@ use crate::{
     pod::PodRef,
     prioritize::prioritize,
 };
-
-/// Content type of the Prometheus/OpenMetrics text `encode` writes.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// How the endpoint is reached and bounded.
 #[derive(Clone, Debug)]
@@ -94,7 +96,9 @@ enum Verb {
 pub struct Extender {
     index: SharedIndex,
     metrics: Metrics,
-    registry: Arc<Registry>,
+    /// `/metrics`, `/healthz`, `/readyz`; ready while the index is synced.
+    admin: Admin,
+    readiness: Readiness,
     config: ServerConfig,
     filter_path: String,
     prioritize_path: String,
@@ -109,10 +113,12 @@ impl Extender {
         config: ServerConfig,
     ) -> Extender {
         let prefix = config.normalized_prefix();
+        let readiness = Readiness::not_ready();
         Extender {
             index,
             metrics,
-            registry,
+            admin: Admin::new(registry, readiness.clone()),
+            readiness,
             filter_path: format!("{prefix}/filter"),
             prioritize_path: format!("{prefix}/prioritize"),
             config,
@@ -146,17 +152,28 @@ impl Extender {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
         }
         match path {
-            "/healthz" => text(StatusCode::OK, "ok\n".into()),
-            "/readyz" => match self.read_index().check_synced() {
-                Ok(()) => text(StatusCode::OK, "ok\n".into()),
-                Err(pending) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("index not synced: still listing {pending}\n"),
-                ),
-            },
-            "/metrics" => self.metrics_text(),
-            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            "/readyz" => {
+                let synced = self.read_index().check_synced();
+                self.readiness.set(synced.is_ok());
+                // Not synced: say which lists are still missing, which the
+                // admin's plain "not ready" cannot.
+                if let Err(pending) = synced {
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("index not synced: still listing {pending}\n"),
+                    );
+                }
+            }
+            "/metrics" => {
+                let index = self.read_index();
+                self.metrics
+                    .index_sizes(index.node_count(), index.fixed_ip_count());
+            }
+            _ => {}
         }
+        self.admin
+            .respond(req.method(), path)
+            .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n".into()))
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, crate::index::Index> {
@@ -288,29 +305,6 @@ impl Extender {
             (None, None) => return Err(Error::NoNodes),
         };
         prioritize(&self.read_index(), &pod, &names)
-    }
-
-    fn metrics_text(&self) -> Response<Full<Bytes>> {
-        {
-            let index = self.read_index();
-            self.metrics
-                .index_sizes(index.node_count(), index.fixed_ip_count());
-        }
-        let mut body = String::new();
-        match encode(&mut body, &self.registry) {
-            Ok(()) => {
-                let mut r = text(StatusCode::OK, body);
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
-                );
-                r
-            }
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding metrics: {e}\n"),
-            ),
-        }
     }
 }
 

@@ -2,15 +2,13 @@
 //! environment fallbacks) and hands over to [`sextant_scheduler_ext::runtime`].
 
 use clap::Parser;
-use sextant_scheduler_ext::{
-    error::ErrorChain,
-    runtime::{Args, init_tracing},
-};
+use sextant_kit::ErrorChain;
+use sextant_scheduler_ext::runtime::Args;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_tracing();
+    sextant_kit::log::init();
     match args.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -4,17 +4,12 @@
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Pod;
+use sextant_crds::wellknown::ANNOTATION_FIXED_IP;
 
 use crate::{
     error::{Error, Result},
     index::Index,
 };
-
-/// Pod annotation (`"true"`) saying the pod must have a FixedIP: without
-/// one in the index the filter answers an error (scheduling retries)
-/// instead of treating the pod as a plain one. Set it in the StatefulSet's
-/// pod template next to the StatefulSet's own `sextant.io/fixed-ip`.
-pub const FIXED_IP_ANNOTATION: &str = "sextant.io/fixed-ip";
 
 /// Identity of the pod being scheduled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +18,10 @@ pub struct PodRef {
     pub namespace: String,
     /// Name; for StatefulSet pods also the FixedIP's name (`web-3`).
     pub name: String,
-    /// The pod carries [`FIXED_IP_ANNOTATION`]`: "true"`.
+    /// The pod carries [`ANNOTATION_FIXED_IP`]`: "true"` (set in the
+    /// StatefulSet's pod template next to the StatefulSet's own): it must
+    /// have a FixedIP, and without one in the index the filter answers an
+    /// error (scheduling retries) instead of treating the pod as a plain one.
     pub requires_fixed_ip: bool,
 }
 
@@ -44,7 +42,7 @@ impl PodRef {
         let requires_fixed_ip = meta
             .annotations
             .as_ref()
-            .and_then(|a| a.get(FIXED_IP_ANNOTATION))
+            .and_then(|a| a.get(ANNOTATION_FIXED_IP))
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         Ok(PodRef {
             namespace,
@@ -73,7 +71,7 @@ pub fn fixed_target(index: &Index, pod: &PodRef) -> Result<Option<FixedTarget>> 
             return Err(Error::FixedIpMissing {
                 namespace: pod.namespace.clone(),
                 name: pod.name.clone(),
-                annotation: FIXED_IP_ANNOTATION,
+                annotation: ANNOTATION_FIXED_IP,
             });
         }
         return Ok(None);

@@ -1,5 +1,6 @@
 //! The extender process: flags (with `SEXTANT_SCHEDULER_EXT_*` environment
-//! fallbacks), the index and its watches, the HTTP endpoint.
+//! fallbacks), the index and its watches, the HTTP endpoint, until SIGTERM
+//! or SIGINT ([`sextant_kit::shutdown::signal`]).
 
 use std::{
     net::SocketAddr,
@@ -49,8 +50,11 @@ pub struct Args {
 }
 
 impl Args {
-    /// Runs the extender until the process is stopped.
+    /// Runs the extender until SIGTERM or SIGINT, then returns `Ok`.
     pub async fn run(self) -> Result<()> {
+        // Installed first: a SIGTERM that comes while the client is built or
+        // the port bound still stops the process gracefully.
+        let stop = sextant_kit::shutdown::signal().map_err(|source| Error::Signal { source })?;
         let client = Client::try_default()
             .await
             .map_err(|source| Error::Kube { source })?;
@@ -78,18 +82,8 @@ impl Args {
         tokio::select! {
             () = serve(listener, extender) => {}
             () = watch::run(client, index, metrics) => {}
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+            signal = stop => tracing::info!(%signal, "signal received, stopping gracefully"),
         }
         Ok(())
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

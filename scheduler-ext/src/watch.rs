@@ -14,7 +14,9 @@ use kube::{
 use sextant_crds::{FixedIP, NodeNetwork};
 use tracing::{info, warn};
 
-use crate::{error::ErrorChain, index::SharedIndex, metrics::Metrics};
+use sextant_kit::ErrorChain;
+
+use crate::{index::SharedIndex, metrics::Metrics};
 
 /// What one watcher event does to the index.
 #[derive(Debug, PartialEq)]

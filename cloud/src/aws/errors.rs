@@ -10,6 +10,8 @@ use aws_sdk_ec2::{
     error::{ProvideErrorMetadata, SdkError},
 };
 
+use sextant_kit::ErrorChain;
+
 use crate::{Action, Error};
 
 /// What an EC2 error code means to Sextant.
@@ -73,20 +75,6 @@ pub(super) fn classify(code: Option<&str>, status: u16) -> Kind {
     }
 }
 
-/// An error and its causes on one line (`service error: unhandled error:
-/// error parsing XML: no root element`), without the SDK's debug dump of
-/// the whole response.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// Maps one SDK failure. `deadline` is the operation timeout the client was
 /// built with, reported when the SDK gave up waiting.
 pub(super) fn from_sdk<E>(
@@ -109,14 +97,14 @@ where
         SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
             return Error::Unavailable {
                 action,
-                message: format!("malformed response: {}", chain(&err)),
+                message: format!("malformed response: {}", ErrorChain(&err)),
                 source: Some(Box::new(err)),
             };
         }
         _ => {
             return Error::Unavailable {
                 action,
-                message: chain(&err),
+                message: ErrorChain(&err).to_string(),
                 source: Some(Box::new(err)),
             };
         }
@@ -124,7 +112,7 @@ where
     let text = match &code {
         Some(code) if message.is_empty() => code.clone(),
         Some(code) => format!("{code}: {message}"),
-        None => format!("HTTP {status}: {}", chain(&err)),
+        None => format!("HTTP {status}: {}", ErrorChain(&err)),
     };
     match classify(code.as_deref(), status) {
         Kind::Throttled => Error::Throttled {

@@ -25,6 +25,7 @@ use std::{
 
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
+use sextant_kit::sync::lock;
 use tokio::time::Instant;
 
 use crate::{
@@ -263,10 +264,6 @@ pub struct SimCloud {
     config: Mutex<SimConfig>,
     started: Instant,
     state: Mutex<State>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn parse_cidr(cidr: &str) -> Option<(u32, u8)> {

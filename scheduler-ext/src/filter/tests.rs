@@ -1,8 +1,7 @@
+use sextant_crds::wellknown::ANNOTATION_FIXED_IP;
+
 use super::*;
-use crate::{
-    fixtures::{mk_fixed_ip, mk_index, mk_node, mk_pod, mk_static_node},
-    pod::FIXED_IP_ANNOTATION,
-};
+use crate::fixtures::{mk_fixed_ip, mk_index, mk_node, mk_pod, mk_static_node};
 
 fn plain() -> PodRef {
     PodRef::from_pod(&mk_pod("db", "client-7f9c")).expect("pod has a name")
@@ -271,7 +270,7 @@ fn an_index_still_listing_answers_an_error_not_a_guess() {
 fn an_annotated_pod_without_fixed_ip_is_an_error_so_scheduling_retries() {
     let index = mk_index(&[mk_node("a", "z1").build()], &[]);
     let mut pod = mk_pod("db", "web-3");
-    pod.metadata.annotations = Some([(FIXED_IP_ANNOTATION.to_owned(), "true".to_owned())].into());
+    pod.metadata.annotations = Some([(ANNOTATION_FIXED_IP.to_owned(), "true".to_owned())].into());
     let pod = PodRef::from_pod(&pod).expect("named");
     let err = filter(&index, &pod, &["a"]).expect_err("lookup fails");
     assert_eq!(err.metric_label(), "fixed_ip_missing");

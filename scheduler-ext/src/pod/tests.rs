@@ -20,6 +20,6 @@ fn a_pod_without_namespace_is_in_default_and_one_without_name_is_an_error() {
 #[test]
 fn the_annotation_asks_for_a_fixed_ip() {
     let mut pod = mk_pod("db", "web-0");
-    pod.metadata.annotations = Some([(FIXED_IP_ANNOTATION.to_owned(), "True".to_owned())].into());
+    pod.metadata.annotations = Some([(ANNOTATION_FIXED_IP.to_owned(), "True".to_owned())].into());
     assert!(PodRef::from_pod(&pod).expect("named").requires_fixed_ip);
 }
