@@ -9,17 +9,17 @@
 //! network policies ([`policy_status`]: the `Accepted` condition and refusal
 //! Events; enforcement itself is the agent's).
 
+pub mod apiserver;
+pub mod args;
 mod error;
 pub mod fixed_ip;
 pub mod ipam;
 pub mod metrics;
+pub mod node_network;
+pub mod policy_status;
+pub mod run;
+pub mod sim;
+pub mod webhook;
 
 pub use error::{Error, Result};
 pub use ipam::status::{make_status_patch, status_patch, with_resource_version};
-pub mod controller;
-pub mod full_resync;
-pub mod node_watch;
-pub mod policy_status;
-pub mod runtime;
-pub mod sim;
-pub mod webhook;

@@ -1,9 +1,9 @@
 //! `sextant-operator`: parses flags (with `SEXTANT_*` environment fallbacks)
-//! and hands over to [`sextant_operator::runtime`].
+//! and hands over to [`sextant_operator::run`].
 
 use clap::Parser;
 use sextant_kit::ErrorChain;
-use sextant_operator::runtime::Args;
+use sextant_operator::args::Args;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -10,9 +10,9 @@ use kube::runtime::{reflector, watcher};
 use sextant_cloud::{Action, CloudMetrics};
 use sextant_crds::{NodeNetwork, NodeNetworkStatus, Provider};
 use sextant_operator::{
+    args::{Args, CloudProvider},
     metrics::IpamMetrics,
-    node_watch::{LABEL_INSTANCE_TYPE, LABEL_ZONE, node_network_for},
-    runtime::{Args, CloudProvider},
+    node_network::node_watch::{LABEL_INSTANCE_TYPE, LABEL_ZONE, node_network_for},
     sim::NodeNetworkDirectory,
 };
 

@@ -34,7 +34,7 @@ use sextant_crds::{
 };
 use sextant_e2e::cluster::{Cluster, Options, install};
 use sextant_operator::{
-    controller::{self, Context, ControllerError, RequeuePolicy, is_conflict},
+    node_network::controller::{self, Context, ControllerError, RequeuePolicy, is_conflict},
     fixed_ip::controller::make_fixed_ip_status_patch,
     ipam::node::{IpamConfig, NodeIpam},
     metrics::IpamMetrics,

@@ -77,7 +77,7 @@ impl FixedIpError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             FixedIpError::Cloud { source, .. } => source.metric_label(),
-            FixedIpError::Kube { source, .. } if crate::controller::is_conflict(source) => {
+            FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source) => {
                 "kube_conflict"
             }
             FixedIpError::Kube { .. } => "kube",
@@ -88,7 +88,7 @@ impl FixedIpError {
     /// read. Nothing to back off from: the change's watch event marks the
     /// StatefulSet dirty again once the cache holds the new version.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, FixedIpError::Kube { source, .. } if crate::controller::is_conflict(source))
+        matches!(self, FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source))
     }
 }
 

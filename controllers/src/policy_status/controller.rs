@@ -40,7 +40,7 @@ use super::{
     plan::{Refusal, Verdict, judge, next_status},
 };
 use crate::{
-    controller::{Clock, is_conflict},
+    apiserver::{Clock, is_conflict},
     metrics::PolicyMetrics,
 };
 

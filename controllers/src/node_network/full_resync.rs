@@ -36,7 +36,7 @@ use sextant_kit::ErrorChain;
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
-    controller::{Clock, is_conflict},
+    apiserver::{Clock, is_conflict},
     ipam::{
         gc::{GcPolicy, plan_gc},
         resync::{apply_enis, by_instance, eni_statuses, list_vpc},

@@ -37,6 +37,7 @@ use sextant_crds::{NodeNetwork, NodeNetworkStatus, wellknown::FIELD_MANAGER_OPER
 use sextant_kit::{ErrorChain, sync::lock};
 use tracing::{debug, instrument, warn};
 
+pub use crate::apiserver::{Clock, is_conflict};
 use crate::{Error, ipam::node::NodeIpam, make_status_patch};
 
 /// Why a NodeNetwork reconcile failed.
@@ -70,11 +71,6 @@ pub enum ControllerError {
         #[source]
         source: kube::Error,
     },
-}
-
-/// Whether a kube error is a 409 Conflict.
-pub fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.is_conflict())
 }
 
 impl ControllerError {
@@ -164,9 +160,6 @@ pub fn action(requeue: Option<Duration>) -> Action {
         None => Action::await_change(),
     }
 }
-
-/// The clock reconciles read; tests pin it.
-pub use sextant_kit::lease::Clock;
 
 /// What the NodeNetwork controller works with.
 pub struct Context {
