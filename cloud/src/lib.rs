@@ -5,7 +5,7 @@
 //!                     │
 //!                     ▼ dyn EniCloud
 //!            ┌────────┼──────────┐
-//!          aws     alibaba      sim
+//!          aws     alibaba      sim (feature "sim")
 //!      (aws-sdk-ec2) (ECS RPC,   (in-process VPC with EC2 token buckets /
 //!                     POP sig)    Alibaba per-minute windows, faults)
 //! ```
@@ -15,6 +15,10 @@
 //! needs: a deadline per call, a client-side rate limit per [`ActionClass`],
 //! retries of throttled and unavailable calls with exponential backoff and full
 //! jitter, and Prometheus metrics per [`Action`].
+//!
+//! Boundaries: no kube types and no IPAM decisions (which address goes
+//! where is `controllers`'); callers pass plain requests and get typed
+//! answers. The simulated cloud ([`sim`]) is behind the `sim` feature.
 
 mod action;
 mod backoff;
@@ -27,6 +31,7 @@ mod types;
 
 pub mod alibaba;
 pub mod aws;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use action::{Action, ActionClass};

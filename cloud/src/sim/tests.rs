@@ -1,5 +1,9 @@
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use sextant_kit::sync::lock;
+
 use super::*;
-use crate::EniTags;
+use crate::{AssignIps, CreateEni, EniCloud, EniState, EniTags, Error, PageRequest, Tags};
 
 fn quiet(provider: SimProvider) -> SimConfig {
     SimConfig {
