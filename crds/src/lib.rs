@@ -10,7 +10,11 @@
 //! The types carry the schema (with CEL rules the API server enforces),
 //! defaults, and `validate` methods that apply the same rules to objects that
 //! reached us without an API server. `crdgen` writes the chart's CRD YAML from
-//! them; a test fails when the committed YAML drifts.
+//! them; a test fails when the committed YAML drifts. [`wellknown`] names
+//! every label, annotation, resource and field manager components agree on;
+//! `testing` (feature) holds the test builders.
+//!
+//! Boundaries: types and their rules only; no client, no IO, no decisions.
 // kube's `printcolumn(name = .., type_ = ..)` repeats keys by design; clippy
 // reads them as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
@@ -19,6 +23,8 @@ mod condition;
 mod fixed_ip;
 mod network_policy;
 mod node_network;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wellknown;
 
 pub use condition::{condition, set_condition};

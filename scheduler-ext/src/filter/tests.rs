@@ -1,7 +1,9 @@
 use sextant_crds::wellknown::ANNOTATION_FIXED_IP;
 
 use super::*;
-use crate::fixtures::{mk_fixed_ip, mk_index, mk_node, mk_pod, mk_static_node};
+use sextant_crds::testing::{mk_fixed_ip, mk_node_network, mk_static_node_network};
+
+use crate::fixtures::{mk_index, mk_pod};
 
 fn plain() -> PodRef {
     PodRef::from_pod(&mk_pod("db", "client-7f9c")).expect("pod has a name")
@@ -25,8 +27,8 @@ const IP: &str = "10.1.7.7";
 fn plain_pods_pass_nodes_with_ip_headroom_and_nodes_without_node_network() {
     let index = mk_index(
         &[
-            mk_node("a", "z1").usage(3, 0).build(),
-            mk_node("b", "z2").build(),
+            mk_node_network("a", "z1").usage(3, 0).build(),
+            mk_node_network("b", "z2").build(),
         ],
         &[],
     );
@@ -40,9 +42,9 @@ fn plain_pods_pass_nodes_with_ip_headroom_and_nodes_without_node_network() {
 fn plain_pods_stay_off_nodes_whose_ips_are_used_up_counting_pending_requests() {
     let index = mk_index(
         &[
-            mk_node("full", "z1").usage(18, 0).build(),
-            mk_node("pending", "z1").usage(16, 2).build(),
-            mk_node("one-left", "z1").usage(16, 1).build(),
+            mk_node_network("full", "z1").usage(18, 0).build(),
+            mk_node_network("pending", "z1").usage(16, 2).build(),
+            mk_node_network("one-left", "z1").usage(16, 1).build(),
         ],
         &[],
     );
@@ -62,8 +64,11 @@ fn plain_pods_stay_off_nodes_whose_ips_are_used_up_counting_pending_requests() {
 fn unknown_capacity_never_filters_a_plain_pod() {
     let index = mk_index(
         &[
-            mk_node("new", "z1").limits(0, 0, 0).usage(40, 5).build(),
-            mk_node("fresh", "z1").no_status().build(),
+            mk_node_network("new", "z1")
+                .limits(0, 0, 0)
+                .usage(40, 5)
+                .build(),
+            mk_node_network("fresh", "z1").no_status().build(),
         ],
         &[],
     );
@@ -74,7 +79,7 @@ fn unknown_capacity_never_filters_a_plain_pod() {
 
 #[test]
 fn summary_used_counts_when_the_agent_has_not_reported() {
-    let mut nn = mk_node("a", "z1").build();
+    let mut nn = mk_node_network("a", "z1").build();
     if let Some(s) = nn.status.as_mut().and_then(|s| s.summary.as_mut()) {
         s.used = 18;
     }
@@ -87,11 +92,11 @@ fn summary_used_counts_when_the_agent_has_not_reported() {
 fn fixed_ip_pod_goes_back_to_the_node_holding_its_address_even_when_that_node_is_full() {
     let index = mk_index(
         &[
-            mk_node("holder", "z1")
+            mk_node_network("holder", "z1")
                 .eni("eni-h", "subnet-a", 1, &[IP, "10.1.7.8"])
                 .usage(18, 0)
                 .build(),
-            mk_node("other-full", "z1").usage(18, 0).build(),
+            mk_node_network("other-full", "z1").usage(18, 0).build(),
         ],
         &[mk_fixed_ip("db", "web-3", IP, "z1", "subnet-a")],
     );
@@ -104,7 +109,7 @@ fn fixed_ip_pod_goes_back_to_the_node_holding_its_address_even_when_that_node_is
 #[test]
 fn an_address_in_the_fixed_ips_map_counts_as_held() {
     let index = mk_index(
-        &[mk_node("a", "z1")
+        &[mk_node_network("a", "z1")
             .limits(3, 10, 18)
             .fixed(IP, "db/web-3")
             .usage(18, 0)
@@ -119,8 +124,8 @@ fn an_address_in_the_fixed_ips_map_counts_as_held() {
 fn fixed_ip_pod_stays_in_its_zone_and_preemption_cannot_change_that() {
     let index = mk_index(
         &[
-            mk_node("z1-node", "z1").build(),
-            mk_node("z2-node", "z2").build(),
+            mk_node_network("z1-node", "z1").build(),
+            mk_node_network("z2-node", "z2").build(),
         ],
         &[mk_fixed_ip("db", "web-3", IP, "z1", "subnet-a")],
     );
@@ -135,7 +140,7 @@ fn fixed_ip_pod_stays_in_its_zone_and_preemption_cannot_change_that() {
 
 #[test]
 fn a_node_of_unknown_zone_cannot_take_a_zoned_fixed_ip() {
-    let mut nn = mk_node("a", "z1").build();
+    let mut nn = mk_node_network("a", "z1").build();
     nn.spec.zone = None;
     let index = mk_index(&[nn], &[mk_fixed_ip("db", "web-3", IP, "z1", "subnet-a")]);
     let out = filter(&index, &web3(), &["a"]).expect("decides");
@@ -145,19 +150,19 @@ fn a_node_of_unknown_zone_cannot_take_a_zoned_fixed_ip() {
 #[test]
 fn fixed_ip_pod_needs_an_eni_of_its_subnet_with_room_or_a_free_eni_slot() {
     // 3 ENIs x 10 IPv4: a pod ENI takes 9 secondary addresses.
-    let room = mk_node("room", "z1")
+    let room = mk_node_network("room", "z1")
         .eni_with("eni-1", "subnet-a", 1, 8)
         .eni_with("eni-2", "subnet-b", 2, 9)
         .build();
-    let eni_full = mk_node("eni-full", "z1")
+    let eni_full = mk_node_network("eni-full", "z1")
         .eni_with("eni-1", "subnet-a", 1, 9)
         .eni_with("eni-2", "subnet-b", 2, 1)
         .build();
-    let other_subnet = mk_node("other-subnet", "z1")
+    let other_subnet = mk_node_network("other-subnet", "z1")
         .eni_with("eni-1", "subnet-b", 1, 1)
         .eni_with("eni-2", "subnet-c", 2, 1)
         .build();
-    let free_slot = mk_node("free-slot", "z1")
+    let free_slot = mk_node_network("free-slot", "z1")
         .eni_with("eni-1", "subnet-b", 1, 9)
         .build();
     let index = mk_index(
@@ -178,7 +183,7 @@ fn fixed_ip_pod_needs_an_eni_of_its_subnet_with_room_or_a_free_eni_slot() {
 fn primary_and_excluded_enis_never_take_a_fixed_ip() {
     // The primary ENI (device 0) is in subnet-node; an excluded ENI in subnet-a.
     let index = mk_index(
-        &[mk_node("a", "z1")
+        &[mk_node_network("a", "z1")
             .eni_with("eni-x", "subnet-a", 1, 1)
             .excluded()
             .eni_with("eni-2", "subnet-b", 2, 9)
@@ -198,7 +203,7 @@ fn primary_and_excluded_enis_never_take_a_fixed_ip() {
 #[test]
 fn a_fixed_ip_needs_known_eni_limits_on_a_cloud_node() {
     let index = mk_index(
-        &[mk_node("a", "z1").limits(0, 0, 0).build()],
+        &[mk_node_network("a", "z1").limits(0, 0, 0).build()],
         &[mk_fixed_ip("db", "web-3", IP, "z1", "subnet-a")],
     );
     let out = filter(&index, &web3(), &["a"]).expect("decides");
@@ -219,8 +224,8 @@ fn fixed_ip_pod_fails_nodes_without_node_network() {
 fn on_bare_metal_only_the_node_whose_pod_cidr_contains_the_address_passes() {
     let index = mk_index(
         &[
-            mk_static_node("rack1-a", "10.1.7.0/24", 254).build(),
-            mk_static_node("rack1-b", "10.1.8.0/24", 254).build(),
+            mk_static_node_network("rack1-a", "10.1.7.0/24", 254).build(),
+            mk_static_node_network("rack1-b", "10.1.8.0/24", 254).build(),
         ],
         &[mk_fixed_ip("db", "web-3", IP, "", "")],
     );
@@ -236,7 +241,7 @@ fn on_bare_metal_only_the_node_whose_pod_cidr_contains_the_address_passes() {
 #[test]
 fn a_bare_metal_node_owning_the_address_but_out_of_ips_is_filtered() {
     let index = mk_index(
-        &[mk_static_node("rack1-a", "10.1.7.0/24", 254)
+        &[mk_static_node_network("rack1-a", "10.1.7.0/24", 254)
             .usage(254, 0)
             .build()],
         &[mk_fixed_ip("db", "web-3", IP, "", "")],
@@ -248,7 +253,7 @@ fn a_bare_metal_node_owning_the_address_but_out_of_ips_is_filtered() {
 #[test]
 fn a_fixed_ip_of_another_namespace_does_not_apply() {
     let index = mk_index(
-        &[mk_node("z2-node", "z2").build()],
+        &[mk_node_network("z2-node", "z2").build()],
         &[mk_fixed_ip("other", "web-3", IP, "z1", "subnet-a")],
     );
     let out = filter(&index, &web3(), &["z2-node"]).expect("decides");
@@ -258,7 +263,7 @@ fn a_fixed_ip_of_another_namespace_does_not_apply() {
 #[test]
 fn an_index_still_listing_answers_an_error_not_a_guess() {
     let mut index = crate::index::Index::default();
-    index.reset_nodes(&[mk_node("a", "z1").build()]);
+    index.reset_nodes(&[mk_node_network("a", "z1").build()]);
     let err = filter(&index, &plain(), &["a"]).expect_err("not synced");
     assert_eq!(
         err.to_string(),
@@ -268,7 +273,7 @@ fn an_index_still_listing_answers_an_error_not_a_guess() {
 
 #[test]
 fn an_annotated_pod_without_fixed_ip_is_an_error_so_scheduling_retries() {
-    let index = mk_index(&[mk_node("a", "z1").build()], &[]);
+    let index = mk_index(&[mk_node_network("a", "z1").build()], &[]);
     let mut pod = mk_pod("db", "web-3");
     pod.metadata.annotations = Some([(ANNOTATION_FIXED_IP.to_owned(), "true".to_owned())].into());
     let pod = PodRef::from_pod(&pod).expect("named");
@@ -283,7 +288,7 @@ fn an_annotated_pod_without_fixed_ip_is_an_error_so_scheduling_retries() {
 #[test]
 fn a_fixed_ip_with_a_bad_address_is_an_error() {
     let index = mk_index(
-        &[mk_node("a", "z1").build()],
+        &[mk_node_network("a", "z1").build()],
         &[mk_fixed_ip("db", "web-3", "10.1.7", "z1", "subnet-a")],
     );
     let err = filter(&index, &web3(), &["a"]).expect_err("bad ip");
@@ -316,7 +321,7 @@ mod properties {
             fixed in any::<bool>(),
         ) {
             let nodes: Vec<_> = specs.iter().enumerate().map(|(i, &(zone, fill, used, pending, holds, known))| {
-                let mut b = mk_node(&format!("n{i}"), &format!("z{zone}"))
+                let mut b = mk_node_network(&format!("n{i}"), &format!("z{zone}"))
                     .eni_with("eni-1", "subnet-a", 1, fill as usize)
                     .usage(used, pending);
                 if holds { b = b.fixed(IP, "db/web-3"); }

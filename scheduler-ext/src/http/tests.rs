@@ -4,13 +4,11 @@
 use std::sync::{Arc, RwLock};
 
 use serde_json::{Value, json};
+use sextant_crds::testing::{mk_fixed_ip, mk_node_network};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::{
-    fixtures::{mk_fixed_ip, mk_index, mk_node},
-    index::Index,
-};
+use crate::{fixtures::mk_index, index::Index};
 
 const FILTER_NODE_NAMES: &str = include_str!("../../tests/fixtures/filter_node_names.json");
 const FILTER_NODES: &str = include_str!("../../tests/fixtures/filter_nodes.json");
@@ -25,20 +23,20 @@ const N20: &str = "ip-10-0-2-20.ec2.internal";
 fn cluster() -> Index {
     mk_index(
         &[
-            mk_node(N10, "us-east-1a")
+            mk_node_network(N10, "us-east-1a")
                 .eni("eni-10a", "subnet-1a", 1, &["10.0.1.77", "10.0.1.78"])
                 .usage(17, 0)
                 .build(),
-            mk_node(N11, "us-east-1a")
+            mk_node_network(N11, "us-east-1a")
                 .eni_with("eni-11a", "subnet-1a", 1, 3)
                 .usage(3, 0)
                 .build(),
-            mk_node(N12, "us-east-1a")
+            mk_node_network(N12, "us-east-1a")
                 .eni_with("eni-12a", "subnet-1a", 1, 9)
                 .eni_with("eni-12b", "subnet-1a", 2, 9)
                 .usage(18, 0)
                 .build(),
-            mk_node(N20, "us-east-1b").build(),
+            mk_node_network(N20, "us-east-1b").build(),
         ],
         &[mk_fixed_ip(
             "db",
@@ -359,7 +357,7 @@ async fn metrics_count_decisions_time_filters_and_size_the_index() {
 async fn names_and_reasons_needing_json_escapes_come_back_intact() {
     let odd = "odd\"node\\\u{1}";
     let mut index = cluster();
-    index.apply_node(&mk_node(odd, "zone \"b\"").build());
+    index.apply_node(&mk_node_network(odd, "zone \"b\"").build());
     let server = start(index, ServerConfig::default()).await;
     let body =
         json!({"Pod": {"metadata": {"name": "web-3", "namespace": "db"}}, "NodeNames": [odd, N10]});

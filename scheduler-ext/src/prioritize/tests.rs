@@ -1,5 +1,7 @@
 use super::*;
-use crate::fixtures::{mk_fixed_ip, mk_index, mk_node, mk_pod};
+use sextant_crds::testing::{mk_fixed_ip, mk_node_network};
+
+use crate::fixtures::{mk_index, mk_pod};
 
 fn pod(name: &str) -> PodRef {
     PodRef::from_pod(&mk_pod("db", name)).expect("named")
@@ -13,8 +15,8 @@ fn scores(list: &[HostPriority]) -> Vec<(&str, i64)> {
 fn the_node_holding_the_fixed_address_scores_highest() {
     let index = mk_index(
         &[
-            mk_node("empty", "z1").build(),
-            mk_node("holder", "z1")
+            mk_node_network("empty", "z1").build(),
+            mk_node_network("holder", "z1")
                 .fixed("10.1.7.7", "db/web-3")
                 .usage(17, 0)
                 .build(),
@@ -32,10 +34,10 @@ fn the_node_holding_the_fixed_address_scores_highest() {
 fn other_nodes_rank_by_free_ip_headroom() {
     let index = mk_index(
         &[
-            mk_node("empty", "z1").build(),
-            mk_node("half", "z1").usage(8, 1).build(),
-            mk_node("full", "z1").usage(18, 0).build(),
-            mk_node("unknown", "z1").limits(0, 0, 0).build(),
+            mk_node_network("empty", "z1").build(),
+            mk_node_network("half", "z1").usage(8, 1).build(),
+            mk_node_network("full", "z1").usage(18, 0).build(),
+            mk_node_network("unknown", "z1").limits(0, 0, 0).build(),
         ],
         &[],
     );
@@ -74,7 +76,7 @@ mod properties {
             nodes in proptest::collection::vec((0usize..30, 0u32..5, 0u32..40, any::<bool>()), 1..10),
         ) {
             let objs: Vec<_> = nodes.iter().enumerate().map(|(i, &(used, pending, cap, holds))| {
-                let mut b = mk_node(&format!("n{i}"), "z1").usage(used, pending).limits(3, 10, cap);
+                let mut b = mk_node_network(&format!("n{i}"), "z1").usage(used, pending).limits(3, 10, cap);
                 if holds { b = b.fixed("10.1.7.7", "db/web-3"); }
                 b.build()
             }).collect();

@@ -1,12 +1,10 @@
+use sextant_crds::testing::{mk_fixed_ip, mk_node_network};
 use std::sync::{Arc, RwLock};
 
 use kube::runtime::watcher::Event;
 
 use super::*;
-use crate::{
-    fixtures::{mk_fixed_ip, mk_node},
-    index::Index,
-};
+use crate::index::Index;
 
 #[test]
 fn a_relist_is_buffered_and_replaces_the_kind_at_once() {
@@ -30,8 +28,8 @@ fn watch_events_keep_the_index_current_and_a_relist_drops_vanished_objects() {
     let mut fixed = Relist::default();
     let events = [
         Event::Init,
-        Event::InitApply(mk_node("a", "z1").build()),
-        Event::InitApply(mk_node("b", "z1").build()),
+        Event::InitApply(mk_node_network("a", "z1").build()),
+        Event::InitApply(mk_node_network("b", "z1").build()),
     ];
     for e in events {
         if let Some(c) = nodes.step(e) {
@@ -63,14 +61,14 @@ fn watch_events_keep_the_index_current_and_a_relist_drops_vanished_objects() {
     // The watch restarts; node b was deleted meanwhile.
     for e in [
         Event::Init,
-        Event::InitApply(mk_node("a", "z1").build()),
+        Event::InitApply(mk_node_network("a", "z1").build()),
         Event::InitDone,
     ] {
         if let Some(c) = nodes.step(e) {
             apply_node_change(&index, c);
         }
     }
-    apply_node_change(&index, Change::Delete(mk_node("a", "z1").build()));
+    apply_node_change(&index, Change::Delete(mk_node_network("a", "z1").build()));
     assert_eq!(index.read().map(|i| i.node_count()).ok(), Some(0));
 }
 
@@ -118,8 +116,8 @@ mod wiring {
                 ("/apis/sextant.io/v1alpha1/nodenetworks", false) => list(
                     "NodeNetwork",
                     vec![
-                        with_rv(&mk_node("a", "z1").build(), "1"),
-                        with_rv(&mk_node("b", "z1").build(), "2"),
+                        with_rv(&mk_node_network("a", "z1").build(), "1"),
+                        with_rv(&mk_node_network("b", "z1").build(), "2"),
                     ],
                 ),
                 ("/apis/sextant.io/v1alpha1/fixedips", false) => list(
@@ -131,7 +129,7 @@ mod wiring {
                 ),
                 ("/apis/sextant.io/v1alpha1/nodenetworks", true) if node_watches == 0 => {
                     node_watches += 1;
-                    let event = json!({"type": "ADDED", "object": with_rv(&mk_node("c", "z2").build(), "101")});
+                    let event = json!({"type": "ADDED", "object": with_rv(&mk_node_network("c", "z2").build(), "101")});
                     let mut line = serde_json::to_vec(&event).expect("event JSON");
                     line.push(b'\n');
                     line
