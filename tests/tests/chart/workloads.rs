@@ -1,0 +1,261 @@
+//! The workloads: the agent on the host network with explicit
+//! capabilities, the device plugin's kubelet mount, the operator's replicas
+//! and Lease, the scheduler extender's Service and scheduler stanza.
+
+use super::*;
+
+#[test]
+fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
+    for r in sets() {
+        let ds = daemonset(&r, "sextant-agent");
+        let spec = pod_spec_of_ds(ds);
+        assert_eq!(spec.host_network, Some(true), "{}", r.set);
+        let agent = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "agent")
+            .expect("agent container");
+        let sc = agent.security_context.as_ref().expect("security context");
+        assert_ne!(sc.privileged, Some(true), "{}: agent is privileged", r.set);
+        let caps = sc.capabilities.as_ref().expect("capabilities");
+        let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+        assert_eq!(
+            added,
+            BTreeSet::from(["NET_ADMIN", "BPF", "SYS_ADMIN", "NET_RAW", "SYS_PTRACE"])
+        );
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        for c in containers(spec) {
+            let sc = c.security_context.as_ref();
+            assert_ne!(
+                sc.and_then(|s| s.privileged),
+                Some(true),
+                "{}: {}",
+                r.set,
+                c.name
+            );
+        }
+        assert_eq!(
+            env(agent, "SEXTANT_AGENT_SOCKET"),
+            Some("/var/run/sextant/agent.sock")
+        );
+        assert!(agent.env.iter().flatten().any(|e| {
+            e.name == "NODE_NAME"
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str())
+                    == Some("spec.nodeName")
+        }));
+
+        let host_paths: BTreeMap<&str, &str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                v.host_path
+                    .as_ref()
+                    .map(|h| (v.name.as_str(), h.path.as_str()))
+            })
+            .collect();
+        let mounted: BTreeMap<&str, &str> = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.mount_path.as_str(), m.name.as_str()))
+            .collect();
+        for (path, host) in [
+            ("/sys/fs/bpf", "/sys/fs/bpf"),
+            ("/var/run/sextant", "/var/run/sextant"),
+            ("/host/cni/bin", "/opt/cni/bin"),
+            ("/host/cni/net.d", "/etc/cni/net.d"),
+        ] {
+            let vol = mounted
+                .get(path)
+                .unwrap_or_else(|| panic!("{}: {path} not mounted", r.set));
+            assert_eq!(host_paths.get(vol), Some(&host), "{}: {path}", r.set);
+        }
+
+        // CNI netns paths: /var/run/netns/<name> through a mount that sees the
+        // runtime's later bind mounts, /proc/<pid>/ns/net through the host's
+        // PID namespace.
+        assert_eq!(spec.host_pid, Some(true), "{}: hostPID", r.set);
+        let netns = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/var/run/netns")
+            .unwrap_or_else(|| panic!("{}: /var/run/netns not mounted", r.set));
+        assert_eq!(
+            netns.mount_propagation.as_deref(),
+            Some("HostToContainer"),
+            "{}",
+            r.set
+        );
+        assert_eq!(
+            host_paths.get(netns.name.as_str()),
+            Some(&"/var/run/netns"),
+            "{}",
+            r.set
+        );
+
+        // The init step installs sextant-cni and the conflist from the ConfigMap.
+        let init = spec.init_containers.as_deref().unwrap_or_default();
+        assert_eq!(init.len(), 1, "{}", r.set);
+        let script = init[0]
+            .command
+            .iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(script.contains("sextant-cni"), "{script}");
+        assert!(script.contains("00-sextant.conflist"), "{script}");
+        let cm = r
+            .all(|o| match o {
+                Object::ConfigMap(c) => Some(c.as_ref()),
+                _ => None,
+            })
+            .into_iter()
+            .find(|c| name_of(&c.metadata) == "sextant-cni")
+            .expect("conflist ConfigMap");
+        let conflist: serde_json::Value = serde_json::from_str(
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get("00-sextant.conflist"))
+                .expect("conflist"),
+        )
+        .expect("conflist is JSON");
+        assert_eq!(conflist["plugins"][0]["type"], "sextant-cni");
+        assert_eq!(
+            conflist["plugins"][0]["agentSocket"],
+            "/var/run/sextant/agent.sock"
+        );
+    }
+}
+
+#[test]
+fn device_plugin_mounts_the_kubelet_directory_not_the_socket() {
+    for r in sets() {
+        let spec = pod_spec_of_ds(daemonset(&r, "sextant-device-plugin"));
+        let vol = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| {
+                v.host_path
+                    .as_ref()
+                    .filter(|h| h.path.starts_with("/var/lib/kubelet"))
+            })
+            .expect("kubelet hostPath");
+        assert_eq!(vol.path, "/var/lib/kubelet/device-plugins");
+        assert_eq!(vol.type_.as_deref(), Some("Directory"));
+        let c = &spec.containers[0];
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/var/lib/kubelet/device-plugins")
+        );
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_ne!(sc.privileged, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert!(
+            sc.capabilities
+                .as_ref()
+                .and_then(|c| c.add.as_ref())
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn operator_runs_two_replicas_with_lease_and_anti_affinity() {
+    for r in sets() {
+        let op = deployment(&r, "sextant-operator");
+        if r.set == "static" {
+            assert!(op.is_none(), "bare metal runs no operator");
+            assert!(cluster_role(&r, "sextant-operator").is_none());
+            continue;
+        }
+        let op = op.expect("operator Deployment");
+        assert_eq!(
+            op.spec.as_ref().and_then(|s| s.replicas),
+            Some(2),
+            "{}",
+            r.set
+        );
+        let spec = pod_spec_of_deploy(op);
+        let anti = spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .expect("required pod anti-affinity");
+        assert_eq!(anti[0].topology_key, "kubernetes.io/hostname");
+        let c = &spec.containers[0];
+        assert_eq!(env(c, "SEXTANT_LEASE_NAMESPACE"), Some(NAMESPACE));
+        assert_eq!(env(c, "SEXTANT_LEASE_NAME"), Some("sextant-operator"));
+        assert!(
+            c.env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "SEXTANT_POD_NAME" && e.value_from.is_some())
+        );
+        let args = c.args.clone().unwrap_or_default();
+        let provider = if r.set == "alibaba" { "alibaba" } else { "aws" };
+        assert_eq!(args, vec![format!("--provider={provider}")], "{}", r.set);
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            spec.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root),
+            Some(true)
+        );
+    }
+}
+
+#[test]
+fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
+    for r in sets() {
+        let d = deployment(&r, "sextant-scheduler-ext").expect("extender Deployment");
+        let c = &pod_spec_of_deploy(d).containers[0];
+        assert_eq!(env(c, "SEXTANT_SCHEDULER_EXT_LISTEN"), Some("0.0.0.0:8888"));
+        let svc = r
+            .all(|o| match o {
+                Object::Service(s) => Some(s.as_ref()),
+                _ => None,
+            })
+            .into_iter()
+            .find(|s| name_of(&s.metadata) == "sextant-scheduler-ext")
+            .expect("extender Service");
+        let port = &svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default()[0];
+        assert_eq!(port.port, 8888);
+        let cm = r
+            .all(|o| match o {
+                Object::ConfigMap(c) => Some(c.as_ref()),
+                _ => None,
+            })
+            .into_iter()
+            .find(|c| name_of(&c.metadata) == "sextant-scheduler-config")
+            .expect("scheduler config");
+        let stanza: serde_json::Value =
+            serde_yaml::from_str(&cm.data.as_ref().expect("data")["extender.yaml"])
+                .expect("stanza is YAML");
+        let ext = &stanza["extenders"][0];
+        assert_eq!(
+            ext["urlPrefix"],
+            "http://sextant-scheduler-ext.sextant-system.svc:8888"
+        );
+        assert_eq!(ext["managedResources"][0]["name"], "sextant.io/ip");
+        assert_eq!(ext["nodeCacheCapable"], true);
+    }
+}
