@@ -49,7 +49,7 @@ cluster-down:
 	@bash scripts/cluster.sh down
 
 lab: setup
-	$(CARGO) build --release -q -p sextant-agent --bins
+	$(CARGO) build --release -q -p sextant-agent -p sextant-lab --bins
 	$(CARGO) build --release -q -p sextantctl
 	./target/release/sextantctl lab
 

@@ -9,7 +9,8 @@ use std::{
     time::Duration,
 };
 
-use sextant_agent::{Error, Result, lab::Lab};
+use anyhow::{Context, Result, bail};
+use sextant_lab::Lab;
 use sextant_testkit::{Decision, Tier};
 
 /// `p` in 0..=100 of sorted samples, in milliseconds.
@@ -38,7 +39,7 @@ pub fn require_kernel(name: &str, why: Option<String>) -> bool {
 
 /// [`require_kernel`] for building labs (root, iproute2).
 pub fn can_run(name: &str) -> bool {
-    require_kernel(name, sextant_agent::lab::can_run().err())
+    require_kernel(name, sextant_lab::can_run().err())
 }
 
 /// [`require_kernel`] for `iptables-restore` (the baseline's loader).
@@ -64,19 +65,17 @@ pub fn in_node(lab: &Lab, args: &[&str], stdin: Option<String>) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::io("running ip netns exec", e))?;
+        .context("running ip netns exec")?;
     if let (Some(body), Some(mut si)) = (stdin, child.stdin.take()) {
-        si.write_all(body.as_bytes())
-            .map_err(|e| Error::io("writing rules", e))?;
+        si.write_all(body.as_bytes()).context("writing rules")?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io("waiting", e))?;
+    let out = child.wait_with_output().context("waiting")?;
     if !out.status.success() {
-        return Err(Error::io(
+        bail!(
+            "{}: {}",
             args.join(" "),
-            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-        ));
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -6,7 +6,8 @@ mod common;
 
 use std::{path::Path, time::Instant};
 
-use sextant_agent::lab::{Lab, LabConfig, cni_exec};
+use anyhow::{Result, anyhow};
+use sextant_lab::{Lab, LabConfig, cni_exec};
 
 const N: usize = 150;
 const REFERENCE_BRIDGE: &str = "/usr/lib/cni/bridge";
@@ -24,12 +25,12 @@ fn main() {
         return;
     }
     if let Err(e) = run() {
-        println!("P3: FAILED: {}", sextant_kit::ErrorChain(&e));
+        println!("P3: FAILED: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> sextant_agent::Result<()> {
+fn run() -> Result<()> {
     let mut lab = Lab::new(LabConfig {
         prefix: format!("p3b{}", std::process::id() % 100_000),
         agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
@@ -80,9 +81,7 @@ fn run() -> sextant_agent::Result<()> {
         )?;
         ours.push(t.elapsed());
         if !ok {
-            return Err(sextant_agent::Error::BadRequest(format!(
-                "sextant ADD failed: {out}"
-            )));
+            return Err(anyhow!("sextant ADD failed: {out}"));
         }
         let pod = plain.pods[i].clone();
         let t = Instant::now();
@@ -96,9 +95,7 @@ fn run() -> sextant_agent::Result<()> {
         )?;
         no_dp.push(t.elapsed());
         if !ok {
-            return Err(sextant_agent::Error::BadRequest(format!(
-                "sextant (no datapath) ADD failed: {out}"
-            )));
+            return Err(anyhow!("sextant (no datapath) ADD failed: {out}"));
         }
         let pod = lab.pods[N + i].clone();
         let t = Instant::now();
@@ -112,9 +109,7 @@ fn run() -> sextant_agent::Result<()> {
         )?;
         theirs.push(t.elapsed());
         if !ok {
-            return Err(sextant_agent::Error::BadRequest(format!(
-                "reference ADD failed: {out}"
-            )));
+            return Err(anyhow!("reference ADD failed: {out}"));
         }
     }
     // The plugin's fixed cost: a STATUS round trip (process start, socket, HTTP).
@@ -131,9 +126,7 @@ fn run() -> sextant_agent::Result<()> {
         )?;
         status.push(t.elapsed());
         if !ok {
-            return Err(sextant_agent::Error::BadRequest(format!(
-                "sextant STATUS failed: {out}"
-            )));
+            return Err(anyhow!("sextant STATUS failed: {out}"));
         }
     }
     status.sort();

@@ -12,11 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sextant_agent::{
-    Error, Result,
-    lab::{Lab, LabConfig, in_netns, line_server},
-};
+use anyhow::{Context, Result, anyhow};
 use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
+use sextant_lab::{Lab, LabConfig, in_netns, line_server};
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 const CONNECTIONS: usize = 300;
@@ -31,7 +29,7 @@ fn main() {
         return;
     }
     if let Err(e) = run() {
-        println!("P4a: FAILED: {}", sextant_kit::ErrorChain(&e));
+        println!("P4a: FAILED: {e:#}");
         std::process::exit(1);
     }
 }
@@ -81,7 +79,7 @@ fn measure(lab: &Lab, target: Ipv4Addr) -> Result<Vec<Duration>> {
             Ok(out)
         },
     )?
-    .map_err(|e| Error::io(format!("connecting to {target}:80"), e))
+    .with_context(|| format!("connecting to {target}:80"))
 }
 
 fn iptables_rules(n: usize, backend: Ipv4Addr) -> String {
@@ -108,12 +106,8 @@ fn run() -> Result<()> {
     let bpf = mk_lab("b", true)?;
     let ipt = mk_lab("i", false)?;
     common::in_node(&ipt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
-    let bpf_backend = bpf.pods[1]
-        .ip
-        .ok_or_else(|| Error::BadRequest("no backend".into()))?;
-    let ipt_backend = ipt.pods[1]
-        .ip
-        .ok_or_else(|| Error::BadRequest("no backend".into()))?;
+    let bpf_backend = bpf.pods[1].ip.ok_or_else(|| anyhow!("no backend"))?;
+    let ipt_backend = ipt.pods[1].ip.ok_or_else(|| anyhow!("no backend"))?;
     let mut installed = 0;
     let mut rows = Vec::new();
     for n in SIZES {

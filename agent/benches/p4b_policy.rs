@@ -29,11 +29,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
-use sextant_agent::{
-    Error, Result,
-    lab::{Lab, LabConfig, in_netns, line_server},
-};
+use sextant_lab::{Lab, LabConfig, in_netns, line_server};
 
 const SIZES: [usize; 3] = [0, 300, 3_000];
 /// Rounds over all labs (each round's p50 shows the run's noise).
@@ -55,7 +53,7 @@ fn main() {
         return;
     }
     if let Err(e) = run() {
-        println!("P4b: FAILED: {}", sextant_kit::ErrorChain(&e));
+        println!("P4b: FAILED: {e:#}");
         std::process::exit(1);
     }
 }
@@ -153,8 +151,7 @@ impl Conn {
 fn round_trips(c: &mut Conn, n: usize, out: &mut Vec<Duration>) -> Result<()> {
     for _ in 0..n {
         let t = Instant::now();
-        c.ask()
-            .map_err(|e| Error::io("round trip on the established flow", e))?;
+        c.ask().context("round trip on the established flow")?;
         out.push(t.elapsed());
     }
     Ok(())
@@ -181,7 +178,7 @@ fn connects(side: &Side, n: usize, out: &mut Vec<Duration>) -> Result<()> {
             Ok(v)
         },
     )?
-    .map_err(|e| Error::io(format!("connecting to {to}"), e))?;
+    .with_context(|| format!("connecting to {to}"))?;
     out.extend(samples);
     Ok(())
 }
@@ -234,10 +231,10 @@ fn put_policy(side: &Side, n: usize) -> Result<()> {
     let entries = report["policyEntries"].as_u64().unwrap_or(0);
     // One allow entry per policy: its client's identity on its port.
     if enforced != n || entries < n as u64 || report["rejected"] != json!([]) {
-        return Err(Error::BadRequest(format!(
+        return Err(anyhow!(
             "{n} policies sent, {enforced} enforced, {entries} map entries: {}",
             report["rejected"]
-        )));
+        ));
     }
     Ok(())
 }
@@ -267,9 +264,9 @@ fn iptables_rules(n: usize, client: Ipv4Addr, server: Ipv4Addr) -> String {
 fn check_enforced(side: &Side, what: &str) -> Result<()> {
     match Conn::open(side, CLOSED_PORT, Duration::from_millis(300)) {
         Err(_) => Ok(()),
-        Ok(_) => Err(Error::BadRequest(format!(
+        Ok(_) => Err(anyhow!(
             "{what}: client reached the server on {CLOSED_PORT}, which no policy opens"
-        ))),
+        )),
     }
 }
 
@@ -315,7 +312,7 @@ fn run() -> Result<()> {
         let mut row = Vec::new();
         for side in pair {
             let mut c = Conn::open(side, PORT, Duration::from_secs(3))
-                .map_err(|e| Error::io("opening the measured flow", e))?;
+                .context("opening the measured flow")?;
             round_trips(&mut c, WARMUP, &mut Vec::new())?;
             row.push(c);
         }
@@ -387,10 +384,10 @@ fn policy_lookups(labs: &[[Side; 2]]) -> Result<Vec<u64>> {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         if n > 0 && allowed < requests {
-            return Err(Error::BadRequest(format!(
+            return Err(anyhow!(
                 "{n} policies: {allowed} packets passed a policy lookup, fewer than the \
                  {requests} requests of the measured flow"
-            )));
+            ));
         }
         out.push(allowed);
     }

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! Pure modules (`pool`, `handshake`, `fixed_ip::decide`, `checkpoint::restore`, `usage::status_patch`,
-//! `services::desired`/`diff`) take time and state as inputs; `lab` builds
-//! a node in namespaces for tests, benchmarks and `sextantctl lab`.
+//! `services::desired`/`diff`) take time and state as inputs. The netns
+//! harness that runs this agent for tests, benchmarks and `sextantctl lab`
+//! is the `sextant-lab` crate, outside this library.
 pub mod agent;
 pub mod checkpoint;
 pub mod cni;
@@ -22,7 +23,6 @@ pub mod datapath;
 pub mod error;
 pub mod fixed_ip;
 pub mod handshake;
-pub mod lab;
 mod metrics;
 pub mod node_file;
 pub mod paths;

@@ -299,7 +299,7 @@ mod kube_tests {
         );
         if !sextant_testkit::require(
             sextant_testkit::Tier::Kernel,
-            crate::lab::can_run().err(),
+            sextant_testkit::root_unavailable(),
             &test,
         ) {
             return;

@@ -9,8 +9,8 @@ use std::{
     time::Duration,
 };
 
-use sextant_agent::lab::{Lab, LabConfig, can_run, in_netns, line_server, spawn_in_netns};
 use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
+use sextant_lab::{Lab, LabConfig, can_run, in_netns, line_server, spawn_in_netns};
 use sextant_testkit::Tier;
 
 /// Whether this machine can build labs: fails without root unless
@@ -295,7 +295,7 @@ fn lab_demo_reaches_every_pod_and_the_service() {
     if !kernel("lab demo") {
         return;
     }
-    let report = sextant_agent::lab::demo(
+    let report = sextant_lab::demo(
         std::path::Path::new(env!("CARGO_BIN_EXE_sextant-agent")),
         std::path::Path::new(env!("CARGO_BIN_EXE_sextant-cni")),
         4,

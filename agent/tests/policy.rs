@@ -11,11 +11,9 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use sextant_agent::{
-    datapath::{CtTimeouts, Datapath},
-    lab::{Lab, LabConfig, can_run, in_netns, line_server},
-};
+use sextant_agent::datapath::{CtTimeouts, Datapath};
 use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
+use sextant_lab::{Lab, LabConfig, can_run, in_netns, line_server};
 use sextant_testkit::Tier;
 
 /// Whether this machine can build labs: fails without root unless

@@ -340,7 +340,7 @@ async fn run_async(pods: usize, lab_bin: &Path) -> anyhow::Result<LabOutcome> {
         .spawn()
         .with_context(|| {
             format!(
-                "running {} (build it with `cargo build -p sextant-agent --bins`)",
+                "running {} (build it with `cargo build -p sextant-agent -p sextant-lab --bins`)",
                 lab_bin.display()
             )
         })?;

@@ -26,15 +26,19 @@ fn lab_pods_get_ips_the_sim_cloud_assigned_to_the_instance_enis() {
     if !sextant_testkit::require(Tier::Kernel, sextant_testkit::root_unavailable(), &test) {
         return;
     }
-    // The agent's binaries are another package's: build them (a no-op when fresh).
+    // The agent's and the lab's binaries are other packages': build them (a
+    // no-op when fresh).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "-p", "sextant-agent", "--bins"]);
+    build.args(["build", "-p", "sextant-agent", "-p", "sextant-lab", "--bins"]);
     if !cfg!(debug_assertions) {
         build.arg("--release");
     }
     let st = build.status().expect("running cargo build");
-    assert!(st.success(), "cargo build -p sextant-agent --bins: {st}");
+    assert!(
+        st.success(),
+        "cargo build -p sextant-agent -p sextant-lab --bins: {st}"
+    );
     let lab_bin = target_dir().join("sextant-lab");
     assert!(lab_bin.exists(), "{} missing", lab_bin.display());
 

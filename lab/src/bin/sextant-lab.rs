@@ -1,10 +1,10 @@
-//! `sextant-lab`: runs [`sextant_agent::lab::demo_with`] with the agent and
+//! `sextant-lab`: runs [`sextant_lab::demo_with`] with the agent and
 //! CNI binaries found beside this one and prints the connectivity table. Root.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use sextant_agent::lab::LabPool;
+use sextant_lab::LabPool;
 
 /// `sextant-lab` flags.
 #[derive(Parser, Debug)]
@@ -35,7 +35,7 @@ fn main() -> std::process::ExitCode {
         Some(path) => LabPool::NodeNetworkFile(path),
         None => "10.77.0.0/26".into(),
     };
-    let report = match sextant_agent::lab::demo_with(
+    let report = match sextant_lab::demo_with(
         &dir.join("sextant-agent"),
         &dir.join("sextant-cni"),
         args.pods,
