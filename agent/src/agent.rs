@@ -18,6 +18,10 @@ use sextant_agent_api::{
     ServiceSpec, fmt_mac,
 };
 
+use sextant_agent_core::{
+    handshake,
+    pool::{AllocKey, AllocRequest, Allocation, Pool},
+};
 use sextant_kit::sync::lock;
 
 use crate::{
@@ -28,7 +32,6 @@ use crate::{
     metrics::{CniLabels, Metrics, PoolLabels},
     paths::{CHECKPOINT_FILE, POD_GATEWAY},
     policy::{self, NodePolicy, PolicyReport, PolicySnapshot},
-    pool::{AllocKey, AllocRequest, Allocation, Pool},
     veth,
 };
 
@@ -336,7 +339,9 @@ impl Agent {
                 );
                 // Decided and taken under one lock: no NodeNetwork update in between.
                 match d {
-                    Decision::Any => return st.pool.allocate(req, now_ms(), &now_rfc3339()),
+                    Decision::Any => {
+                        return Ok(st.pool.allocate(req, now_ms(), &now_rfc3339())?);
+                    }
                     Decision::Fixed(ip) => {
                         let a = st.pool.allocate_fixed(req, ip, &now_rfc3339())?;
                         info!(%ip, %pod, "fixed IP handed to its pod");
@@ -966,7 +971,7 @@ impl Agent {
             .as_ref()
             .map(|s| s.release.clone())
             .unwrap_or_default();
-        let answers = crate::handshake::plan(&st.pool, &release, now_ms());
+        let answers = handshake::plan(&st.pool, &release, now_ms());
         st.pool.set_releasing(answers.releasing);
         drop(st);
         self.node_changed.send_replace(());
@@ -1039,7 +1044,7 @@ mod tests {
     use sextant_crds::{NodeNetwork, NodeNetworkStatus, PoolEntry, ReleaseState};
 
     use super::*;
-    use crate::pool::tests::mk_req;
+    use sextant_agent_core::testing::mk_req;
 
     fn cfg(dir: &Path) -> Config {
         Config {

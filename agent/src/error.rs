@@ -8,20 +8,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong in the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No IP is free for a CNI ADD.
-    #[error(
-        "no free pod IP: {allocated} allocated, {cooling} in cooldown, {releasing} being released of {pool}"
-    )]
-    PoolExhausted {
-        /// IPs attached to the node.
-        pool: usize,
-        /// IPs handed out.
-        allocated: usize,
-        /// Freed IPs still in cooldown.
-        cooling: usize,
-        /// IPs promised to the operator for release.
-        releasing: usize,
-    },
+    /// The pool or a checkpoint restore refused (no free IP, a double
+    /// assignment, a fixed IP that is not the pod's).
+    #[error(transparent)]
+    Core(#[from] sextant_agent_core::Error),
     /// The checkpoint could not be read or written.
     #[error("checkpoint {path}: {action}")]
     CheckpointIo {
@@ -51,16 +41,6 @@ pub enum Error {
         found: u32,
         /// Version this agent writes.
         expected: u32,
-    },
-    /// Two checkpointed allocations hold the same IP: a double assignment.
-    #[error("checkpoint assigns {ip} twice: to {first} and to {second}; refusing to restore")]
-    DuplicateIp {
-        /// The IP.
-        ip: Ipv4Addr,
-        /// First owner (`containerId/ifname`).
-        first: String,
-        /// Second owner.
-        second: String,
     },
     /// A netlink operation failed.
     #[error("netlink: {action}")]
@@ -119,16 +99,6 @@ pub enum Error {
         #[source]
         source: std::net::AddrParseError,
     },
-    /// A fixed IP cannot go to the pod asking for it.
-    #[error("fixed IP {ip} cannot go to {pod}: {why}")]
-    FixedIpUnavailable {
-        /// The address.
-        ip: Ipv4Addr,
-        /// `namespace/name` of the pod asking.
-        pod: String,
-        /// Whom it belongs to or who holds it.
-        why: String,
-    },
     /// The NodeNetwork file (`--node-network-file`) does not parse.
     #[error("NodeNetwork file {path} does not parse")]
     NodeFileInvalid {
@@ -158,18 +128,16 @@ impl Error {
     /// Label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::PoolExhausted { .. } => "pool_exhausted",
+            Error::Core(e) => e.metric_label(),
             Error::CheckpointIo { .. } => "checkpoint_io",
             Error::CheckpointCorrupt { .. } => "checkpoint_corrupt",
             Error::CheckpointVersion { .. } => "checkpoint_version",
-            Error::DuplicateIp { .. } => "duplicate_ip",
             Error::Netlink { .. } => "netlink",
             Error::Io { .. } => "io",
             Error::Bpf { .. } => "bpf",
             Error::Kube { .. } => "kube",
             Error::FixedIpNotHere { .. } => "fixed_ip_not_here",
             Error::FixedIpInvalid { .. } => "fixed_ip_invalid",
-            Error::FixedIpUnavailable { .. } => "fixed_ip_unavailable",
             Error::NodeFileInvalid { .. } => "node_file_invalid",
             Error::BadRequest(_) => "bad_request",
             Error::Api(_) => "api",

@@ -5,15 +5,18 @@
 //! It talks to the operator only through its NodeNetwork, never directly.
 //!
 //! ```text
-//!  kubelet ─exec─▶ sextant-cni ─HTTP/unix─▶ server ─▶ agent ─┬─▶ pool / handshake   (pure)
+//!  kubelet ─exec─▶ sextant-cni ─HTTP/unix─▶ server ─▶ agent ─┬─▶ sextant-agent-core: pool, handshake, checkpoint format (pure)
 //!                                                            ├─▶ checkpoint         (temp, fsync, rename)
 //!  NodeNetwork ◀─status patch── runtime (watch, reports) ◀───┤
 //!  Services/EndpointSlices ─watch─▶ services (pure diff) ────┼─▶ datapath (aya) ─▶ bpffs pins, tc filters
 //!                                                            └─▶ veth (rtnetlink) ─▶ pod netns
 //! ```
 //!
-//! Pure modules (`pool`, `handshake`, `fixed_ip::decide`, `checkpoint::restore`, `usage::status_patch`,
-//! `services::desired`/`diff`) take time and state as inputs. The netns
+//! The pool, the release handshake and the checkpoint format are
+//! `sextant-agent-core`'s (pure, time passed in); pure parts still here
+//! (`fixed_ip::decide`, `usage::status_patch`, `services::desired`/`diff`)
+//! take time and state as inputs too. The wire types of the API are
+//! `sextant-agent-api`'s. The netns
 //! harness that runs this agent for tests, benchmarks and `sextantctl lab`
 //! is the `sextant-lab` crate, outside this library.
 pub mod agent;
@@ -22,13 +25,11 @@ pub mod cni;
 pub mod datapath;
 pub mod error;
 pub mod fixed_ip;
-pub mod handshake;
 mod metrics;
 pub mod node_file;
 pub mod paths;
 pub mod policy;
 pub mod policy_watch;
-pub mod pool;
 pub mod runtime;
 pub mod server;
 pub mod services;

@@ -69,9 +69,8 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
 fn error(e: &Error) -> Response<Full<Bytes>> {
     let status = match e {
         Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-        Error::PoolExhausted { .. } | Error::FixedIpNotHere { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::Core(sextant_agent_core::Error::PoolExhausted { .. })
+        | Error::FixedIpNotHere { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json(

@@ -9,12 +9,10 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
+use sextant_agent_core::pool::Pool;
 use sextant_crds::{NodeNetwork, ReleaseState};
 
-use crate::{
-    error::{Error, Result},
-    pool::Pool,
-};
+use crate::error::{Error, Result};
 
 /// Node IPs from NodeNetwork status: the pool keys that parse as IPv4.
 pub fn pool_ips(nn: &NodeNetwork) -> Vec<std::net::Ipv4Addr> {
@@ -95,7 +93,7 @@ mod tests {
     use kube::{Client, client::Body};
 
     use super::*;
-    use crate::pool::tests::{mk_pool, mk_req};
+    use sextant_agent_core::testing::{mk_pool, mk_req};
 
     #[test]
     fn patch_reports_used_cooling_and_answers() {

@@ -72,9 +72,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::pool::{
-        DEFAULT_COOLDOWN_MS,
-        tests::{mk_pool, mk_req},
+    use crate::{
+        pool::DEFAULT_COOLDOWN_MS,
+        testing::{mk_pool, mk_req},
     };
 
     fn ip(i: u8) -> Ipv4Addr {

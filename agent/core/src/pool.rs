@@ -280,28 +280,11 @@ impl Pool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    pub(crate) fn mk_req(id: &str) -> AllocRequest {
-        AllocRequest {
-            key: AllocKey {
-                container_id: id.to_string(),
-                ifname: "eth0".to_string(),
-            },
-            netns: format!("/var/run/netns/{id}"),
-            pod_namespace: "default".to_string(),
-            pod_name: format!("pod-{id}"),
-        }
-    }
-
-    pub(crate) fn mk_pool(n: u8) -> Pool {
-        let mut p = Pool::new(DEFAULT_COOLDOWN_MS);
-        p.set_pool((1..=n).map(|i| Ipv4Addr::new(10, 0, 0, i)));
-        p
-    }
+    use crate::testing::{mk_pool, mk_req};
 
     #[test]
     fn allocate_is_idempotent_per_container_and_ifname() {
