@@ -948,7 +948,7 @@ impl Agent {
         nn: &sextant_crds::NodeNetwork,
     ) -> std::collections::BTreeMap<String, sextant_crds::ReleaseState> {
         let mut st = lock(&self.state);
-        let ips = crate::usage::pool_ips(nn);
+        let ips = sextant_agent_core::usage::pool_ips(nn);
         let n = ips.len();
         st.pool.set_pool(ips);
         st.status_used = nn
@@ -963,7 +963,7 @@ impl Agent {
             .map(|s| fixed_ip::parse_fixed_ips(&s.fixed_ips))
             .unwrap_or_default();
         st.pool.set_fixed(fixed);
-        let (cap, unavailable) = crate::usage::capacity(nn, n);
+        let (cap, unavailable) = sextant_agent_core::usage::capacity(nn, n);
         st.capacity = cap;
         st.unavailable = unavailable;
         let release = nn
@@ -988,7 +988,7 @@ impl Agent {
         if st.phase == Phase::Restoring {
             return None;
         }
-        Some(crate::usage::status_patch(
+        Some(sextant_agent_core::usage::status_patch(
             &st.pool,
             answers,
             now_ms(),
@@ -1018,7 +1018,13 @@ impl Agent {
             .filter(|ip| !in_use.contains(*ip))
             .cloned()
             .collect();
-        let patch = crate::usage::status_patch(&st.pool, answers, now_ms(), &now_rfc3339(), &gone);
+        let patch = sextant_agent_core::usage::status_patch(
+            &st.pool,
+            answers,
+            now_ms(),
+            &now_rfc3339(),
+            &gone,
+        );
         st.sent_used = in_use;
         Some(patch)
     }

@@ -12,9 +12,10 @@
 //!                                                            └─▶ veth (rtnetlink) ─▶ pod netns
 //! ```
 //!
-//! The pool, the release handshake and the checkpoint format are
+//! The pool, the release handshake, the checkpoint format and the usage
+//! report are
 //! `sextant-agent-core`'s (pure, time passed in); pure parts still here
-//! (`fixed_ip::decide`, `usage::status_patch`, `services::desired`/`diff`)
+//! (`fixed_ip::decide`, `services::desired`/`diff`)
 //! take time and state as inputs too. The wire types of the API are
 //! `sextant-agent-api`'s. The netns
 //! harness that runs this agent for tests, benchmarks and `sextantctl lab`

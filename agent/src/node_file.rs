@@ -139,7 +139,7 @@ pub async fn file_loops(agent: Arc<Agent>, path: PathBuf, rate: Duration) {
                     let new = agent.apply_node(&nn);
                     info!(
                         file = %file.path().display(),
-                        pool = crate::usage::pool_ips(&nn).len(),
+                        pool = sextant_agent_core::usage::pool_ips(&nn).len(),
                         "NodeNetwork file applied"
                     );
                     if new.is_empty() {
@@ -202,7 +202,7 @@ mod tests {
     }
 
     fn pool_of(nn: &NodeNetwork) -> Vec<String> {
-        crate::usage::pool_ips(nn)
+        sextant_agent_core::usage::pool_ips(nn)
             .iter()
             .map(ToString::to_string)
             .collect()

@@ -13,7 +13,8 @@
 //! Boundaries: no IO and no clock: time comes in as milliseconds since the
 //! Unix epoch, so a checkpoint carries cooldown deadlines across restarts.
 //! No kube client, aya, netlink or tokio; the only outside vocabulary is the
-//! agent API's allocation types and the CRDs' release states.
+//! agent API's allocation types and the CRDs (release states, the
+//! NodeNetwork the usage report is computed from).
 
 pub mod checkpoint;
 mod error;
@@ -21,5 +22,6 @@ pub mod handshake;
 pub mod pool;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod usage;
 
 pub use error::{Error, Result};
