@@ -25,7 +25,7 @@ COPY . .
 FROM builder AS build-operator
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p sextant-operator --bin sextant-operator --bin sextant-webhook \
+    cargo build --release --locked -p sextant-operator --bin sextant-operator -p sextant-webhook --bin sextant-webhook \
  && install -D -m 0755 -t /out target/release/sextant-operator target/release/sextant-webhook
 
 FROM builder AS build-agent

@@ -34,15 +34,15 @@ bench: setup
 	$(CARGO) bench -q -p sextant-agent --bench p3_cni
 	$(CARGO) bench -q -p sextant-agent --bench p4a_service
 	$(CARGO) bench -q -p sextant-agent --bench p4b_policy
-	$(CARGO) bench -q -p sextant-operator --bench p5_webhook
+	$(CARGO) bench -q -p sextant-webhook --bench p5_webhook
 	$(CARGO) bench -q -p sextant-scheduler-ext --bench p6_filter
-	$(CARGO) build --release -q -p sextant-operator -p sextant-scheduler-ext --bins
+	$(CARGO) build --release -q -p sextant-operator -p sextant-webhook -p sextant-scheduler-ext --bins
 	$(CARGO) bench -q -p sextant-e2e --bench p9_kwok
 
 # A real control plane on loopback with Sextant on the simulated cloud, for a
 # person: prints the kubeconfig and what to look at. `make cluster-down` stops it.
 cluster: setup
-	$(CARGO) build -q -p sextant-operator -p sextant-scheduler-ext -p sextant-e2e --bins
+	$(CARGO) build -q -p sextant-operator -p sextant-webhook -p sextant-scheduler-ext -p sextant-e2e --bins
 	@bash scripts/cluster.sh up
 
 cluster-down:

@@ -19,7 +19,6 @@ pub mod node_network;
 pub mod policy_status;
 pub mod run;
 pub mod sim;
-pub mod webhook;
 
 pub use error::{Error, Result};
 pub use ipam::status::{make_status_patch, status_patch, with_resource_version};

@@ -17,7 +17,7 @@ const SOURCES: [(&str, &str); 6] = [
     ("controllers/src/metrics.rs", "sextant_operator"),
     ("cloud/src/metrics.rs", "sextant_cloud"),
     ("agent/src/metrics.rs", "sextant_agent"),
-    ("controllers/src/webhook/metrics.rs", "sextant_webhook"),
+    ("controllers/webhook/src/metrics.rs", "sextant_webhook"),
     ("device-plugin/src/metrics.rs", "sextant_device_plugin"),
     ("scheduler-ext/src/metrics.rs", "sextant_scheduler_ext"),
 ];

@@ -39,7 +39,7 @@ fn workspace_bin(name: &str) -> Result<PathBuf> {
     let bin = dir.join(name);
     if !bin.exists() {
         bail!(
-            "{} is missing: build it with `cargo build -p sextant-operator --bins` (make test builds every binary)",
+            "{} is missing: build it with `cargo build -p sextant-operator -p sextant-webhook --bins` (make test builds every binary)",
             bin.display()
         );
     }

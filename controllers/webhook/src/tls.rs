@@ -19,7 +19,7 @@ use rustls::{
 };
 use tracing::{info, warn};
 
-use super::{error::WebhookError, metrics::WebhookMetrics};
+use crate::{error::WebhookError, metrics::WebhookMetrics};
 
 /// What identifies one version of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

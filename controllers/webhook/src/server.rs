@@ -1,4 +1,4 @@
-//! The HTTPS shell around [`review`](super::review::review): TLS by rustls
+//! The HTTPS shell around [`review`](crate::review::review): TLS by rustls
 //! with the reloading certificate, HTTP/1.1 with keep-alive by hyper, one task
 //! per connection, a deadline on the handshake, the headers and the body.
 
@@ -16,7 +16,7 @@ use tokio::{net::TcpListener, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::{
+use crate::{
     error::WebhookError,
     metrics::WebhookMetrics,
     review::{ReviewConfig, Verdict, review, to_json},

@@ -11,7 +11,7 @@ use std::{
 };
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use sextant_operator::webhook::{ReloadingCert, ReviewConfig, WebhookMetrics, WebhookServer};
+use sextant_webhook::{ReloadingCert, ReviewConfig, WebhookMetrics, WebhookServer};
 use tokio::{net::TcpListener, task::JoinHandle};
 
 /// A CA and a serving certificate for `localhost` and 127.0.0.1.

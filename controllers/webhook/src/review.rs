@@ -13,7 +13,7 @@ use kube_core::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::mutate::{Mutation, mutate};
+use crate::mutate::{Mutation, mutate};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";

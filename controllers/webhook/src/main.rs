@@ -1,9 +1,9 @@
 //! `sextant-webhook`: parses flags (with `SEXTANT_WEBHOOK_*` environment
-//! fallbacks) and hands over to [`sextant_operator::webhook::WebhookArgs`].
+//! fallbacks) and hands over to [`sextant_webhook::WebhookArgs`].
 
 use clap::Parser;
 use sextant_kit::ErrorChain;
-use sextant_operator::webhook::WebhookArgs;
+use sextant_webhook::WebhookArgs;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

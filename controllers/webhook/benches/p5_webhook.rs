@@ -26,7 +26,7 @@ use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
-use sextant_operator::webhook::tls::server_config;
+use sextant_webhook::tls::server_config;
 use support::{TestPki, TestWebhook, pod_create_review};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};

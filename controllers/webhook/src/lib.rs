@@ -16,6 +16,11 @@
 //! refused with a message, never answered with a 500. The webhook is meant
 //! to run with `failurePolicy: Ignore` (docs/webhook.md), so an outage never
 //! blocks pod creation.
+//!
+//! Boundaries: no kube client and no cloud (AdmissionReview types from
+//! `kube-core` only); shared names from `sextant_crds::wellknown`, process
+//! scaffolding (admin server, shutdown, log, duration flags) from
+//! `sextant-kit`. The binary `sextant-webhook` is its `main.rs`.
 
 pub mod error;
 pub mod metrics;
