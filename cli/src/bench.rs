@@ -14,7 +14,7 @@ use sextant_cloud::{
     RateLimits, Tags,
     sim::{SimCloud, SimConfig, SimProvider},
 };
-use sextant_operator::ipam::resync::{InstanceResync, InstanceScoped, list_vpc};
+use sextant_ipam::resync::{InstanceResync, InstanceScoped, list_vpc};
 
 use crate::{
     herd::{self, AGENT_BACKOFF, HerdConfig},

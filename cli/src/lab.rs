@@ -29,9 +29,9 @@ use sextant_cloud::{
 use sextant_crds::{
     AgentUsage, IpamSpec, NodeNetwork, NodeNetworkSpec, NodeNetworkStatus, Provider, ReleaseState,
 };
-use sextant_operator::{
-    ipam::node::{IpamConfig, NodeIpam},
+use sextant_ipam::{
     metrics::IpamMetrics,
+    node::{IpamConfig, NodeIpam},
 };
 
 /// The sim subnet pods get their IPs from.

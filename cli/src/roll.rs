@@ -25,12 +25,12 @@ use sextant_cloud::{
     sim::{SimCloud, SimConfig, SimProvider},
 };
 use sextant_crds::{FixedIP, FixedIPSpec, Provider, ReclaimPolicy};
-use sextant_operator::{
+use sextant_ipam::{
     fixed_ip::{
         execute::{Holders, Outcome, Parking, execute, status_after, status_for},
         plan::{FixedIpInput, NodeView, PodView, StatefulSetView, Step, plan},
     },
-    ipam::gc::{GcPolicy, plan_gc},
+    gc::{GcPolicy, plan_gc},
 };
 
 const CLUSTER: &str = "roll";

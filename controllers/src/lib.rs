@@ -11,14 +11,13 @@
 
 pub mod apiserver;
 pub mod args;
-mod error;
 pub mod fixed_ip;
-pub mod ipam;
 pub mod metrics;
 pub mod node_network;
 pub mod policy_status;
 pub mod run;
 pub mod sim;
 
-pub use error::{Error, Result};
-pub use ipam::status::{make_status_patch, status_patch, with_resource_version};
+/// Node IPAM and the fixed-IP plan are the IPAM core's.
+pub use sextant_ipam as ipam;
+pub use sextant_ipam::{Error, Result, make_status_patch, status_patch, with_resource_version};

@@ -50,8 +50,9 @@ use crate::{
         ENV_ALIBABA_SECURITY_TOKEN,
     },
     fixed_ip::controller::{FixedIpController, watch as fixed_ip_watch},
+    ipam::metrics::IpamMetrics,
     ipam::node::{IpamConfig, NodeIpam},
-    metrics::{IpamMetrics, PolicyMetrics},
+    metrics::PolicyMetrics,
     node_network::{
         controller::{self as nn_controller, Context, RequeuePolicy},
         full_resync::{FullResync, FullResyncConfig, FullResyncMetrics},

@@ -11,7 +11,7 @@ use sextant_cloud::{Action, CloudMetrics};
 use sextant_crds::{NodeNetwork, NodeNetworkStatus, Provider};
 use sextant_operator::{
     args::{Args, CloudProvider},
-    metrics::IpamMetrics,
+    ipam::metrics::IpamMetrics,
     node_network::node_watch::{LABEL_INSTANCE_TYPE, LABEL_ZONE, node_network_for},
     sim::NodeNetworkDirectory,
 };

@@ -37,7 +37,7 @@ use sextant_operator::{
     node_network::controller::{self, Context, ControllerError, RequeuePolicy, is_conflict},
     fixed_ip::controller::make_fixed_ip_status_patch,
     ipam::node::{IpamConfig, NodeIpam},
-    metrics::IpamMetrics,
+    ipam::metrics::IpamMetrics,
     status_patch,
 };
 

@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 /// Each component's metrics source and the prefix its registry carries.
-const SOURCES: [(&str, &str); 6] = [
+const SOURCES: [(&str, &str); 7] = [
     ("controllers/src/metrics.rs", "sextant_operator"),
+    ("controllers/core/src/metrics.rs", "sextant_operator"),
     ("cloud/src/metrics.rs", "sextant_cloud"),
     ("agent/src/metrics.rs", "sextant_agent"),
     ("controllers/webhook/src/metrics.rs", "sextant_webhook"),

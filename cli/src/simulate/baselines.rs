@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sextant_cloud::{Action, Cloud, EniCloud, InstanceNetwork, sim::SimCloud};
-use sextant_operator::ipam::resync::{InstanceResync, by_instance, list_vpc};
+use sextant_ipam::resync::{InstanceResync, by_instance, list_vpc};
 
 /// The pre-fix resync: one describe per subnet of the VPC, each through the
 /// same limiter and retries.

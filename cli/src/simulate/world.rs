@@ -16,18 +16,16 @@ use sextant_cloud::{
     sim::{Faults, SimCloud, SimConfig, SimProvider},
 };
 use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
-use sextant_kit::sync::lock;
-use sextant_operator::{
-    Error as OperatorError,
-    ipam::{
-        gc::{GcPolicy, plan_gc},
-        node::{IpamConfig, NodeIpam},
-        resync::{InstanceResync, InstanceScoped, apply_enis, by_instance, eni_statuses, list_vpc},
-        watermark::IpamDefaults,
-    },
+use sextant_ipam::{
+    Error as IpamError,
+    gc::{GcPolicy, plan_gc},
     metrics::IpamMetrics,
+    node::{IpamConfig, NodeIpam},
+    resync::{InstanceResync, InstanceScoped, apply_enis, by_instance, eni_statuses, list_vpc},
     status_patch,
+    watermark::IpamDefaults,
 };
+use sextant_kit::sync::lock;
 use tokio::time::Instant;
 
 use super::{
@@ -91,7 +89,7 @@ impl World {
                     }
                 }
             }
-            Err(OperatorError::InvalidSpec { status, .. }) => {
+            Err(IpamError::InvalidSpec { status, .. }) => {
                 if let Some(patch) = status_patch(&old, &status) {
                     let _ = self.store.merge_patch(name, &patch);
                 }
@@ -110,12 +108,7 @@ impl World {
     }
 
     /// Counts the error and picks a jittered, growing requeue delay.
-    fn backoff(
-        &self,
-        name: &str,
-        e: &OperatorError,
-        attempts: &mut HashMap<String, u32>,
-    ) -> Duration {
+    fn backoff(&self, name: &str, e: &IpamError, attempts: &mut HashMap<String, u32>) -> Duration {
         *lock(&self.surfaced).entry(e.metric_label()).or_default() += 1;
         let n = attempts.entry(name.to_owned()).or_default();
         *n += 1;

@@ -13,8 +13,4 @@
 //! CNI ADD waits, bounded, until the address is on its node's ENI.
 
 pub mod controller;
-pub mod execute;
-pub mod plan;
-
-#[cfg(test)]
-mod tests;
+pub use sextant_ipam::fixed_ip::{execute, plan};

@@ -529,7 +529,7 @@ mod tests {
 
     use sextant_kit::testing::{ApiServerVerifier, mock_client, status_failure};
 
-    use crate::{ipam::node::IpamConfig, metrics::IpamMetrics};
+    use crate::ipam::{metrics::IpamMetrics, node::IpamConfig};
 
     const NOW: &str = "2026-11-25T12:00:00Z";
     const STATUS: &str =

@@ -17,7 +17,7 @@ use sextant_crds::{FixedIPPhase, FixedIPStatus};
 use sextant_kit::sync::lock;
 
 use super::plan::{NodeView, Step};
-use crate::ipam::resync::list_vpc;
+use crate::resync::list_vpc;
 
 /// Secondary addresses one parking ENI holds (ECS's and EC2's largest bound).
 pub const PARKING_CAPACITY: usize = 49;

@@ -1,0 +1,148 @@
+//! Node IPAM metrics (registered by the operator under `sextant_operator_*`).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use sextant_crds::NodeNetworkStatus;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    node: String,
+    state: &'static str,
+}
+
+/// Node IPAM metrics; clones share the series.
+#[derive(Clone)]
+pub struct IpamMetrics {
+    reconcile_duration: Histogram,
+    reconciles: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    steps: Family<StepLabels, Counter>,
+    pool: Family<PoolLabels, Gauge>,
+}
+
+impl Default for IpamMetrics {
+    fn default() -> Self {
+        IpamMetrics {
+            reconcile_duration: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
+            ]),
+            reconciles: Counter::default(),
+            errors: Family::default(),
+            steps: Family::default(),
+            pool: Family::default(),
+        }
+    }
+}
+
+/// Observes the reconcile duration when dropped.
+pub struct ReconcileTimer {
+    start: Instant,
+    histogram: Histogram,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl IpamMetrics {
+    /// Registers under `registry` (give it a `sextant_operator` prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one NodeNetwork reconcile",
+            self.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "NodeNetwork reconciles",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error",
+            self.errors.clone(),
+        );
+        registry.register(
+            "ipam_steps",
+            "Cloud steps carried out, by kind",
+            self.steps.clone(),
+        );
+        registry.register(
+            "ipam_pool_ips",
+            "IPs per node by state (pool, used, available)",
+            self.pool.clone(),
+        );
+    }
+
+    /// Starts timing one reconcile.
+    pub fn reconcile_timer(&self) -> ReconcileTimer {
+        self.reconciles.inc();
+        ReconcileTimer {
+            start: Instant::now(),
+            histogram: self.reconcile_duration.clone(),
+        }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn error(&self, label: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { error: label })
+            .inc();
+    }
+
+    /// Counts a step done.
+    pub fn step(&self, kind: &'static str) {
+        self.steps.get_or_create(&StepLabels { kind }).inc();
+    }
+
+    /// Steps done of one kind so far.
+    pub fn steps(&self, kind: &'static str) -> u64 {
+        self.steps
+            .get(&StepLabels { kind })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
+    /// Records a node's pool sizes.
+    pub fn pool(&self, node: &str, status: &NodeNetworkStatus, available: u32) {
+        let used = status.usage.as_ref().map(|u| u.used.len()).unwrap_or(0);
+        for (state, v) in [
+            ("pool", status.pool.len()),
+            ("used", used),
+            ("available", available as usize),
+        ] {
+            self.pool
+                .get_or_create(&PoolLabels {
+                    node: node.to_owned(),
+                    state,
+                })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Drops a deleted node's series.
+    pub fn forget(&self, node: &str) {
+        for state in ["pool", "used", "available"] {
+            self.pool.remove(&PoolLabels {
+                node: node.to_owned(),
+                state,
+            });
+        }
+    }
+}
