@@ -9,10 +9,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -32,30 +29,48 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Whether the process is ready; cheap to clone, shared with whatever
-/// decides it.
+/// Whether the process is ready, and if not, why; cheap to clone, shared
+/// with whatever decides it.
 #[derive(Clone, Debug)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<RwLock<Option<String>>>);
+
+/// What `/readyz` says when no reason was given.
+const NOT_READY: &str = "not ready";
 
 impl Readiness {
     /// Ready from the start (a process with nothing to wait for).
     pub fn ready() -> Self {
-        Readiness(Arc::new(AtomicBool::new(true)))
+        Readiness(Arc::new(RwLock::new(None)))
     }
 
     /// Not ready until [`Readiness::set`] says so.
     pub fn not_ready() -> Self {
-        Readiness(Arc::new(AtomicBool::new(false)))
+        Readiness(Arc::new(RwLock::new(Some(NOT_READY.to_owned()))))
     }
 
     /// Says whether the process is ready now.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) =
+            (!ready).then(|| NOT_READY.to_owned());
+    }
+
+    /// Not ready, for `reason` (what `/readyz` answers, e.g. which lists a
+    /// watch is still waiting for).
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
     }
 
     /// Whether the process said it is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.reason().is_none()
+    }
+
+    /// Why the process is not ready; `None` when it is.
+    pub fn reason(&self) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -124,9 +139,10 @@ impl Admin {
                     format!("encoding metrics: {e}\n"),
                 ),
             },
-            "/readyz" if !self.readiness.is_ready() => {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
-            }
+            "/readyz" => match self.readiness.reason() {
+                Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+                None => text(StatusCode::OK, "ok\n".into()),
+            },
             _ => text(StatusCode::OK, "ok\n".into()),
         })
     }
@@ -188,8 +204,11 @@ mod tests {
         let mut root = Registry::default();
         let c: Counter = Counter::default();
         c.inc();
-        root.sub_registry_with_prefix("sextant_operator")
-            .register("reconciles", "NodeNetwork reconciles", c);
+        root.sub_registry_with_prefix("sextant_operator").register(
+            "reconciles",
+            "NodeNetwork reconciles",
+            c,
+        );
         Admin::new(Arc::new(root), readiness)
     }
 
@@ -218,6 +237,14 @@ mod tests {
 
         let unready = get(addr, "/readyz").await;
         assert!(unready.starts_with("HTTP/1.1 503"), "{unready}");
+        assert!(unready.ends_with("not ready\n"), "{unready}");
+        readiness.set_not_ready("index not synced: still listing Nodes");
+        let why = get(addr, "/readyz").await;
+        assert!(why.starts_with("HTTP/1.1 503"), "{why}");
+        assert!(
+            why.ends_with("index not synced: still listing Nodes\n"),
+            "{why}"
+        );
         readiness.set(true);
         let ready = get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200 OK"), "{ready}");

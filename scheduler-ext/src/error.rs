@@ -41,7 +41,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The body did not arrive within the request deadline.
-    #[error("request body not received within {deadline:?} (--request-timeout-ms)")]
+    #[error("request body not received within {deadline:?} (--request-timeout)")]
     BodyTimeout {
         /// The configured deadline.
         deadline: Duration,

@@ -152,18 +152,13 @@ impl Extender {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
         }
         match path {
-            "/readyz" => {
-                let synced = self.read_index().check_synced();
-                self.readiness.set(synced.is_ok());
-                // Not synced: say which lists are still missing, which the
-                // admin's plain "not ready" cannot.
-                if let Err(pending) = synced {
-                    return text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("index not synced: still listing {pending}\n"),
-                    );
-                }
-            }
+            "/readyz" => match self.read_index().check_synced() {
+                Ok(()) => self.readiness.set(true),
+                // Not synced: `/readyz` says which lists are still missing.
+                Err(pending) => self
+                    .readiness
+                    .set_not_ready(format!("index not synced: still listing {pending}")),
+            },
             "/metrics" => {
                 let index = self.read_index();
                 self.metrics
