@@ -18,6 +18,22 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
+/// How a binary's `main` ends: `Ok` is exit status 0; an error is logged
+/// once with its whole cause chain, naming `binary`, and is exit status 1.
+pub fn exit<E>(binary: &str, outcome: Result<(), E>) -> std::process::ExitCode
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let e: Box<dyn std::error::Error + Send + Sync + 'static> = e.into();
+            tracing::error!(error = %Chain(&*e), "{binary} failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,6 +49,17 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    #[test]
+    fn a_failed_run_is_exit_status_one() {
+        let ok: Result<(), Outer> = Ok(());
+        assert_eq!(exit("sextant-test", ok), std::process::ExitCode::SUCCESS);
+        let failed = Err(Outer(std::io::Error::other("disk gone")));
+        assert_eq!(
+            exit("sextant-test", failed),
+            std::process::ExitCode::FAILURE
+        );
     }
 
     #[test]

@@ -26,4 +26,4 @@ pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use errors::Chain as ErrorChain;
+pub use errors::{Chain as ErrorChain, exit};
