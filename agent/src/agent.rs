@@ -26,13 +26,13 @@ use sextant_kit::sync::lock;
 
 use crate::{
     checkpoint::{self, Checkpoint},
+    cni::veth,
     datapath::{CtTimeouts, Datapath, Endpoint},
     error::{Error, Result},
-    fixed_ip::{self, Decision},
     metrics::{CniLabels, Metrics, PoolLabels},
     paths::{CHECKPOINT_FILE, POD_GATEWAY},
     policy::{self, NodePolicy, PolicyReport, PolicySnapshot},
-    veth,
+    watch::fixed_ip::{self, Decision},
 };
 
 /// Milliseconds since the Unix epoch.

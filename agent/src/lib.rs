@@ -7,35 +7,43 @@
 //! ```text
 //!  kubelet ─exec─▶ sextant-cni ─HTTP/unix─▶ server ─▶ agent ─┬─▶ sextant-agent-core: pool, handshake, checkpoint format (pure)
 //!                                                            ├─▶ checkpoint         (temp, fsync, rename)
-//!  NodeNetwork ◀─status patch── runtime (watch, reports) ◀───┤
-//!  Services/EndpointSlices ─watch─▶ services (pure diff) ────┼─▶ datapath (aya) ─▶ bpffs pins, tc filters
-//!                                                            └─▶ veth (rtnetlink) ─▶ pod netns
+//!  NodeNetwork ◀─status patch── watch::node_network ◀────────┤
+//!  Services/EndpointSlices ─watch─▶ watch::services ─────────┼─▶ datapath (aya) ─▶ bpffs pins, tc filters
+//!  policies, pods, ... ─watch─▶ policy (sync) ───────────────┤
+//!                                                            └─▶ cni::veth (rtnetlink) ─▶ pod netns
 //! ```
 //!
+//! The folders:
+//!
+//! - `cni/`: the `sextant-cni` plugin and the pod plumbing (veth);
+//! - `datapath/`: the eBPF datapath — loader, maps, services, policy,
+//!   conntrack;
+//! - `policy/`: the policy sync (snapshot to engine to map writes) and its
+//!   kube watch;
+//! - `watch/`: the NodeNetwork (API or file), FixedIP and Service watches;
+//! - `agent.rs` (the state the server, watches and loops share), `server.rs`
+//!   (the agent API), `runtime.rs` (flags and wiring), `checkpoint.rs`,
+//!   `usage.rs`, `metrics.rs`, `error.rs`, `paths.rs`.
+//!
 //! The pool, the release handshake, the checkpoint format and the usage
-//! report are
-//! `sextant-agent-core`'s (pure, time passed in); pure parts still here
-//! (`fixed_ip::decide`, `services::desired`/`diff`)
-//! take time and state as inputs too. The wire types of the API are
-//! `sextant-agent-api`'s. The netns
-//! harness that runs this agent for tests, benchmarks and `sextantctl lab`
-//! is the `sextant-lab` crate, outside this library.
+//! report are `sextant-agent-core`'s (pure, time passed in); pure parts still
+//! here (`watch::fixed_ip::decide`, `watch::services::desired`/`diff`) take
+//! time and state as inputs too. The wire types of the API are
+//! `sextant-agent-api`'s. The netns harness that runs this agent for tests,
+//! benchmarks and `sextantctl lab` is the `sextant-lab` crate, outside this
+//! library.
 pub mod agent;
 pub mod checkpoint;
 pub mod cni;
 pub mod datapath;
 pub mod error;
-pub mod fixed_ip;
 mod metrics;
-pub mod node_file;
 pub mod paths;
 pub mod policy;
-pub mod policy_watch;
 pub mod runtime;
 pub mod server;
-pub mod services;
 pub mod usage;
-pub mod veth;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;

@@ -182,7 +182,7 @@ fn pod_addresses(lab: &Lab) -> (String, Vec<PodAddress>) {
     let nn = match &lab.cfg.pool {
         LabPool::NodeNetworkFile(path) => std::fs::read(path)
             .ok()
-            .and_then(|b| sextant_agent::node_file::parse(path, &b).ok()),
+            .and_then(|b| sextant_agent::watch::node_file::parse(path, &b).ok()),
         LabPool::Static(_) => None,
     };
     let status = nn.as_ref().and_then(|n| n.status.as_ref());

@@ -206,8 +206,8 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                         .map_err(|e| crate::Error::io("starting a runtime", e))
                         .and_then(|rt| {
                             rt.block_on(async {
-                                let h = crate::veth::connect()?;
-                                crate::veth::teardown(&h, &req.container_id, &req.ifname).await
+                                let h = super::veth::connect()?;
+                                super::veth::teardown(&h, &req.container_id, &req.ifname).await
                             })
                         });
                     if let Err(e) = cleaned {

@@ -30,8 +30,6 @@ use crate::{
     policy::{PodInfo, PolicySnapshot},
 };
 
-pub use sextant_policy::SERVICE_ACCOUNT_LABEL;
-
 /// Serializes a typed object with its `apiVersion` and `kind`.
 fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(o: &K) -> serde_json::Value {
     let mut v = serde_json::to_value(o).unwrap_or_default();
@@ -367,7 +365,10 @@ mod tests {
             "hostNetwork pods have no identity of their own"
         );
         assert_eq!(snap.pods[0].ip, Some(Ipv4Addr::new(10, 0, 0, 5)));
-        assert_eq!(snap.pods[0].labels[SERVICE_ACCOUNT_LABEL], "db-sa");
+        assert_eq!(
+            snap.pods[0].labels[sextant_policy::SERVICE_ACCOUNT_LABEL],
+            "db-sa"
+        );
         assert_eq!(snap.pods[1].ip, None);
         assert_eq!(snap.namespaces["prod"]["team"], "a");
         assert_eq!(snap.nodes, vec![Ipv4Addr::new(192, 168, 1, 10)]);

@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn a_policy_can_select_peers_by_service_account() {
         let mut np = NodePolicy::default();
-        let sa = crate::policy_watch::SERVICE_ACCOUNT_LABEL;
+        let sa = sextant_policy::SERVICE_ACCOUNT_LABEL;
         let mut front = pod("prod", "front", "web", [10, 1, 0, 3]);
         front.labels.insert(sa.into(), "frontend".into());
         let mut other = pod("prod", "other", "web", [10, 1, 0, 4]);

@@ -1,0 +1,250 @@
+//! Loading the datapath: load and pin `datapath.o` (rolled back when it
+//! fails half way), re-adopt the pins of an earlier agent, attach the tc
+//! filters to host veths, and remove the pins.
+
+use std::{fs, path::Path};
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{NlOptions, TcAttachOptions, TcError, TcHandle},
+    },
+};
+
+use super::Datapath;
+use crate::{
+    error::{Error, Result},
+    paths::{LINKS_DIR, PROG_PIN, PROG_TO_POD_PIN},
+};
+
+/// Priority and handle of Sextant's filter on each host veth's ingress.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+fn raw_os_error(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::TcError(TcError::NetlinkError(n)) => n.raw_os_error(),
+        _ => None,
+    }
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const MAPS: [&str; 10] = [
+    "ENDPOINTS",
+    "SERVICES",
+    "BACKENDS",
+    "CT",
+    "COUNTERS",
+    "POLICY",
+    "POLICY_ENFORCED",
+    "IPCACHE",
+    "PCT",
+    "POLICY_VERDICTS",
+];
+const PROGRAMS: [(&str, &str); 2] = [("from_pod", PROG_PIN), ("to_pod", PROG_TO_POD_PIN)];
+
+/// Mounts bpffs on `/sys/fs/bpf` if `root` is not on one already.
+pub fn ensure_bpffs(root: &Path) -> Result<()> {
+    let probe = root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/sys/fs/bpf"));
+    let on_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    if on_bpffs(probe) {
+        return Ok(());
+    }
+    let base = Path::new("/sys/fs/bpf");
+    if !root.starts_with(base) {
+        return Err(Error::io(
+            format!("{} is not on a bpffs", root.display()),
+            std::io::Error::other("pin root must live on bpffs"),
+        ));
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        base,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::io("mounting bpffs on /sys/fs/bpf", e.into()))
+}
+
+fn take<K: aya::Pod, V: aya::Pod>(m: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
+    HashMap::try_from(m).map_err(|e| Error::bpf(format!("map {name}"), e))
+}
+
+impl Datapath {
+    /// Opens the datapath pinned under `root`, loading and pinning it when
+    /// nothing is pinned yet.
+    pub fn open(root: &Path) -> Result<Self> {
+        ensure_bpffs(root)?;
+        fs::create_dir_all(root.join(LINKS_DIR))
+            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let pinned_all = PROGRAMS.iter().all(|(_, pin)| root.join(pin).exists())
+            && MAPS.iter().all(|m| root.join(m).exists());
+        let adopted = pinned_all;
+        if !adopted && let Err(e) = Self::load_and_pin(root) {
+            // Roll back a partial load so the next start loads cleanly.
+            for (_, pin) in PROGRAMS {
+                let _ = fs::remove_file(root.join(pin));
+            }
+            for m in MAPS {
+                let _ = fs::remove_file(root.join(m));
+            }
+            return Err(e);
+        }
+        let program = |pin: &str| {
+            let path = root.join(pin);
+            SchedClassifier::from_pin(&path)
+                .map_err(|e| Error::bpf(format!("opening pinned program {}", path.display()), e))
+        };
+        let prog = program(PROG_PIN)?;
+        let to_pod = program(PROG_TO_POD_PIN)?;
+        let pinned = |name: &str| {
+            MapData::from_pin(root.join(name))
+                .map_err(|e| Error::bpf(format!("opening pinned map {name}"), e))
+        };
+        let endpoints = take(Map::HashMap(pinned("ENDPOINTS")?), "ENDPOINTS")?;
+        let services = take(Map::HashMap(pinned("SERVICES")?), "SERVICES")?;
+        let backends = take(Map::HashMap(pinned("BACKENDS")?), "BACKENDS")?;
+        let ct = take(Map::LruHashMap(pinned("CT")?), "CT")?;
+        let counters = PerCpuArray::try_from(Map::PerCpuArray(pinned("COUNTERS")?))
+            .map_err(|e| Error::bpf("map COUNTERS", e))?;
+        let policy = LpmTrie::try_from(Map::LpmTrie(pinned("POLICY")?))
+            .map_err(|e| Error::bpf("map POLICY", e))?;
+        let enforced = take(Map::HashMap(pinned("POLICY_ENFORCED")?), "POLICY_ENFORCED")?;
+        let ipcache = LpmTrie::try_from(Map::LpmTrie(pinned("IPCACHE")?))
+            .map_err(|e| Error::bpf("map IPCACHE", e))?;
+        let pct = take(Map::LruHashMap(pinned("PCT")?), "PCT")?;
+        let verdicts = PerCpuArray::try_from(Map::PerCpuArray(pinned("POLICY_VERDICTS")?))
+            .map_err(|e| Error::bpf("map POLICY_VERDICTS", e))?;
+        let mut dp = Datapath {
+            root: root.to_path_buf(),
+            prog,
+            endpoints,
+            services,
+            backends,
+            ct,
+            counters,
+            policy,
+            enforced,
+            ipcache,
+            pct,
+            verdicts,
+            to_pod,
+            next_service_id: 1,
+            adopted,
+        };
+        dp.next_service_id = dp
+            .services
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, v)| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        Ok(dp)
+    }
+
+    fn load_and_pin(root: &Path) -> Result<()> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(root)
+            .load(OBJECT)
+            .map_err(|e| Error::bpf("loading datapath.o", e))?;
+        for (name, pin) in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    Error::bpf(
+                        format!("program {name}"),
+                        std::io::Error::other("missing in datapath.o"),
+                    )
+                })?
+                .try_into()
+                .map_err(|e| Error::bpf(format!("program {name}"), e))?;
+            prog.load()
+                .map_err(|e| Error::bpf(format!("verifying {name}"), e))?;
+            prog.pin(root.join(pin))
+                .map_err(|e| Error::bpf(format!("pinning {name}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether this datapath was re-adopted from pins of an earlier agent.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The bpffs root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Attaches `from_pod` on tc ingress and `to_pod` on tc egress of
+    /// `ifname` as classic `cls_bpf` filters under a `clsact` qdisc, best done while the interface is still
+    /// down. The filter belongs to the interface, not to this process: it
+    /// keeps forwarding while no agent runs and goes away with the
+    /// interface. (A tcx link would wait for an RCU grace period, 5 to 15 ms
+    /// holding the RTNL lock, on every attach; this path waits for none.)
+    /// Attaching twice is a no-op.
+    pub fn attach(&mut self, ifname: &str) -> Result<()> {
+        match aya::programs::tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(TcError::AlreadyAttached) => {}
+            Err(e) => return Err(Error::bpf(format!("adding clsact to {ifname}"), e)),
+        }
+        for (prog, dir) in [
+            (&mut self.prog, TcAttachType::Ingress),
+            (&mut self.to_pod, TcAttachType::Egress),
+        ] {
+            let id = match prog.attach_with_options(
+                ifname,
+                dir,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: FILTER_PRIORITY,
+                    handle: FILTER_HANDLE,
+                    ..Default::default()
+                }),
+            ) {
+                Ok(id) => id,
+                Err(e) if raw_os_error(&e) == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(Error::bpf(format!("attaching to {ifname} {dir:?}"), e)),
+            };
+            let link = prog
+                .take_link(id)
+                .map_err(|e| Error::bpf(format!("taking link of {ifname}"), e))?;
+            // Dropping the handle would remove the filter; the interface owns it.
+            std::mem::forget(link);
+        }
+        Ok(())
+    }
+
+    /// Forgets `ifname`: its filter goes with the interface; a tcx link
+    /// pinned by an older agent is unpinned.
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        match fs::remove_file(self.root.join(LINKS_DIR).join(ifname)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing link pin of {ifname}"), e)),
+        }
+    }
+}
+
+/// Removes every pin under `root` (tests and `sextantctl lab` cleanup).
+pub fn remove_pins(root: &Path) -> Result<()> {
+    match fs::remove_dir_all(root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", root.display()), e)),
+    }
+}

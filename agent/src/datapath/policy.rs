@@ -1,0 +1,140 @@
+//! The policy maps: allow entries in `POLICY` (an LPM trie on identities,
+//! direction, protocol and port prefix), default-deny bits in
+//! `POLICY_ENFORCED`, CIDR identities in `IPCACHE`, per-policy counters in
+//! `POLICY_VERDICTS`.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::lpm_trie::Key;
+
+use super::Datapath;
+use crate::error::{Error, Result};
+
+/// Bits of the `POLICY_ENFORCED` map: the directions a local identity is
+/// default-deny in.
+pub const ENFORCE_INGRESS: u32 = 1;
+/// See [`ENFORCE_INGRESS`].
+pub const ENFORCE_EGRESS: u32 = 2;
+/// Fixed bits of a `POLICY` key before the port prefix.
+const POLICY_FIXED_BITS: u32 = 80;
+/// Slots of the per-policy verdict counter array.
+pub const POLICY_SLOTS: u32 = 16384;
+
+/// One allow entry of the `POLICY` map: packets between local pods of
+/// identity `local` and peers of identity `remote` (0 = any) in direction
+/// `egress` (else ingress), protocol `proto` (0 = any, then `port_prefix` is
+/// 0), destination port matching the first `port_prefix` bits of `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyEntry {
+    /// Identity of the selected local pod.
+    pub local: u32,
+    /// Identity of the peer, 0 for any.
+    pub remote: u32,
+    /// From the pod (egress) or to it (ingress).
+    pub egress: bool,
+    /// IP protocol number, 0 for any.
+    pub proto: u8,
+    /// Destination port (host order).
+    pub port: u16,
+    /// Leading bits of `port` that must match (0..=16).
+    pub port_prefix: u8,
+}
+
+impl PolicyEntry {
+    fn key(&self) -> Key<[u8; 12]> {
+        let mut b = [0u8; 12];
+        b[0..4].copy_from_slice(&self.local.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.remote.to_ne_bytes());
+        b[8] = u8::from(self.egress);
+        b[9] = self.proto;
+        let prefix = u32::from(self.port_prefix.min(16));
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u16::MAX << (16 - prefix)
+        };
+        b[10..12].copy_from_slice(&(self.port & mask).to_be_bytes());
+        Key::new(POLICY_FIXED_BITS + prefix, b)
+    }
+}
+
+fn policy_value(index: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&index.to_ne_bytes());
+    b
+}
+
+impl Datapath {
+    /// Adds or replaces one policy allow entry, counted in verdict slot `index`.
+    pub fn upsert_policy(&mut self, entry: &PolicyEntry, index: u32) -> Result<()> {
+        self.policy
+            .insert(&entry.key(), policy_value(index % POLICY_SLOTS), 0)
+            .map_err(|e| Error::bpf(format!("writing policy entry {entry:?}"), e))
+    }
+
+    /// Removes one policy allow entry; absent is fine.
+    pub fn remove_policy(&mut self, entry: &PolicyEntry) -> Result<()> {
+        match self.policy.remove(&entry.key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::bpf(format!("removing policy entry {entry:?}"), e)),
+        }
+    }
+
+    /// Sets the default-deny directions (`ENFORCE_*` bits) of local identity
+    /// `identity`; 0 removes it.
+    pub fn set_enforced(&mut self, identity: u32, bits: u32) -> Result<()> {
+        let r = if bits == 0 {
+            match self.enforced.remove(&identity) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r,
+            }
+        } else {
+            self.enforced.insert(identity, bits, 0)
+        };
+        r.map_err(|e| Error::bpf(format!("writing enforcement of identity {identity}"), e))
+    }
+
+    /// The default-deny bits of every local identity that has any.
+    pub fn enforced(&self) -> BTreeMap<u32, u32> {
+        self.enforced.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Maps `addr/prefix` to security identity `identity`.
+    pub fn upsert_ipcache(&mut self, addr: Ipv4Addr, prefix: u8, identity: u32) -> Result<()> {
+        self.ipcache
+            .insert(
+                &Key::new(u32::from(prefix.min(32)), addr.octets()),
+                identity,
+                0,
+            )
+            .map_err(|e| Error::bpf(format!("writing ipcache {addr}/{prefix}"), e))
+    }
+
+    /// Removes `addr/prefix` from the ipcache; absent is fine.
+    pub fn remove_ipcache(&mut self, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self
+            .ipcache
+            .remove(&Key::new(u32::from(prefix.min(32)), addr.octets()))
+        {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::bpf(format!("removing ipcache {addr}/{prefix}"), e)),
+        }
+    }
+
+    /// Entries in the `POLICY` map.
+    pub fn policy_count(&self) -> usize {
+        self.policy.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Allowed packets of each of `slots` (summed over CPUs), non-zero ones only.
+    pub fn policy_verdicts(&self, slots: impl IntoIterator<Item = u32>) -> BTreeMap<u32, u64> {
+        slots
+            .into_iter()
+            .filter(|i| *i < POLICY_SLOTS)
+            .filter_map(|i| {
+                let n: u64 = self.verdicts.get(&i, 0).ok()?.iter().sum();
+                (n > 0).then_some((i, n))
+            })
+            .collect()
+    }
+}
