@@ -22,10 +22,13 @@ WORKDIR /src
 COPY . .
 
 # Each build copies its binaries out of the cached target dir into /out.
+# The operator is built without its default feature `sim`: the image has no
+# simulated cloud and refuses `--provider sim` (a development build has it).
 FROM builder AS build-operator
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p sextant-operator --bin sextant-operator -p sextant-webhook --bin sextant-webhook \
+    cargo build --release --locked --no-default-features -p sextant-operator --bin sextant-operator \
+ && cargo build --release --locked -p sextant-webhook --bin sextant-webhook \
  && install -D -m 0755 -t /out target/release/sextant-operator target/release/sextant-webhook
 
 FROM builder AS build-agent

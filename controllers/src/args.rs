@@ -10,10 +10,11 @@ use sextant_cloud::{RateLimit, RateLimits};
 use sextant_crds::{IpamSpec, Provider, wellknown::FIELD_MANAGER_OPERATOR};
 use sextant_kit::{duration, lease::LeaseConfig};
 
+#[cfg(feature = "sim")]
+use crate::sim::{DEFAULT_SIM_VPC, SimArgs};
 use crate::{
     ipam::{gc::GcPolicy, watermark::IpamDefaults},
     node_network::node_watch::NodeNetworkDefaults,
-    sim::{DEFAULT_SIM_VPC, SimArgs},
 };
 
 /// Environment variable with the Alibaba AccessKey id.
@@ -40,7 +41,9 @@ pub enum CloudProvider {
     /// scheduler extender treat them as the AWS nodes they stand in for. A
     /// separate CRD value would say nothing the agent acts on and make every
     /// match on the provider grow an arm that behaves as `aws` does. How the
-    /// simulated VPC is laid out and learns the nodes' instances: [`crate::sim`].
+    /// simulated VPC is laid out and learns the nodes' instances: the `sim`
+    /// module. A binary built without the cargo feature `sim` (the image)
+    /// parses the value and refuses it at startup.
     Sim,
 }
 
@@ -186,6 +189,7 @@ pub struct Args {
     pub identity: Option<String>,
     /// The simulated cloud of `--provider sim` (last: its help heading
     /// applies to every flag after it).
+    #[cfg(feature = "sim")]
     #[command(flatten, next_help_heading = "Simulated cloud (--provider sim)")]
     pub sim: SimArgs,
 }
@@ -196,6 +200,7 @@ impl Args {
     pub fn vpc(&self) -> Option<String> {
         match (&self.vpc_id, self.provider) {
             (Some(v), _) => Some(v.clone()),
+            #[cfg(feature = "sim")]
             (None, CloudProvider::Sim) => Some(DEFAULT_SIM_VPC.to_owned()),
             (None, _) => None,
         }
@@ -254,6 +259,7 @@ impl Args {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    #[cfg(feature = "sim")]
     use crate::sim::SimLatency;
     use clap::{CommandFactory, Parser};
 
@@ -346,6 +352,7 @@ pub(crate) mod tests {
         assert!(parse_key_value("novalue").is_err());
     }
 
+    #[cfg(feature = "sim")]
     #[test]
     fn sim_flags_default_to_a_seeded_realistic_ec2_vpc() {
         let mut argv = REQUIRED.to_vec();
@@ -370,6 +377,7 @@ pub(crate) mod tests {
         assert_eq!(Args::try_parse_from(REQUIRED).unwrap().vpc(), None);
     }
 
+    #[cfg(feature = "sim")]
     #[test]
     fn sim_flags_override_the_defaults() {
         let mut argv = REQUIRED.to_vec();
@@ -399,6 +407,7 @@ pub(crate) mod tests {
         assert_eq!(vpc.zones, ["us-east-1c", "us-east-1d", "us-east-1f"]);
     }
 
+    #[cfg(feature = "sim")]
     #[test]
     fn bad_sim_flags_are_rejected_when_parsed() {
         for (flag, value) in [

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod node_network;
 pub mod policy_status;
 pub mod run;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 /// Node IPAM and the fixed-IP plan are the IPAM core's.

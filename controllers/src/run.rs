@@ -18,7 +18,8 @@
 //! identity, instance profile, `AWS_*`), Alibaba from
 //! `ALIBABA_CLOUD_ACCESS_KEY_ID`, `ALIBABA_CLOUD_ACCESS_KEY_SECRET` and
 //! optionally `ALIBABA_CLOUD_SECURITY_TOKEN`. `--provider sim` needs none:
-//! its cloud is simulated in the operator ([`crate::sim`]).
+//! its cloud is simulated in the operator (the `sim` module, in builds with
+//! the cargo feature `sim`; without it `--provider sim` is refused).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -32,7 +33,6 @@ use sextant_cloud::{
     Backoff, Cloud, CloudConfig, CloudMetrics, EniCloud,
     alibaba::{AlibabaCloud, AlibabaConfig, ClientBuildError},
     aws::{AwsCloud, AwsConfig},
-    sim::SetupError,
 };
 use sextant_crds::{NodeNetwork, Provider};
 use sextant_kit::{
@@ -43,6 +43,8 @@ use sextant_kit::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+#[cfg(feature = "sim")]
+use crate::sim::DEFAULT_SIM_VPC;
 use crate::{
     apiserver::Clock,
     args::{
@@ -55,6 +57,7 @@ use crate::{
     metrics::PolicyMetrics,
     node_network::{
         controller::{self as nn_controller, Context, RequeuePolicy},
+        directory::NodeNetworkDirectory,
         full_resync::{FullResync, FullResyncConfig, FullResyncMetrics},
         node_watch::{self, NodeContext, NodeNetworkDefaults, NodeWatchMetrics},
     },
@@ -62,7 +65,6 @@ use crate::{
         controller::{self as policy_controller, PolicyContext},
         identity_gc,
     },
-    sim::{DEFAULT_SIM_VPC, NodeNetworkDirectory},
 };
 
 /// Why the operator could not start.
@@ -78,8 +80,16 @@ pub enum RunError {
     #[error("building the ECS client")]
     AlibabaClient(#[source] ClientBuildError),
     /// The simulated VPC of `--provider sim` cannot be laid out.
+    #[cfg(feature = "sim")]
     #[error("setting up the simulated cloud")]
-    Sim(#[source] SetupError),
+    Sim(#[source] sextant_cloud::sim::SetupError),
+    /// `--provider sim` given to a binary built without the cargo feature
+    /// `sim` (the image).
+    #[error(
+        "--provider sim: this binary was built without the simulated cloud \
+         (cargo feature `sim`); use a development build"
+    )]
+    SimNotBuilt,
     /// The metrics address cannot be bound.
     #[error("listening on {addr}")]
     Listen {
@@ -139,6 +149,12 @@ impl Args {
                 })?;
                 Arc::new(AlibabaCloud::new(config).map_err(RunError::AlibabaClient)?)
             }
+            #[cfg(not(feature = "sim"))]
+            CloudProvider::Sim => {
+                let _ = nodes;
+                return Err(RunError::SimNotBuilt);
+            }
+            #[cfg(feature = "sim")]
             CloudProvider::Sim => {
                 let vpc = self.vpc().unwrap_or_else(|| DEFAULT_SIM_VPC.to_owned());
                 let sim = self
@@ -166,12 +182,17 @@ impl Args {
         metrics: CloudMetrics,
         nodes: &NodeNetworkDirectory,
     ) -> Result<Arc<dyn EniCloud>, RunError> {
+        let provider = self.provider_cloud(nodes).await?;
+        // A simulated run replays with its seed, retries included.
+        #[cfg(feature = "sim")]
+        let seed = (self.provider == CloudProvider::Sim).then_some(self.sim.sim_seed);
+        #[cfg(not(feature = "sim"))]
+        let seed = None;
         Ok(Arc::new(Cloud::new(
-            self.provider_cloud(nodes).await?,
+            provider,
             CloudConfig {
                 limits: self.rate_limits.limits(self.provider),
-                // A simulated run replays with its seed, retries included.
-                seed: (self.provider == CloudProvider::Sim).then_some(self.sim.sim_seed),
+                seed,
                 ..CloudConfig::default()
             },
             metrics,
@@ -405,6 +426,8 @@ mod tests {
     use super::*;
     use crate::args::tests::REQUIRED;
     use clap::Parser;
+
+    #[cfg(feature = "sim")]
     #[tokio::test]
     async fn a_sim_vpc_too_small_for_its_zones_fails_at_startup() {
         let mut argv = REQUIRED.to_vec();
@@ -420,6 +443,25 @@ mod tests {
             ErrorChain(&err).to_string().contains("10.0.0.0/28"),
             "{}",
             ErrorChain(&err)
+        );
+    }
+
+    #[cfg(not(feature = "sim"))]
+    #[tokio::test]
+    async fn without_the_feature_the_sim_provider_is_refused() {
+        let mut argv = REQUIRED.to_vec();
+        argv[4] = "sim";
+        let a = Args::try_parse_from(argv).expect("`sim` still parses");
+        let err = a
+            .cloud(CloudMetrics::default(), &NodeNetworkDirectory::default())
+            .await
+            .err()
+            .expect("no simulated cloud in this build");
+        assert!(matches!(err, RunError::SimNotBuilt), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("built without the simulated cloud"),
+            "{err}"
         );
     }
 

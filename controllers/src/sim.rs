@@ -19,15 +19,18 @@
 //! labels and providerID), else `--sim-instance-type` in the first zone.
 //! State lives in the operator's memory: a restart, or a new leader, starts
 //! an empty VPC (NodeNetworks then resync to what it has).
+//!
+//! Behind the cargo feature `sim` (default on; the image leaves it out and
+//! refuses `--provider sim`).
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
-use kube::runtime::reflector::Store;
 use sextant_cloud::sim::{
     AutoRegister, Cidr, INSTANCE_TYPES, InstanceDirectory, InstanceHint, SetupError, SimCloud,
     SimConfig, SimProvider, SimVpc, SimVpcConfig, instance_type,
 };
-use sextant_crds::NodeNetwork;
+
+use crate::node_network::directory::NodeNetworkDirectory;
 
 /// VPC id of the simulated VPC when `--vpc-id` is not given.
 pub const DEFAULT_SIM_VPC: &str = "vpc-sim";
@@ -126,28 +129,9 @@ impl SimArgs {
     }
 }
 
-/// The NodeNetworks the NodeNetwork controller caches, as the simulator's
-/// [`InstanceDirectory`]: an instance is what the NodeNetwork naming it says
-/// (`spec.instanceType`, `spec.zone`). Empty until the controller starts
-/// leading and hands over its store ([`NodeNetworkDirectory::set`]).
-#[derive(Clone, Default)]
-pub struct NodeNetworkDirectory(Arc<RwLock<Option<Store<NodeNetwork>>>>);
-
-impl NodeNetworkDirectory {
-    /// Looks instances up in `store` from now on.
-    pub fn set(&self, store: Store<NodeNetwork>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(store);
-    }
-}
-
 impl InstanceDirectory for NodeNetworkDirectory {
     fn lookup(&self, instance_id: &str) -> Option<InstanceHint> {
-        let store = self
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()?;
-        let nn = store.find(|nn| nn.spec.instance_id.as_deref() == Some(instance_id))?;
+        let nn = self.by_instance(instance_id)?;
         Some(InstanceHint {
             instance_type: nn.spec.instance_type.clone(),
             zone: nn.spec.zone.clone(),
@@ -159,7 +143,7 @@ impl InstanceDirectory for NodeNetworkDirectory {
 mod tests {
     use super::*;
     use kube::runtime::{reflector, watcher};
-    use sextant_crds::{NodeNetworkSpec, Provider};
+    use sextant_crds::{NodeNetwork, NodeNetworkSpec, Provider};
 
     #[test]
     fn zones_default_to_the_regions_a_and_b() {

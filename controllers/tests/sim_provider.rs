@@ -12,8 +12,10 @@ use sextant_crds::{NodeNetwork, NodeNetworkStatus, Provider};
 use sextant_operator::{
     args::{Args, CloudProvider},
     ipam::metrics::IpamMetrics,
-    node_network::node_watch::{LABEL_INSTANCE_TYPE, LABEL_ZONE, node_network_for},
-    sim::NodeNetworkDirectory,
+    node_network::{
+        directory::NodeNetworkDirectory,
+        node_watch::{LABEL_INSTANCE_TYPE, LABEL_ZONE, node_network_for},
+    },
 };
 
 /// What `kwok` nodes look like to the operator: an EC2 providerID and the

@@ -13,5 +13,6 @@
 //! kube-runtime shell around them.
 
 pub mod controller;
+pub mod directory;
 pub mod full_resync;
 pub mod node_watch;
