@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde::Deserialize;
-pub use sextant_agent_core::checkpoint::{Checkpoint, Cooling, Restored, VERSION, apply, restore};
+pub(crate) use sextant_agent_core::checkpoint::{Checkpoint, VERSION, apply, restore};
 
 use crate::error::{Error, Result};
 

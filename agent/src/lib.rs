@@ -32,18 +32,19 @@
 //! `sextant-agent-api`'s. The netns harness that runs this agent for tests,
 //! benchmarks and `sextantctl lab` is the `sextant-lab` crate, outside this
 //! library.
-pub mod agent;
-pub mod checkpoint;
+// Public: what the two binaries, `sextant-lab`, this crate's integration
+// tests and benches use. Everything else is the agent's own.
+pub(crate) mod agent;
+pub(crate) mod checkpoint;
 pub mod cni;
 pub mod datapath;
-pub mod error;
+mod error;
 mod metrics;
-pub mod paths;
+pub(crate) mod paths;
 pub mod policy;
 pub mod runtime;
-pub mod server;
-pub mod usage;
+pub(crate) mod server;
+pub(crate) mod usage;
 pub mod watch;
 
 pub use error::{Error, Result};
-pub use metrics::Metrics;

@@ -8,7 +8,7 @@
 //! ```
 
 mod plugin;
-pub mod veth;
+pub(crate) mod veth;
 
 pub use plugin::{
     CniEnv, CniError, DEFAULT_ADD_TIMEOUT_SECONDS, DEFAULT_TIMEOUT_SECONDS, NetConf,

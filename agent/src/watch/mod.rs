@@ -8,7 +8,7 @@
 //!  Services + EndpointSlices ─watch─▶ services::desired / diff ─▶ datapath service maps
 //! ```
 
-pub mod fixed_ip;
+pub(crate) mod fixed_ip;
 pub mod node_file;
-pub mod node_network;
-pub mod services;
+pub(crate) mod node_network;
+pub(crate) mod services;
