@@ -3,7 +3,7 @@
 //! optimistic-concurrency write looks.
 
 /// The clock reconciles read; tests pin it.
-pub use sextant_kit::lease::Clock;
+pub(crate) use sextant_kit::lease::Clock;
 
 /// Whether a kube error is a 409 Conflict: the object changed since it was
 /// read (a write guarded by a resourceVersion was refused).

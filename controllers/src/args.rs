@@ -1,7 +1,7 @@
 //! The operator's flags, each with a `SEXTANT_*` environment fallback, and
-//! what they mean for the parts ([`Args::ipam_defaults`],
-//! [`Args::node_network_defaults`], [`Args::gc_policy`],
-//! [`Args::lease_config`]). Durations are human (`30s`, `5m`) through
+//! what they mean for the parts (`Args::ipam_defaults`,
+//! [`Args::node_network_defaults`], `Args::gc_policy`,
+//! `Args::lease_config`). Durations are human (`30s`, `5m`) through
 //! `sextant_kit::duration`. Wiring the parts together is [`crate::run`]'s.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -18,11 +18,11 @@ use crate::{
 };
 
 /// Environment variable with the Alibaba AccessKey id.
-pub const ENV_ALIBABA_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
+pub(crate) const ENV_ALIBABA_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
 /// Environment variable with the Alibaba AccessKey secret.
-pub const ENV_ALIBABA_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
+pub(crate) const ENV_ALIBABA_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
 /// Environment variable with an Alibaba STS token (optional).
-pub const ENV_ALIBABA_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
+pub(crate) const ENV_ALIBABA_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
 
 /// The clouds the operator takes ENIs from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,7 +57,7 @@ impl From<CloudProvider> for Provider {
 }
 
 /// Parses `key=value`.
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
         _ => Err(format!("{s:?} is not key=value")),
@@ -67,30 +67,30 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 /// Client-side rate-limit overrides, per action class; unset values keep the
 /// provider's preset ([`RateLimits::aws`], also for `sim`, [`RateLimits::alibaba`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, clap::Args)]
-pub struct RateLimitArgs {
+pub(crate) struct RateLimitArgs {
     /// Describe/list calls per second.
     #[arg(long, env = "SEXTANT_DESCRIBE_QPS")]
-    pub describe_qps: Option<f64>,
+    pub(crate) describe_qps: Option<f64>,
     /// Describe/list burst.
     #[arg(long, env = "SEXTANT_DESCRIBE_BURST")]
-    pub describe_burst: Option<u32>,
+    pub(crate) describe_burst: Option<u32>,
     /// ENI create/delete and address assign/unassign calls per second (each).
     #[arg(long, env = "SEXTANT_MUTATE_ENI_QPS")]
-    pub mutate_eni_qps: Option<f64>,
+    pub(crate) mutate_eni_qps: Option<f64>,
     /// ENI mutation burst.
     #[arg(long, env = "SEXTANT_MUTATE_ENI_BURST")]
-    pub mutate_eni_burst: Option<u32>,
+    pub(crate) mutate_eni_burst: Option<u32>,
     /// Attach/detach calls per second.
     #[arg(long, env = "SEXTANT_MUTATE_OTHER_QPS")]
-    pub mutate_other_qps: Option<f64>,
+    pub(crate) mutate_other_qps: Option<f64>,
     /// Attach/detach burst.
     #[arg(long, env = "SEXTANT_MUTATE_OTHER_BURST")]
-    pub mutate_other_burst: Option<u32>,
+    pub(crate) mutate_other_burst: Option<u32>,
 }
 
 impl RateLimitArgs {
     /// The provider's preset with the overrides applied.
-    pub fn limits(&self, provider: CloudProvider) -> RateLimits {
+    pub(crate) fn limits(&self, provider: CloudProvider) -> RateLimits {
         let preset = match provider {
             CloudProvider::Aws | CloudProvider::Sim => RateLimits::aws(),
             CloudProvider::Alibaba => RateLimits::alibaba(),
@@ -125,79 +125,79 @@ impl RateLimitArgs {
 pub struct Args {
     /// Cluster name, tagged on every ENI; garbage collection only touches ENIs with it.
     #[arg(long, env = "SEXTANT_CLUSTER_NAME")]
-    pub cluster_name: String,
+    pub(crate) cluster_name: String,
     /// Cloud provider.
     #[arg(long, env = "SEXTANT_PROVIDER", value_enum)]
     pub provider: CloudProvider,
     /// Cloud region (`us-east-1`, `cn-hangzhou`).
     #[arg(long, env = "SEXTANT_REGION")]
-    pub region: String,
+    pub(crate) region: String,
     /// Cloud API endpoint override (a VPC endpoint, a test server).
     #[arg(long, env = "SEXTANT_ENDPOINT")]
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// VPC written into new NodeNetworks and listed by every full resync;
     /// with `--provider sim`, the simulated VPC's id (default `vpc-sim`).
     #[arg(long, env = "SEXTANT_VPC_ID")]
-    pub vpc_id: Option<String>,
+    pub(crate) vpc_id: Option<String>,
     /// Subnet tags (`k=v`, comma-separated) written into new NodeNetworks.
     #[arg(long, env = "SEXTANT_SUBNET_TAGS", value_delimiter = ',', value_parser = parse_key_value)]
-    pub subnet_tags: Vec<(String, String)>,
+    pub(crate) subnet_tags: Vec<(String, String)>,
     /// Security-group tags (`k=v`, comma-separated) written into new NodeNetworks.
     #[arg(long, env = "SEXTANT_SECURITY_GROUP_TAGS", value_delimiter = ',', value_parser = parse_key_value)]
-    pub security_group_tags: Vec<(String, String)>,
+    pub(crate) security_group_tags: Vec<(String, String)>,
     /// Free IPs every node keeps ready, unless its NodeNetwork says otherwise.
     #[arg(long, env = "SEXTANT_PRE_ALLOCATE", default_value_t = sextant_crds::DEFAULT_PRE_ALLOCATE)]
-    pub pre_allocate: u32,
+    pub(crate) pre_allocate: u32,
     /// IPs every node holds at least.
     #[arg(long, env = "SEXTANT_MIN_ALLOCATE", default_value_t = 0)]
-    pub min_allocate: u32,
+    pub(crate) min_allocate: u32,
     /// IPs a node holds at most; 0 is the instance's limit.
     #[arg(long, env = "SEXTANT_MAX_ALLOCATE", default_value_t = 0)]
-    pub max_allocate: u32,
+    pub(crate) max_allocate: u32,
     /// Free IPs tolerated above pre-allocate before releasing.
     #[arg(long, env = "SEXTANT_MAX_ABOVE_WATERMARK", default_value_t = 0)]
-    pub max_above_watermark: u32,
+    pub(crate) max_above_watermark: u32,
     /// Time between full resyncs (one paged listing per VPC).
     #[arg(long, env = "SEXTANT_FULL_RESYNC_INTERVAL", default_value = "5m", value_parser = duration::parse)]
-    pub full_resync_interval: Duration,
+    pub(crate) full_resync_interval: Duration,
     /// How long a leaked ENI stays unattached before it is deleted.
     #[arg(long, env = "SEXTANT_GC_GRACE", default_value = "5m", value_parser = duration::parse)]
-    pub gc_grace: Duration,
+    pub(crate) gc_grace: Duration,
     /// Most leaked ENIs deleted per full resync.
     #[arg(long, env = "SEXTANT_GC_BATCH", default_value_t = 20)]
-    pub gc_batch: usize,
+    pub(crate) gc_batch: usize,
     /// Client-side cloud API rate limits.
     #[command(flatten)]
-    pub rate_limits: RateLimitArgs,
+    pub(crate) rate_limits: RateLimitArgs,
     /// NodeNetworks reconciled at once.
     #[arg(long, env = "SEXTANT_RECONCILE_CONCURRENCY", default_value_t = 64)]
-    pub reconcile_concurrency: u16,
+    pub(crate) reconcile_concurrency: u16,
     /// Address of /metrics and /healthz.
     #[arg(long, env = "SEXTANT_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
-    pub listen_addr: SocketAddr,
+    pub(crate) listen_addr: SocketAddr,
     /// Namespace of the leader Lease.
     #[arg(long, env = "SEXTANT_LEASE_NAMESPACE", default_value = "kube-system")]
-    pub lease_namespace: String,
+    pub(crate) lease_namespace: String,
     /// Name of the leader Lease.
     #[arg(long, env = "SEXTANT_LEASE_NAME", default_value = "sextant-operator")]
-    pub lease_name: String,
+    pub(crate) lease_name: String,
     /// How long the Lease stays valid without renewal.
     #[arg(long, env = "SEXTANT_LEASE_DURATION", default_value = "15s", value_parser = duration::parse)]
-    pub lease_duration: Duration,
+    pub(crate) lease_duration: Duration,
     /// This replica's identity in the Lease; defaults to `$HOSTNAME` (the pod name).
     #[arg(long, env = "SEXTANT_POD_NAME")]
-    pub identity: Option<String>,
+    pub(crate) identity: Option<String>,
     /// The simulated cloud of `--provider sim` (last: its help heading
     /// applies to every flag after it).
     #[cfg(feature = "sim")]
     #[command(flatten, next_help_heading = "Simulated cloud (--provider sim)")]
-    pub sim: SimArgs,
+    pub(crate) sim: SimArgs,
 }
 
 impl Args {
     /// The VPC: `--vpc-id`, or with `--provider sim` the simulated VPC's
     /// default id.
-    pub fn vpc(&self) -> Option<String> {
+    pub(crate) fn vpc(&self) -> Option<String> {
         match (&self.vpc_id, self.provider) {
             (Some(v), _) => Some(v.clone()),
             #[cfg(feature = "sim")]
@@ -207,7 +207,7 @@ impl Args {
     }
 
     /// Operator-wide IPAM defaults.
-    pub fn ipam_defaults(&self) -> IpamDefaults {
+    pub(crate) fn ipam_defaults(&self) -> IpamDefaults {
         IpamDefaults {
             pre_allocate: self.pre_allocate,
             min_allocate: self.min_allocate,
@@ -230,7 +230,7 @@ impl Args {
     }
 
     /// Garbage collection settings.
-    pub fn gc_policy(&self) -> GcPolicy {
+    pub(crate) fn gc_policy(&self) -> GcPolicy {
         GcPolicy {
             grace: self.gc_grace,
             per_round: self.gc_batch,
@@ -239,7 +239,7 @@ impl Args {
 
     /// The Lease settings; the identity falls back to `$HOSTNAME`, then to a
     /// random name.
-    pub fn lease_config(&self) -> LeaseConfig {
+    pub(crate) fn lease_config(&self) -> LeaseConfig {
         let identity = self
             .identity
             .clone()

@@ -6,19 +6,27 @@
 //! the Kubernetes controller and by `sextantctl simulate`.
 //!
 //! Beside IPAM: fixed IPs for StatefulSets ([`fixed_ip`]) and the status of
-//! network policies ([`policy_status`]: the `Accepted` condition and refusal
+//! network policies (`policy_status`: the `Accepted` condition and refusal
 //! Events; enforcement itself is the agent's).
+//!
+//! Public only what other targets use: [`args::Args`] and its `run` (the
+//! binary); the cloud and node IPAM built from flags, the node watch's pure
+//! [`node_network::node_watch::node_network_for`] and the NodeNetwork cache
+//! handle (the `--provider sim` test); the NodeNetwork controller's
+//! reconcile, status write and error policy and the fixed-IP status patch
+//! (the cluster conflict tests). The rest is crate-private.
 
-pub mod apiserver;
+mod apiserver;
 pub mod args;
 pub mod fixed_ip;
-pub mod metrics;
+mod metrics;
 pub mod node_network;
-pub mod policy_status;
+mod policy_status;
 pub mod run;
 #[cfg(feature = "sim")]
-pub mod sim;
+mod sim;
 
 /// Node IPAM and the fixed-IP plan are the IPAM core's.
 pub use sextant_ipam as ipam;
-pub use sextant_ipam::{Error, Result, make_status_patch, status_patch, with_resource_version};
+use sextant_ipam::{Error, with_resource_version};
+pub use sextant_ipam::{make_status_patch, status_patch};

@@ -106,7 +106,7 @@ pub enum RunError {
 
 /// Alibaba settings from the region, endpoint and the credential variables
 /// `env` reads.
-pub fn alibaba_config(
+pub(crate) fn alibaba_config(
     region: &str,
     endpoint: Option<&str>,
     env: impl Fn(&str) -> Option<String>,

@@ -33,11 +33,11 @@ use sextant_cloud::sim::{
 use crate::node_network::directory::NodeNetworkDirectory;
 
 /// VPC id of the simulated VPC when `--vpc-id` is not given.
-pub const DEFAULT_SIM_VPC: &str = "vpc-sim";
+pub(crate) const DEFAULT_SIM_VPC: &str = "vpc-sim";
 
 /// How calls to the simulated cloud behave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SimLatency {
+pub(crate) enum SimLatency {
     /// Like EC2: 50 ms describes, 150 ms mutations (plus up to 50 ms of
     /// jitter) and EC2's server-side token buckets, so throttling, retries
     /// and the client-side limiter behave as they would against AWS.
@@ -48,7 +48,7 @@ pub enum SimLatency {
 }
 
 /// Parses an instance type the simulator knows.
-pub fn parse_instance_type(s: &str) -> Result<String, String> {
+pub(crate) fn parse_instance_type(s: &str) -> Result<String, String> {
     match instance_type(s.trim()) {
         Some(l) => Ok(l.instance_type),
         None => Err(format!(
@@ -64,27 +64,27 @@ pub fn parse_instance_type(s: &str) -> Result<String, String> {
 
 /// Flags of `--provider sim` (ignored by the other providers).
 #[derive(Clone, Debug, PartialEq, clap::Args)]
-pub struct SimArgs {
+pub(crate) struct SimArgs {
     /// Seed of the simulated cloud's latency jitter and of the client's retry jitter.
     #[arg(long, env = "SEXTANT_SIM_SEED", default_value_t = 1)]
-    pub sim_seed: u64,
+    pub(crate) sim_seed: u64,
     /// CIDR of the simulated VPC (/16 to /28), split into one subnet per zone.
     #[arg(long, env = "SEXTANT_SIM_VPC_CIDR", default_value = "10.0.0.0/16")]
-    pub sim_vpc_cidr: Cidr,
+    pub(crate) sim_vpc_cidr: Cidr,
     /// Zones of the simulated VPC (comma-separated); default `<region>a,<region>b`.
     #[arg(long, env = "SEXTANT_SIM_ZONES", value_delimiter = ',')]
-    pub sim_zones: Vec<String>,
+    pub(crate) sim_zones: Vec<String>,
     /// Instance type of instances no NodeNetwork describes.
     #[arg(long, env = "SEXTANT_SIM_INSTANCE_TYPE", default_value = "m5.large", value_parser = parse_instance_type)]
-    pub sim_instance_type: String,
+    pub(crate) sim_instance_type: String,
     /// `realistic` (EC2 latencies and token buckets) or `instant`.
     #[arg(long, env = "SEXTANT_SIM_LATENCY", value_enum, default_value_t = SimLatency::Realistic)]
-    pub sim_latency: SimLatency,
+    pub(crate) sim_latency: SimLatency,
 }
 
 impl SimArgs {
     /// The zones: `--sim-zones`, or `<region>a` and `<region>b`.
-    pub fn zones(&self, region: &str) -> Vec<String> {
+    pub(crate) fn zones(&self, region: &str) -> Vec<String> {
         let given: Vec<String> = self
             .sim_zones
             .iter()
@@ -99,7 +99,7 @@ impl SimArgs {
     }
 
     /// The simulator's settings, following EC2.
-    pub fn sim_config(&self) -> SimConfig {
+    pub(crate) fn sim_config(&self) -> SimConfig {
         match self.sim_latency {
             SimLatency::Realistic => SimConfig::new(SimProvider::Aws, self.sim_seed),
             SimLatency::Instant => SimConfig::instant(SimProvider::Aws, self.sim_seed),
@@ -107,7 +107,7 @@ impl SimArgs {
     }
 
     /// The simulated VPC `vpc_id` in `region`.
-    pub fn vpc_config(&self, region: &str, vpc_id: &str) -> SimVpcConfig {
+    pub(crate) fn vpc_config(&self, region: &str, vpc_id: &str) -> SimVpcConfig {
         SimVpcConfig {
             vpc_id: vpc_id.to_owned(),
             cidr: self.sim_vpc_cidr,
@@ -117,7 +117,7 @@ impl SimArgs {
 
     /// A seeded simulated cloud with its VPC laid out, launching unseen
     /// instances as `directory` describes them.
-    pub fn build(
+    pub(crate) fn build(
         &self,
         region: &str,
         vpc_id: &str,

@@ -41,11 +41,11 @@ use super::{
 };
 
 /// Label kube's StatefulSet controller puts on its pods.
-pub const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+pub(crate) const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 
 /// Why a StatefulSet's fixed IPs could not be reconciled.
 #[derive(Debug, thiserror::Error)]
-pub enum FixedIpError {
+pub(crate) enum FixedIpError {
     /// A cloud call failed after its retries.
     #[error("{namespace}/{statefulset}: cloud call failed")]
     Cloud {
@@ -74,7 +74,7 @@ pub enum FixedIpError {
 
 impl FixedIpError {
     /// Label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             FixedIpError::Cloud { source, .. } => source.metric_label(),
             FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source) => {
@@ -87,14 +87,14 @@ impl FixedIpError {
     /// A write refused with 409 Conflict: the FixedIP changed since it was
     /// read. Nothing to back off from: the change's watch event marks the
     /// StatefulSet dirty again once the cache holds the new version.
-    pub fn is_conflict(&self) -> bool {
+    pub(crate) fn is_conflict(&self) -> bool {
         matches!(self, FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source))
     }
 }
 
 /// NodeNetworks as the fixed-IP plan sees them: zone, pod ENIs by subnet
 /// (those with room for one more address), a free device index.
-pub fn node_views<'a>(
+pub(crate) fn node_views<'a>(
     nodes: impl IntoIterator<Item = &'a NodeNetwork>,
 ) -> BTreeMap<String, NodeView> {
     nodes
@@ -136,7 +136,7 @@ pub fn node_views<'a>(
 }
 
 /// The pods of StatefulSet `name` (owned by it, named `<name>-<ordinal>`).
-pub fn pod_views<'a>(name: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodView> {
+pub(crate) fn pod_views<'a>(name: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodView> {
     pods.into_iter()
         .filter(|p| {
             p.metadata
@@ -163,7 +163,7 @@ pub fn pod_views<'a>(name: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec
 }
 
 /// The StatefulSet's fixed-IP view, or why its annotations are wrong.
-pub fn statefulset_view(
+pub(crate) fn statefulset_view(
     sts: &StatefulSet,
 ) -> Result<Option<StatefulSetView>, super::plan::AnnotationError> {
     let replicas = sts
@@ -181,21 +181,21 @@ pub fn statefulset_view(
 }
 
 /// What one StatefulSet's reconcile works on.
-pub struct Observed<'a> {
+pub(crate) struct Observed<'a> {
     /// The StatefulSet view; `None` once deleted or turned off.
-    pub statefulset: Option<&'a StatefulSetView>,
+    pub(crate) statefulset: Option<&'a StatefulSetView>,
     /// Its FixedIPs.
-    pub fixed: Vec<FixedIP>,
+    pub(crate) fixed: Vec<FixedIP>,
     /// Its pods.
-    pub pods: Vec<PodView>,
+    pub(crate) pods: Vec<PodView>,
     /// NodeNetworks as plan sees them.
-    pub nodes: BTreeMap<String, NodeView>,
+    pub(crate) nodes: BTreeMap<String, NodeView>,
     /// Subnets of the VPC.
-    pub subnets: &'a [Subnet],
+    pub(crate) subnets: &'a [Subnet],
 }
 
 /// Writes FixedIPs and NodeNetworks for one StatefulSet.
-pub struct FixedIpController {
+pub(crate) struct FixedIpController {
     metrics: crate::metrics::FixedIpMetrics,
     recorder: Recorder,
     client: Client,
@@ -234,7 +234,12 @@ fn pp() -> PatchParams {
 
 impl FixedIpController {
     /// A controller writing through `client`, moving addresses in `vpc_id` through `cloud`.
-    pub fn new(client: Client, cloud: Arc<dyn EniCloud>, cluster: &str, vpc_id: &str) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        cloud: Arc<dyn EniCloud>,
+        cluster: &str,
+        vpc_id: &str,
+    ) -> Self {
         FixedIpController {
             metrics: crate::metrics::FixedIpMetrics::default(),
             recorder: Recorder::new(
@@ -266,20 +271,21 @@ impl FixedIpController {
     }
 
     /// Records into `metrics` (registered by the caller).
-    pub fn with_metrics(mut self, metrics: crate::metrics::FixedIpMetrics) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: crate::metrics::FixedIpMetrics) -> Self {
         self.metrics = metrics;
         self
     }
 
     /// Its metrics.
-    pub fn metrics(&self) -> &crate::metrics::FixedIpMetrics {
+    #[cfg(test)]
+    pub(crate) fn metrics(&self) -> &crate::metrics::FixedIpMetrics {
         &self.metrics
     }
 
     /// Plans, executes and writes for StatefulSet `namespace/name`; returns
     /// the steps planned.
     #[instrument(skip(self, observed), fields(statefulset = %format!("{namespace}/{name}")))]
-    pub async fn reconcile_statefulset(
+    pub(crate) async fn reconcile_statefulset(
         &self,
         namespace: &str,
         name: &str,
@@ -616,7 +622,7 @@ impl FixedIpController {
 }
 
 /// The watch caches the controller reads, and the loop that drives it.
-pub mod watch {
+pub(crate) mod watch {
     use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
     use futures::StreamExt;
@@ -671,7 +677,7 @@ pub mod watch {
     /// Runs the FixedIP controller until the watches end: every change to a
     /// StatefulSet, one of its pods or FixedIPs marks it dirty; every `tick`
     /// all of them are looked at (retention TTLs expire without events).
-    pub async fn run(
+    pub(crate) async fn run(
         ctl: Arc<FixedIpController>,
         cloud: Arc<dyn EniCloud>,
         vpc_id: String,

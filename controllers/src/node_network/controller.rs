@@ -37,7 +37,8 @@ use sextant_crds::{NodeNetwork, NodeNetworkStatus, wellknown::FIELD_MANAGER_OPER
 use sextant_kit::{ErrorChain, sync::lock};
 use tracing::{debug, instrument, warn};
 
-pub use crate::apiserver::{Clock, is_conflict};
+pub(crate) use crate::apiserver::Clock;
+pub use crate::apiserver::is_conflict;
 use crate::{Error, ipam::node::NodeIpam, make_status_patch};
 
 /// Why a NodeNetwork reconcile failed.
@@ -88,13 +89,13 @@ impl ControllerError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequeuePolicy {
     /// Backoff of transient failures, by consecutive failures of the node.
-    pub backoff: Backoff,
+    pub(crate) backoff: Backoff,
     /// Least wait after the cloud throttled us, jitter added on top, so
     /// nodes throttled together do not come back together.
-    pub throttled_floor: Duration,
+    pub(crate) throttled_floor: Duration,
     /// Wait after a failure that needs someone to act (missing VPC, an ENI
     /// limit); an edit of the NodeNetwork triggers a reconcile sooner.
-    pub permanent: Duration,
+    pub(crate) permanent: Duration,
 }
 
 impl Default for RequeuePolicy {
@@ -120,7 +121,7 @@ impl Default for RequeuePolicy {
 /// - status write conflict: at once (someone else wrote; read and go again);
 /// - other transient failures: the backoff's base plus full jitter;
 /// - anything else: `permanent`.
-pub fn requeue_for(
+pub(crate) fn requeue_for(
     err: &ControllerError,
     attempt: u32,
     policy: &RequeuePolicy,
@@ -154,7 +155,7 @@ pub fn requeue_for(
 }
 
 /// The controller's [`Action`] for a requeue decision.
-pub fn action(requeue: Option<Duration>) -> Action {
+pub(crate) fn action(requeue: Option<Duration>) -> Action {
     match requeue {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
@@ -188,7 +189,7 @@ impl Context {
     }
 
     /// A context reading time from `clock`.
-    pub fn with_clock(
+    pub(crate) fn with_clock(
         client: Client,
         ipam: Arc<NodeIpam>,
         policy: RequeuePolicy,
@@ -203,11 +204,6 @@ impl Context {
             conflicted: Mutex::default(),
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
-    }
-
-    /// Node IPAM.
-    pub fn ipam(&self) -> &Arc<NodeIpam> {
-        &self.ipam
     }
 
     fn failed(&self, node: &str) -> u32 {
@@ -239,7 +235,7 @@ impl Context {
 /// the NodeNetwork as it was read, guarded by its resourceVersion
 /// ([`make_status_patch`]); no request when nothing changed. Returns whether
 /// a request was made. A 409 is [`ControllerError::WriteStatus`] with a
-/// conflict, which [`requeue_for`] requeues at once.
+/// conflict, which `requeue_for` requeues at once.
 pub async fn write_status(
     api: &Api<NodeNetwork>,
     read: &NodeNetwork,
@@ -370,7 +366,7 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
     }
 }
 
-/// Counts the failure and picks the requeue with [`requeue_for`].
+/// Counts the failure and picks the requeue with `requeue_for`.
 pub fn error_policy(nn: Arc<NodeNetwork>, err: &ControllerError, ctx: Arc<Context>) -> Action {
     action(failure_requeue(&nn.name_any(), err, &ctx))
 }

@@ -22,7 +22,8 @@ impl NodeNetworkDirectory {
 
     /// The NodeNetwork whose `spec.instanceId` is `instance_id`, if the
     /// store is set and has one.
-    pub fn by_instance(&self, instance_id: &str) -> Option<Arc<NodeNetwork>> {
+    #[cfg(feature = "sim")]
+    pub(crate) fn by_instance(&self, instance_id: &str) -> Option<Arc<NodeNetwork>> {
         let store = self
             .0
             .read()

@@ -46,21 +46,21 @@ use crate::{
 
 /// Settings of the full resync.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FullResyncConfig {
+pub(crate) struct FullResyncConfig {
     /// Time between rounds.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Cluster name: only ENIs tagged with it are ever collected.
-    pub cluster: String,
+    pub(crate) cluster: String,
     /// Garbage collection grace and batch.
-    pub gc: GcPolicy,
+    pub(crate) gc: GcPolicy,
     /// VPCs listed even when no NodeNetwork names them (nodes whose VPC is
     /// learnt from their ENIs, garbage left after the last node went).
-    pub vpcs: Vec<String>,
+    pub(crate) vpcs: Vec<String>,
 }
 
 /// Full resync metrics (`sextant_operator_full_resync_*`, `sextant_operator_gc_*`).
 #[derive(Clone)]
-pub struct FullResyncMetrics {
+pub(crate) struct FullResyncMetrics {
     rounds: Counter,
     duration: Histogram,
     list_failures: Counter,
@@ -86,7 +86,7 @@ impl Default for FullResyncMetrics {
 
 impl FullResyncMetrics {
     /// Registers under `registry` (the `sextant_operator` one).
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "full_resync_rounds",
             "Full resync rounds run",
@@ -127,25 +127,25 @@ impl FullResyncMetrics {
 
 /// What one round did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RoundReport {
+pub(crate) struct RoundReport {
     /// VPCs listed successfully.
-    pub vpcs: usize,
+    pub(crate) vpcs: usize,
     /// VPCs whose listing failed.
-    pub failed_vpcs: usize,
+    pub(crate) failed_vpcs: usize,
     /// ENIs seen.
-    pub enis: usize,
+    pub(crate) enis: usize,
     /// NodeNetworks patched.
-    pub patched: Vec<String>,
+    pub(crate) patched: Vec<String>,
     /// NodeNetworks whose patch lost to a concurrent write.
-    pub conflicts: Vec<String>,
+    pub(crate) conflicts: Vec<String>,
     /// ENIs deleted by garbage collection.
-    pub deleted: Vec<String>,
+    pub(crate) deleted: Vec<String>,
     /// ENIs whose deletion failed.
-    pub delete_failures: usize,
+    pub(crate) delete_failures: usize,
 }
 
 /// The VPCs a round lists: those the NodeNetworks name, plus the configured ones.
-pub fn vpcs_to_list<'a>(
+pub(crate) fn vpcs_to_list<'a>(
     nns: impl IntoIterator<Item = &'a NodeNetwork>,
     configured: &[String],
 ) -> BTreeSet<String> {
@@ -160,7 +160,7 @@ pub fn vpcs_to_list<'a>(
 /// instance, guarded by the resourceVersion it was computed from; `None`
 /// when its ENIs already match, or when the reconciler resynced it after
 /// `listed_at` (its status is fresher than the listing).
-pub fn resync_patch(
+pub(crate) fn resync_patch(
     nn: &NodeNetwork,
     net: &InstanceNetwork,
     listed_at: Timestamp,
@@ -186,7 +186,7 @@ pub fn resync_patch(
 }
 
 /// Runs full resync rounds.
-pub struct FullResync {
+pub(crate) struct FullResync {
     client: Client,
     cloud: Arc<dyn EniCloud>,
     config: FullResyncConfig,
@@ -196,7 +196,7 @@ pub struct FullResync {
 
 impl FullResync {
     /// A full resync over `cloud` (give it the rate-limited [`sextant_cloud::Cloud`]).
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         cloud: Arc<dyn EniCloud>,
         config: FullResyncConfig,
@@ -214,7 +214,7 @@ impl FullResync {
 
     /// One round over the NodeNetworks given.
     #[instrument(skip_all, fields(nodes = nns.len()))]
-    pub async fn round(&self, nns: &[Arc<NodeNetwork>]) -> RoundReport {
+    pub(crate) async fn round(&self, nns: &[Arc<NodeNetwork>]) -> RoundReport {
         self.metrics.rounds.inc();
         let started = tokio::time::Instant::now();
         let listed_at = (self.clock)();
@@ -295,7 +295,7 @@ impl FullResync {
     /// Runs a round every interval over the NodeNetworks in `store`, the
     /// first one an interval after the store is ready (new nodes resync on
     /// their first reconcile anyway).
-    pub async fn run(&self, store: Store<NodeNetwork>) {
+    pub(crate) async fn run(&self, store: Store<NodeNetwork>) {
         if store.wait_until_ready().await.is_err() {
             warn!("NodeNetwork store gone; full resync stops");
             return;

@@ -14,5 +14,5 @@
 
 pub mod controller;
 pub mod directory;
-pub mod full_resync;
+pub(crate) mod full_resync;
 pub mod node_watch;

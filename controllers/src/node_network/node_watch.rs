@@ -39,7 +39,7 @@ use sextant_kit::ErrorChain;
 /// Label with the instance type, set by the kubelet or cloud controller.
 pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
 /// Deprecated spelling of [`LABEL_INSTANCE_TYPE`] that older nodes still carry.
-pub const LABEL_INSTANCE_TYPE_BETA: &str = "beta.kubernetes.io/instance-type";
+pub(crate) const LABEL_INSTANCE_TYPE_BETA: &str = "beta.kubernetes.io/instance-type";
 /// Label with the availability zone.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 
@@ -48,20 +48,20 @@ pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 pub struct NodeNetworkDefaults {
     /// VPC written into new specs; `None` lets the reconciler learn it from the
     /// instance's ENIs.
-    pub vpc_id: Option<String>,
+    pub(crate) vpc_id: Option<String>,
     /// IPAM knobs written into new specs (subnet and security-group
     /// selection). Watermarks are better left unset here: unset knobs follow
     /// the operator's flags even after they change.
-    pub ipam: IpamSpec,
+    pub(crate) ipam: IpamSpec,
 }
 
 /// A cloud instance as a node's `spec.providerID` names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProviderId {
+pub(crate) struct ProviderId {
     /// Instance id (`i-...`).
-    pub instance_id: String,
+    pub(crate) instance_id: String,
     /// Zone, where the provider id carries one (AWS).
-    pub zone: Option<String>,
+    pub(crate) zone: Option<String>,
 }
 
 /// Why a node cannot get a NodeNetwork.
@@ -88,7 +88,7 @@ pub enum NodeWatchError {
 
 impl NodeWatchError {
     /// Label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             NodeWatchError::BadProviderId { .. } => "bad_provider_id",
             NodeWatchError::MissingIdentity => "node_without_identity",
@@ -112,7 +112,7 @@ fn valid_zone(zone: &str) -> bool {
 /// Parses a provider id: AWS `aws:///us-east-1a/i-0abc123` (the zone may be
 /// empty), Alibaba `cn-hangzhou.i-xxxx` (optionally `alicloud://`-prefixed).
 /// `None` when it does not have that shape.
-pub fn parse_provider_id(provider: Provider, provider_id: &str) -> Option<ProviderId> {
+pub(crate) fn parse_provider_id(provider: Provider, provider_id: &str) -> Option<ProviderId> {
     match provider {
         Provider::Aws => {
             let rest = provider_id.strip_prefix("aws:///")?;
@@ -236,7 +236,7 @@ pub fn node_network_for(
 
 /// A fingerprint of what [`node_network_for`] reads, so node heartbeats do
 /// not wake the node controller.
-pub fn node_fingerprint(node: &Node) -> Option<u64> {
+pub(crate) fn node_fingerprint(node: &Node) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     node.metadata.uid.hash(&mut h);
@@ -250,7 +250,7 @@ pub fn node_fingerprint(node: &Node) -> Option<u64> {
 
 /// Node watch metrics (`sextant_operator_node_networks_created`, `sextant_operator_node_watch_errors`).
 #[derive(Clone, Default)]
-pub struct NodeWatchMetrics {
+pub(crate) struct NodeWatchMetrics {
     created: Counter,
     errors: Family<ErrorLabels, Counter>,
 }
@@ -262,7 +262,7 @@ struct ErrorLabels {
 
 impl NodeWatchMetrics {
     /// Registers under `registry` (the `sextant_operator` one).
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "node_networks_created",
             "NodeNetworks created for new nodes",
@@ -277,25 +277,25 @@ impl NodeWatchMetrics {
 }
 
 /// What the node watch works with.
-pub struct NodeContext {
+pub(crate) struct NodeContext {
     /// Kubernetes client.
-    pub client: Client,
+    pub(crate) client: Client,
     /// The operator's provider.
-    pub provider: Provider,
+    pub(crate) provider: Provider,
     /// What new NodeNetworks start with.
-    pub defaults: NodeNetworkDefaults,
+    pub(crate) defaults: NodeNetworkDefaults,
     /// NodeNetworks known to the NodeNetwork controller, so existing ones
     /// cost no API call.
-    pub node_networks: Store<NodeNetwork>,
+    pub(crate) node_networks: Store<NodeNetwork>,
     /// Retries of a failed create.
-    pub retry: Backoff,
+    pub(crate) retry: Backoff,
     /// Metrics.
-    pub metrics: NodeWatchMetrics,
+    pub(crate) metrics: NodeWatchMetrics,
 }
 
 /// Why a node did not get its NodeNetwork.
 #[derive(Debug, thiserror::Error)]
-pub enum NodeReconcileError {
+pub(crate) enum NodeReconcileError {
     /// The node cannot be turned into a NodeNetwork.
     #[error(transparent)]
     Node(#[from] NodeWatchError),
@@ -312,7 +312,7 @@ pub enum NodeReconcileError {
 
 impl NodeReconcileError {
     /// Label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             NodeReconcileError::Node(e) => e.metric_label(),
             NodeReconcileError::Create { .. } => "kube_create",
@@ -322,7 +322,7 @@ impl NodeReconcileError {
 
 /// What [`ensure_node_network`] found or did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeOutcome {
+pub(crate) enum NodeOutcome {
     /// The node already has its NodeNetwork.
     Exists,
     /// The node does not name its instance yet.
@@ -333,7 +333,7 @@ pub enum NodeOutcome {
 
 /// Creates the node's NodeNetwork when it has none.
 #[instrument(skip_all, fields(node = %node.name_any()))]
-pub async fn ensure_node_network(
+pub(crate) async fn ensure_node_network(
     node: &Node,
     ctx: &NodeContext,
 ) -> Result<NodeOutcome, NodeReconcileError> {
@@ -373,7 +373,7 @@ pub async fn ensure_node_network(
 /// [`ensure_node_network`] with retries of failed creates (jittered
 /// backoff); a node that cannot be turned into a NodeNetwork is reported
 /// and left until it changes.
-pub async fn handle_node(node: &Node, ctx: &NodeContext) {
+pub(crate) async fn handle_node(node: &Node, ctx: &NodeContext) {
     let mut attempt = 0;
     loop {
         let err = match ensure_node_network(node, ctx).await {
@@ -404,7 +404,7 @@ pub async fn handle_node(node: &Node, ctx: &NodeContext) {
 /// Nodes are not cached (their status is large and unused): only a
 /// fingerprint of what matters is kept, so heartbeats do nothing. Ends only
 /// if the watch ends.
-pub async fn watch_nodes(ctx: Arc<NodeContext>, concurrency: usize) {
+pub(crate) async fn watch_nodes(ctx: Arc<NodeContext>, concurrency: usize) {
     if ctx.node_networks.wait_until_ready().await.is_err() {
         return;
     }

@@ -45,17 +45,17 @@ use crate::{
 };
 
 /// How often an accepted policy is looked at again without a change.
-pub const RESYNC: Duration = Duration::from_secs(300);
+pub(crate) const RESYNC: Duration = Duration::from_secs(300);
 /// How often the index drops policies the watch caches no longer hold
 /// (kube-runtime's controller does not reconcile deleted objects).
-pub const PRUNE_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// Event action of the Warning Events.
-pub const EVENT_ACTION: &str = "Enforce";
+pub(crate) const EVENT_ACTION: &str = "Enforce";
 
 /// Why a policy reconcile failed. A refused policy is not an error: its
 /// condition and Event say why, and it waits for a change.
 #[derive(Debug, thiserror::Error)]
-pub enum PolicyStatusError {
+pub(crate) enum PolicyStatusError {
     /// Writing the status failed.
     #[error("{policy}: writing status")]
     WriteStatus {
@@ -69,7 +69,7 @@ pub enum PolicyStatusError {
 
 impl PolicyStatusError {
     /// Label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             PolicyStatusError::WriteStatus { source, .. } if is_conflict(source) => "kube_conflict",
             PolicyStatusError::WriteStatus { .. } => "kube",
@@ -78,7 +78,7 @@ impl PolicyStatusError {
 }
 
 /// What the policy controllers work with.
-pub struct PolicyContext {
+pub(crate) struct PolicyContext {
     client: Client,
     recorder: Recorder,
     index: PolicyIndex,
@@ -91,7 +91,7 @@ pub struct PolicyContext {
 
 impl PolicyContext {
     /// A context writing through `client`, reading time from `clock`.
-    pub fn new(client: Client, metrics: PolicyMetrics, clock: Clock) -> Self {
+    pub(crate) fn new(client: Client, metrics: PolicyMetrics, clock: Clock) -> Self {
         PolicyContext {
             recorder: Recorder::new(
                 client.clone(),
@@ -115,7 +115,7 @@ impl PolicyContext {
     }
 
     /// Its metrics.
-    pub fn metrics(&self) -> &PolicyMetrics {
+    pub(crate) fn metrics(&self) -> &PolicyMetrics {
         &self.metrics
     }
 
@@ -135,7 +135,7 @@ impl PolicyContext {
 
     /// Drops from the index the policies of `source` that `present` says
     /// are gone.
-    pub fn prune(&self, source: Source, present: impl Fn(&PolicyKey) -> bool) {
+    pub(crate) fn prune(&self, source: Source, present: impl Fn(&PolicyKey) -> bool) {
         self.index.retain(source, present);
         self.refresh_gauge();
     }
@@ -182,7 +182,7 @@ fn settled(verdict: &Verdict) -> Action {
 /// Reconciles one SextantNetworkPolicy: parse, then write `status` only
 /// when it changed, with a Warning Event when that write refuses it.
 #[instrument(skip_all, fields(policy = %format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())))]
-pub async fn reconcile_sextant(
+pub(crate) async fn reconcile_sextant(
     p: Arc<SextantNetworkPolicy>,
     ctx: Arc<PolicyContext>,
 ) -> Result<Action, PolicyStatusError> {
@@ -218,7 +218,7 @@ pub async fn reconcile_sextant(
 /// Reconciles one NetworkPolicy: parse, and publish a Warning Event the
 /// first time a version of it is refused (it has no status Sextant owns).
 #[instrument(skip_all, fields(policy = %format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())))]
-pub async fn reconcile_kubernetes(
+pub(crate) async fn reconcile_kubernetes(
     p: Arc<NetworkPolicy>,
     ctx: Arc<PolicyContext>,
 ) -> Result<Action, PolicyStatusError> {
@@ -240,7 +240,7 @@ pub async fn reconcile_kubernetes(
 
 /// Counts the failure and picks the requeue: a conflict at once, anything
 /// else with jittered exponential backoff per policy.
-pub fn error_policy<K: ResourceExt>(
+pub(crate) fn error_policy<K: ResourceExt>(
     source: Source,
 ) -> impl Fn(Arc<K>, &PolicyStatusError, Arc<PolicyContext>) -> Action {
     move |obj, err, ctx| {
@@ -287,7 +287,7 @@ where
 
 /// Runs both policy controllers (and their index pruning) until the
 /// watches end; `concurrency` policies of each source are reconciled at once.
-pub async fn run(ctx: Arc<PolicyContext>, concurrency: u16) {
+pub(crate) async fn run(ctx: Arc<PolicyContext>, concurrency: u16) {
     let config = controller::Config::default().concurrency(concurrency);
     let sextant = Controller::new(
         Api::<SextantNetworkPolicy>::all(ctx.client.clone()),

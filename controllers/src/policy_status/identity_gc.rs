@@ -30,20 +30,20 @@ use tracing::{info, warn};
 
 /// One identity object as the sweep sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdentityRow {
+pub(crate) struct IdentityRow {
     /// Object name (the number).
-    pub name: String,
+    pub(crate) name: String,
     /// Object UID, the delete precondition.
-    pub uid: String,
+    pub(crate) uid: String,
     /// The label set the number stands for.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// When it was created.
-    pub created: Option<Timestamp>,
+    pub(crate) created: Option<Timestamp>,
 }
 
 /// The identity label sets of `pods` (hostNetwork pods have none), as the
 /// agents compute them.
-pub fn live_label_sets(
+pub(crate) fn live_label_sets(
     pods: &[Pod],
     namespaces: &[Namespace],
 ) -> BTreeSet<BTreeMap<String, String>> {
@@ -81,7 +81,7 @@ pub fn live_label_sets(
 /// The identities to delete: labels no live pod carries, created more than
 /// `grace` ago (an identity just published for a pod the LIST has not seen
 /// yet is young, and kept).
-pub fn plan(
+pub(crate) fn plan(
     identities: &[IdentityRow],
     live: &BTreeSet<BTreeMap<String, String>>,
     now: Timestamp,
@@ -117,7 +117,7 @@ where
 }
 
 /// One sweep: lists, plans, deletes. Returns how many identities it deleted.
-pub async fn sweep(client: &Client, grace: Duration, now: Timestamp) -> kube::Result<usize> {
+pub(crate) async fn sweep(client: &Client, grace: Duration, now: Timestamp) -> kube::Result<usize> {
     let ids: Api<SextantIdentity> = Api::all(client.clone());
     let identities: Vec<IdentityRow> = list_all(&ids)
         .await?
@@ -157,7 +157,7 @@ pub async fn sweep(client: &Client, grace: Duration, now: Timestamp) -> kube::Re
 }
 
 /// Sweeps every `every` until the process ends; counts deletions.
-pub async fn run(client: Client, every: Duration, grace: Duration, deleted: Counter) {
+pub(crate) async fn run(client: Client, every: Duration, grace: Duration, deleted: Counter) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

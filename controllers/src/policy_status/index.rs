@@ -15,7 +15,7 @@ use super::plan::Verdict;
 
 /// Which policy source an object is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Source {
+pub(crate) enum Source {
     /// `sextant.io/v1alpha1` SextantNetworkPolicy.
     Sextant,
     /// `networking.k8s.io/v1` NetworkPolicy.
@@ -24,13 +24,13 @@ pub enum Source {
 
 /// One policy object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyKey {
+pub(crate) struct PolicyKey {
     /// Its source.
-    pub source: Source,
+    pub(crate) source: Source,
     /// Namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl std::fmt::Display for PolicyKey {
@@ -52,16 +52,16 @@ struct Entry {
 
 /// Accepted and rejected policies.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Policies the agent enforces.
-    pub accepted: usize,
+    pub(crate) accepted: usize,
     /// Policies refused.
-    pub rejected: usize,
+    pub(crate) rejected: usize,
 }
 
 /// Verdicts by policy.
 #[derive(Debug, Default)]
-pub struct PolicyIndex {
+pub(crate) struct PolicyIndex {
     entries: Mutex<BTreeMap<PolicyKey, Entry>>,
 }
 
@@ -74,7 +74,12 @@ impl PolicyIndex {
     /// refusal is news, i.e. not the one last reported (and notes it as
     /// reported). An accepted policy forgets its old refusal, so refusing
     /// it again is news again.
-    pub fn apply(&self, key: &PolicyKey, verdict: &Verdict, generation: Option<i64>) -> bool {
+    pub(crate) fn apply(
+        &self,
+        key: &PolicyKey,
+        verdict: &Verdict,
+        generation: Option<i64>,
+    ) -> bool {
         let mut entries = self.lock();
         let entry = entries.entry(key.clone()).or_insert(Entry {
             accepted: true,
@@ -90,19 +95,21 @@ impl PolicyIndex {
         news
     }
 
-    /// Forgets a deleted policy.
-    pub fn delete(&self, key: &PolicyKey) {
+    /// Forgets a deleted policy (the controller forgets through
+    /// [`PolicyIndex::retain`] after relists).
+    #[cfg(test)]
+    pub(crate) fn delete(&self, key: &PolicyKey) {
         self.lock().remove(key);
     }
 
     /// Keeps, of `source`, only the policies `present` says still exist
     /// (after a relist, which does not report what was deleted meanwhile).
-    pub fn retain(&self, source: Source, present: impl Fn(&PolicyKey) -> bool) {
+    pub(crate) fn retain(&self, source: Source, present: impl Fn(&PolicyKey) -> bool) {
         self.lock().retain(|k, _| k.source != source || present(k));
     }
 
     /// How many policies are accepted and rejected.
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         let entries = self.lock();
         let accepted = entries.values().filter(|e| e.accepted).count();
         Counts {

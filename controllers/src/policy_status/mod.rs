@@ -17,7 +17,7 @@
 //! same objects with the same crate and enforces only what this reports as
 //! accepted, so status and datapath cannot disagree.
 
-pub mod controller;
-pub mod identity_gc;
-pub mod index;
-pub mod plan;
+pub(crate) mod controller;
+pub(crate) mod identity_gc;
+pub(crate) mod index;
+pub(crate) mod plan;

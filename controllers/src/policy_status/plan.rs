@@ -8,35 +8,35 @@ use sextant_policy::{Policy, Result};
 
 /// Longest Event note the API server takes (`events.k8s.io/v1` rejects
 /// longer ones); the full list stays in the status condition and the log.
-pub const NOTE_LIMIT: usize = 1024;
+pub(crate) const NOTE_LIMIT: usize = 1024;
 
 /// Why a policy is not enforced, as its Warning Event says it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// `Unsupported` (a field Sextant does not enforce) or `Invalid`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
     /// Every problem, one per line, by field path; at most [`NOTE_LIMIT`] bytes.
-    pub note: String,
+    pub(crate) note: String,
 }
 
 /// What the parse of one policy means.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The `Accepted` condition.
-    pub condition: Condition,
+    pub(crate) condition: Condition,
     /// Set when the policy is refused.
-    pub refusal: Option<Refusal>,
+    pub(crate) refusal: Option<Refusal>,
 }
 
 impl Verdict {
     /// Whether the agent enforces the policy.
-    pub fn accepted(&self) -> bool {
+    pub(crate) fn accepted(&self) -> bool {
         self.refusal.is_none()
     }
 }
 
 /// The verdict on a parse outcome of the object at `generation`.
-pub fn judge(outcome: &Result<Policy>, generation: Option<i64>, now: Timestamp) -> Verdict {
+pub(crate) fn judge(outcome: &Result<Policy>, generation: Option<i64>, now: Timestamp) -> Verdict {
     Verdict {
         condition: sextant_policy::accepted_condition(outcome, generation, now),
         refusal: outcome.as_ref().err().map(|e| Refusal {
@@ -48,7 +48,7 @@ pub fn judge(outcome: &Result<Policy>, generation: Option<i64>, now: Timestamp) 
 
 /// The status to write after `verdict`, or `None` when `old` already says
 /// it (the condition's transition time is kept while its status holds).
-pub fn next_status(
+pub(crate) fn next_status(
     old: Option<&SextantNetworkPolicyStatus>,
     verdict: &Verdict,
     generation: Option<i64>,
@@ -62,7 +62,7 @@ pub fn next_status(
 
 /// `note` cut to [`NOTE_LIMIT`] bytes at a line (or, failing that, a
 /// character) boundary, saying that more is in the status.
-pub fn clamp_note(note: &str) -> String {
+pub(crate) fn clamp_note(note: &str) -> String {
     const MORE: &str = "\n... (more in the policy's status and the operator's log)";
     if note.len() <= NOTE_LIMIT {
         return note.to_owned();
