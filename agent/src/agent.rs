@@ -104,15 +104,8 @@ struct FixedIpLookup {
     wait: Duration,
 }
 
-/// Last-resort opening of policy-selected pods while the control plane is
-/// unreachable (off unless configured; docs/network-policy.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyFailOpen {
-    /// How long without the control plane before it engages.
-    pub after: Duration,
-    /// Pod labels (all must match) of the pods it opens; empty opens every local pod.
-    pub selector: BTreeMap<String, String>,
-}
+/// The last-resort fail-open mode's settings and decision (pure, in core).
+pub use sextant_agent_core::fail_open::PolicyFailOpen;
 
 struct PolicyState {
     node: NodePolicy,
@@ -868,7 +861,11 @@ impl Agent {
     fn fail_open_due(&self) -> bool {
         let ps = lock(&self.policy);
         ps.fail_open.as_ref().is_some_and(|cfg| {
-            !ps.engaged && ps.last.is_some() && ps.control_plane_seen.elapsed() >= cfg.after
+            cfg.due(
+                ps.engaged,
+                ps.last.is_some(),
+                ps.control_plane_seen.elapsed(),
+            )
         })
     }
 
@@ -877,7 +874,11 @@ impl Agent {
         let Some(cfg) = ps.fail_open.clone() else {
             return Ok(());
         };
-        if ps.engaged || ps.control_plane_seen.elapsed() < cfg.after {
+        if !cfg.due(
+            ps.engaged,
+            ps.last.is_some(),
+            ps.control_plane_seen.elapsed(),
+        ) {
             return Ok(());
         }
         let Some(snap) = ps.last.clone() else {
@@ -886,7 +887,7 @@ impl Agent {
         let selected: BTreeSet<u32> = snap
             .pods
             .iter()
-            .filter(|p| cfg.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .filter(|p| cfg.selects(&p.labels))
             .filter_map(|p| ps.node.identity_of_pod(&p.namespace, &p.name))
             .collect();
         let mut opened = 0usize;

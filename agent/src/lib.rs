@@ -25,10 +25,11 @@
 //!   (the agent API), `runtime.rs` (flags and wiring), `checkpoint.rs`,
 //!   `usage.rs`, `metrics.rs`, `error.rs`, `paths.rs`.
 //!
-//! The pool, the release handshake, the checkpoint format and the usage
-//! report are `sextant-agent-core`'s (pure, time passed in); pure parts still
-//! here (`watch::fixed_ip::decide`, `watch::services::desired`/`diff`) take
-//! time and state as inputs too. The wire types of the API are
+//! The pool, the release handshake, the checkpoint format, the usage
+//! report, the service diff and the policy fail-open decision are
+//! `sextant-agent-core`'s (pure, time passed in); the one pure part still
+//! here, `watch::fixed_ip::decide`, takes time and state as inputs too (its
+//! deadline is a `tokio::time::Instant`, which core must not name). The wire types of the API are
 //! `sextant-agent-api`'s. The netns harness that runs this agent for tests,
 //! benchmarks and `sextantctl lab` is the `sextant-lab` crate, outside this
 //! library.

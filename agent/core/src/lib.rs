@@ -8,18 +8,24 @@
 //!        checkpoint::Checkpoint::of   checkpoint::restore + apply (after a restart)
 //!                              ▼   │                        ▼
 //!                      (the agent writes / reads the file)  answers for status.release
+//!
+//!  Services + EndpointSlices ─▶ services::desired ─▶ services::diff(installed) ─▶ service map writes
+//!  time away from the control plane ─▶ fail_open::PolicyFailOpen::due / selects ─▶ pods to open
 //! ```
 //!
 //! Boundaries: no IO and no clock: time comes in as milliseconds since the
-//! Unix epoch, so a checkpoint carries cooldown deadlines across restarts.
-//! No kube client, aya, netlink or tokio; the only outside vocabulary is the
-//! agent API's allocation types and the CRDs (release states, the
-//! NodeNetwork the usage report is computed from).
+//! Unix epoch (so a checkpoint carries cooldown deadlines across restarts)
+//! or as a measured duration (the fail-open delay). No kube client, aya,
+//! netlink or tokio; the only outside vocabulary is the agent API's types,
+//! the CRDs (release states, the NodeNetwork the usage report is computed
+//! from) and k8s-openapi's Service and EndpointSlice.
 
 pub mod checkpoint;
 mod error;
+pub mod fail_open;
 pub mod handshake;
 pub mod pool;
+pub mod services;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod usage;
