@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use sextant_agent_api::{
-    AgentState, CniReply, CniRequest, DatapathHealth, Health, IpamHealth, IpamList, ServiceList,
-    ServiceSpec, fmt_mac,
+    AgentState, CniReply, DatapathHealth, Health, IpamHealth, IpamList, ServiceList, ServiceSpec,
+    fmt_mac,
 };
 
 use sextant_agent_core::{
@@ -32,6 +32,7 @@ use crate::{
     metrics::{CniLabels, Metrics, PoolLabels},
     paths::{CHECKPOINT_FILE, POD_GATEWAY},
     policy::{self, NodePolicy, PolicyReport, PolicySnapshot},
+    request::{CniAdd, CniCall},
     watch::fixed_ip::{self, Decision},
 };
 
@@ -396,6 +397,17 @@ impl Agent {
             .map_err(|e| Error::io("checkpoint worker", std::io::Error::other(e)))?
     }
 
+    /// Counts a CNI request the server refused before it reached the agent
+    /// (op `add`, `del` or `check`, result `error`) and hands the error back.
+    pub fn rejected(&self, op: &'static str, e: Error) -> Error {
+        let r: Result<()> = Err(e);
+        self.observe(op, std::time::Instant::now(), &r);
+        match r {
+            Err(e) => e,
+            Ok(()) => unreachable!("built as an error above"),
+        }
+    }
+
     fn observe<T>(&self, op: &'static str, start: std::time::Instant, r: &Result<T>) {
         self.metrics
             .cni_duration
@@ -411,19 +423,15 @@ impl Agent {
     }
 
     /// CNI ADD: allocate (idempotently), checkpoint, wire the pod, program the datapath.
-    pub async fn cni_add(&self, req: &CniRequest) -> Result<CniReply> {
+    pub async fn cni_add(&self, req: &CniAdd) -> Result<CniReply> {
         let start = std::time::Instant::now();
         let r = self.cni_add_inner(req).await;
         self.observe("add", start, &r);
         r
     }
 
-    async fn cni_add_inner(&self, req: &CniRequest) -> Result<CniReply> {
+    async fn cni_add_inner(&self, req: &CniAdd) -> Result<CniReply> {
         let t_start = std::time::Instant::now();
-        validate(req)?;
-        if req.netns.is_empty() {
-            return Err(Error::BadRequest("netns is required for ADD".into()));
-        }
         self.wait_ready().await;
         let areq = AllocRequest {
             key: AllocKey {
@@ -507,15 +515,14 @@ impl Agent {
     }
 
     /// CNI DEL: unwire, free into cooldown, checkpoint. Already gone is fine.
-    pub async fn cni_del(&self, req: &CniRequest) -> Result<()> {
+    pub async fn cni_del(&self, req: &CniCall) -> Result<()> {
         let start = std::time::Instant::now();
         let r = self.cni_del_inner(req).await;
         self.observe("del", start, &r);
         r
     }
 
-    async fn cni_del_inner(&self, req: &CniRequest) -> Result<()> {
-        validate(req)?;
+    async fn cni_del_inner(&self, req: &CniCall) -> Result<()> {
         self.wait_ready().await;
         let host = veth::host_veth_name(&req.container_id, &req.ifname);
         veth::teardown(&self.netlink, &req.container_id, &req.ifname).await?;
@@ -539,22 +546,21 @@ impl Agent {
     }
 
     /// CNI CHECK: the allocation exists and the pod interface carries it.
-    pub async fn cni_check(&self, req: &CniRequest) -> Result<CniReply> {
+    pub async fn cni_check(&self, req: &CniCall) -> Result<CniReply> {
         let start = std::time::Instant::now();
         let r = self.cni_check_inner(req).await;
         self.observe("check", start, &r);
         r
     }
 
-    async fn cni_check_inner(&self, req: &CniRequest) -> Result<CniReply> {
-        validate(req)?;
+    async fn cni_check_inner(&self, req: &CniCall) -> Result<CniReply> {
         self.wait_ready().await;
         let key = AllocKey {
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
         };
         let Some(a) = lock(&self.state).pool.get(&key).cloned() else {
-            return Err(Error::BadRequest(format!("no IP allocated to {key}")));
+            return Err(Error::NotAllocated { key });
         };
         let netns = if req.netns.is_empty() {
             a.netns.clone()
@@ -562,20 +568,19 @@ impl Agent {
             req.netns.clone()
         };
         if !veth::check(Path::new(&netns), &req.ifname, a.ip).await? {
-            return Err(Error::BadRequest(format!(
-                "{} in {netns} does not carry {}/32",
-                req.ifname, a.ip
-            )));
+            return Err(Error::PodAddressMissing {
+                ifname: req.ifname.clone(),
+                netns,
+                ip: a.ip,
+            });
         }
         let host = veth::host_veth_name(&req.container_id, &req.ifname);
         let link = veth::link_by_name(&self.netlink, &host)
             .await?
-            .ok_or_else(|| Error::BadRequest(format!("host veth {host} is missing")))?;
+            .ok_or_else(|| Error::HostVethMissing { host: host.clone() })?;
         let datapath_on = lock(&self.datapath).is_some();
         if datapath_on && !veth::has_bpf_ingress_filter(&self.netlink, link.header.index).await? {
-            return Err(Error::BadRequest(format!(
-                "datapath not attached to {host}"
-            )));
+            return Err(Error::DatapathNotAttached { host });
         }
         Ok(CniReply {
             ip: a.ip,
@@ -589,9 +594,7 @@ impl Agent {
     /// Sets (or, with no backends, removes) one ClusterIP frontend.
     pub fn set_service(&self, spec: &ServiceSpec) -> Result<()> {
         let mut dp = lock(&self.datapath);
-        let dp = dp
-            .as_mut()
-            .ok_or_else(|| Error::BadRequest("no datapath loaded".into()))?;
+        let dp = dp.as_mut().ok_or(Error::NoDatapath)?;
         if spec.backends.is_empty() {
             dp.remove_service(&spec.frontend)
         } else {
@@ -1029,21 +1032,6 @@ impl Agent {
         st.sent_used = in_use;
         Some(patch)
     }
-}
-
-fn validate(req: &CniRequest) -> Result<()> {
-    if req.container_id.is_empty() || req.ifname.is_empty() {
-        return Err(Error::BadRequest(
-            "containerId and ifname are required".into(),
-        ));
-    }
-    if req.ifname.len() > 15 || req.ifname.contains('/') {
-        return Err(Error::BadRequest(format!(
-            "invalid interface name {:?}",
-            req.ifname
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

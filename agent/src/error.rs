@@ -108,9 +108,81 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A request to the agent API was malformed.
-    #[error("bad request: {0}")]
-    BadRequest(String),
+    /// An agent API request body could not be read.
+    #[error("bad request: reading body")]
+    RequestRead {
+        /// The transport error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// An agent API request body does not decode into its wire type.
+    #[error("bad request: request body")]
+    RequestBody {
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A required request field is empty.
+    #[error("bad request: {field} is required")]
+    MissingField {
+        /// The field, as the wire names it (`containerId`, `ifname`, `netns`).
+        field: &'static str,
+    },
+    /// The pod interface name is no Linux interface name.
+    #[error("bad request: invalid interface name {ifname:?}")]
+    InvalidIfname {
+        /// The name asked for.
+        ifname: String,
+    },
+    /// CNI CHECK of a container interface that holds no IP here.
+    #[error("bad request: no IP allocated to {key}")]
+    NotAllocated {
+        /// Container and interface.
+        key: sextant_agent_api::AllocKey,
+    },
+    /// CNI CHECK: the pod interface does not carry its IP.
+    #[error("bad request: {ifname} in {netns} does not carry {ip}/32")]
+    PodAddressMissing {
+        /// Pod interface.
+        ifname: String,
+        /// Pod network namespace.
+        netns: String,
+        /// The IP it should carry.
+        ip: Ipv4Addr,
+    },
+    /// CNI CHECK: the pod's host veth is gone.
+    #[error("bad request: host veth {host} is missing")]
+    HostVethMissing {
+        /// Host veth name.
+        host: String,
+    },
+    /// CNI CHECK: the datapath's filter is not on the pod's host veth.
+    #[error("bad request: datapath not attached to {host}")]
+    DatapathNotAttached {
+        /// Host veth name.
+        host: String,
+    },
+    /// A service write while the agent runs without the datapath.
+    #[error("bad request: no datapath loaded")]
+    NoDatapath,
+    /// A frontend with more backends than the map's count can say.
+    #[error("bad request: too many backends for {vip}:{port}")]
+    TooManyBackends {
+        /// Frontend address.
+        vip: Ipv4Addr,
+        /// Frontend port.
+        port: u16,
+    },
+    /// A list flag entry that does not parse.
+    #[error("bad request: {flag} entry {value:?} {reason}")]
+    InvalidFlag {
+        /// The flag (`--static-pool`, `--policy-fail-open-selector`).
+        flag: &'static str,
+        /// The entry.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Talking to the agent API failed (client side).
     #[error(transparent)]
     Api(#[from] sextant_agent_api::Error),
@@ -139,10 +211,26 @@ impl Error {
             Error::FixedIpNotHere { .. } => "fixed_ip_not_here",
             Error::FixedIpInvalid { .. } => "fixed_ip_invalid",
             Error::NodeFileInvalid { .. } => "node_file_invalid",
-            Error::BadRequest(_) => "bad_request",
+            Error::RequestRead { .. }
+            | Error::RequestBody { .. }
+            | Error::MissingField { .. }
+            | Error::InvalidIfname { .. }
+            | Error::NotAllocated { .. }
+            | Error::PodAddressMissing { .. }
+            | Error::HostVethMissing { .. }
+            | Error::DatapathNotAttached { .. }
+            | Error::NoDatapath
+            | Error::TooManyBackends { .. }
+            | Error::InvalidFlag { .. } => "bad_request",
             Error::Api(_) => "api",
             Error::LinkMissing { .. } => "link_missing",
         }
+    }
+
+    /// Whether the request (or flag) was at fault: the API answers 400 and
+    /// the metric label is `bad_request`.
+    pub fn is_bad_request(&self) -> bool {
+        self.metric_label() == "bad_request"
     }
 
     /// Wraps an IO error with what we were doing.

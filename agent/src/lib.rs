@@ -22,7 +22,7 @@
 //!   kube watch;
 //! - `watch/`: the NodeNetwork (API or file), FixedIP and Service watches;
 //! - `agent.rs` (the state the server, watches and loops share), `server.rs`
-//!   (the agent API), `runtime.rs` (flags and wiring), `checkpoint.rs`,
+//!   (the agent API), `request.rs` (its parsed requests), `runtime.rs` (flags and wiring), `checkpoint.rs`,
 //!   `usage.rs`, `metrics.rs`, `error.rs`, `paths.rs`.
 //!
 //! The pool, the release handshake, the checkpoint format, the usage
@@ -43,6 +43,7 @@ mod error;
 mod metrics;
 pub(crate) mod paths;
 pub mod policy;
+pub(crate) mod request;
 pub mod runtime;
 pub(crate) mod server;
 pub(crate) mod usage;

@@ -196,9 +196,11 @@ pub fn parse_labels(items: &[String]) -> Result<std::collections::BTreeMap<Strin
             Some((k, v)) if !k.trim().is_empty() => {
                 Ok((k.trim().to_string(), v.trim().to_string()))
             }
-            _ => Err(Error::BadRequest(format!(
-                "--policy-fail-open-selector entry {kv:?} is not key=value"
-            ))),
+            _ => Err(Error::InvalidFlag {
+                flag: "--policy-fail-open-selector",
+                value: kv.to_string(),
+                reason: "is not key=value",
+            }),
         })
         .collect()
 }
@@ -211,15 +213,17 @@ pub fn expand_pool(items: &[String]) -> Result<Vec<Ipv4Addr>> {
             out.push(ip);
             continue;
         }
-        let (net, len) = sextant_crds::parse_ipv4_cidr(item).ok_or_else(|| {
-            Error::BadRequest(format!(
-                "--static-pool entry {item:?} is not an IPv4 address or CIDR"
-            ))
+        let (net, len) = sextant_crds::parse_ipv4_cidr(item).ok_or_else(|| Error::InvalidFlag {
+            flag: "--static-pool",
+            value: item.to_string(),
+            reason: "is not an IPv4 address or CIDR",
         })?;
         if len < 16 {
-            return Err(Error::BadRequest(format!(
-                "--static-pool {item}: prefix shorter than /16"
-            )));
+            return Err(Error::InvalidFlag {
+                flag: "--static-pool",
+                value: item.to_string(),
+                reason: "has a prefix shorter than /16",
+            });
         }
         let base = u32::from(net) & (u32::MAX << (32 - u32::from(len)));
         let size = 1u32 << (32 - u32::from(len));

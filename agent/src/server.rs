@@ -1,4 +1,6 @@
 //! The agent API server: HTTP/1.1 on a unix socket (docs/agent-api.md).
+//! Each body is parsed at this edge into its typed request (`request`)
+//! before the agent sees it.
 
 use std::{path::Path, sync::Arc};
 
@@ -16,6 +18,8 @@ use sextant_agent_api::{ApiError, CniRequest, ServiceSpec};
 use crate::{
     agent::Agent,
     error::{Error, Result},
+    policy::PolicySnapshot,
+    request::{self, CniAdd, CniCall},
 };
 
 /// Binds the API socket at `path` (replacing a stale socket file; the
@@ -68,7 +72,7 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
 
 fn error(e: &Error) -> Response<Full<Bytes>> {
     let status = match e {
-        Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        e if e.is_bad_request() => StatusCode::BAD_REQUEST,
         Error::Core(sextant_agent_core::Error::PoolExhausted { .. })
         | Error::FixedIpNotHere { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,16 +86,12 @@ fn error(e: &Error) -> Response<Full<Bytes>> {
     )
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("request body: {e}")))
-}
-
 async fn handle(agent: &Agent, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(&Error::BadRequest(format!("reading body: {e}"))),
+        Err(source) => return error(&Error::RequestRead { source }),
     };
     let r: Result<Response<Full<Bytes>>> = async {
         Ok(match (&method, path.as_str()) {
@@ -101,26 +101,30 @@ async fn handle(agent: &Agent, req: Request<hyper::body::Incoming>) -> Response<
                 .header("content-type", sextant_kit::admin::METRICS_CONTENT_TYPE)
                 .body(Full::new(Bytes::from(agent.metrics_text())))
                 .unwrap_or_default(),
-            (&Method::POST, "/v1/cni/add") => json(
-                StatusCode::OK,
-                &agent.cni_add(&parse::<CniRequest>(&body)?).await?,
-            ),
+            (&Method::POST, "/v1/cni/add") => {
+                let add = CniAdd::try_from(request::body::<CniRequest>(&body)?)
+                    .map_err(|e| agent.rejected("add", e))?;
+                json(StatusCode::OK, &agent.cni_add(&add).await?)
+            }
             (&Method::POST, "/v1/cni/del") => {
-                agent.cni_del(&parse::<CniRequest>(&body)?).await?;
+                let del = CniCall::try_from(request::body::<CniRequest>(&body)?)
+                    .map_err(|e| agent.rejected("del", e))?;
+                agent.cni_del(&del).await?;
                 json(StatusCode::OK, &serde_json::json!({}))
             }
-            (&Method::POST, "/v1/cni/check") => json(
-                StatusCode::OK,
-                &agent.cni_check(&parse::<CniRequest>(&body)?).await?,
-            ),
+            (&Method::POST, "/v1/cni/check") => {
+                let check = CniCall::try_from(request::body::<CniRequest>(&body)?)
+                    .map_err(|e| agent.rejected("check", e))?;
+                json(StatusCode::OK, &agent.cni_check(&check).await?)
+            }
             (&Method::PUT, "/v1/policy") => json(
                 StatusCode::OK,
-                &agent.sync_policy(parse::<crate::policy::PolicySnapshot>(&body)?)?,
+                &agent.sync_policy(request::body::<PolicySnapshot>(&body)?)?,
             ),
             (&Method::GET, "/v1/policy") => json(StatusCode::OK, &agent.policy_report()),
             (&Method::GET, "/v1/services") => json(StatusCode::OK, &agent.services()),
             (&Method::POST, "/v1/services") => {
-                agent.set_service(&parse::<ServiceSpec>(&body)?)?;
+                agent.set_service(&request::body::<ServiceSpec>(&body)?)?;
                 json(StatusCode::OK, &serde_json::json!({}))
             }
             _ => json(

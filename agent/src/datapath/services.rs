@@ -49,8 +49,9 @@ impl Datapath {
                 (id, 0)
             }
         };
-        let count = u32::try_from(backends.len()).map_err(|_| {
-            Error::BadRequest(format!("too many backends for {}:{}", fe.vip, fe.port))
+        let count = u32::try_from(backends.len()).map_err(|_| Error::TooManyBackends {
+            vip: fe.vip,
+            port: fe.port,
         })?;
         for (slot, b) in (0u32..).zip(backends) {
             let mut v = [0u8; 8];
