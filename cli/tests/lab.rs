@@ -30,7 +30,14 @@ fn lab_pods_get_ips_the_sim_cloud_assigned_to_the_instance_enis() {
     // no-op when fresh).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "-p", "sextant-agent", "-p", "sextant-lab", "--bins"]);
+    build.args([
+        "build",
+        "-p",
+        "sextant-agent",
+        "-p",
+        "sextant-lab",
+        "--bins",
+    ]);
     if !cfg!(debug_assertions) {
         build.arg("--release");
     }

@@ -53,7 +53,8 @@ fn fail_open_is_off_by_default_and_conntrack_timeouts_are_cilium_s() {
     assert_eq!(env["SEXTANT_IP_COOLDOWN"], "30s");
     assert_eq!(env["SEXTANT_FIXED_IP_WAIT"], "30s");
     assert!(
-        !env.keys().any(|k| k.ends_with("_SECONDS") || k.ends_with("_RATE")),
+        !env.keys()
+            .any(|k| k.ends_with("_SECONDS") || k.ends_with("_RATE")),
         "the chart sets only the duration flags: {env:?}"
     );
 }

@@ -34,10 +34,10 @@ use sextant_crds::{
 };
 use sextant_e2e::cluster::{Cluster, Options, install};
 use sextant_operator::{
-    node_network::controller::{self, Context, ControllerError, RequeuePolicy, is_conflict},
     fixed_ip::controller::make_fixed_ip_status_patch,
-    ipam::node::{IpamConfig, NodeIpam},
     ipam::metrics::IpamMetrics,
+    ipam::node::{IpamConfig, NodeIpam},
+    node_network::controller::{self, Context, ControllerError, RequeuePolicy, is_conflict},
     status_patch,
 };
 

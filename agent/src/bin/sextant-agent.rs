@@ -3,7 +3,6 @@
 
 use clap::Parser;
 use sextant_agent::runtime::{Args, enter_netns};
-use sextant_kit::ErrorChain;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -15,12 +14,5 @@ fn main() -> std::process::ExitCode {
             .build()
             .map_err(|e| sextant_agent::Error::io("starting the runtime", e))
     });
-    let r = rt.and_then(|rt| rt.block_on(args.run()));
-    match r {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %ErrorChain(&e), "sextant-agent failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    sextant_kit::exit("sextant-agent", rt.and_then(|rt| rt.block_on(args.run())))
 }

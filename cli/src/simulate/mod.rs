@@ -80,7 +80,7 @@ pub struct SimulateConfig {
     pub run_for: Duration,
     /// Concurrent reconciles.
     pub workers: usize,
-    /// Agents' usage report interval (`--ipam-node-update-rate`).
+    /// Agents' usage report interval (the agent's `--usage-report-interval`).
     pub agent_report_interval: Duration,
     /// Full resync (and ENI GC) interval.
     pub full_resync_interval: Duration,
