@@ -13,30 +13,16 @@ use std::{
 use serde_json::{Value, json};
 use sextant_agent::datapath::{CtTimeouts, Datapath};
 use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
-use sextant_lab::{Lab, LabConfig, can_run, in_netns, line_server};
-use sextant_testkit::Tier;
+use sextant_lab::{Lab, LabConfig, in_netns, line_server};
 
-/// Whether this machine can build labs: fails without root unless
-/// `SEXTANT_SKIP=kernel`, then records the skip and says no.
+mod support;
+
 fn kernel(what: &str) -> bool {
-    let test = format!("{}: {}", file!(), sextant_testkit::current_test(what));
-    sextant_testkit::require(Tier::Kernel, can_run().err(), &test)
+    support::kernel(file!(), what)
 }
 
 fn lab(name: &str, pods: usize) -> Option<Lab> {
-    if !kernel(name) {
-        return None;
-    }
-    let cfg = LabConfig {
-        prefix: format!("sp{name}{}", std::process::id() % 100_000),
-        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
-        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
-        pool: "10.76.0.0/26".into(),
-        pods,
-        datapath: true,
-    };
-    let mut lab = Lab::new(cfg).expect("lab namespaces");
-    lab.start_agent().expect("agent starts");
+    let mut lab = support::lab(file!(), "sp", "10.76.0.0/26", name, pods)?;
     for i in 0..pods {
         lab.add(i).expect("ADD");
     }

@@ -1,6 +1,13 @@
-//! `sextantctl`: run Sextant's IPAM operator against a simulated cloud
-//! (`simulate`), print the benchmark figures (`bench`), and convert
-//! CiliumNetworkPolicy YAML for Sextant (`policy convert`).
+//! `sextantctl`: run Sextant's node IPAM against a simulated cloud
+//! (`simulate`, `roll`), print the benchmark figures (`bench`), show a node
+//! in network namespaces (`lab`) and convert CiliumNetworkPolicy YAML for
+//! Sextant (`policy convert`).
+//!
+//! Boundaries: it drives the core crates (`sextant-ipam`, `sextant-cloud`'s
+//! `sim`, `sextant-policy`) and, for `lab`, the `sextant-lab` binary; never
+//! the operator's kube shell, so what it simulates is the code the operator
+//! runs. Its simulated agents are still a model of the agent (issue 14 moves
+//! them onto `sextant-agent-core`).
 
 pub mod bench;
 pub mod herd;

@@ -7,11 +7,16 @@
 //!  main ─▶ log::init ─▶ run(args) ──┬─ admin::serve (/metrics /healthz /readyz)
 //!                                   ├─ lease::LeaderElector (feature "lease")
 //!                                   └─ until shutdown::signal (SIGTERM | SIGINT)
+//!       ◀── exit(binary, outcome): status 0, or the failure logged and 1
 //!  errors: every failure logged as errors::Chain ("a: b: c")
 //!  flags:  every duration through duration::parse ("500ms", "30s", "5m")
 //! ```
 //!
-//! Boundaries: no kube types except behind the `lease` feature, no cloud,
+//! Tests of kube-facing code get a mock API server that asserts each
+//! request (`testing` feature, a dev-dependency only).
+//!
+//! Boundaries: no kube types except behind the `lease` and `testing`
+//! features, no cloud,
 //! no IPAM or datapath vocabulary. What a crate needs only for itself stays
 //! in that crate.
 
