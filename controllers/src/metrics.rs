@@ -62,14 +62,14 @@ impl FixedIpMetrics {
     }
 
     /// Counts a failed reconcile.
-    #[expect(
-        dead_code,
-        reason = "the fixed-IP watch loop logs a failed reconcile but never counts it \
-                  (fixed_ip_errors stays empty since it was added); wiring it is a \
-                  behaviour change, not part of a layout refactor"
-    )]
     pub(crate) fn error(&self, error: &'static str) {
         self.errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+
+    /// Failed reconciles of `error` counted so far.
+    #[cfg(test)]
+    pub(crate) fn errors(&self, error: &'static str) -> u64 {
+        self.errors.get_or_create(&ErrorLabels { error }).get()
     }
 
     /// Steps of `kind` counted so far.

@@ -284,8 +284,26 @@ impl FixedIpController {
 
     /// Plans, executes and writes for StatefulSet `namespace/name`; returns
     /// the steps planned.
+    /// A failure other than a conflict (which is routine: the watch event
+    /// brings the key back) is counted in `fixed_ip_errors` by its kind.
     #[instrument(skip(self, observed), fields(statefulset = %format!("{namespace}/{name}")))]
     pub(crate) async fn reconcile_statefulset(
+        &self,
+        namespace: &str,
+        name: &str,
+        observed: Observed<'_>,
+        now: Timestamp,
+    ) -> Result<Vec<Step>, FixedIpError> {
+        let result = self.plan_and_write(namespace, name, observed, now).await;
+        if let Err(e) = &result
+            && !e.is_conflict()
+        {
+            self.metrics.error(e.metric_label());
+        }
+        result
+    }
+
+    async fn plan_and_write(
         &self,
         namespace: &str,
         name: &str,
@@ -1178,8 +1196,8 @@ mod tests {
         assert!(status_patch_over(None, &status).get("metadata").is_none());
     }
 
-    #[tokio::test]
-    async fn a_retention_decided_on_an_old_version_is_refused_as_a_conflict() {
+    /// Runs a retention whose status write the API server answers `code`.
+    async fn retention_answered(code: u16, reason: &'static str) -> (FixedIpError, u64, u64) {
         let (sim, subnet) = sim();
         let subnets = sim.subnets("vpc-1").await.unwrap();
         let mut f = FixedIP::new(
@@ -1215,8 +1233,8 @@ mod tests {
                 .expect(
                     Method::PATCH,
                     "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0/status?&fieldManager=sextant-fixed-ip",
-                    409,
-                    sextant_kit::testing::status_failure(409, "Conflict"),
+                    code,
+                    sextant_kit::testing::status_failure(code, reason),
                 )
                 .await;
             server.expect_no_more().await;
@@ -1237,12 +1255,39 @@ mod tests {
             )
             .await
             .unwrap_err();
+        let counted = (
+            ctl.metrics().errors("kube"),
+            ctl.metrics().errors("kube_conflict"),
+        );
         drop(ctl);
         let seen = finish(script).await;
         assert_eq!(seen.body["metadata"], json!({ "resourceVersion": "20" }));
         assert_eq!(seen.body["status"]["releaseAfter"], "2026-11-25T12:01:00Z");
+        (err, counted.0, counted.1)
+    }
+
+    #[tokio::test]
+    async fn a_retention_decided_on_an_old_version_is_refused_as_a_conflict() {
+        let (err, kube, conflicts) = retention_answered(409, "Conflict").await;
         assert!(err.is_conflict(), "{err:?}");
         assert_eq!(err.metric_label(), "kube_conflict");
+        assert_eq!(
+            (kube, conflicts),
+            (0, 0),
+            "a conflict is routine, not an error"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_fixed_ip_reconcile_is_counted_by_its_kind() {
+        let (err, kube, conflicts) = retention_answered(500, "InternalError").await;
+        assert!(!err.is_conflict(), "{err:?}");
+        assert_eq!(err.metric_label(), "kube");
+        assert_eq!(
+            (kube, conflicts),
+            (1, 0),
+            "fixed_ip_errors{{error=\"kube\"}}"
+        );
     }
 
     #[test]
