@@ -21,15 +21,15 @@
 //! - `policy/`: the policy sync (snapshot to engine to map writes) and its
 //!   kube watch;
 //! - `watch/`: the NodeNetwork (API or file), FixedIP and Service watches;
-//! - `agent.rs` (the state the server, watches and loops share), `server.rs`
+//! - `agent/` (the state the server, watches and loops share, one file per
+//!   concern: CNI, NodeNetwork, policy, status), `server.rs`
 //!   (the agent API), `request.rs` (its parsed requests), `runtime.rs` (flags and wiring), `checkpoint.rs`,
 //!   `usage.rs`, `metrics.rs`, `error.rs`, `paths.rs`.
 //!
 //! The pool, the release handshake, the checkpoint format, the usage
-//! report, the service diff and the policy fail-open decision are
-//! `sextant-agent-core`'s (pure, time passed in); the one pure part still
-//! here, `watch::fixed_ip::decide`, takes time and state as inputs too (its
-//! deadline is a `tokio::time::Instant`, which core must not name). The wire types of the API are
+//! report, the fixed-IP decision, the service diff and the policy
+//! fail-open decision are `sextant-agent-core`'s (pure, time passed in);
+//! no decision is made here. The wire types of the API are
 //! `sextant-agent-api`'s. The netns harness that runs this agent for tests,
 //! benchmarks and `sextantctl lab` is the `sextant-lab` crate, outside this
 //! library.

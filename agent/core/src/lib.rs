@@ -23,6 +23,7 @@
 pub mod checkpoint;
 mod error;
 pub mod fail_open;
+pub mod fixed_ip;
 pub mod handshake;
 pub mod pool;
 pub mod services;
