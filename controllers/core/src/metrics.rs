@@ -19,6 +19,11 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     node: String,
     state: &'static str,
@@ -32,6 +37,8 @@ pub struct IpamMetrics {
     errors: Family<ErrorLabels, Counter>,
     steps: Family<StepLabels, Counter>,
     pool: Family<PoolLabels, Gauge>,
+    release_dropped: Family<ReasonLabels, Counter>,
+    decisions_refused: Counter,
 }
 
 impl Default for IpamMetrics {
@@ -44,6 +51,8 @@ impl Default for IpamMetrics {
             errors: Family::default(),
             steps: Family::default(),
             pool: Family::default(),
+            release_dropped: Family::default(),
+            decisions_refused: Counter::default(),
         }
     }
 }
@@ -84,6 +93,16 @@ impl IpamMetrics {
             self.steps.clone(),
         );
         registry.register(
+            "ipam_release_entries_dropped",
+            "status.release entries the operator removed itself, by reason (returned: the address is back in the node's pool; stale: the agent did not remove a released entry in time)",
+            self.release_dropped.clone(),
+        );
+        registry.register(
+            "ipam_unassign_decisions_refused",
+            "Unassign decisions whose guarded status write was refused with a conflict before any cloud call (re-read and re-planned)",
+            self.decisions_refused.clone(),
+        );
+        registry.register(
             "ipam_pool_ips",
             "IPs per node by state (pool, used, available)",
             self.pool.clone(),
@@ -109,6 +128,35 @@ impl IpamMetrics {
     /// Counts a step done.
     pub fn step(&self, kind: &'static str) {
         self.steps.get_or_create(&StepLabels { kind }).inc();
+    }
+
+    /// Counts handshake entries a plan removed on the agent's behalf.
+    pub fn release_cleanup(&self, cleanup: crate::plan::ReleaseCleanup) {
+        for (reason, n) in [("returned", cleanup.returned), ("stale", cleanup.stale)] {
+            if n > 0 {
+                self.release_dropped
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(u64::from(n));
+            }
+        }
+    }
+
+    /// Handshake entries removed so far for `reason` (`returned`, `stale`).
+    pub fn release_dropped(&self, reason: &'static str) -> u64 {
+        self.release_dropped
+            .get(&ReasonLabels { reason })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
+    /// Counts an unassign decision refused by a conflict before acting.
+    pub fn decision_refused(&self) {
+        self.decisions_refused.inc();
+    }
+
+    /// Unassign decisions refused so far.
+    pub fn decisions_refused(&self) -> u64 {
+        self.decisions_refused.get()
     }
 
     /// Steps done of one kind so far.

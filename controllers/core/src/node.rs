@@ -3,7 +3,7 @@
 //! write. The operator's kube shell and `sextantctl simulate` both call it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::{
     execute::{Target, execute},
-    plan::{Plan, PlanInput, instance_capacity, plan, pod_cidr_capacity},
+    plan::{Plan, PlanInput, ReleasedBound, instance_capacity, plan, pod_cidr_capacity},
     resync::{
         InstanceResync, InstanceScoped, apply_enis, eni_statuses, refresh_summary, set_capacity,
     },
@@ -40,6 +40,9 @@ pub struct IpamConfig {
     pub requeue_blocked: Duration,
     /// Requeue when all is well (events trigger earlier reconciles).
     pub requeue_idle: Duration,
+    /// How long and how many `released` handshake entries of addresses gone
+    /// from a node may wait for its agent before the operator drops them.
+    pub released_bound: ReleasedBound,
 }
 
 impl Default for IpamConfig {
@@ -51,6 +54,7 @@ impl Default for IpamConfig {
             requeue_busy: Duration::from_secs(1),
             requeue_blocked: Duration::from_secs(60),
             requeue_idle: Duration::from_secs(300),
+            released_bound: ReleasedBound::default(),
         }
     }
 }
@@ -70,6 +74,10 @@ pub struct NodeIpam {
     limits: Mutex<HashMap<String, InstanceLimits>>,
     vpcs: Mutex<HashMap<String, VpcFacts>>,
     instance_vpc: Mutex<HashMap<String, String>>,
+    /// Per node: when each `released` entry of an address gone from the
+    /// node was first seen (the CRD keeps no time; after a restart the
+    /// bound starts over, which only delays the drop).
+    released_since: Mutex<HashMap<String, BTreeMap<String, Timestamp>>>,
     metrics: IpamMetrics,
 }
 
@@ -108,6 +116,7 @@ impl NodeIpam {
             limits: Mutex::default(),
             vpcs: Mutex::default(),
             instance_vpc: Mutex::default(),
+            released_since: Mutex::default(),
             metrics,
         }
     }
@@ -151,6 +160,38 @@ impl NodeIpam {
         };
         lock(&self.vpcs).insert(vpc_id.to_owned(), f.clone());
         Ok(f)
+    }
+
+    /// Records when each `released` entry of an address gone from `node`'s
+    /// pool was first seen, forgetting entries that went; returns the times.
+    fn note_released(
+        &self,
+        node: &str,
+        status: &NodeNetworkStatus,
+        now: Timestamp,
+    ) -> BTreeMap<String, Timestamp> {
+        let mut all = lock(&self.released_since);
+        let seen = all.entry(node.to_owned()).or_default();
+        seen.retain(|ip, _| {
+            status.release.get(ip) == Some(&sextant_crds::ReleaseState::Released)
+                && !status.pool.contains_key(ip)
+        });
+        for (ip, state) in &status.release {
+            if *state == sextant_crds::ReleaseState::Released && !status.pool.contains_key(ip) {
+                seen.entry(ip.clone()).or_insert(now);
+            }
+        }
+        let out = seen.clone();
+        if seen.is_empty() {
+            all.remove(node);
+        }
+        out
+    }
+
+    /// Forgets what is kept about a deleted node.
+    pub fn forget(&self, node: &str) {
+        lock(&self.released_since).remove(node);
+        self.metrics.forget(node);
     }
 
     /// Forgets cached subnet facts of a VPC (after the cloud said a subnet is full).
@@ -237,6 +278,7 @@ impl NodeIpam {
         let facts = self.vpc_facts(&vpc_id).await?;
 
         let watermarks = Watermarks::resolve(&spec.ipam, &self.config.defaults);
+        let released_since = self.note_released(name, &status, now);
         let the_plan = plan(&PlanInput {
             spec,
             status: &status,
@@ -244,7 +286,11 @@ impl NodeIpam {
             limits: &limits,
             subnets: &facts.subnets,
             security_groups: &facts.security_groups,
+            now,
+            released_since: &released_since,
+            released_bound: self.config.released_bound,
         });
+        self.metrics.release_cleanup(the_plan.cleanup);
         debug!(node = name, steps = the_plan.steps.len(), counts = ?the_plan.counts, "planned");
         for (ip, change) in &the_plan.release {
             match change {
@@ -376,7 +422,11 @@ impl NodeIpam {
         if let Some(e) = net.enis.first() {
             lock(&self.instance_vpc).insert(instance_id.to_owned(), e.vpc_id.clone());
         }
-        apply_enis(status, eni_statuses(&net, exclude), first_interface_index);
+        let returned = apply_enis(status, eni_statuses(&net, exclude), first_interface_index);
+        self.metrics.release_cleanup(crate::plan::ReleaseCleanup {
+            returned: u32::try_from(returned).unwrap_or(u32::MAX),
+            stale: 0,
+        });
         status.last_resync = Some(now.to_string());
         Ok(())
     }

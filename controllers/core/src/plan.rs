@@ -8,13 +8,20 @@
 //!   deficit   = max(wanted − available, minAllocate − pool)        → cancel marks, assign, create ENI
 //!   excess    = available − (wanted + maxAboveWatermark)             → mark for release
 //!   ready-for-release and not used                                   → unassign
+//!   released, address back in the pool                              → drop the entry
+//!   released, address gone, agent silent past the bound             → drop the entry
 //! ```
+//!
+//! "In release handshake" is every address the agent withholds: `marked`,
+//! `ready-for-release` and `released`, so the operator never counts as
+//! available an address the agent will not hand out.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
+use jiff::Timestamp;
 use sextant_cloud::{InstanceLimits, SecurityGroup, Subnet};
 use sextant_crds::{EniStatus, NodeNetworkSpec, NodeNetworkStatus, ReleaseState};
 
@@ -39,6 +46,35 @@ pub struct PlanInput<'a> {
     pub subnets: &'a [Subnet],
     /// Security groups of the node's VPC.
     pub security_groups: &'a [SecurityGroup],
+    /// When this plan is made (no clock is read here).
+    pub now: Timestamp,
+    /// When the operator first saw each `released` entry of an address no
+    /// longer in the pool (kept by the caller across reconciles; an entry
+    /// missing here counts as first seen `now`).
+    pub released_since: &'a BTreeMap<String, Timestamp>,
+    /// How long, and how many, such entries may wait for the agent.
+    pub released_bound: ReleasedBound,
+}
+
+/// How long `released` entries of addresses gone from the node may wait for
+/// the agent to remove them, and how many may wait at once, before the
+/// operator drops them itself: `status.release` stays bounded even when the
+/// agent never answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReleasedBound {
+    /// Age after which an entry is dropped.
+    pub ttl: std::time::Duration,
+    /// Most entries kept; beyond it the oldest are dropped.
+    pub max: usize,
+}
+
+impl Default for ReleasedBound {
+    fn default() -> Self {
+        ReleasedBound {
+            ttl: std::time::Duration::from_secs(600),
+            max: 64,
+        }
+    }
 }
 
 /// One cloud mutation.
@@ -153,6 +189,19 @@ pub struct Plan {
     pub limit: Option<Limit>,
     /// Counts before the steps.
     pub counts: PoolCounts,
+    /// Handshake entries this plan removes on the agent's behalf.
+    pub cleanup: ReleaseCleanup,
+}
+
+/// `status.release` entries the operator removes itself (metrics count them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseCleanup {
+    /// `released` entries of addresses back in the pool (the cloud gave the
+    /// address to the node again): the agent would withhold it forever.
+    pub returned: u32,
+    /// `released` entries of addresses gone from the node that the agent
+    /// did not remove within the bound.
+    pub stale: u32,
 }
 
 /// The pool as `plan` sees it.
@@ -203,13 +252,19 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// Free to hand out: in the pool, not held by the agent, not in the handshake.
+    /// Free to hand out: in the pool, not held by the agent, and not
+    /// withheld by it for the handshake (`marked`, `ready-for-release` and
+    /// `released` entries all keep the agent from handing an address out).
     fn free(&self) -> impl Iterator<Item = (&Ipv4Addr, &&'a str)> {
         self.ips.iter().filter(|(ip, _)| {
             !self.held.contains(ip)
                 && !matches!(
                     self.releasing.get(ip),
-                    Some(ReleaseState::Marked | ReleaseState::ReadyForRelease)
+                    Some(
+                        ReleaseState::Marked
+                            | ReleaseState::ReadyForRelease
+                            | ReleaseState::Released
+                    )
                 )
         })
     }
@@ -243,9 +298,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                         .insert(ip.to_string(), Some(ReleaseState::Released));
                 }
             },
+            ReleaseState::Released if pool.ips.contains_key(ip) => {
+                // The cloud gave the address back to this node: the old
+                // entry would make the agent withhold it for good.
+                out.release.insert(ip.to_string(), None);
+                out.cleanup.returned += 1;
+            }
             ReleaseState::Marked | ReleaseState::Released => {}
         }
     }
+    drop_stale_released(input, &pool, &mut out);
 
     let pool_len = count(pool.ips.len());
     let releasing = pool
@@ -253,7 +315,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .iter()
         .filter(|(ip, st)| {
             pool.ips.contains_key(ip)
-                && matches!(st, ReleaseState::Marked | ReleaseState::ReadyForRelease)
+                && matches!(
+                    st,
+                    ReleaseState::Marked | ReleaseState::ReadyForRelease | ReleaseState::Released
+                )
         })
         .count();
     let available = count(pool.free().count());
@@ -320,6 +385,37 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         });
     }
     out
+}
+
+/// Drops `released` entries of addresses gone from the node that the agent
+/// has not removed: those first seen at least the bound's TTL ago, then the
+/// oldest beyond its count (ties by address). Safe: the agent only hands
+/// out addresses of `status.pool`, which these are not in.
+fn drop_stale_released(input: &PlanInput<'_>, pool: &Pool<'_>, out: &mut Plan) {
+    let ttl = jiff::SignedDuration::try_from(input.released_bound.ttl)
+        .unwrap_or(jiff::SignedDuration::MAX);
+    let mut waiting: Vec<(Timestamp, Ipv4Addr)> = pool
+        .releasing
+        .iter()
+        .filter(|(ip, st)| **st == ReleaseState::Released && !pool.ips.contains_key(ip))
+        .map(|(ip, _)| {
+            let since = input
+                .released_since
+                .get(&ip.to_string())
+                .copied()
+                .unwrap_or(input.now);
+            (since, *ip)
+        })
+        .collect();
+    waiting.sort();
+    let (stale, young): (Vec<_>, Vec<_>) = waiting
+        .into_iter()
+        .partition(|(since, _)| input.now.duration_since(*since) >= ttl);
+    let over = young.len().saturating_sub(input.released_bound.max);
+    for (_, ip) in stale.iter().chain(young.iter().take(over)) {
+        out.release.insert(ip.to_string(), None);
+        out.cleanup.stale += 1;
+    }
 }
 
 /// Pod IPs an instance can hold on its pod ENIs: the device indexes from

@@ -105,12 +105,15 @@ pub fn eni_statuses(net: &InstanceNetwork, exclude: &BTreeMap<String, String>) -
 /// Writes the ENIs into `status` and derives the pool from them: the
 /// secondary addresses of pod ENIs (at or above the first interface index,
 /// not excluded). Handshake entries of addresses that left the pool become
-/// `released`; nothing else of the handshake changes here.
+/// `released`; `released` and `ready-for-release` entries of addresses that
+/// came back into the pool (the cloud assigned them to the node again) are
+/// removed in the same write, since the agent would withhold them forever.
+/// Returns how many entries were removed so.
 pub fn apply_enis(
     status: &mut NodeNetworkStatus,
     enis: Vec<EniStatus>,
     first_interface_index: u32,
-) {
+) -> usize {
     let mut pool = BTreeMap::new();
     for e in &enis {
         if e.device_index < first_interface_index || e.excluded {
@@ -120,6 +123,18 @@ pub fn apply_enis(
             pool.insert(a.clone(), PoolEntry { eni: e.id.clone() });
         }
     }
+    let before = status.release.len();
+    let old_pool = &status.pool;
+    status.release.retain(|ip, state| {
+        let returned = pool.contains_key(ip)
+            && !old_pool.contains_key(ip)
+            && matches!(
+                state,
+                ReleaseState::Released | ReleaseState::ReadyForRelease
+            );
+        !returned
+    });
+    let cleared = before - status.release.len();
     for (ip, state) in status.release.iter_mut() {
         if !pool.contains_key(ip)
             && matches!(state, ReleaseState::Marked | ReleaseState::ReadyForRelease)
@@ -130,6 +145,7 @@ pub fn apply_enis(
     status.enis = enis;
     status.pool = pool;
     refresh_summary(status);
+    cleared
 }
 
 /// Recomputes the printer-column counts, keeping the node's capacity and

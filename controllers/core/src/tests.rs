@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use jiff::Timestamp;
 use proptest::prelude::*;
 use sextant_cloud::{InstanceLimits, SecurityGroup, Subnet, Tags};
 use sextant_crds::{
@@ -10,7 +11,7 @@ use sextant_crds::{
 };
 
 use super::{
-    plan::{Limit, Plan, PlanInput, Step, plan},
+    plan::{Limit, Plan, PlanInput, ReleasedBound, Step, plan},
     resync::apply_enis,
     watermark::Watermarks,
 };
@@ -111,7 +112,14 @@ fn run(
         limits: &limits,
         subnets,
         security_groups: &sgs,
+        now: now(),
+        released_since: &BTreeMap::new(),
+        released_bound: ReleasedBound::default(),
     })
+}
+
+fn now() -> Timestamp {
+    "2026-11-25T12:00:00Z".parse().unwrap()
 }
 
 fn default_subnets() -> Vec<Subnet> {
@@ -662,4 +670,170 @@ fn fixed_ips_on_the_node_are_never_counted_free_or_marked_for_release() {
             .iter()
             .any(|s| matches!(s, Step::UnassignIps { .. }))
     );
+}
+
+// ---- the release handshake stays bounded (issue 14, defect 1) ----
+
+fn run_with_released(
+    status: &NodeNetworkStatus,
+    w: Watermarks,
+    released_since: &BTreeMap<String, Timestamp>,
+    bound: ReleasedBound,
+) -> Plan {
+    let limits = m5_large();
+    plan(&PlanInput {
+        spec: &mk_spec(),
+        status,
+        watermarks: w,
+        limits: &limits,
+        subnets: &default_subnets(),
+        security_groups: &[],
+        now: now(),
+        released_since,
+        released_bound: bound,
+    })
+}
+
+#[test]
+fn a_released_entry_for_an_address_back_in_the_pool_is_cleared_and_not_counted_available() {
+    // The cloud gave 10.0.1.18 back to this node's ENI; its old `released`
+    // entry makes the agent withhold it.
+    let mut status = mk_status(vec![mk_eni("eni-1", 1, 10, 9)], &[]);
+    status
+        .release
+        .insert("10.0.1.18".into(), ReleaseState::Released);
+    let p = run(&mk_spec(), &status, wm(8, 0, None, 8), &default_subnets());
+    assert_eq!(
+        p.release.get("10.0.1.18"),
+        Some(&None),
+        "the stale entry is removed in this plan's write: {:?}",
+        p.release
+    );
+    assert_eq!(
+        p.counts.available, 8,
+        "withheld by the agent while the entry exists, so not available: {:?}",
+        p.counts
+    );
+    assert_eq!(p.cleanup.returned, 1);
+}
+
+#[test]
+fn an_address_assigned_again_clears_its_stale_release_entry_in_the_same_write() {
+    let mut status = mk_status(vec![mk_eni("eni-1", 1, 10, 8)], &[]);
+    // 10.0.1.18 was unassigned and recorded released; 10.0.1.19 ready but gone.
+    status
+        .release
+        .insert("10.0.1.18".into(), ReleaseState::Released);
+    status
+        .release
+        .insert("10.0.1.19".into(), ReleaseState::ReadyForRelease);
+    status
+        .release
+        .insert("10.0.1.12".into(), ReleaseState::ReadyForRelease);
+    // An assign hands both back to the same ENI.
+    let again = mk_eni("eni-1", 1, 10, 10);
+    apply_enis(&mut status, vec![mk_eni("eni-primary", 0, 1, 0), again], 1);
+    assert!(status.pool.contains_key("10.0.1.18"));
+    assert_eq!(
+        status.release.get("10.0.1.18"),
+        None,
+        "an address back in the pool keeps no released entry: {:?}",
+        status.release
+    );
+    assert_eq!(status.release.get("10.0.1.19"), None);
+    assert_eq!(
+        status.release.get("10.0.1.12"),
+        Some(&ReleaseState::ReadyForRelease),
+        "an address that never left the pool keeps its handshake"
+    );
+}
+
+#[test]
+fn released_entries_the_agent_never_removes_are_dropped_after_the_ttl() {
+    let status = {
+        let mut st = mk_status(vec![mk_eni("eni-1", 1, 10, 9)], &[]);
+        for i in 1..=3 {
+            st.release
+                .insert(format!("10.0.9.{i}"), ReleaseState::Released);
+        }
+        st
+    };
+    let bound = ReleasedBound {
+        ttl: std::time::Duration::from_secs(600),
+        max: 64,
+    };
+    let seen: BTreeMap<String, Timestamp> = [
+        ("10.0.9.1", "2026-11-25T11:40:00Z"), // 20 minutes: stale
+        ("10.0.9.2", "2026-11-25T11:50:00Z"), // exactly the TTL: stale
+        ("10.0.9.3", "2026-11-25T11:59:00Z"), // a minute: the agent may still answer
+    ]
+    .into_iter()
+    .map(|(ip, t)| (ip.to_string(), t.parse().unwrap()))
+    .collect();
+    let p = run_with_released(&status, wm(2, 0, None, 7), &seen, bound);
+    assert_eq!(p.release.get("10.0.9.1"), Some(&None), "{:?}", p.release);
+    assert_eq!(p.release.get("10.0.9.2"), Some(&None), "{:?}", p.release);
+    assert!(!p.release.contains_key("10.0.9.3"), "{:?}", p.release);
+    assert_eq!(p.cleanup.stale, 2);
+}
+
+#[test]
+fn released_entries_beyond_the_count_bound_are_dropped_oldest_first() {
+    let mut status = mk_status(vec![mk_eni("eni-1", 1, 10, 9)], &[]);
+    let mut seen = BTreeMap::new();
+    for i in 1..=10u8 {
+        let ip = format!("10.0.9.{i}");
+        status.release.insert(ip.clone(), ReleaseState::Released);
+        // .1 is the oldest, all within the TTL.
+        let t: Timestamp = format!("2026-11-25T11:59:{i:02}Z").parse().unwrap();
+        seen.insert(ip, t);
+    }
+    let bound = ReleasedBound {
+        ttl: std::time::Duration::from_secs(600),
+        max: 4,
+    };
+    let p = run_with_released(&status, wm(2, 0, None, 7), &seen, bound);
+    let dropped: Vec<&str> = p
+        .release
+        .iter()
+        .filter(|(_, c)| c.is_none())
+        .map(|(ip, _)| ip.as_str())
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            "10.0.9.1", "10.0.9.2", "10.0.9.3", "10.0.9.4", "10.0.9.5", "10.0.9.6"
+        ]
+    );
+    assert_eq!(p.cleanup.stale, 6);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the handshake holds, an address the agent withholds
+    /// (`marked`, `ready-for-release`, `released`) is never counted
+    /// available, and after a plan no `released` entry of a pooled address
+    /// survives.
+    #[test]
+    fn withheld_addresses_are_never_counted_available((mut status, w) in arb_node(), rel in proptest::collection::vec(0u8..3, 18)) {
+        let ips: Vec<String> = status.pool.keys().cloned().collect();
+        for (ip, r) in ips.iter().zip(&rel) {
+            if *r == 1 {
+                status.release.insert(ip.clone(), ReleaseState::Released);
+            }
+        }
+        let p = run(&mk_spec(), &status, w, &default_subnets());
+        let held: BTreeSet<&String> = status.usage.iter().flat_map(|u| u.used.keys()).collect();
+        let free = status.pool.keys().filter(|ip| {
+            !held.contains(ip) && !status.fixed_ips.contains_key(*ip)
+                && !matches!(status.release.get(*ip), Some(ReleaseState::Marked | ReleaseState::ReadyForRelease | ReleaseState::Released))
+        }).count() as u32;
+        prop_assert_eq!(p.counts.available, free);
+        for (ip, st) in &status.release {
+            if *st == ReleaseState::Released && status.pool.contains_key(ip) {
+                prop_assert_eq!(p.release.get(ip), Some(&None));
+            }
+        }
+    }
 }
