@@ -45,7 +45,7 @@ pub(crate) const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 
 /// Why a StatefulSet's fixed IPs could not be reconciled.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FixedIpError {
+pub enum FixedIpError {
     /// A cloud call failed after its retries.
     #[error("{namespace}/{statefulset}: cloud call failed")]
     Cloud {
@@ -74,7 +74,7 @@ pub(crate) enum FixedIpError {
 
 impl FixedIpError {
     /// Label for metrics.
-    pub(crate) fn metric_label(&self) -> &'static str {
+    pub fn metric_label(&self) -> &'static str {
         match self {
             FixedIpError::Cloud { source, .. } => source.metric_label(),
             FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source) => {
@@ -87,14 +87,14 @@ impl FixedIpError {
     /// A write refused with 409 Conflict: the FixedIP changed since it was
     /// read. Nothing to back off from: the change's watch event marks the
     /// StatefulSet dirty again once the cache holds the new version.
-    pub(crate) fn is_conflict(&self) -> bool {
+    pub fn is_conflict(&self) -> bool {
         matches!(self, FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source))
     }
 }
 
 /// NodeNetworks as the fixed-IP plan sees them: zone, pod ENIs by subnet
 /// (those with room for one more address), a free device index.
-pub(crate) fn node_views<'a>(
+pub fn node_views<'a>(
     nodes: impl IntoIterator<Item = &'a NodeNetwork>,
 ) -> BTreeMap<String, NodeView> {
     nodes
@@ -136,7 +136,7 @@ pub(crate) fn node_views<'a>(
 }
 
 /// The pods of StatefulSet `name` (owned by it, named `<name>-<ordinal>`).
-pub(crate) fn pod_views<'a>(name: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodView> {
+pub fn pod_views<'a>(name: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodView> {
     pods.into_iter()
         .filter(|p| {
             p.metadata
@@ -181,21 +181,21 @@ pub(crate) fn statefulset_view(
 }
 
 /// What one StatefulSet's reconcile works on.
-pub(crate) struct Observed<'a> {
+pub struct Observed<'a> {
     /// The StatefulSet view; `None` once deleted or turned off.
-    pub(crate) statefulset: Option<&'a StatefulSetView>,
+    pub statefulset: Option<&'a StatefulSetView>,
     /// Its FixedIPs.
-    pub(crate) fixed: Vec<FixedIP>,
+    pub fixed: Vec<FixedIP>,
     /// Its pods.
-    pub(crate) pods: Vec<PodView>,
+    pub pods: Vec<PodView>,
     /// NodeNetworks as plan sees them.
-    pub(crate) nodes: BTreeMap<String, NodeView>,
+    pub nodes: BTreeMap<String, NodeView>,
     /// Subnets of the VPC.
-    pub(crate) subnets: &'a [Subnet],
+    pub subnets: &'a [Subnet],
 }
 
 /// Writes FixedIPs and NodeNetworks for one StatefulSet.
-pub(crate) struct FixedIpController {
+pub struct FixedIpController {
     metrics: crate::metrics::FixedIpMetrics,
     recorder: Recorder,
     client: Client,
@@ -234,7 +234,7 @@ fn pp() -> PatchParams {
 
 impl FixedIpController {
     /// A controller writing through `client`, moving addresses in `vpc_id` through `cloud`.
-    pub(crate) fn new(
+    pub fn new(
         client: Client,
         cloud: Arc<dyn EniCloud>,
         cluster: &str,
@@ -287,7 +287,7 @@ impl FixedIpController {
     /// A failure other than a conflict (which is routine: the watch event
     /// brings the key back) is counted in `fixed_ip_errors` by its kind.
     #[instrument(skip(self, observed), fields(statefulset = %format!("{namespace}/{name}")))]
-    pub(crate) async fn reconcile_statefulset(
+    pub async fn reconcile_statefulset(
         &self,
         namespace: &str,
         name: &str,
@@ -640,7 +640,7 @@ impl FixedIpController {
 }
 
 /// The watch caches the controller reads, and the loop that drives it.
-pub(crate) mod watch {
+pub mod watch {
     use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
     use futures::StreamExt;
@@ -695,7 +695,7 @@ pub(crate) mod watch {
     /// Runs the FixedIP controller until the watches end: every change to a
     /// StatefulSet, one of its pods or FixedIPs marks it dirty; every `tick`
     /// all of them are looked at (retention TTLs expire without events).
-    pub(crate) async fn run(
+    pub async fn run(
         ctl: Arc<FixedIpController>,
         cloud: Arc<dyn EniCloud>,
         vpc_id: String,
