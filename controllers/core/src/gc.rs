@@ -1,8 +1,16 @@
-//! ENI garbage collection: Sextant-tagged ENIs of this cluster left
-//! unattached longer than a grace period are deleted, a few per round.
-//! Untagged ENIs, and those of other clusters, are never touched.
+//! ENI garbage collection: Sextant-tagged ENIs of this cluster seen
+//! unattached for longer than a grace period are deleted, a few per round.
+//! The grace counts from when the collector first saw the ENI unattached
+//! ([`GcState`]), never from its creation; an ENI holding an address a
+//! FixedIP names is never deleted (its address waits to be parked or
+//! moved). Untagged ENIs, parking ENIs, and those of other clusters are
+//! never touched.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::Duration,
+};
 
 use jiff::Timestamp;
 use sextant_cloud::{Eni, EniState, EniTags, ROLE_PARKING, TAG_ROLE};
@@ -25,7 +33,87 @@ impl Default for GcPolicy {
     }
 }
 
-/// The ENIs to delete this round, oldest first.
+/// What the collector remembers between rounds: when it first saw each
+/// candidate ENI unattached. The grace runs from there, not from the ENI's
+/// creation tag: a dead node's ENIs are years old when their instance goes,
+/// and must still wait out the grace (time for the fixed-IP controller to
+/// park their addresses). After an operator restart the grace starts over,
+/// which only delays a deletion.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcState {
+    detached_since: BTreeMap<String, Timestamp>,
+}
+
+/// One round's decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcRound {
+    /// ENIs to delete, longest unattached first.
+    pub delete: Vec<String>,
+    /// ENIs past the grace kept because they hold an address a FixedIP names.
+    pub held: Vec<String>,
+    /// ENIs unattached but still within the grace.
+    pub waiting: usize,
+}
+
+impl GcState {
+    /// Decides this round over a VPC listing `enis` at `now`: Sextant ENIs
+    /// of `cluster` (never parking ENIs) seen unattached for at least the
+    /// grace, at most `per_round`, never one holding an address of
+    /// `fixed_ips` (primary or secondary). Remembers first sightings and
+    /// forgets ENIs that are attached again or gone.
+    pub fn plan(
+        &mut self,
+        enis: &[Eni],
+        cluster: &str,
+        now: Timestamp,
+        policy: GcPolicy,
+        fixed_ips: &BTreeSet<Ipv4Addr>,
+    ) -> GcRound {
+        let grace =
+            jiff::SignedDuration::try_from(policy.grace).unwrap_or(jiff::SignedDuration::MAX);
+        let candidates: Vec<&Eni> = enis
+            .iter()
+            .filter(|e| e.state == EniState::Available && e.attachment.is_none())
+            .filter(|e| e.tags.get(TAG_ROLE).map(String::as_str) != Some(ROLE_PARKING))
+            .filter(|e| EniTags::parse(&e.tags).is_some_and(|t| t.cluster == cluster))
+            .collect();
+        let ids: BTreeSet<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
+        self.detached_since
+            .retain(|id, _| ids.contains(id.as_str()));
+        let mut out = GcRound::default();
+        let mut due: Vec<(Timestamp, &str)> = Vec::new();
+        for e in candidates {
+            let since = *self.detached_since.entry(e.id.clone()).or_insert(now);
+            if now.duration_since(since) < grace {
+                out.waiting += 1;
+            } else if std::iter::once(&e.primary_ip)
+                .chain(&e.secondary_ips)
+                .any(|ip| fixed_ips.contains(ip))
+            {
+                out.held.push(e.id.clone());
+            } else {
+                due.push((since, e.id.as_str()));
+            }
+        }
+        due.sort();
+        out.delete = due
+            .into_iter()
+            .take(policy.per_round)
+            .map(|(_, id)| id.to_owned())
+            .collect();
+        out
+    }
+
+    /// ENIs being timed.
+    pub fn tracked(&self) -> usize {
+        self.detached_since.len()
+    }
+}
+
+/// The ENIs to delete this round, oldest first, judged by the creation tag
+/// alone. Stateless, for simulations that create and leak ENIs themselves;
+/// it cannot tell when a live ENI was detached nor which addresses FixedIPs
+/// name, so the operator uses [`GcState::plan`].
 pub fn plan_gc(enis: &[Eni], cluster: &str, now: Timestamp, policy: GcPolicy) -> Vec<String> {
     let grace = jiff::SignedDuration::try_from(policy.grace).unwrap_or(jiff::SignedDuration::MAX);
     let mut candidates: Vec<(Timestamp, &str)> = enis
@@ -51,7 +139,6 @@ pub fn plan_gc(enis: &[Eni], cluster: &str, now: Timestamp, policy: GcPolicy) ->
 mod tests {
     use super::*;
     use sextant_cloud::{Attachment, Tags};
-    use std::net::Ipv4Addr;
 
     fn eni(id: &str, tags: Tags, attached: bool) -> Eni {
         Eni {
@@ -142,5 +229,129 @@ mod tests {
             },
         );
         assert_eq!(round, ["e49", "e48", "e47", "e46", "e45"]);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod state_tests {
+    use super::*;
+    use sextant_cloud::Attachment;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// A pod ENI of `prod` created a year ago, holding 10.0.0.`ips`.
+    fn old_eni(id: &str, attached: bool, ips: &[u8]) -> Eni {
+        Eni {
+            id: id.into(),
+            subnet_id: "s".into(),
+            vpc_id: "v".into(),
+            zone: "z".into(),
+            mac: String::new(),
+            primary_ip: Ipv4Addr::new(10, 0, 1, 1),
+            secondary_ips: ips.iter().map(|i| Ipv4Addr::new(10, 0, 0, *i)).collect(),
+            security_groups: vec![],
+            tags: EniTags {
+                cluster: "prod".into(),
+                node: "dead".into(),
+                created_at: ts("2025-11-25T12:00:00Z"),
+            }
+            .to_tags(),
+            state: if attached {
+                EniState::InUse
+            } else {
+                EniState::Available
+            },
+            attachment: attached.then(|| Attachment {
+                id: "a".into(),
+                instance_id: "i-dead".into(),
+                device_index: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_dead_nodes_old_eni_waits_out_the_grace_from_its_detachment() {
+        let mut gc = GcState::default();
+        let policy = GcPolicy::default();
+        let none = BTreeSet::new();
+        // Attached while the node lives.
+        let r = gc.plan(
+            &[old_eni("eni-1", true, &[5])],
+            "prod",
+            ts("2026-11-25T12:00:00Z"),
+            policy,
+            &none,
+        );
+        assert!(r.delete.is_empty());
+        // The instance is terminated: the ENI is unattached, a year after
+        // its creation. The first round must not delete it.
+        let detached = [old_eni("eni-1", false, &[5])];
+        let r = gc.plan(&detached, "prod", ts("2026-11-25T12:01:00Z"), policy, &none);
+        assert!(
+            r.delete.is_empty(),
+            "deleted in the first round after detachment: {r:?}"
+        );
+        let r = gc.plan(&detached, "prod", ts("2026-11-25T12:05:59Z"), policy, &none);
+        assert!(r.delete.is_empty(), "within the grace: {r:?}");
+        let r = gc.plan(&detached, "prod", ts("2026-11-25T12:06:00Z"), policy, &none);
+        assert_eq!(r.delete, ["eni-1"]);
+    }
+
+    #[test]
+    fn an_eni_holding_a_fixed_ip_is_never_deleted() {
+        let mut gc = GcState::default();
+        let policy = GcPolicy::default();
+        let fixed = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 7)]);
+        let enis = [
+            old_eni("eni-fixed", false, &[6, 7]),
+            old_eni("eni-plain", false, &[8]),
+        ];
+        gc.plan(&enis, "prod", ts("2026-11-25T12:00:00Z"), policy, &fixed);
+        let r = gc.plan(&enis, "prod", ts("2026-11-25T13:00:00Z"), policy, &fixed);
+        assert_eq!(r.delete, ["eni-plain"], "{r:?}");
+        assert_eq!(r.held, ["eni-fixed"]);
+        // Once the address is parked elsewhere, the ENI goes.
+        let r = gc.plan(
+            &enis[..1],
+            "prod",
+            ts("2026-11-25T13:05:00Z"),
+            policy,
+            &BTreeSet::new(),
+        );
+        assert_eq!(r.delete, ["eni-fixed"]);
+    }
+
+    #[test]
+    fn an_eni_attached_again_starts_its_grace_over() {
+        let mut gc = GcState::default();
+        let policy = GcPolicy::default();
+        let none = BTreeSet::new();
+        gc.plan(
+            &[old_eni("eni-1", false, &[])],
+            "prod",
+            ts("2026-11-25T12:00:00Z"),
+            policy,
+            &none,
+        );
+        gc.plan(
+            &[old_eni("eni-1", true, &[])],
+            "prod",
+            ts("2026-11-25T12:04:00Z"),
+            policy,
+            &none,
+        );
+        assert_eq!(gc.tracked(), 0);
+        let r = gc.plan(
+            &[old_eni("eni-1", false, &[])],
+            "prod",
+            ts("2026-11-25T12:06:00Z"),
+            policy,
+            &none,
+        );
+        assert!(r.delete.is_empty(), "{r:?}");
+        assert_eq!(r.waiting, 1);
     }
 }

@@ -5,8 +5,13 @@
 //! ```text
 //!  every interval:  VPCs of all NodeNetworks (+ --vpc-id)
 //!                     └─▶ resync::list_vpc (paged) ─▶ by_instance ─┬─▶ resync_patch per node (pure) ─▶ PATCH status (resourceVersion-guarded)
-//!                                                                  └─▶ gc::plan_gc (pure) ─▶ DeleteNetworkInterface, a batch per round
+//!                                                                  └─▶ gc::GcState::plan (pure; + FixedIP addresses) ─▶ DeleteNetworkInterface, a batch per round
 //! ```
+//!
+//! Garbage collection times each unattached ENI from the round that first
+//! saw it so (not from its creation tag), and never deletes one holding an
+//! address a FixedIP names; when the FixedIPs cannot be listed it deletes
+//! nothing that round.
 //!
 //! A node the reconciler resynced after the listing started is skipped (its
 //! status is fresher than the listing), and every patch carries the
@@ -15,14 +20,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use jiff::Timestamp;
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::reflector::Store,
 };
 use prometheus_client::{
@@ -30,15 +36,15 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde_json::Value;
-use sextant_cloud::{Eni, EniCloud, InstanceNetwork};
-use sextant_crds::{NodeNetwork, wellknown::FIELD_MANAGER_OPERATOR};
-use sextant_kit::ErrorChain;
+use sextant_cloud::{Eni, EniCloud, EniState, EniTags, InstanceNetwork};
+use sextant_crds::{FixedIP, NodeNetwork, wellknown::FIELD_MANAGER_OPERATOR};
+use sextant_kit::{ErrorChain, sync::lock};
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
     apiserver::{Clock, is_conflict},
     ipam::{
-        gc::{GcPolicy, plan_gc},
+        gc::{GcPolicy, GcState},
         resync::{apply_enis, by_instance, eni_statuses, list_vpc},
     },
     make_status_patch,
@@ -68,6 +74,8 @@ pub(crate) struct FullResyncMetrics {
     conflicts: Counter,
     gc_deleted: Counter,
     gc_failures: Counter,
+    gc_held_fixed: Counter,
+    gc_skipped_rounds: Counter,
 }
 
 impl Default for FullResyncMetrics {
@@ -80,6 +88,8 @@ impl Default for FullResyncMetrics {
             conflicts: Counter::default(),
             gc_deleted: Counter::default(),
             gc_failures: Counter::default(),
+            gc_held_fixed: Counter::default(),
+            gc_skipped_rounds: Counter::default(),
         }
     }
 }
@@ -122,6 +132,16 @@ impl FullResyncMetrics {
             "ENI deletions that failed",
             self.gc_failures.clone(),
         );
+        registry.register(
+            "gc_held_fixed_ip_enis",
+            "Unattached ENIs past the grace kept because they hold an address a FixedIP names (per round)",
+            self.gc_held_fixed.clone(),
+        );
+        registry.register(
+            "gc_skipped_rounds",
+            "Rounds that deleted nothing because the FixedIPs could not be listed",
+            self.gc_skipped_rounds.clone(),
+        );
     }
 }
 
@@ -142,6 +162,8 @@ pub(crate) struct RoundReport {
     pub(crate) deleted: Vec<String>,
     /// ENIs whose deletion failed.
     pub(crate) delete_failures: usize,
+    /// Unattached ENIs past the grace kept for a FixedIP's address.
+    pub(crate) held: Vec<String>,
 }
 
 /// The VPCs a round lists: those the NodeNetworks name, plus the configured ones.
@@ -192,6 +214,15 @@ pub(crate) struct FullResync {
     config: FullResyncConfig,
     clock: Clock,
     metrics: FullResyncMetrics,
+    gc: Mutex<GcState>,
+}
+
+/// Whether `eni` could be collected at all (ours, unattached): only then
+/// are FixedIPs listed.
+fn collectable(eni: &Eni, cluster: &str) -> bool {
+    eni.state == EniState::Available
+        && eni.attachment.is_none()
+        && EniTags::parse(&eni.tags).is_some_and(|t| t.cluster == cluster)
 }
 
 impl FullResync {
@@ -209,7 +240,19 @@ impl FullResync {
             config,
             clock,
             metrics,
+            gc: Mutex::default(),
         }
+    }
+
+    /// Every address a FixedIP names, in any namespace.
+    async fn fixed_ips(&self) -> Result<BTreeSet<Ipv4Addr>, kube::Error> {
+        let api: Api<FixedIP> = Api::all(self.client.clone());
+        let list = api.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|f| f.spec.ip.parse().ok())
+            .collect())
     }
 
     /// One round over the NodeNetworks given.
@@ -236,7 +279,36 @@ impl FullResync {
         }
         report.enis = all.len();
         let now = (self.clock)();
-        let doomed = plan_gc(&all, &self.config.cluster, now, self.config.gc);
+        let fixed = if all.iter().any(|e| collectable(e, &self.config.cluster)) {
+            match self.fixed_ips().await {
+                Ok(ips) => Some(ips),
+                Err(e) => {
+                    warn!(error = %ErrorChain(&e), "listing FixedIPs failed; no ENI is deleted this round");
+                    self.metrics.gc_skipped_rounds.inc();
+                    None
+                }
+            }
+        } else {
+            Some(BTreeSet::new())
+        };
+        let doomed = {
+            let mut gc = lock(&self.gc);
+            let round = gc.plan(
+                &all,
+                &self.config.cluster,
+                now,
+                self.config.gc,
+                fixed.as_ref().unwrap_or(&BTreeSet::new()),
+            );
+            self.metrics.gc_held_fixed.inc_by(round.held.len() as u64);
+            report.held = round.held;
+            // Without the FixedIPs the grace still runs; nothing is deleted.
+            if fixed.is_some() {
+                round.delete
+            } else {
+                Vec::new()
+            }
+        };
         let instances: BTreeMap<String, InstanceNetwork> = by_instance(all);
 
         let api: Api<NodeNetwork> = Api::all(self.client.clone());
@@ -532,8 +604,17 @@ mod tests {
     }
 
     fn full_resync(sim: &Arc<SimCloud>) -> (FullResync, ApiServerVerifier) {
+        let (resync, server, _) = full_resync_with_clock(sim);
+        (resync, server)
+    }
+
+    /// A full resync whose clock the test moves.
+    fn full_resync_with_clock(
+        sim: &Arc<SimCloud>,
+    ) -> (FullResync, ApiServerVerifier, Arc<Mutex<Timestamp>>) {
         let (client, server) = mock_client();
-        let now = ts(NOW);
+        let now = Arc::new(Mutex::new(ts(NOW)));
+        let clock = now.clone();
         let resync = FullResync::new(
             client,
             sim.clone(),
@@ -541,12 +622,95 @@ mod tests {
                 interval: Duration::from_secs(300),
                 cluster: "test".into(),
                 gc: GcPolicy::default(),
-                vpcs: vec![],
+                // Listed with or without nodes (the dead node's is gone).
+                vpcs: vec!["vpc-1".into()],
             },
-            Arc::new(move || now),
+            Arc::new(move || *lock(&clock)),
             FullResyncMetrics::default(),
         );
-        (resync, server)
+        (resync, server, now)
+    }
+
+    const FIXED_IPS: &str = "/apis/sextant.io/v1alpha1/fixedips?";
+
+    /// A FixedIP list holding `ips`.
+    fn fixed_ip_list(ips: &[Ipv4Addr]) -> Value {
+        json!({
+            "apiVersion": "sextant.io/v1alpha1", "kind": "FixedIPList", "metadata": {},
+            "items": ips.iter().enumerate().map(|(i, ip)| json!({
+                "apiVersion": "sextant.io/v1alpha1", "kind": "FixedIP",
+                "metadata": { "name": format!("web-{i}"), "namespace": "db" },
+                "spec": { "ip": ip.to_string(), "statefulSet": "web", "ordinal": i },
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A round answering the FixedIP list with `fixed` and nothing else.
+    async fn gc_round(
+        resync: &FullResync,
+        server: &mut ApiServerVerifier,
+        fixed: &[Ipv4Addr],
+    ) -> RoundReport {
+        let (report, _) = tokio::join!(
+            resync.round(&[]),
+            server.expect(Method::GET, FIXED_IPS, 200, fixed_ip_list(fixed)),
+        );
+        report
+    }
+
+    #[tokio::test]
+    async fn a_dead_nodes_eni_is_deleted_only_a_grace_after_it_was_first_seen_detached() {
+        let Vpc {
+            sim,
+            instance,
+            pod_eni,
+            leaked,
+        } = vpc().await;
+        let (resync, mut server, clock) = full_resync_with_clock(&sim);
+        // The node dies an hour after its ENIs were made: its pod ENI, one
+        // address of it a StatefulSet pod's fixed IP, is detached.
+        sim.detach_eni(&pod_eni).await.unwrap();
+        let fixed = pod_eni.secondary_ips[0];
+        let first = gc_round(&resync, &mut server, &[fixed]).await;
+        assert!(
+            first.deleted.is_empty(),
+            "deleted in the first round after the node died: {first:?}"
+        );
+        *lock(&clock) = ts("2026-11-25T12:05:00Z");
+        let after_grace = gc_round(&resync, &mut server, &[fixed]).await;
+        assert_eq!(after_grace.deleted, [leaked.clone()]);
+        assert_eq!(after_grace.held, [pod_eni.id.clone()]);
+        assert_eq!(resync.metrics.gc_held_fixed.get(), 1);
+        // Parked elsewhere: the FixedIP no longer pins the old ENI.
+        *lock(&clock) = ts("2026-11-25T12:10:00Z");
+        let parked = gc_round(&resync, &mut server, &[]).await;
+        assert_eq!(parked.deleted, [pod_eni.id.clone()]);
+        assert!(sim.all_enis().iter().all(|e| e.attachment.is_some()));
+        let _ = instance;
+        drop(resync);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn no_eni_is_deleted_in_a_round_whose_fixed_ip_list_failed() {
+        let Vpc { sim, leaked, .. } = vpc().await;
+        let (resync, mut server, clock) = full_resync_with_clock(&sim);
+        gc_round(&resync, &mut server, &[]).await;
+        *lock(&clock) = ts("2026-11-25T12:05:00Z");
+        let (report, _) = tokio::join!(
+            resync.round(&[]),
+            server.expect(
+                Method::GET,
+                FIXED_IPS,
+                500,
+                status_failure(500, "InternalError")
+            ),
+        );
+        assert!(report.deleted.is_empty(), "{report:?}");
+        assert_eq!(resync.metrics.gc_skipped_rounds.get(), 1);
+        assert!(sim.all_enis().iter().any(|e| e.id == leaked));
+        drop(resync);
+        server.expect_no_more().await;
     }
 
     /// Node `name` on `instance`, with `status`.
@@ -581,10 +745,12 @@ mod tests {
             node_on("c", "i-gone", NodeNetworkStatus::default()),
         ];
         let reply = json!(*nns[0]);
-        let (report, seen) = tokio::join!(
-            resync.round(&nns),
-            server.expect(Method::PATCH, STATUS_A, 200, reply),
-        );
+        let (report, seen) = tokio::join!(resync.round(&nns), async {
+            server
+                .expect(Method::GET, FIXED_IPS, 200, fixed_ip_list(&[]))
+                .await;
+            server.expect(Method::PATCH, STATUS_A, 200, reply).await
+        });
         drop(resync);
         server.expect_no_more().await;
 
@@ -617,11 +783,13 @@ mod tests {
                 enis: 3,
                 patched: vec!["a".into()],
                 conflicts: vec![],
-                deleted: vec![leaked.clone()],
+                // Seen unattached for the first time: its grace starts now.
+                deleted: vec![],
                 delete_failures: 0,
+                held: vec![],
             }
         );
-        assert!(sim.all_enis().iter().all(|e| e.id != leaked));
+        assert!(sim.all_enis().iter().any(|e| e.id == leaked));
     }
 
     #[tokio::test]
@@ -629,15 +797,19 @@ mod tests {
         let Vpc { sim, instance, .. } = vpc().await;
         let (resync, mut server) = full_resync(&sim);
         let nns = [node_on("a", &instance, NodeNetworkStatus::default())];
-        let (report, _) = tokio::join!(
-            resync.round(&nns),
-            server.expect(
-                Method::PATCH,
-                STATUS_A,
-                409,
-                status_failure(409, "Conflict")
-            ),
-        );
+        let (report, _) = tokio::join!(resync.round(&nns), async {
+            server
+                .expect(Method::GET, FIXED_IPS, 200, fixed_ip_list(&[]))
+                .await;
+            server
+                .expect(
+                    Method::PATCH,
+                    STATUS_A,
+                    409,
+                    status_failure(409, "Conflict"),
+                )
+                .await
+        });
         assert_eq!(report.conflicts, ["a"]);
         assert!(report.patched.is_empty());
         assert_eq!(resync.metrics.conflicts.get(), 1);
@@ -653,17 +825,23 @@ mod tests {
             leaked,
             ..
         } = vpc().await;
-        let (resync, mut server) = full_resync(&sim);
+        let (resync, mut server, clock) = full_resync_with_clock(&sim);
+        gc_round(&resync, &mut server, &[]).await;
+        *lock(&clock) = ts("2026-11-25T12:05:00Z");
         let nns = [node_on("a", &instance, NodeNetworkStatus::default())];
-        let (report, _) = tokio::join!(
-            resync.round(&nns),
-            server.expect(
-                Method::PATCH,
-                STATUS_A,
-                500,
-                status_failure(500, "InternalError")
-            ),
-        );
+        let (report, _) = tokio::join!(resync.round(&nns), async {
+            server
+                .expect(Method::GET, FIXED_IPS, 200, fixed_ip_list(&[]))
+                .await;
+            server
+                .expect(
+                    Method::PATCH,
+                    STATUS_A,
+                    500,
+                    status_failure(500, "InternalError"),
+                )
+                .await
+        });
         assert!(report.patched.is_empty() && report.conflicts.is_empty());
         assert_eq!(report.deleted, [leaked], "garbage collection still runs");
         drop(resync);
