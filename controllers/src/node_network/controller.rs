@@ -333,6 +333,7 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
     }) = observe(&api, nn, &ctx).await?
     else {
         debug!("gone");
+        ctx.ipam.forget(&node);
         ctx.succeeded(&node);
         return Ok(Action::await_change());
     };
