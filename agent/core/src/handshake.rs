@@ -1,7 +1,8 @@
 //! The agent's side of the per-IP release handshake in NodeNetwork
 //! `status.release`: the operator marks an IP, the agent answers
 //! `ready-for-release` only when the IP is free and out of cooldown (and then
-//! never hands it out), `do-not-release` otherwise. A fixed IP (NodeNetwork
+//! never hands it out), `do-not-release` otherwise; once the operator wrote
+//! `released` and the address left the pool, the agent deletes the entry. A fixed IP (NodeNetwork
 //! `status.fixedIps`) belongs to its pod wherever it is: always `do-not-release`.
 
 use std::{
@@ -16,8 +17,9 @@ use crate::pool::Pool;
 /// What the agent writes back and which IPs it now keeps back for release.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Answers {
-    /// `status.release` entries to write (only changes).
-    pub patch: BTreeMap<String, ReleaseState>,
+    /// `status.release` entries to write (only changes); `None` deletes the
+    /// entry (JSON merge patch `null`).
+    pub patch: BTreeMap<String, Option<ReleaseState>>,
     /// IPs the pool must not hand out, as they are promised to the operator.
     pub releasing: BTreeSet<Ipv4Addr>,
 }
@@ -29,13 +31,15 @@ pub fn plan(pool: &Pool, release: &BTreeMap<String, ReleaseState>, now_ms: u64) 
         let Ok(ip) = key.parse::<Ipv4Addr>() else {
             // Not an address we could ever hand out: nothing to hold back.
             if *state == ReleaseState::Marked {
-                out.patch.insert(key.clone(), ReleaseState::ReadyForRelease);
+                out.patch
+                    .insert(key.clone(), Some(ReleaseState::ReadyForRelease));
             }
             continue;
         };
         if pool.is_fixed(ip) {
             if matches!(state, ReleaseState::Marked | ReleaseState::ReadyForRelease) {
-                out.patch.insert(key.clone(), ReleaseState::DoNotRelease);
+                out.patch
+                    .insert(key.clone(), Some(ReleaseState::DoNotRelease));
             }
             continue;
         }
@@ -44,22 +48,34 @@ pub fn plan(pool: &Pool, release: &BTreeMap<String, ReleaseState>, now_ms: u64) 
                 if pool.is_free(ip, now_ms)
                     || pool.releasing().contains(&ip) && !pool.is_allocated(ip)
                 {
-                    out.patch.insert(key.clone(), ReleaseState::ReadyForRelease);
+                    out.patch
+                        .insert(key.clone(), Some(ReleaseState::ReadyForRelease));
                     out.releasing.insert(ip);
                 } else {
-                    out.patch.insert(key.clone(), ReleaseState::DoNotRelease);
+                    out.patch
+                        .insert(key.clone(), Some(ReleaseState::DoNotRelease));
                 }
             }
             ReleaseState::ReadyForRelease => {
                 if pool.is_allocated(ip) {
                     // Cannot happen through this agent; a stale promise must not cost a pod its IP.
-                    out.patch.insert(key.clone(), ReleaseState::DoNotRelease);
+                    out.patch
+                        .insert(key.clone(), Some(ReleaseState::DoNotRelease));
                 } else {
                     out.releasing.insert(ip);
                 }
             }
-            ReleaseState::Released => {
+            ReleaseState::Released if pool.ips().contains(&ip) => {
+                // The pool still lists it (the operator's pool change comes
+                // next, or it gives the address back and clears the entry):
+                // held back until then.
                 out.releasing.insert(ip);
+            }
+            ReleaseState::Released => {
+                // Gone from the node: the handshake for it is over. Dropping
+                // the entry keeps `status.release` bounded and lets the
+                // address be used at once if the cloud gives it back.
+                out.patch.insert(key.clone(), None);
             }
             ReleaseState::DoNotRelease => {}
         }
@@ -92,15 +108,24 @@ mod tests {
             .map(|i| (i.to_string(), ReleaseState::Marked))
             .collect();
         let ans = plan(&p, &release, 1);
-        assert_eq!(ans.patch[&a.ip.to_string()], ReleaseState::DoNotRelease);
-        assert_eq!(ans.patch[&ip(2).to_string()], ReleaseState::DoNotRelease);
-        assert_eq!(ans.patch[&ip(3).to_string()], ReleaseState::ReadyForRelease);
+        assert_eq!(
+            ans.patch[&a.ip.to_string()],
+            Some(ReleaseState::DoNotRelease)
+        );
+        assert_eq!(
+            ans.patch[&ip(2).to_string()],
+            Some(ReleaseState::DoNotRelease)
+        );
+        assert_eq!(
+            ans.patch[&ip(3).to_string()],
+            Some(ReleaseState::ReadyForRelease)
+        );
         assert_eq!(ans.releasing, [ip(3)].into());
 
         let later = plan(&p, &release, DEFAULT_COOLDOWN_MS + 1);
         assert_eq!(
             later.patch[&ip(2).to_string()],
-            ReleaseState::ReadyForRelease
+            Some(ReleaseState::ReadyForRelease)
         );
     }
 
@@ -118,6 +143,39 @@ mod tests {
     }
 
     #[test]
+    fn released_entry_is_dropped_once_the_address_left_the_pool() {
+        // The operator released 10.0.0.3 in the cloud and took it out of the pool.
+        let mut p = mk_pool(2);
+        let release = [(ip(3).to_string(), ReleaseState::Released)].into();
+        let ans = plan(&p, &release, 0);
+        assert_eq!(
+            ans.patch.get(&ip(3).to_string()),
+            Some(&None),
+            "the agent deletes a released entry (merge patch null)"
+        );
+        assert!(ans.releasing.is_empty(), "nothing left to hold back");
+        // The cloud hands the same address to this node again: usable at once.
+        p.set_pool([ip(1), ip(2), ip(3)]);
+        let ans = plan(&p, &BTreeMap::new(), 0);
+        p.set_releasing(ans.releasing);
+        for id in ["a", "b", "c"] {
+            p.allocate(&mk_req(id), 0, "t")
+                .expect("every pool address can be handed out");
+        }
+    }
+
+    #[test]
+    fn released_entry_still_in_the_pool_stays_held_back() {
+        // Released in the status while the pool still lists it (the operator
+        // writes the pool change next): not handed out, the entry kept.
+        let p = mk_pool(2);
+        let release = [(ip(2).to_string(), ReleaseState::Released)].into();
+        let ans = plan(&p, &release, 0);
+        assert!(ans.patch.is_empty(), "{:?}", ans.patch);
+        assert_eq!(ans.releasing, [ip(2)].into());
+    }
+
+    #[test]
     fn fixed_ips_are_never_ready_for_release() {
         let mut p = mk_pool(2);
         p.set_fixed([(ip(2), "db/web-0".to_string())].into());
@@ -127,13 +185,22 @@ mod tests {
         ]
         .into();
         let ans = plan(&p, &release, 0);
-        assert_eq!(ans.patch[&ip(1).to_string()], ReleaseState::ReadyForRelease);
-        assert_eq!(ans.patch[&ip(2).to_string()], ReleaseState::DoNotRelease);
+        assert_eq!(
+            ans.patch[&ip(1).to_string()],
+            Some(ReleaseState::ReadyForRelease)
+        );
+        assert_eq!(
+            ans.patch[&ip(2).to_string()],
+            Some(ReleaseState::DoNotRelease)
+        );
         assert_eq!(ans.releasing, [ip(1)].into());
         // A promise given before the address became fixed is withdrawn.
         let release = [(ip(2).to_string(), ReleaseState::ReadyForRelease)].into();
         let ans = plan(&p, &release, 0);
-        assert_eq!(ans.patch[&ip(2).to_string()], ReleaseState::DoNotRelease);
+        assert_eq!(
+            ans.patch[&ip(2).to_string()],
+            Some(ReleaseState::DoNotRelease)
+        );
         assert!(ans.releasing.is_empty());
     }
 
@@ -156,7 +223,7 @@ mod tests {
             let release = marked.iter().map(|i| (ip(*i).to_string(), ReleaseState::Marked)).collect();
             let ans = plan(&p, &release, now);
             for (k, st) in &ans.patch {
-                if *st == ReleaseState::ReadyForRelease {
+                if *st == Some(ReleaseState::ReadyForRelease) {
                     let a: Ipv4Addr = k.parse().expect("ip key");
                     prop_assert!(!p.is_allocated(a));
                     prop_assert!(!p.is_cooling(a, now));

@@ -3,6 +3,7 @@
 //! simulated agents, property tests).
 //!
 //! ```text
+//!  node::NodeIpam: one node's pool, what its NodeNetwork says, pods waiting, when to report
 //!  CNI ADD/DEL ──(now_ms)──▶ pool::Pool ◀──(now_ms)── handshake::plan ◀── NodeNetwork status.release
 //!                              │   ▲                        │
 //!        checkpoint::Checkpoint::of   checkpoint::restore + apply (after a restart)
@@ -25,6 +26,7 @@ mod error;
 pub mod fail_open;
 pub mod fixed_ip;
 pub mod handshake;
+pub mod node;
 pub mod pool;
 pub mod services;
 #[cfg(any(test, feature = "testing"))]

@@ -45,13 +45,16 @@ pub fn capacity(nn: &NodeNetwork, pool_len: usize) -> (usize, usize) {
     (cap.max(pool_len), unavailable)
 }
 
-/// The status merge patch: usage (in use + cooling) and handshake answers;
-/// the addresses in `gone` (listed as used before, not in use now) are
-/// removed from `used` (`null`).
+/// The status merge patch: usage (in use, cooling, pods waiting) and
+/// handshake answers (`None` deletes an entry); the addresses in `gone`
+/// (listed as used before, not in use now) are removed from `used`
+/// (`null`). `pending` is always written, 0 included: a merge patch that
+/// left it out would keep the last count.
 pub fn status_patch(
     pool: &Pool,
-    answers: &BTreeMap<String, ReleaseState>,
+    answers: &BTreeMap<String, Option<ReleaseState>>,
     now_ms: u64,
+    pending: u32,
     reported_at: &str,
     gone: &BTreeSet<String>,
 ) -> Value {
@@ -63,7 +66,7 @@ pub fn status_patch(
     );
     let cooling: Vec<String> = pool.cooling(now_ms).map(|(ip, _)| ip.to_string()).collect();
     let mut status = json!({
-        "usage": { "used": used, "cooling": cooling, "reportedAt": reported_at },
+        "usage": { "used": used, "cooling": cooling, "pending": pending, "reportedAt": reported_at },
     });
     if !answers.is_empty() {
         status["release"] = json!(answers);
@@ -82,8 +85,8 @@ mod tests {
         p.allocate(&mk_req("a"), 0, "t").expect("ip");
         let b = p.allocate(&mk_req("b"), 0, "t").expect("ip");
         p.free(&b.key(), 0);
-        let answers = [("10.0.0.4".to_string(), ReleaseState::ReadyForRelease)].into();
-        let v = status_patch(&p, &answers, 1, "2026-11-25T23:00:00Z", &BTreeSet::new());
+        let answers = [("10.0.0.4".to_string(), Some(ReleaseState::ReadyForRelease))].into();
+        let v = status_patch(&p, &answers, 1, 0, "2026-11-25T23:00:00Z", &BTreeSet::new());
         assert_eq!(v["status"]["usage"]["used"]["10.0.0.1"], "default/pod-a");
         assert_eq!(v["status"]["usage"]["cooling"][0], "10.0.0.2");
         assert_eq!(v["status"]["release"]["10.0.0.4"], "ready-for-release");
@@ -94,7 +97,7 @@ mod tests {
         let mut p = mk_pool(4);
         let a = p.allocate(&mk_req("a"), 0, "t").expect("ip");
         let gone: BTreeSet<String> = ["10.0.0.3".to_string(), a.ip.to_string()].into();
-        let v = status_patch(&p, &BTreeMap::new(), 0, "x", &gone);
+        let v = status_patch(&p, &BTreeMap::new(), 0, 0, "x", &gone);
         assert_eq!(v["status"]["usage"]["used"]["10.0.0.3"], Value::Null);
         assert!(
             v["status"]["usage"]["used"]
@@ -112,7 +115,7 @@ mod tests {
     #[test]
     fn patch_without_answers_leaves_release_alone() {
         let p = mk_pool(1);
-        let v = status_patch(&p, &BTreeMap::new(), 0, "x", &BTreeSet::new());
+        let v = status_patch(&p, &BTreeMap::new(), 0, 0, "x", &BTreeSet::new());
         assert!(v["status"].get("release").is_none());
     }
 }

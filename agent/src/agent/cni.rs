@@ -74,12 +74,12 @@ impl Agent {
             changed.borrow_and_update();
             let decision = {
                 let mut st = lock(&self.state);
-                if let Some(a) = st.pool.get(&req.key) {
+                if let Some(a) = st.node.pool().get(&req.key) {
                     return Ok(a.clone());
                 }
                 let d = fixed_ip::decide(
                     &pod,
-                    st.pool.fixed(),
+                    st.node.pool().fixed(),
                     lookup,
                     tokio::time::Instant::now(),
                     deadline,
@@ -87,10 +87,15 @@ impl Agent {
                 // Decided and taken under one lock: no NodeNetwork update in between.
                 match d {
                     Decision::Any => {
-                        return Ok(st.pool.allocate(req, now_ms(), &now_rfc3339())?);
+                        let r = st.node.allocate(req, now_ms(), &now_rfc3339());
+                        if let Err(sextant_agent_core::Error::PoolExhausted { .. }) = &r {
+                            // The operator learns of the waiting pod now.
+                            self.report_now.notify_one();
+                        }
+                        return Ok(r?);
                     }
                     Decision::Fixed(ip) => {
-                        let a = st.pool.allocate_fixed(req, ip, &now_rfc3339())?;
+                        let a = st.node.allocate_fixed(req, ip, now_ms(), &now_rfc3339())?;
                         info!(%ip, %pod, "fixed IP handed to its pod");
                         return Ok(a);
                     }
@@ -224,7 +229,7 @@ impl Agent {
         let link = match saved.and(wired) {
             Ok(l) => l,
             Err(e) => {
-                lock(&self.state).pool.free(&areq.key, now_ms());
+                lock(&self.state).node.free(&areq.key, now_ms());
                 let _ = veth::teardown(&self.netlink, &req.container_id, &req.ifname).await;
                 if let Some(dp) = lock(&self.datapath).as_mut() {
                     let _ = dp.remove_endpoint(alloc.ip);
@@ -268,7 +273,7 @@ impl Agent {
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
         };
-        let freed = lock(&self.state).pool.free(&key, now_ms());
+        let freed = lock(&self.state).node.free(&key, now_ms());
         if let Some(dp) = lock(&self.datapath).as_mut() {
             if let Some(a) = &freed {
                 dp.remove_endpoint(a.ip)?;
@@ -297,7 +302,7 @@ impl Agent {
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
         };
-        let Some(a) = lock(&self.state).pool.get(&key).cloned() else {
+        let Some(a) = lock(&self.state).node.pool().get(&key).cloned() else {
             return Err(Error::NotAllocated { key });
         };
         let netns = if req.netns.is_empty() {

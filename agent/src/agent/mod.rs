@@ -17,7 +17,6 @@
 //! is held they are taken in the order `policy` → `state` → `datapath`.
 
 use std::{
-    collections::BTreeSet,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -25,7 +24,7 @@ use std::{
 };
 
 use sextant_agent_api::AgentState;
-use sextant_agent_core::pool::Pool;
+use sextant_agent_core::{node::NodeIpam, pool::Pool};
 use sextant_kit::sync::lock;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -101,14 +100,8 @@ pub struct Config {
 }
 
 struct State {
-    pool: Pool,
+    node: NodeIpam,
     phase: Phase,
-    capacity: usize,
-    unavailable: usize,
-    /// Addresses NodeNetwork `status.usage.used` may still list: what the
-    /// watch last showed there and what the last merge patch sent.
-    status_used: BTreeSet<String>,
-    sent_used: BTreeSet<String>,
 }
 
 /// The agent. Cheap to share behind an `Arc`.
@@ -118,6 +111,9 @@ pub struct Agent {
     fixed_lookup: std::sync::OnceLock<FixedIpLookup>,
     /// Bumped on every NodeNetwork applied: ADDs waiting for a fixed IP look again.
     node_changed: watch::Sender<()>,
+    /// Signalled when an ADD found the pool empty: the usage report (with
+    /// the pods waiting) goes out at once, not at the next interval.
+    report_now: tokio::sync::Notify,
     datapath: Mutex<Option<Datapath>>,
     policy: Mutex<PolicyState>,
     netlink: rtnetlink::Handle,
@@ -160,19 +156,15 @@ impl Agent {
         let netlink = veth::connect()?;
         let metrics = Metrics::default();
         let registry = metrics.registry();
-        let capacity = cfg.static_pool.len();
         Ok(Arc::new(Agent {
             state: Mutex::new(State {
-                pool,
+                node: NodeIpam::new(pool),
                 phase,
-                capacity,
-                unavailable: 0,
-                status_used: BTreeSet::new(),
-                sent_used: BTreeSet::new(),
             }),
             cfg,
             fixed_lookup: std::sync::OnceLock::new(),
             node_changed: watch::channel(()).0,
+            report_now: tokio::sync::Notify::new(),
             datapath: Mutex::new(datapath),
             policy: Mutex::new(PolicyState {
                 node: crate::policy::NodePolicy::default(),
@@ -211,7 +203,8 @@ impl Agent {
     pub async fn sweep(&self, grace: Option<Duration>) -> Result<(usize, usize)> {
         let now = jiff::Timestamp::now();
         let allocations: Vec<_> = lock(&self.state)
-            .pool
+            .node
+            .pool()
             .allocations()
             .filter(|a| match grace {
                 None => true,
@@ -244,7 +237,7 @@ impl Agent {
             let mut st = lock(&self.state);
             let now = now_ms();
             for a in &dropped {
-                st.pool.free(&a.key(), now);
+                st.node.free(&a.key(), now);
             }
         }
         for a in &dropped {
@@ -267,7 +260,7 @@ impl Agent {
     /// Writes the checkpoint of the current pool.
     pub async fn save(&self) -> Result<()> {
         let _guard = self.save_lock.lock().await;
-        let cp = Checkpoint::of(&lock(&self.state).pool, now_ms());
+        let cp = Checkpoint::of(lock(&self.state).node.pool(), now_ms());
         let path = self.cfg.state_dir.join(CHECKPOINT_FILE);
         tokio::task::spawn_blocking(move || checkpoint::write(&path, &cp))
             .await

@@ -1,10 +1,11 @@
 //! NodeNetwork in (pool IPs, fixed IPs, release marks) and the usage report
-//! with the handshake answers out.
+//! with the handshake answers out; both decided in
+//! [`sextant_agent_core::node::NodeIpam`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use sextant_agent_core::{fixed_ip, handshake, usage};
-use sextant_crds::{NodeNetwork, ReleaseState};
+use sextant_agent_core::node::Answers;
+use sextant_crds::NodeNetwork;
 use sextant_kit::sync::lock;
 
 use super::{Agent, Phase, now_ms, now_rfc3339};
@@ -13,80 +14,43 @@ impl Agent {
     /// Applies a NodeNetwork: pool IPs, fixed IPs (waking ADDs that wait for
     /// one), capacity, and the handshake answers to write back (empty when
     /// nothing changed).
-    pub fn apply_node(&self, nn: &NodeNetwork) -> BTreeMap<String, ReleaseState> {
-        let mut st = lock(&self.state);
-        let ips = usage::pool_ips(nn);
-        let n = ips.len();
-        st.pool.set_pool(ips);
-        st.status_used = nn
-            .status
-            .as_ref()
-            .and_then(|s| s.usage.as_ref())
-            .map(|u| u.used.keys().cloned().collect())
-            .unwrap_or_default();
-        let fixed = nn
-            .status
-            .as_ref()
-            .map(|s| fixed_ip::parse_fixed_ips(&s.fixed_ips))
-            .unwrap_or_default();
-        st.pool.set_fixed(fixed);
-        let (cap, unavailable) = usage::capacity(nn, n);
-        st.capacity = cap;
-        st.unavailable = unavailable;
-        let release = nn
-            .status
-            .as_ref()
-            .map(|s| s.release.clone())
-            .unwrap_or_default();
-        let answers = handshake::plan(&st.pool, &release, now_ms());
-        st.pool.set_releasing(answers.releasing);
-        drop(st);
+    pub fn apply_node(&self, nn: &NodeNetwork) -> Answers {
+        let answers = lock(&self.state).node.apply(nn, now_ms());
         self.node_changed.send_replace(());
-        answers.patch
+        answers
     }
 
     /// The usage report with `answers`, `used` whole (a file consumer
     /// replaces it); `None` while restoring.
-    pub fn usage_patch(
-        &self,
-        answers: &BTreeMap<String, ReleaseState>,
-    ) -> Option<serde_json::Value> {
-        let st = lock(&self.state);
+    pub fn usage_patch(&self, answers: &Answers) -> Option<serde_json::Value> {
+        let mut st = lock(&self.state);
         if st.phase == Phase::Restoring {
             return None;
         }
-        Some(usage::status_patch(
-            &st.pool,
-            answers,
-            now_ms(),
-            &now_rfc3339(),
-            &BTreeSet::new(),
-        ))
+        Some(st.node.full_report(answers, now_ms(), &now_rfc3339()))
     }
 
     /// The usage report with `answers` as a JSON merge patch of NodeNetwork
-    /// status. A merge patch only adds and changes map keys, so addresses
-    /// the status may still list as used (the watch showed them, or the
-    /// last patch sent them) and that are no longer in use go as `null`:
-    /// otherwise an address once used would stay used there for good.
-    /// `None` while restoring.
+    /// status, when one is due with reports every `interval`: at once for
+    /// answers or more pods waiting on an empty pool, otherwise only when
+    /// the usage changed and the interval passed. `None` when nothing is
+    /// due, and while restoring.
     pub fn usage_merge_patch(
         &self,
-        answers: &BTreeMap<String, ReleaseState>,
+        answers: &Answers,
+        interval: Duration,
     ) -> Option<serde_json::Value> {
         let mut st = lock(&self.state);
         if st.phase == Phase::Restoring {
             return None;
         }
-        let in_use: BTreeSet<String> = st.pool.allocations().map(|a| a.ip.to_string()).collect();
-        let gone: BTreeSet<String> = st
-            .status_used
-            .union(&st.sent_used)
-            .filter(|ip| !in_use.contains(*ip))
-            .cloned()
-            .collect();
-        let patch = usage::status_patch(&st.pool, answers, now_ms(), &now_rfc3339(), &gone);
-        st.sent_used = in_use;
-        Some(patch)
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        st.node
+            .report(answers, now_ms(), interval_ms, &now_rfc3339())
+    }
+
+    /// Waits until an ADD found the pool empty (the report is due at once).
+    pub async fn pool_starved(&self) {
+        self.report_now.notified().await;
     }
 }

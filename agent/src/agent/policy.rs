@@ -129,7 +129,8 @@ impl Agent {
         };
         // Local pods carry the IPs this node handed them, whatever the snapshot says.
         let local: BTreeMap<(String, String), Ipv4Addr> = lock(&self.state)
-            .pool
+            .node
+            .pool()
             .allocations()
             .map(|a| ((a.pod_namespace.clone(), a.pod_name.clone()), a.ip))
             .collect();

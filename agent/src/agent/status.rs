@@ -42,7 +42,8 @@ impl Agent {
     /// `GET /v1/healthz`.
     pub fn health(&self) -> Health {
         let st = lock(&self.state);
-        let c = st.pool.counts(now_ms());
+        let c = st.node.pool().counts(now_ms());
+        let (capacity, unavailable) = st.node.capacity();
         let dp = lock(&self.datapath);
         Health {
             state: st.phase.state(),
@@ -52,8 +53,8 @@ impl Agent {
                 pool: c.pool,
                 free: c.free,
                 cooldown: c.cooldown,
-                capacity: st.capacity.max(c.pool),
-                unavailable: st.unavailable,
+                capacity: capacity.max(c.pool),
+                unavailable,
             },
             datapath: match dp.as_ref() {
                 Some(d) => DatapathHealth {
@@ -80,7 +81,12 @@ impl Agent {
     /// `GET /v1/ipam`.
     pub fn ipam(&self) -> IpamList {
         IpamList {
-            allocations: lock(&self.state).pool.allocations().cloned().collect(),
+            allocations: lock(&self.state)
+                .node
+                .pool()
+                .allocations()
+                .cloned()
+                .collect(),
         }
     }
 
@@ -88,7 +94,7 @@ impl Agent {
     pub fn metrics_text(&self) -> String {
         {
             let st = lock(&self.state);
-            let c = st.pool.counts(now_ms());
+            let c = st.node.pool().counts(now_ms());
             for (state, n) in [
                 ("allocated", c.allocated),
                 ("free", c.free),

@@ -325,7 +325,7 @@ async fn restarted_fixed_ip_pod_gets_its_address_back_inside_the_cooldown() {
         .await
         .expect("allocated");
     assert_eq!(first.ip, Ipv4Addr::new(10, 0, 0, 9));
-    lock(&agent.state).pool.free(&first.key(), now_ms());
+    lock(&agent.state).node.free(&first.key(), now_ms());
     let second = agent
         .allocate(&mk_pod_req("c2", "db", "web-0"))
         .await
@@ -351,8 +351,8 @@ async fn restarted_fixed_ip_pod_gets_its_address_back_inside_the_cooldown() {
         .into();
     }
     let answers = agent.apply_node(&nn);
-    assert_eq!(answers["10.0.0.9"], ReleaseState::DoNotRelease);
-    assert_eq!(answers["10.0.0.1"], ReleaseState::ReadyForRelease);
+    assert_eq!(answers["10.0.0.9"], Some(ReleaseState::DoNotRelease));
+    assert_eq!(answers["10.0.0.1"], Some(ReleaseState::ReadyForRelease));
 }
 
 #[tokio::test]
@@ -400,10 +400,12 @@ async fn merge_patch_removes_addresses_no_longer_in_use() {
     }
     agent.apply_node(&nn);
     let a = lock(&agent.state)
-        .pool
+        .node
         .allocate(&mk_req("a"), now_ms(), "t")
         .expect("ip");
-    let patch = agent.usage_merge_patch(&BTreeMap::new()).expect("ready");
+    let patch = agent
+        .usage_merge_patch(&BTreeMap::new(), Duration::ZERO)
+        .expect("ready");
     let used = &patch["status"]["usage"]["used"];
     assert_eq!(used[a.ip.to_string()], "default/pod-a");
     assert_eq!(
@@ -411,9 +413,11 @@ async fn merge_patch_removes_addresses_no_longer_in_use() {
         Some(&serde_json::Value::Null)
     );
     // Freed before the watch showed it in status: the last patch sent it.
-    lock(&agent.state).pool.free(&a.key(), now_ms());
+    lock(&agent.state).node.free(&a.key(), now_ms());
     agent.apply_node(&mk_node(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], &[]));
-    let patch = agent.usage_merge_patch(&BTreeMap::new()).expect("ready");
+    let patch = agent
+        .usage_merge_patch(&BTreeMap::new(), Duration::ZERO)
+        .expect("ready");
     assert_eq!(
         patch["status"]["usage"]["used"]
             .as_object()
@@ -433,7 +437,7 @@ async fn node_network_sets_the_pool_and_answers_release_marks() {
     let nn = mk_node(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], &[]);
     assert!(agent.apply_node(&nn).is_empty());
     lock(&agent.state)
-        .pool
+        .node
         .allocate(&mk_req("a"), now_ms(), "t")
         .expect("ip");
     let nn = mk_node(
@@ -441,8 +445,8 @@ async fn node_network_sets_the_pool_and_answers_release_marks() {
         &["10.0.0.1", "10.0.0.3"],
     );
     let answers = agent.apply_node(&nn);
-    assert_eq!(answers["10.0.0.1"], ReleaseState::DoNotRelease);
-    assert_eq!(answers["10.0.0.3"], ReleaseState::ReadyForRelease);
+    assert_eq!(answers["10.0.0.1"], Some(ReleaseState::DoNotRelease));
+    assert_eq!(answers["10.0.0.3"], Some(ReleaseState::ReadyForRelease));
     let h = agent.health();
     assert_eq!(
         (h.ipam.allocated, h.ipam.free),

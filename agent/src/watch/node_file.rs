@@ -11,13 +11,13 @@
 //! the agent keeps the last good NodeNetwork.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
-use sextant_crds::{NodeNetwork, ReleaseState};
+use sextant_agent_core::node::Answers;
+use sextant_crds::NodeNetwork;
 use tracing::{info, warn};
 
 use crate::{
@@ -110,14 +110,17 @@ impl NodeFile {
 }
 
 /// Handshake answers still to be shown to the feeder: an answer stays in
-/// every report until the file's `status.release` carries it (or drops the IP).
-fn keep_unseen(answers: &mut BTreeMap<String, ReleaseState>, nn: &NodeNetwork) {
+/// every report until the file's `status.release` carries it (or drops the
+/// IP); a deletion stays until the file no longer lists the entry.
+fn keep_unseen(answers: &mut Answers, nn: &NodeNetwork) {
     let release = nn.status.as_ref().map(|s| &s.release);
-    answers.retain(|ip, st| {
-        release
-            .and_then(|r| r.get(ip))
-            .is_some_and(|seen| seen != st)
-    });
+    answers.retain(
+        |ip, answer| match (release.and_then(|r| r.get(ip)), answer) {
+            (Some(seen), Some(answer)) => seen != answer,
+            (Some(_), None) => true,
+            (None, _) => false,
+        },
+    );
 }
 
 /// Follows the NodeNetwork file: applies each new version as the watch
@@ -126,7 +129,7 @@ fn keep_unseen(answers: &mut BTreeMap<String, ReleaseState>, nn: &NodeNetwork) {
 pub async fn file_loops(agent: Arc<Agent>, path: PathBuf, rate: Duration) {
     let usage = usage_path(&path);
     let mut file = NodeFile::new(path);
-    let mut answers = BTreeMap::new();
+    let mut answers = Answers::new();
     let mut last_error: Option<String> = None;
     let mut poll = tokio::time::interval(POLL);
     let mut report = tokio::time::interval(rate);
@@ -185,7 +188,7 @@ pub async fn file_loops(agent: Arc<Agent>, path: PathBuf, rate: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use sextant_crds::{NodeNetworkStatus, PoolEntry};
+    use sextant_crds::{NodeNetworkStatus, PoolEntry, ReleaseState};
 
     use super::*;
 
@@ -303,17 +306,24 @@ mod tests {
             s.release = [
                 ("10.91.0.5".to_string(), ReleaseState::Marked),
                 ("10.91.0.6".to_string(), ReleaseState::ReadyForRelease),
+                ("10.91.0.8".to_string(), ReleaseState::Released),
             ]
             .into();
         }
-        let mut answers: BTreeMap<String, ReleaseState> = [
-            ("10.91.0.5".to_string(), ReleaseState::ReadyForRelease),
-            ("10.91.0.6".to_string(), ReleaseState::ReadyForRelease),
-            ("10.91.0.7".to_string(), ReleaseState::ReadyForRelease),
+        let mut answers: Answers = [
+            ("10.91.0.5".to_string(), Some(ReleaseState::ReadyForRelease)),
+            ("10.91.0.6".to_string(), Some(ReleaseState::ReadyForRelease)),
+            ("10.91.0.7".to_string(), Some(ReleaseState::ReadyForRelease)),
+            ("10.91.0.8".to_string(), None),
+            ("10.91.0.9".to_string(), None),
         ]
         .into();
         keep_unseen(&mut answers, &nn);
-        assert_eq!(answers.keys().collect::<Vec<_>>(), ["10.91.0.5"]);
+        assert_eq!(
+            answers.keys().collect::<Vec<_>>(),
+            ["10.91.0.5", "10.91.0.8"],
+            "an answer not shown yet, a deletion not done yet"
+        );
     }
 
     /// The loop applies the file through `Agent::apply_node` (the watch's
