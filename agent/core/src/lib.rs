@@ -3,7 +3,7 @@
 //! simulated agents, property tests).
 //!
 //! ```text
-//!  node::NodeIpam: one node's pool, what its NodeNetwork says, pods waiting, when to report
+//!  node::LocalIpam: one node's pool, what its NodeNetwork says, pods waiting, when to report
 //!  CNI ADD/DEL ──(now_ms)──▶ pool::Pool ◀──(now_ms)── handshake::plan ◀── NodeNetwork status.release
 //!                              │   ▲                        │
 //!        checkpoint::Checkpoint::of   checkpoint::restore + apply (after a restart)

@@ -46,7 +46,7 @@ struct Reported {
 
 /// One node's IPAM. See the module docs.
 #[derive(Clone, Debug)]
-pub struct NodeIpam {
+pub struct LocalIpam {
     pool: Pool,
     capacity: usize,
     unavailable: usize,
@@ -60,11 +60,11 @@ pub struct NodeIpam {
     reported_at_ms: Option<u64>,
 }
 
-impl NodeIpam {
+impl LocalIpam {
     /// A node with `pool` and no report written yet.
     pub fn new(pool: Pool) -> Self {
         let capacity = pool.ips().len();
-        NodeIpam {
+        LocalIpam {
             pool,
             capacity,
             unavailable: 0,
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn pods_refused_for_an_empty_pool_are_reported_pending_at_once() {
-        let mut node = NodeIpam::new(mk_pool(1));
+        let mut node = LocalIpam::new(mk_pool(1));
         node.allocate(&mk_req("a"), 0, "t").expect("ip");
         assert!(node.report(&Answers::new(), 0, MIN, "t").is_some());
         // Two more pods, no IP: reported now, not a report interval later.
@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_pod_stops_waiting_when_it_gets_an_ip_or_stops_asking() {
-        let mut node = NodeIpam::new(mk_pool(1));
+        let mut node = LocalIpam::new(mk_pool(1));
         let a = node.allocate(&mk_req("a"), 0, "t").expect("ip");
         node.allocate(&mk_req("b"), 0, "t").expect_err("exhausted");
         node.allocate(&mk_req("c"), 0, "t").expect_err("exhausted");
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn pending_going_back_to_zero_is_written_explicitly() {
-        let mut node = NodeIpam::new(mk_pool(0));
+        let mut node = LocalIpam::new(mk_pool(0));
         node.allocate(&mk_req("a"), 0, "t").expect_err("exhausted");
         let p = node.report(&Answers::new(), 0, MIN, "t").expect("due");
         assert_eq!(p["status"]["usage"]["pending"], 1);
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_node_writes_nothing_and_a_changed_one_waits_for_the_interval() {
-        let mut node = NodeIpam::new(mk_pool(4));
+        let mut node = LocalIpam::new(mk_pool(4));
         assert!(
             node.report(&Answers::new(), 0, MIN, "t").is_some(),
             "first report"
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn applied_node_answers_marks_and_drops_released_entries() {
-        let mut node = NodeIpam::new(mk_pool(0));
+        let mut node = LocalIpam::new(mk_pool(0));
         let nn = mk_node(
             &[1, 2],
             &[(2, ReleaseState::Marked), (7, ReleaseState::Released)],
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn addresses_the_status_lists_as_used_and_no_longer_are_removed() {
-        let mut node = NodeIpam::new(mk_pool(0));
+        let mut node = LocalIpam::new(mk_pool(0));
         node.apply(&mk_node(&[1, 2], &[], &[2]), 0);
         let a = node.allocate(&mk_req("a"), 0, "t").expect("ip");
         let p = node.report(&Answers::new(), 0, MIN, "t").expect("first");

@@ -24,7 +24,7 @@ use std::{
 };
 
 use sextant_agent_api::AgentState;
-use sextant_agent_core::{node::NodeIpam, pool::Pool};
+use sextant_agent_core::{node::LocalIpam, pool::Pool};
 use sextant_kit::sync::lock;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -100,7 +100,7 @@ pub struct Config {
 }
 
 struct State {
-    node: NodeIpam,
+    node: LocalIpam,
     phase: Phase,
 }
 
@@ -158,7 +158,7 @@ impl Agent {
         let registry = metrics.registry();
         Ok(Arc::new(Agent {
             state: Mutex::new(State {
-                node: NodeIpam::new(pool),
+                node: LocalIpam::new(pool),
                 phase,
             }),
             cfg,

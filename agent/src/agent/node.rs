@@ -1,6 +1,6 @@
 //! NodeNetwork in (pool IPs, fixed IPs, release marks) and the usage report
 //! with the handshake answers out; both decided in
-//! [`sextant_agent_core::node::NodeIpam`].
+//! [`sextant_agent_core::node::LocalIpam`].
 
 use std::time::Duration;
 
