@@ -1,6 +1,8 @@
-//! A simulated node agent: hands pool IPs to pods, keeps freed IPs in
-//! cooldown, answers the release handshake and reports usage, as the real
-//! agent does through its NodeNetwork.
+//! A simulated node: pods that start and end at random, each CNI ADD and
+//! DEL answered by the real agent's node IPAM
+//! ([`sextant_agent_core::node::LocalIpam`]): the same pool, cooldown,
+//! release handshake, `pending` count and report timing as `sextant-agent`,
+//! writing the same status merge patches. Only the pods are simulated.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,14 +12,13 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use sextant_crds::{AgentUsage, ReleaseState};
+use sextant_agent_core::{
+    node::LocalIpam,
+    pool::{AllocKey, AllocRequest, DEFAULT_COOLDOWN_MS, Pool},
+};
 use sextant_kit::sync::lock;
-use tokio::time::Instant;
 
 use super::store::Store;
-
-/// Cooldown of a freed IP before reuse (AWS VPC CNI's IP_COOLDOWN_PERIOD).
-pub const COOLDOWN: Duration = Duration::from_secs(30);
 
 /// Who holds every pod IP in the cluster: the double-allocation check.
 #[derive(Default)]
@@ -44,14 +45,16 @@ impl Ledger {
 pub struct Agent {
     pub node: String,
     rng: SmallRng,
+    ipam: LocalIpam,
+    /// Running pods: pod number -> its IP.
     pods: BTreeMap<u64, Ipv4Addr>,
-    pending: u32,
+    /// Pods created and not yet given an IP (their ADDs are retried every step).
+    waiting: Vec<u64>,
     next_pod: u64,
-    cooling: BTreeMap<Ipv4Addr, Instant>,
-    last_report: Option<Instant>,
-    reported: Option<AgentUsage>,
     churn_per_second: f64,
-    report_interval: Duration,
+    report_interval_ms: u64,
+    /// Status PATCHes this agent sent.
+    pub patches: u64,
 }
 
 /// What one agent step changed.
@@ -75,14 +78,13 @@ impl Agent {
         Agent {
             node,
             rng: SmallRng::seed_from_u64(seed),
+            ipam: LocalIpam::new(Pool::new(DEFAULT_COOLDOWN_MS)),
             pods: BTreeMap::new(),
-            pending: pods,
-            next_pod: 0,
-            cooling: BTreeMap::new(),
-            last_report: None,
-            reported: None,
+            waiting: (1..=u64::from(pods)).collect(),
+            next_pod: u64::from(pods),
             churn_per_second: churn_per_minute / 60.0,
-            report_interval,
+            report_interval_ms: u64::try_from(report_interval.as_millis()).unwrap_or(u64::MAX),
+            patches: 0,
         }
     }
 
@@ -91,9 +93,23 @@ impl Agent {
         self.pods.len()
     }
 
-    /// One step of `dt`: churn, handshake, allocation, report.
-    pub fn step(&mut self, store: &Store, ledger: &Ledger, dt: Duration, now: Instant) -> Tick {
-        // Pods end; their replacements wait for an IP.
+    fn request(&self, pod: u64) -> AllocRequest {
+        AllocRequest {
+            key: AllocKey {
+                container_id: format!("{}-pod-{pod}", self.node),
+                ifname: "eth0".to_string(),
+            },
+            netns: String::new(),
+            pod_namespace: "default".to_string(),
+            pod_name: format!("{}-pod-{pod}", self.node),
+        }
+    }
+
+    /// One step of `dt` at `now_ms` (simulated milliseconds): pods end and
+    /// their replacements are created, the agent takes in its NodeNetwork
+    /// (answering the handshake), waiting pods' ADDs are retried, and the
+    /// report goes out when the agent's rules say it is due.
+    pub fn step(&mut self, store: &Store, ledger: &Ledger, dt: Duration, now_ms: u64) -> Tick {
         let p_end = (self.churn_per_second * dt.as_secs_f64()).min(1.0);
         if p_end > 0.0 {
             let ending: Vec<u64> = self
@@ -103,102 +119,48 @@ impl Agent {
                 .filter(|_| self.rng.random_bool(p_end))
                 .collect();
             for pod in ending {
-                if let Some(ip) = self.pods.remove(&pod) {
-                    ledger.give_back(ip);
-                    self.cooling.insert(ip, now + COOLDOWN);
-                    self.pending += 1;
+                let req = self.request(pod);
+                if let Some(a) = self.ipam.free(&req.key, now_ms) {
+                    ledger.give_back(a.ip);
                 }
+                self.pods.remove(&pod);
+                self.next_pod += 1;
+                self.waiting.push(self.next_pod);
             }
         }
-        self.cooling.retain(|_, until| *until > now);
-
-        let node = self.node.clone();
-        let in_use: BTreeMap<Ipv4Addr, u64> = self.pods.iter().map(|(p, ip)| (*ip, *p)).collect();
-        let report_due = self
-            .last_report
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.report_interval);
-        let mut wrote = false;
         let mut available = 0;
-        store.update(&node, |nn| {
-            let status = nn.status.get_or_insert_with(Default::default);
-            // The handshake: answer marks, forget released IPs.
-            let mut answered = false;
-            status.release.retain(|ip, state| {
-                let parsed: Option<Ipv4Addr> = ip.parse().ok();
-                match (*state, parsed) {
-                    (ReleaseState::Released, Some(ip)) => {
-                        self.cooling.remove(&ip);
-                        answered = true;
-                        false
+        let node = self.node.clone();
+        let patch = store.update(&node, |nn| {
+            let answers = self.ipam.apply(nn, now_ms);
+            let waiting = std::mem::take(&mut self.waiting);
+            for pod in waiting {
+                let req = self.request(pod);
+                match self.ipam.allocate(&req, now_ms, "") {
+                    Ok(a) => {
+                        ledger.take(a.ip, format!("{node}/{}", req.pod_name));
+                        self.pods.insert(pod, a.ip);
                     }
-                    (ReleaseState::Marked, Some(ip)) => {
-                        *state = if in_use.contains_key(&ip) || self.cooling.contains_key(&ip) {
-                            ReleaseState::DoNotRelease
-                        } else {
-                            ReleaseState::ReadyForRelease
-                        };
-                        answered = true;
-                        true
-                    }
-                    _ => true,
+                    Err(_) => self.waiting.push(pod),
                 }
-            });
-            // Hand out free IPs: in the pool, not used, not cooling, not promised away.
-            let mut free: Vec<Ipv4Addr> = status
-                .pool
-                .keys()
-                .filter_map(|ip| ip.parse().ok())
-                .filter(|ip| {
-                    !in_use.contains_key(ip)
-                        && !self.cooling.contains_key(ip)
-                        && !status.fixed_ips.contains_key(&ip.to_string())
-                        && !matches!(
-                            status.release.get(&ip.to_string()),
-                            Some(
-                                ReleaseState::Marked
-                                    | ReleaseState::ReadyForRelease
-                                    | ReleaseState::Released
-                            )
-                        )
-                })
-                .collect();
-            free.reverse();
-            let mut allocated = false;
-            while self.pending > 0 {
-                let Some(ip) = free.pop() else { break };
-                self.next_pod += 1;
-                self.pods.insert(self.next_pod, ip);
-                ledger.take(ip, format!("{node}/pod-{}", self.next_pod));
-                self.pending -= 1;
-                allocated = true;
             }
-            available = free.len();
-            let usage = AgentUsage {
-                used: self
-                    .pods
-                    .iter()
-                    .map(|(p, ip)| (ip.to_string(), format!("pod-{p}")))
-                    .collect(),
-                cooling: self.cooling.keys().map(|ip| ip.to_string()).collect(),
-                pending: self.pending,
-                reported_at: None,
-            };
-            let changed = self.reported.as_ref() != Some(&usage);
-            // Usage goes out at the report interval; the handshake at once,
-            // and so does demand the operator does not know of yet (pods
-            // waiting on an empty pool), so a burst is not held up a whole interval.
-            let starving = self.pending > self.reported.as_ref().map_or(0, |r| r.pending);
-            if (changed && report_due) || starving || (allocated && self.reported.is_none()) {
-                status.usage = Some(usage.clone());
-                self.reported = Some(usage);
-                self.last_report = Some(now);
-                wrote = true;
-            }
-            wrote |= answered;
+            available = self.ipam.pool().counts(now_ms).free;
+            self.ipam
+                .report(&answers, now_ms, self.report_interval_ms, "")
         });
+        let mut wrote = false;
+        if let Some(patch) = patch.flatten() {
+            // The PATCH the real agent sends, applied as the API server would.
+            match store.merge_patch(&node, &patch) {
+                Ok(()) => {
+                    self.patches += 1;
+                    wrote = true;
+                }
+                Err(e) => tracing::warn!(%node, error = %e, "usage report refused"),
+            }
+        }
         Tick {
             wrote,
-            pending: self.pending,
+            pending: u32::try_from(self.waiting.len()).unwrap_or(u32::MAX),
             available,
         }
     }

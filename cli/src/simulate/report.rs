@@ -50,11 +50,18 @@ pub struct Report {
     pub gc_deleted: usize,
     /// Reconciles run.
     pub reconciles: u64,
+    /// Status PATCHes the agents sent (usage reports, handshake answers).
+    pub agent_patches: u64,
     /// Simulated time in all.
     pub simulated: Duration,
 }
 
 impl Report {
+    /// The agents' status PATCHes per simulated second: their API server load.
+    pub fn agent_patches_per_second(&self) -> f64 {
+        self.agent_patches as f64 / self.simulated.as_secs_f64().max(1.0)
+    }
+
     /// Throttling errors that reached the reconciler.
     pub fn throttles_surfaced(&self) -> u64 {
         self.surfaced.get("throttled").copied().unwrap_or(0)
@@ -137,6 +144,13 @@ pub fn print_comparison(reports: &[Report]) -> String {
         }
     });
     row("reconciles", &|r| r.reconciles.to_string());
+    row("agent status PATCHes (per second)", &|r| {
+        format!(
+            "{} ({:.1}/s)",
+            r.agent_patches,
+            r.agent_patches_per_second()
+        )
+    });
     row("pods running", &|r| r.pods.to_string());
     row("IP utilisation (used / pool)", &|r| {
         format!(

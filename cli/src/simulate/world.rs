@@ -177,10 +177,11 @@ impl World {
     /// One step of every agent.
     fn agents_step(&self) {
         let now = Instant::now();
+        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut agents = lock(&self.agents);
         let mut clocks = lock(&self.clocks);
         for (name, agent) in agents.iter_mut() {
-            let tick = agent.step(&self.store, &self.ledger, AGENT_TICK, now);
+            let tick = agent.step(&self.store, &self.ledger, AGENT_TICK, now_ms);
             if tick.wrote {
                 self.queue.push(name);
             }
@@ -429,8 +430,10 @@ fn report(
     let mut used_ips = 0;
     let mut used_ips_lost = 0;
     let mut pods = 0;
+    let mut agent_patches = 0;
     for (name, agent) in lock(&world.agents).iter() {
         pods += agent.running();
+        agent_patches += agent.patches;
         for ip in agent.pod_ips() {
             used_ips += 1;
             if ip_home.get(&ip).copied() != instance_of.get(name).map(String::as_str) {
@@ -477,6 +480,7 @@ fn report(
         leaked_enis,
         gc_deleted,
         reconciles: world.reconciles.load(Ordering::Relaxed),
+        agent_patches,
         simulated: world.start.elapsed(),
     }
 }
