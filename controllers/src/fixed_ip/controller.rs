@@ -33,7 +33,7 @@ use sextant_crds::{
     wellknown::{FIELD_MANAGER_FIXED_IP, LABEL_STATEFULSET},
 };
 
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use super::{
     execute::{Holders, Outcome, Parking, execute, status_after, status_for},
@@ -217,6 +217,44 @@ pub fn make_fixed_ip_status_patch(read: &FixedIP, status: &FixedIPStatus) -> Val
     )
 }
 
+/// How often taking a fixed IP off its old node reads the NodeNetwork again
+/// after a conflict before the reconcile gives up (and plans the move again).
+const MOVED_OFF_ATTEMPTS: u32 = 5;
+
+/// The status merge patch taking fixed IP `ip` off NodeNetwork `read`, the
+/// node it moved away from (or was released from): out of `fixedIps`, out of
+/// `pool`, out of its ENI's `addresses`, in one write. Removing only the
+/// `fixedIps` entry would leave a pool address no entry guards, which the
+/// node's agent hands to the next pod while the cloud has it elsewhere; and
+/// an ENI still listing it would have node IPAM count it as the node's own.
+/// Guarded by `read`'s resourceVersion, as the ENI list is written whole.
+/// `None` when the status has it nowhere.
+pub fn make_moved_off_patch(read: &NodeNetwork, ip: std::net::Ipv4Addr) -> Option<Value> {
+    let status = read.status.as_ref()?;
+    let key = ip.to_string();
+    let mut s = serde_json::Map::new();
+    if status.fixed_ips.contains_key(&key) {
+        s.insert("fixedIps".into(), json!({ key.clone(): null }));
+    }
+    if status.pool.contains_key(&key) {
+        s.insert("pool".into(), json!({ key.clone(): null }));
+    }
+    if status.enis.iter().any(|e| e.addresses.contains(&key)) {
+        let mut enis = status.enis.clone();
+        for e in &mut enis {
+            e.addresses.retain(|a| *a != key);
+        }
+        s.insert("enis".into(), json!(enis));
+    }
+    if s.is_empty() {
+        return None;
+    }
+    Some(crate::with_resource_version(
+        json!({ "status": Value::Object(s) }),
+        read.metadata.resource_version.as_deref(),
+    ))
+}
+
 /// [`make_fixed_ip_status_patch`] over the FixedIP as read, when there was one.
 fn status_patch_over(read: Option<&FixedIP>, status: &FixedIPStatus) -> Value {
     match read {
@@ -234,12 +272,7 @@ fn pp() -> PatchParams {
 
 impl FixedIpController {
     /// A controller writing through `client`, moving addresses in `vpc_id` through `cloud`.
-    pub fn new(
-        client: Client,
-        cloud: Arc<dyn EniCloud>,
-        cluster: &str,
-        vpc_id: &str,
-    ) -> Self {
+    pub fn new(client: Client, cloud: Arc<dyn EniCloud>, cluster: &str, vpc_id: &str) -> Self {
         FixedIpController {
             metrics: crate::metrics::FixedIpMetrics::default(),
             recorder: Recorder::new(
@@ -480,6 +513,22 @@ impl FixedIpController {
                     .get(pod)
                     .and_then(|f| f.status.clone())
                     .unwrap_or_default();
+                // The FixedIP's status is the commit and goes last: until it
+                // says `node`, every reconcile plans this move again (the
+                // cloud step is idempotent) and redoes both node writes, so
+                // a failed or refused write here is retried, never lost.
+                // The old node gives the address up first, in one write, so
+                // no agent ever sees it in a pool without a fixedIps entry
+                // guarding it, and before the new node's agent may hand it out.
+                if let Some(from) = old.node.as_deref().filter(|n| *n != node) {
+                    self.node_lost_fixed_ip(from, *ip)
+                        .await
+                        .map_err(err(&format!("NodeNetwork {from}")))?;
+                }
+                let owner = format!("{namespace}/{pod}");
+                self.node_fixed_ip(node, *ip, Some(&owner))
+                    .await
+                    .map_err(err(&format!("NodeNetwork {node}")))?;
                 let mut s = status_after(&old, o, uid_of.get(pod.as_str()).copied());
                 set_condition(
                     &mut s.conditions,
@@ -496,15 +545,6 @@ impl FixedIpController {
                 fips.patch_status(pod, &pp(), &Patch::Merge(&patch))
                     .await
                     .map_err(err(&format!("FixedIP {pod} status")))?;
-                let owner = format!("{namespace}/{pod}");
-                if let Some(from) = old.node.as_deref().filter(|n| *n != node) {
-                    self.node_fixed_ip(from, *ip, None)
-                        .await
-                        .map_err(err(&format!("NodeNetwork {from}")))?;
-                }
-                self.node_fixed_ip(node, *ip, Some(&owner))
-                    .await
-                    .map_err(err(&format!("NodeNetwork {node}")))?;
                 info!(%pod, %ip, %node, %eni, from = ?old.node, "fixed IP moved");
                 let from = old
                     .node
@@ -567,12 +607,11 @@ impl FixedIpController {
                     Err(e) => return Err(err(&format!("FixedIP {pod}"))(e)),
                 }
                 if let Some(from) = old.node.as_deref() {
-                    // The node may be gone with its NodeNetwork.
-                    if let Err(e) = self.node_fixed_ip(from, *ip, None).await
-                        && !matches!(&e, kube::Error::Api(s) if s.code == 404)
-                    {
-                        return Err(err(&format!("NodeNetwork {from}"))(e));
-                    }
+                    // Unassigned in the cloud: out of the node's pool with
+                    // its fixedIps entry, or its agent would hand it out.
+                    self.node_lost_fixed_ip(from, *ip)
+                        .await
+                        .map_err(err(&format!("NodeNetwork {from}")))?;
                 }
                 info!(%pod, %ip, "fixed IP released");
                 self.event(
@@ -611,6 +650,37 @@ impl FixedIpController {
         };
         if let Err(e) = self.recorder.publish(&ev, &reference).await {
             tracing::debug!(%pod, error = %e, "publishing an event failed");
+        }
+    }
+
+    /// Takes fixed IP `ip` off NodeNetwork `node` once it left the node's
+    /// ENI ([`make_moved_off_patch`]): read, then a patch guarded by that
+    /// read, read again on a conflict (the agent reports often). A node
+    /// whose NodeNetwork is gone has nothing to give up.
+    async fn node_lost_fixed_ip(
+        &self,
+        node: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<(), kube::Error> {
+        let api: Api<NodeNetwork> = Api::all(self.client.clone());
+        let mut attempt = 1;
+        loop {
+            let Some(read) = api.get_opt(node).await? else {
+                debug!(%node, %ip, "NodeNetwork gone: nothing to take the fixed IP off");
+                return Ok(());
+            };
+            let Some(patch) = make_moved_off_patch(&read, ip) else {
+                return Ok(());
+            };
+            match api.patch_status(node, &pp(), &Patch::Merge(&patch)).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(e) if crate::apiserver::is_conflict(&e) && attempt < MOVED_OFF_ATTEMPTS => {
+                    debug!(%node, %ip, attempt, "NodeNetwork changed since read; reading again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -1086,13 +1156,33 @@ mod tests {
         let ctl = FixedIpController::new(client, sim.clone(), "test", "vpc-1");
         let view = sts_view();
         let ip_s = ip.to_string();
+        // n1 as the API server has it: the address on its ENI, in its pool,
+        // guarded by fixedIps, beside an ordinary pool address.
+        let mut n1 = nn("n1", &enis["n1"].0, eni_status("n1"));
+        n1.metadata.resource_version = Some("40".into());
+        if let Some(st) = n1.status.as_mut() {
+            st.enis[0].addresses = vec![ip.to_string(), "10.0.0.200".into()];
+            st.pool = [ip.to_string(), "10.0.0.200".into()]
+                .into_iter()
+                .map(|a| {
+                    (
+                        a,
+                        sextant_crds::PoolEntry {
+                            eni: enis["n1"].1.clone(),
+                        },
+                    )
+                })
+                .collect();
+            st.fixed_ips = BTreeMap::from([(ip.to_string(), "db/web-0".into())]);
+        }
+        let n1_read = serde_json::to_value(&n1).unwrap();
         let script = tokio::spawn(async move {
-            let fip = server
+            server
                 .expect(
-                    Method::PATCH,
-                    "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0/status?&fieldManager=sextant-fixed-ip",
+                    Method::GET,
+                    "/apis/sextant.io/v1alpha1/nodenetworks/n1",
                     200,
-                    fip_reply(),
+                    n1_read,
                 )
                 .await;
             let from = server
@@ -1100,6 +1190,14 @@ mod tests {
                 .await;
             let to = server
                 .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
+                .await;
+            let fip = server
+                .expect(
+                    Method::PATCH,
+                    "/apis/sextant.io/v1alpha1/namespaces/db/fixedips/web-0/status?&fieldManager=sextant-fixed-ip",
+                    200,
+                    fip_reply(),
+                )
                 .await;
             let event = server.expect_event("db").await;
             server.expect_no_more().await;
@@ -1142,7 +1240,20 @@ mod tests {
         );
         assert_eq!(
             from.body,
-            json!({ "status": { "fixedIps": { ip_s.clone(): null } } })
+            json!({
+                "metadata": { "resourceVersion": "40" },
+                "status": {
+                    "fixedIps": { ip_s.clone(): null },
+                    "pool": { ip_s.clone(): null },
+                    "enis": [{
+                        "id": enis["n1"].1.clone(),
+                        "subnetId": subnet.clone(),
+                        "deviceIndex": 1,
+                        "addresses": ["10.0.0.200"],
+                    }],
+                },
+            }),
+            "the old node gives the address up whole, guarded by the version read"
         );
         assert_eq!(
             to.body,
@@ -1156,6 +1267,139 @@ mod tests {
             .map(|e| e.id)
             .collect();
         assert_eq!(holders, vec![enis["n2"].1.clone()]);
+    }
+
+    #[test]
+    fn a_node_gives_up_a_fixed_ip_from_fixed_ips_pool_and_its_eni_in_one_guarded_write() {
+        let eni = |addresses: &[&str]| sextant_crds::EniStatus {
+            id: "eni-1".into(),
+            subnet_id: "s".into(),
+            device_index: 1,
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        let ip: std::net::Ipv4Addr = "10.0.0.9".parse().unwrap();
+        let mut read = nn("n1", "i-1", vec![eni(&["10.0.0.9", "10.0.0.10"])]);
+        read.metadata.resource_version = Some("7".into());
+        if let Some(st) = read.status.as_mut() {
+            st.pool = ["10.0.0.9", "10.0.0.10"]
+                .into_iter()
+                .map(|a| {
+                    (
+                        a.to_owned(),
+                        sextant_crds::PoolEntry {
+                            eni: "eni-1".into(),
+                        },
+                    )
+                })
+                .collect();
+            st.fixed_ips = BTreeMap::from([("10.0.0.9".into(), "db/web-0".into())]);
+        }
+        assert_eq!(
+            make_moved_off_patch(&read, ip),
+            Some(json!({
+                "metadata": { "resourceVersion": "7" },
+                "status": {
+                    "fixedIps": { "10.0.0.9": null },
+                    "pool": { "10.0.0.9": null },
+                    "enis": [{ "id": "eni-1", "subnetId": "s", "deviceIndex": 1, "addresses": ["10.0.0.10"] }],
+                },
+            }))
+        );
+        // Only what the status still has goes; nothing at all: no write.
+        let mut pool_only = read.clone();
+        if let Some(st) = pool_only.status.as_mut() {
+            st.fixed_ips.clear();
+            st.enis = vec![eni(&["10.0.0.10"])];
+        }
+        assert_eq!(
+            make_moved_off_patch(&pool_only, ip),
+            Some(json!({
+                "metadata": { "resourceVersion": "7" },
+                "status": { "pool": { "10.0.0.9": null } },
+            }))
+        );
+        assert_eq!(
+            make_moved_off_patch(&read, "10.0.0.77".parse().unwrap()),
+            None
+        );
+        assert_eq!(make_moved_off_patch(&nn("n2", "i-2", vec![]), ip), None);
+        let mut no_status = read.clone();
+        no_status.status = None;
+        assert_eq!(make_moved_off_patch(&no_status, ip), None);
+    }
+
+    #[tokio::test]
+    async fn taking_a_fixed_ip_off_a_node_reads_again_after_a_conflict_and_a_gone_node_is_done() {
+        let (sim, _) = sim();
+        let (client, mut server) = mock_client();
+        let ctl = FixedIpController::new(client, sim, "test", "vpc-1");
+        let mut read = nn("n1", "i-1", vec![]);
+        if let Some(st) = read.status.as_mut() {
+            st.fixed_ips = BTreeMap::from([("10.0.0.9".into(), "db/web-0".into())]);
+        }
+        let versions = |rv: &str| {
+            let mut r = read.clone();
+            r.metadata.resource_version = Some(rv.into());
+            serde_json::to_value(&r).unwrap()
+        };
+        let (first, second) = (versions("1"), versions("2"));
+        let script = tokio::spawn(async move {
+            let path =
+                "/apis/sextant.io/v1alpha1/nodenetworks/n1/status?&fieldManager=sextant-fixed-ip";
+            server
+                .expect(
+                    Method::GET,
+                    "/apis/sextant.io/v1alpha1/nodenetworks/n1",
+                    200,
+                    first,
+                )
+                .await;
+            let refused = server
+                .expect(
+                    Method::PATCH,
+                    path,
+                    409,
+                    sextant_kit::testing::status_failure(409, "Conflict"),
+                )
+                .await;
+            server
+                .expect(
+                    Method::GET,
+                    "/apis/sextant.io/v1alpha1/nodenetworks/n1",
+                    200,
+                    second,
+                )
+                .await;
+            let written = server
+                .expect(Method::PATCH, path, 200, nn_reply("n1"))
+                .await;
+            // A node whose NodeNetwork went with it: nothing to write.
+            server
+                .expect(
+                    Method::GET,
+                    "/apis/sextant.io/v1alpha1/nodenetworks/gone",
+                    404,
+                    sextant_kit::testing::status_failure(404, "NotFound"),
+                )
+                .await;
+            server.expect_no_more().await;
+            (refused, written)
+        });
+        ctl.node_lost_fixed_ip("n1", "10.0.0.9".parse().unwrap())
+            .await
+            .unwrap();
+        ctl.node_lost_fixed_ip("gone", "10.0.0.9".parse().unwrap())
+            .await
+            .unwrap();
+        drop(ctl);
+        let (refused, written) = finish(script).await;
+        assert_eq!(refused.body["metadata"]["resourceVersion"], "1");
+        assert_eq!(written.body["metadata"]["resourceVersion"], "2");
+        assert_eq!(
+            written.body["status"]["fixedIps"],
+            json!({ "10.0.0.9": null })
+        );
     }
 
     #[test]

@@ -1,0 +1,484 @@
+//! Fixed IPs on a real kube-apiserver: the FixedIP controller's own kube
+//! writes (`FixedIpController::reconcile_statefulset`, and its watch loop
+//! `fixed_ip::controller::watch::run`) over the simulated cloud.
+//!
+//! ```text
+//!  move n1 ─▶ n2     cloud: assign with reassignment onto n2's ENI
+//!                    n1 NodeNetwork: pool, fixedIps, ENI address out  (first)
+//!                    n2 NodeNetwork: fixedIps names the pod            (then)
+//!                    FixedIP: Bound on n2                              (last: the commit)
+//!  move from a node whose NodeNetwork is gone: its 404 is "already gone"
+//!  Reserve whose FixedIP create is refused: the parked address is swept
+//!                    once no FixedIP has named it for the grace
+//! ```
+//!
+//! Each test takes its own namespace, its own NodeNetwork names and its own
+//! subnet CIDR (the sweep keeps any address a FixedIP of the cluster names),
+//! and runs alone: the loop of the sweep test watches the whole cluster.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use futures::TryStreamExt;
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+};
+use serde_json::json;
+use sextant_cloud::{
+    AssignIps, CreateEni, EniCloud, Tags,
+    sim::{SimCloud, SimConfig, SimProvider},
+};
+use sextant_crds::{
+    EniStatus, FixedIP, FixedIPPhase, FixedIPSpec, FixedIPStatus, IpamSpec, NodeNetwork,
+    NodeNetworkSpec, NodeNetworkStatus, PoolEntry, PoolSummary, Provider, ReclaimPolicy,
+    wellknown::LABEL_STATEFULSET,
+};
+use sextant_e2e::cluster::{Cluster, Options, eventually, install};
+use sextant_operator::{
+    fixed_ip::controller::{FixedIpController, Observed, node_views, pod_views},
+    ipam::fixed_ip::plan::StatefulSetView,
+};
+
+/// One test at a time: the sweep test's loop watches the whole cluster.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const VPC: &str = "vpc-1";
+const ZONE: &str = "us-east-1a";
+
+/// `None`: SEXTANT_SKIP names the cluster tier (recorded, listed at the end).
+fn cluster() -> Option<&'static Cluster> {
+    Cluster::for_test(env!("CARGO_BIN_EXE_sextant-cluster"), Options::default())
+}
+
+/// The chart's CRDs, applied and Established; an admin client.
+async fn with_crds(c: &Cluster) -> Client {
+    install::apply_crds(c).expect("CRDs applied and established");
+    c.admin().await.expect("admin client")
+}
+
+/// A simulated AWS with one subnet of `cidr` in [`VPC`].
+fn sim(cidr: &str) -> (Arc<SimCloud>, String) {
+    let sim = Arc::new(SimCloud::new(SimConfig::instant(SimProvider::Aws, 11)));
+    let subnet = sim
+        .add_subnet(VPC, ZONE, cidr, Tags::new())
+        .expect("subnet");
+    (sim, subnet)
+}
+
+/// An m5.large with a pod ENI at device index 1 in `subnet`.
+async fn instance_with_eni(sim: &SimCloud, subnet: &str) -> (String, String) {
+    let instance = sim.add_instance("m5.large", subnet).expect("instance");
+    let eni = sim
+        .create_eni(&CreateEni {
+            subnet_id: subnet.to_owned(),
+            security_groups: vec![],
+            tags: Tags::new(),
+            secondary_ips: 0,
+            description: String::new(),
+        })
+        .await
+        .expect("ENI");
+    sim.attach_eni(&eni.id, &instance, 1).await.expect("attach");
+    (instance, eni.id)
+}
+
+fn eni_status(eni: &str, subnet: &str, addresses: &[Ipv4Addr]) -> EniStatus {
+    EniStatus {
+        id: eni.to_owned(),
+        subnet_id: subnet.to_owned(),
+        device_index: 1,
+        addresses: addresses.iter().map(ToString::to_string).collect(),
+        ..EniStatus::default()
+    }
+}
+
+/// NodeNetwork `name` as node IPAM and the FixedIP controller left it:
+/// `eni` holding `addresses`, all in the pool, `fixed` in `fixedIps`.
+async fn put_node_network(
+    api: &Api<NodeNetwork>,
+    name: &str,
+    instance: &str,
+    eni: EniStatus,
+    fixed: &[(Ipv4Addr, &str)],
+) -> NodeNetwork {
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    eventually(Duration::from_secs(10), "the old NodeNetwork gone", || {
+        let api = api.clone();
+        async move { Ok(api.get_opt(name).await?.is_none().then_some(())) }
+    })
+    .await
+    .expect("no NodeNetwork left from an earlier run");
+    let spec = NodeNetworkSpec {
+        provider: Provider::Aws,
+        instance_id: Some(instance.to_owned()),
+        instance_type: Some("m5.large".into()),
+        zone: Some(ZONE.into()),
+        vpc_id: Some(VPC.into()),
+        ipam: IpamSpec::default(),
+        pod_cidrs: vec![],
+    };
+    api.create(&PostParams::default(), &NodeNetwork::new(name, spec))
+        .await
+        .expect("create NodeNetwork");
+    let status = NodeNetworkStatus {
+        pool: eni
+            .addresses
+            .iter()
+            .map(|a| {
+                (
+                    a.clone(),
+                    PoolEntry {
+                        eni: eni.id.clone(),
+                    },
+                )
+            })
+            .collect(),
+        enis: vec![eni],
+        fixed_ips: fixed
+            .iter()
+            .map(|(ip, pod)| (ip.to_string(), (*pod).to_owned()))
+            .collect(),
+        summary: Some(PoolSummary {
+            max_enis: 3,
+            ipv4_per_eni: 10,
+            ..PoolSummary::default()
+        }),
+        ..NodeNetworkStatus::default()
+    };
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": status })),
+    )
+    .await
+    .expect("NodeNetwork status")
+}
+
+/// FixedIP `web-0` of StatefulSet `web`, bound to `node`'s `eni`.
+async fn bound_fixed_ip(
+    api: &Api<FixedIP>,
+    ip: Ipv4Addr,
+    subnet: &str,
+    node: &str,
+    eni: &str,
+) -> FixedIP {
+    let mut f = FixedIP::new(
+        "web-0",
+        FixedIPSpec {
+            ip: ip.to_string(),
+            stateful_set: "web".into(),
+            ordinal: 0,
+            zone: Some(ZONE.into()),
+            subnet_id: Some(subnet.to_owned()),
+            reclaim_policy: ReclaimPolicy::Retain,
+            ttl_seconds: None,
+        },
+    );
+    f.metadata.labels = Some(BTreeMap::from([(LABEL_STATEFULSET.into(), "web".into())]));
+    api.create(&PostParams::default(), &f)
+        .await
+        .expect("FixedIP");
+    let status = FixedIPStatus {
+        phase: Some(FixedIPPhase::Bound),
+        node: Some(node.to_owned()),
+        eni: Some(eni.to_owned()),
+        pod_uid: Some("uid-old".into()),
+        ..FixedIPStatus::default()
+    };
+    api.patch_status(
+        "web-0",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": status })),
+    )
+    .await
+    .expect("FixedIP status")
+}
+
+/// Pod `web-0` of StatefulSet `web` as the pod watch has it: recreated with
+/// a new UID and scheduled to `node`.
+fn rescheduled_pod(namespace: &str, node: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("web-0".into()),
+            namespace: Some(namespace.to_owned()),
+            uid: Some("uid-new".into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "StatefulSet".into(),
+                name: "web".into(),
+                uid: "uid-sts".into(),
+                ..OwnerReference::default()
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some(node.to_owned()),
+            ..Default::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn sts_view(namespace: &str) -> StatefulSetView {
+    StatefulSetView {
+        namespace: namespace.to_owned(),
+        name: "web".into(),
+        replicas: 1,
+        reclaim: ReclaimPolicy::Retain,
+        ttl_seconds: None,
+        subnet_ids: vec![],
+    }
+}
+
+fn status_of(nn: &NodeNetwork) -> NodeNetworkStatus {
+    nn.status.clone().unwrap_or_default()
+}
+
+/// The ENIs holding `ip` in the cloud.
+fn holders(sim: &SimCloud, ip: Ipv4Addr) -> Vec<String> {
+    sim.all_enis()
+        .into_iter()
+        .filter(|e| e.secondary_ips.contains(&ip))
+        .map(|e| e.id)
+        .collect()
+}
+
+/// Removes what a test left in the cluster-wide watches' view.
+async fn clean_up(fips: &Api<FixedIP>, nns: &Api<NodeNetwork>, nodes: &[&str]) {
+    let _ = fips.delete("web-0", &DeleteParams::default()).await;
+    for n in nodes {
+        let _ = nns.delete(n, &DeleteParams::default()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_fixed_ip_leaves_the_old_nodes_pool_before_the_new_node_names_its_pod() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let admin = with_crds(c).await;
+    let ns = c.namespace("fip-move").await.expect("namespace");
+    let nns: Api<NodeNetwork> = Api::all(admin.clone());
+    let fips: Api<FixedIP> = Api::namespaced(admin.clone(), &ns);
+    let (old, new) = ("fip-move-old", "fip-move-new");
+
+    let (sim, subnet) = sim("10.0.2.0/24");
+    let (i1, eni1) = instance_with_eni(&sim, &subnet).await;
+    let (i2, eni2) = instance_with_eni(&sim, &subnet).await;
+    let on_old = sim
+        .assign_ips(&eni1, &AssignIps::Count(3))
+        .await
+        .expect("n1's addresses");
+    let (ip, others) = (on_old[0], &on_old[1..]);
+    let on_new = sim
+        .assign_ips(&eni2, &AssignIps::Count(1))
+        .await
+        .expect("n2's address");
+    let owner = format!("{ns}/web-0");
+    put_node_network(
+        &nns,
+        old,
+        &i1,
+        eni_status(&eni1, &subnet, &on_old),
+        &[(ip, &owner)],
+    )
+    .await;
+    let from_rv = put_node_network(&nns, new, &i2, eni_status(&eni2, &subnet, &on_new), &[])
+        .await
+        .metadata
+        .resource_version
+        .expect("resourceVersion");
+    bound_fixed_ip(&fips, ip, &subnet, old, &eni1).await;
+
+    // Every NodeNetwork write from here on, in the API server's order.
+    let seen = {
+        let nns = nns.clone();
+        let ip = ip.to_string();
+        tokio::spawn(async move {
+            let mut order = Vec::new();
+            let stream = nns
+                .watch(&WatchParams::default().timeout(15), &from_rv)
+                .await
+                .expect("watch NodeNetworks");
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(ev)) = stream.try_next().await {
+                let WatchEvent::Modified(nn) = ev else {
+                    continue;
+                };
+                let name = nn.metadata.name.clone().unwrap_or_default();
+                let s = status_of(&nn);
+                if name == old && !s.pool.contains_key(&ip) && !s.fixed_ips.contains_key(&ip) {
+                    order.push("old node lost it");
+                }
+                if name == new && s.fixed_ips.contains_key(&ip) {
+                    order.push("new node names the pod");
+                }
+                if order.contains(&"new node names the pod") {
+                    break;
+                }
+            }
+            order
+        })
+    };
+
+    let read_nns = [
+        nns.get(old).await.expect("read"),
+        nns.get(new).await.expect("read"),
+    ];
+    let read_fip = fips.get("web-0").await.expect("read");
+    let view = sts_view(&ns);
+    let subnets = sim.subnets(VPC).await.expect("subnets");
+    let pod = rescheduled_pod(&ns, new);
+    let ctl = FixedIpController::new(admin.clone(), sim.clone(), "e2e", VPC);
+    ctl.reconcile_statefulset(
+        &ns,
+        "web",
+        Observed {
+            statefulset: Some(&view),
+            fixed: vec![read_fip],
+            pods: pod_views("web", [&pod]),
+            nodes: node_views(&read_nns),
+            subnets: &subnets,
+        },
+        Timestamp::now(),
+    )
+    .await
+    .expect("the move is recorded");
+
+    let old_status = status_of(&nns.get(old).await.expect("read"));
+    let ip_s = ip.to_string();
+    assert!(
+        !old_status.pool.contains_key(&ip_s),
+        "after the move the old node's pool still offers {ip} to its agent, now without a \
+         fixedIps entry guarding it: pool {:?}, fixedIps {:?}",
+        old_status.pool.keys().collect::<Vec<_>>(),
+        old_status.fixed_ips
+    );
+    assert!(
+        !old_status.fixed_ips.contains_key(&ip_s),
+        "{:?}",
+        old_status.fixed_ips
+    );
+    assert!(
+        old_status.enis.iter().all(|e| !e.addresses.contains(&ip_s)),
+        "node IPAM of the old node would count {ip} as its own: {:?}",
+        old_status.enis
+    );
+    let mut kept: Vec<String> = old_status.pool.keys().cloned().collect();
+    kept.sort();
+    let mut expected: Vec<String> = others.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(kept, expected, "the old node's other addresses stay");
+
+    let new_status = status_of(&nns.get(new).await.expect("read"));
+    assert_eq!(
+        new_status.fixed_ips.get(&ip_s),
+        Some(&owner),
+        "the new node names the pod"
+    );
+    let fip = fips.get("web-0").await.expect("read");
+    let s = fip.status.clone().unwrap_or_default();
+    assert_eq!(
+        (s.phase, s.node.as_deref(), s.pod_uid.as_deref()),
+        (Some(FixedIPPhase::Bound), Some(new), Some("uid-new"))
+    );
+    assert_eq!(
+        holders(&sim, ip),
+        vec![eni2.clone()],
+        "in the cloud: on n2 only"
+    );
+    let order = seen.await.expect("watch task");
+    assert_eq!(
+        order,
+        vec!["old node lost it", "new node names the pod"],
+        "the old node gives the address up before the new node's agent may hand it out"
+    );
+    clean_up(&fips, &nns, &[old, new]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_away_from_a_deleted_node_completes_and_the_new_node_names_its_pod() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let admin = with_crds(c).await;
+    let ns = c.namespace("fip-gone").await.expect("namespace");
+    let nns: Api<NodeNetwork> = Api::all(admin.clone());
+    let fips: Api<FixedIP> = Api::namespaced(admin.clone(), &ns);
+    let (gone, new) = ("fip-gone-old", "fip-gone-new");
+
+    let (sim, subnet) = sim("10.0.3.0/24");
+    let (_i1, eni1) = instance_with_eni(&sim, &subnet).await;
+    let (i2, eni2) = instance_with_eni(&sim, &subnet).await;
+    let ip = sim
+        .assign_ips(&eni1, &AssignIps::Count(1))
+        .await
+        .expect("the fixed IP on n1")[0];
+    // n1 is deleted: its instance's ENI is detached, its NodeNetwork gone.
+    let e1 = sim
+        .all_enis()
+        .into_iter()
+        .find(|e| e.id == eni1)
+        .expect("n1's ENI");
+    sim.detach_eni(&e1).await.expect("detach");
+    let _ = nns.delete(gone, &DeleteParams::default()).await;
+    put_node_network(&nns, new, &i2, eni_status(&eni2, &subnet, &[]), &[]).await;
+    bound_fixed_ip(&fips, ip, &subnet, gone, &eni1).await;
+
+    // As the loop would: each reconcile on fresh reads, until nothing is left to do.
+    let view = sts_view(&ns);
+    let subnets = sim.subnets(VPC).await.expect("subnets");
+    let pod = rescheduled_pod(&ns, new);
+    let ctl = FixedIpController::new(admin.clone(), sim.clone(), "e2e", VPC);
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let read_nns = [nns.get(new).await.expect("read")];
+        let read_fip = fips.get("web-0").await.expect("read");
+        if let Err(e) = ctl
+            .reconcile_statefulset(
+                &ns,
+                "web",
+                Observed {
+                    statefulset: Some(&view),
+                    fixed: vec![read_fip],
+                    pods: pod_views("web", [&pod]),
+                    nodes: node_views(&read_nns),
+                    subnets: &subnets,
+                },
+                Timestamp::now(),
+            )
+            .await
+        {
+            errors.push(format!("{e}: {:?}", std::error::Error::source(&e)));
+        }
+    }
+
+    let ip_s = ip.to_string();
+    let new_status = status_of(&nns.get(new).await.expect("read"));
+    assert_eq!(
+        new_status.fixed_ips.get(&ip_s),
+        Some(&format!("{ns}/web-0")),
+        "after 3 reconciles the new node's fixedIps still does not name the pod, so its \
+         CNI ADD waits forever and {ip} is unguarded in the node's pool; reconcile errors: \
+         {errors:?}"
+    );
+    assert!(
+        errors.is_empty(),
+        "a missing old NodeNetwork is already gone, not an error: {errors:?}"
+    );
+    let s = fips
+        .get("web-0")
+        .await
+        .expect("read")
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        (s.phase, s.node.as_deref(), s.eni.as_deref()),
+        (Some(FixedIPPhase::Bound), Some(new), Some(eni2.as_str()))
+    );
+    assert_eq!(holders(&sim, ip), vec![eni2.clone()]);
+    clean_up(&fips, &nns, &[new]).await;
+}
