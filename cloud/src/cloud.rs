@@ -5,7 +5,7 @@
 use std::{future::Future, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use rand::{SeedableRng, rngs::SmallRng};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tracing::{debug, warn};
 
 use crate::{
@@ -88,6 +88,41 @@ impl Cloud {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        self.call_as(action, true, f).await
+    }
+
+    /// [`Cloud::call`] for a mutation that is not idempotent (no client
+    /// token honoured): a failure after which the call may have taken effect
+    /// ([`Error::may_have_taken_effect`]) is returned, not retried, so the
+    /// caller observes the cloud before deciding again; throttled calls,
+    /// which never ran, are still retried.
+    pub async fn call_once_effective<T, F, Fut>(&self, action: Action, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.call_as(action, false, f).await
+    }
+
+    /// A fresh idempotency token for one intent: the same for every retry
+    /// of it (EC2 takes up to 64 ASCII characters).
+    fn client_token(&self) -> String {
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        format!(
+            "sextant-{:016x}{:016x}",
+            rng.random::<u64>(),
+            rng.random::<u64>()
+        )
+    }
+
+    async fn call_as<T, F, Fut>(&self, action: Action, retry_effective: bool, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let provider = self.inner.provider();
         let started = tokio::time::Instant::now();
         let give_up_at = started + self.config.total_deadline;
@@ -116,6 +151,11 @@ impl Cloud {
             };
             attempt += 1;
             if !err.is_transient() || attempt >= self.config.backoff.max_attempts {
+                return Err(err);
+            }
+            if !retry_effective && err.may_have_taken_effect() {
+                debug!(%action, attempt, error = %err, "not retried: it may have taken effect");
+                self.metrics.not_retried(provider, action);
                 return Err(err);
             }
             let retry_after = match &err {
@@ -173,9 +213,27 @@ impl EniCloud for Cloud {
         .await
     }
 
+    /// One intent, one client token: every retry sends the same token, so
+    /// a call whose answer was lost returns the ENI it made instead of
+    /// making another. A provider that ignores tokens is not retried after
+    /// a failure that may have taken effect.
     async fn create_eni(&self, request: &CreateEni) -> Result<Eni> {
-        self.call(Action::CreateEni, || self.inner.create_eni(request))
-            .await
+        let token = self.client_token();
+        self.create_eni_with_token(request, &token).await
+    }
+
+    async fn create_eni_with_token(&self, request: &CreateEni, client_token: &str) -> Result<Eni> {
+        let action = Action::CreateEni;
+        let f = || self.inner.create_eni_with_token(request, client_token);
+        if self.inner.honours_client_token(action) {
+            self.call(action, f).await
+        } else {
+            self.call_once_effective(action, f).await
+        }
+    }
+
+    fn honours_client_token(&self, action: Action) -> bool {
+        self.inner.honours_client_token(action)
     }
 
     async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<()> {
@@ -185,9 +243,40 @@ impl EniCloud for Cloud {
         .await
     }
 
+    /// Specific addresses are idempotent by themselves; a count is not: it
+    /// goes under one client token where the provider honours one (ECS),
+    /// and is otherwise not retried after a failure that may have taken
+    /// effect (EC2 has no token for it; node IPAM resyncs the instance
+    /// after any failed step and plans again on what it sees).
     async fn assign_ips(&self, eni_id: &str, request: &AssignIps) -> Result<Vec<Ipv4Addr>> {
-        self.call(Action::AssignIps, || self.inner.assign_ips(eni_id, request))
-            .await
+        match request {
+            AssignIps::Specific { .. } => {
+                self.call(Action::AssignIps, || self.inner.assign_ips(eni_id, request))
+                    .await
+            }
+            AssignIps::Count(_) => {
+                let token = self.client_token();
+                self.assign_ips_with_token(eni_id, request, &token).await
+            }
+        }
+    }
+
+    async fn assign_ips_with_token(
+        &self,
+        eni_id: &str,
+        request: &AssignIps,
+        client_token: &str,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let action = Action::AssignIps;
+        let f = || {
+            self.inner
+                .assign_ips_with_token(eni_id, request, client_token)
+        };
+        if self.inner.honours_client_token(action) {
+            self.call(action, f).await
+        } else {
+            self.call_once_effective(action, f).await
+        }
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<()> {

@@ -111,6 +111,17 @@ impl Error {
         )
     }
 
+    /// Whether the call may have taken effect although it failed: no answer
+    /// in time, or an answer that was lost or does not parse. A throttled
+    /// call never ran. Such a call of a non-idempotent mutation is sent
+    /// again only under the same client token.
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::DeadlineExceeded { .. }
+        )
+    }
+
     /// A malformed response from the provider: a typed error, never a panic.
     pub fn malformed(action: Action, what: impl Into<String>) -> Self {
         Error::Unavailable {

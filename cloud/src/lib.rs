@@ -72,11 +72,42 @@ pub trait EniCloud: Send + Sync {
     /// Creates an unattached ENI, with `secondary_ips` addresses assigned at creation.
     async fn create_eni(&self, request: &CreateEni) -> Result<Eni>;
 
+    /// [`EniCloud::create_eni`] under an idempotency token (EC2 and ECS
+    /// `ClientToken`): the same token with the same request returns the ENI
+    /// the first call made instead of a second one, so a call whose answer
+    /// was lost can be sent again. Providers without tokens fall back to
+    /// `create_eni` and say so in [`EniCloud::honours_client_token`].
+    async fn create_eni_with_token(&self, request: &CreateEni, client_token: &str) -> Result<Eni> {
+        let _ = client_token;
+        self.create_eni(request).await
+    }
+
     /// Attaches an ENI to an instance at a device index.
     async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<()>;
 
     /// Assigns secondary addresses to an ENI; returns the addresses now assigned by this call.
     async fn assign_ips(&self, eni_id: &str, request: &AssignIps) -> Result<Vec<Ipv4Addr>>;
+
+    /// [`EniCloud::assign_ips`] under an idempotency token (ECS
+    /// `ClientToken`; EC2's AssignPrivateIpAddresses takes none, so there it
+    /// falls back to `assign_ips`).
+    async fn assign_ips_with_token(
+        &self,
+        eni_id: &str,
+        request: &AssignIps,
+        client_token: &str,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let _ = client_token;
+        self.assign_ips(eni_id, request).await
+    }
+
+    /// Whether the `*_with_token` call of `action` honours its token: only
+    /// then may a call that may have taken effect (no answer in time, an
+    /// answer that does not parse) be sent again.
+    fn honours_client_token(&self, action: Action) -> bool {
+        let _ = action;
+        false
+    }
 
     /// Removes secondary addresses from an ENI.
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<()>;

@@ -32,6 +32,7 @@ fn latency_histogram() -> Histogram {
 pub struct CloudMetrics {
     calls: Family<CallLabels, Counter>,
     retries: Family<ActionLabels, Counter>,
+    not_retried: Family<ActionLabels, Counter>,
     throttles: Family<ActionLabels, Counter>,
     latency: Family<ActionLabels, Histogram, fn() -> Histogram>,
     limiter_wait: Family<ActionLabels, Histogram, fn() -> Histogram>,
@@ -42,6 +43,7 @@ impl Default for CloudMetrics {
         CloudMetrics {
             calls: Family::default(),
             retries: Family::default(),
+            not_retried: Family::default(),
             throttles: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             limiter_wait: Family::new_with_constructor(latency_histogram),
@@ -87,6 +89,11 @@ impl CloudMetrics {
             self.retries.clone(),
         );
         registry.register(
+            "api_not_retried",
+            "Calls of non-idempotent mutations left unretried because they may have taken effect (no client token); the caller re-observes",
+            self.not_retried.clone(),
+        );
+        registry.register(
             "api_throttles",
             "Cloud API calls throttled by the provider",
             self.throttles.clone(),
@@ -101,6 +108,25 @@ impl CloudMetrics {
             "Time a call waited for the client-side rate limiter",
             self.limiter_wait.clone(),
         );
+    }
+
+    pub(crate) fn not_retried(&self, provider: &'static str, action: Action) {
+        self.not_retried
+            .get_or_create(&ActionLabels {
+                provider,
+                action: action.as_str(),
+            })
+            .inc();
+    }
+
+    /// Calls of `action` left unretried as they may have taken effect.
+    pub fn not_retried_total(&self, provider: &'static str, action: Action) -> u64 {
+        self.not_retried
+            .get(&ActionLabels {
+                provider,
+                action: action.as_str(),
+            })
+            .map_or(0, |c| c.get())
     }
 
     pub(crate) fn attempt(

@@ -723,3 +723,53 @@ async fn unreachable_endpoint_is_unavailable() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 14, defect 6: through the `Cloud` wrapper, a create or count
+/// assign that ECS answered with a 503 is sent again under the same
+/// `ClientToken`, so ECS can answer the repeat with what the first made.
+#[tokio::test]
+async fn retries_of_one_create_or_count_assign_carry_the_same_client_token() -> Result<()> {
+    use sextant_cloud::{Cloud, CloudConfig, CloudMetrics};
+    use std::sync::Arc;
+
+    let ecs = StandIn::start().await?;
+    let cloud = Cloud::new(
+        Arc::new(ecs.client()?),
+        CloudConfig {
+            seed: Some(3),
+            ..CloudConfig::default()
+        },
+        CloudMetrics::default(),
+    );
+    let token_of = |c: &Params| c.get("ClientToken").cloned().unwrap_or_default();
+
+    let mark = ecs.mark();
+    ecs.inject(Fault::Unavailable);
+    let eni = cloud.create_eni(&create_request("vsw-pods", 2)).await?;
+    let calls = ecs.calls_since(mark);
+    ensure!(
+        actions(&calls) == ["CreateNetworkInterface", "CreateNetworkInterface"],
+        "{:?}",
+        actions(&calls)
+    );
+    let first = token_of(&calls[0]);
+    ensure!(!first.is_empty(), "no ClientToken sent: {:?}", calls[0]);
+    ensure!(token_of(&calls[1]) == first, "a retry with another token");
+
+    cloud.attach_eni(&eni.id, "i-node2", 1).await?;
+    let mark = ecs.mark();
+    ecs.inject(Fault::Unavailable);
+    cloud.assign_ips(&eni.id, &AssignIps::Count(3)).await?;
+    let calls = ecs.calls_since(mark);
+    ensure!(actions(&calls) == ["AssignPrivateIpAddresses", "AssignPrivateIpAddresses"]);
+    let token = token_of(&calls[0]);
+    ensure!(!token.is_empty() && token != first, "{calls:?}");
+    ensure!(token_of(&calls[1]) == token);
+
+    // The next intent gets a token of its own.
+    let mark = ecs.mark();
+    cloud.create_eni(&create_request("vsw-pods", 1)).await?;
+    let calls = ecs.calls_since(mark);
+    ensure!(token_of(&calls[0]) != first);
+    Ok(())
+}

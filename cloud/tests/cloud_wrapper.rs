@@ -313,3 +313,145 @@ async fn metrics_are_exposed_in_prometheus_text() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
+
+// ---- retries of non-idempotent mutations (issue 14, defect 6) ----
+
+mod lost_answers {
+    use super::*;
+    use sextant_cloud::{
+        Tags,
+        sim::{Faults, SimCloud, SimConfig, SimProvider},
+    };
+
+    /// A simulated VPC whose mutations take effect but lose their answer
+    /// with probability `lost`; returns the subnet and security group.
+    fn sim(provider: SimProvider, lost: f64) -> (Arc<SimCloud>, String, String) {
+        let sim = Arc::new(SimCloud::new(SimConfig::instant(provider, 11)));
+        let subnet = sim
+            .add_subnet("vpc-1", "us-east-1a", "10.0.0.0/24", Tags::new())
+            .expect("subnet");
+        let sg = sim.add_security_group("vpc-1", "pods", Tags::new());
+        sim.set_faults(Faults {
+            lost_answer_ratio: lost,
+            ..Faults::default()
+        });
+        (sim, subnet, sg)
+    }
+
+    fn wrapper(sim: &Arc<SimCloud>) -> Cloud {
+        Cloud::new(
+            sim.clone(),
+            CloudConfig {
+                seed: Some(5),
+                ..CloudConfig::default()
+            },
+            CloudMetrics::default(),
+        )
+    }
+
+    fn create(subnet: &str, sg: &str) -> CreateEni {
+        CreateEni {
+            subnet_id: subnet.into(),
+            security_groups: vec![sg.into()],
+            tags: Tags::new(),
+            secondary_ips: 3,
+            description: "pods".into(),
+        }
+    }
+
+    fn calls(sim: &SimCloud, action: Action) -> u64 {
+        sim.stats().by_action.get(&action).map_or(0, |s| s.calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_eni_whose_answers_are_lost_makes_one_eni_across_its_retries() {
+        let (sim, subnet, sg) = sim(SimProvider::Aws, 1.0);
+        let cloud = wrapper(&sim);
+        let err = cloud
+            .create_eni(&create(&subnet, &sg))
+            .await
+            .expect_err("every answer is lost");
+        assert!(matches!(err, Error::DeadlineExceeded { .. }), "{err:?}");
+        assert!(calls(&sim, Action::CreateEni) > 1, "the call was retried");
+        assert_eq!(
+            sim.all_enis().len(),
+            1,
+            "{} CreateNetworkInterface calls made {} ENIs",
+            calls(&sim, Action::CreateEni),
+            sim.all_enis().len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_eni_retried_after_a_lost_answer_returns_the_eni_it_made() {
+        let (sim, subnet, sg) = sim(SimProvider::Aws, 0.5);
+        let cloud = wrapper(&sim);
+        for _ in 0..5 {
+            let eni = cloud
+                .create_eni(&create(&subnet, &sg))
+                .await
+                .expect("answered within the retries");
+            assert_eq!(eni.secondary_ips.len(), 3);
+        }
+        let lost = sim.stats().by_action[&Action::CreateEni].answers_lost;
+        assert!(lost > 0, "no answer was lost: the test shows nothing");
+        assert_eq!(
+            sim.all_enis().len(),
+            5,
+            "one ENI per intent, {lost} answers lost"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_assign_by_count_whose_answer_is_lost_is_not_sent_again_without_a_token() {
+        let (sim, subnet, sg) = sim(SimProvider::Aws, 0.0);
+        let eni = sim.create_eni(&create(&subnet, &sg)).await.expect("eni");
+        sim.set_faults(Faults {
+            lost_answer_ratio: 1.0,
+            ..Faults::default()
+        });
+        let cloud = wrapper(&sim);
+        let err = cloud
+            .assign_ips(&eni.id, &AssignIps::Count(4))
+            .await
+            .expect_err("the answer is lost");
+        assert!(err.may_have_taken_effect(), "{err:?}");
+        let held = sim
+            .all_enis()
+            .iter()
+            .find(|e| e.id == eni.id)
+            .map_or(0, |e| e.secondary_ips.len());
+        assert_eq!(
+            held,
+            3 + 4,
+            "{} AssignPrivateIpAddresses(4) calls left {held} addresses on the ENI",
+            calls(&sim, Action::AssignIps)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_assign_by_count_under_an_ecs_client_token_is_retried_without_extra_addresses() {
+        let (sim, subnet, sg) = sim(SimProvider::Alibaba, 0.0);
+        let eni = sim.create_eni(&create(&subnet, &sg)).await.expect("eni");
+        sim.set_faults(Faults {
+            lost_answer_ratio: 0.6,
+            ..Faults::default()
+        });
+        let cloud = wrapper(&sim);
+        let mut got = 0;
+        for _ in 0..4 {
+            got += cloud
+                .assign_ips(&eni.id, &AssignIps::Count(2))
+                .await
+                .expect("answered within the retries")
+                .len();
+        }
+        assert!(sim.stats().by_action[&Action::AssignIps].answers_lost > 0);
+        let held = sim
+            .all_enis()
+            .iter()
+            .find(|e| e.id == eni.id)
+            .map_or(0, |e| e.secondary_ips.len());
+        assert_eq!((got, held), (8, 3 + 8));
+    }
+}

@@ -338,6 +338,116 @@ impl AlibabaCloud {
         }
         Ok(already)
     }
+
+    /// One CreateNetworkInterface, with `ClientToken` when given.
+    async fn create_network_interface(
+        &self,
+        request: &CreateEni,
+        client_token: Option<&str>,
+    ) -> Result<Eni> {
+        let action = Action::CreateEni;
+        if request.secondary_ips > MAX_SECONDARY_IPS_AT_CREATION {
+            return Err(Error::InvalidRequest {
+                action,
+                message: format!(
+                    "{} secondary addresses asked at creation; ECS assigns at most {MAX_SECONDARY_IPS_AT_CREATION}",
+                    request.secondary_ips
+                ),
+            });
+        }
+        let mut p = params([("VSwitchId", request.subnet_id.as_str())]);
+        if let Some(token) = client_token {
+            p.insert("ClientToken".into(), token.to_owned());
+        }
+        for (n, sg) in request.security_groups.iter().enumerate() {
+            p.insert(format!("SecurityGroupIds.{}", n + 1), sg.clone());
+        }
+        for (n, (k, v)) in request.tags.iter().enumerate() {
+            p.insert(format!("Tag.{}.Key", n + 1), k.clone());
+            p.insert(format!("Tag.{}.Value", n + 1), v.clone());
+        }
+        if request.secondary_ips > 0 {
+            p.insert(
+                "SecondaryPrivateIpAddressCount".into(),
+                request.secondary_ips.to_string(),
+            );
+        }
+        if !request.description.is_empty() {
+            p.insert("Description".into(), request.description.clone());
+        }
+        let mut created: NetworkInterface = self.call(action, "CreateNetworkInterface", p).await?;
+        // Fill what the answer may leave out from what we asked for.
+        created
+            .vswitch_id
+            .get_or_insert_with(|| request.subnet_id.clone());
+        if created.security_groups.is_none() {
+            created.security_groups = Some(model::SecurityGroupIds {
+                ids: request.security_groups.clone(),
+            });
+        }
+        let mut eni = created.parse().map_err(malformed(action))?.eni;
+        if eni.tags.is_empty() {
+            eni.tags = request.tags.clone();
+        }
+        eni.state = EniState::Available;
+        eni.attachment = None;
+        debug!(eni = %eni.id, subnet = %eni.subnet_id, ips = eni.secondary_ips.len(), "created ENI");
+        Ok(eni)
+    }
+
+    /// One AssignPrivateIpAddresses, with `ClientToken` when given.
+    async fn assign_private_ip_addresses(
+        &self,
+        eni_id: &str,
+        request: &AssignIps,
+        client_token: Option<&str>,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let action = Action::AssignIps;
+        if request.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = params([("NetworkInterfaceId", eni_id)]);
+        if let Some(token) = client_token {
+            p.insert("ClientToken".into(), token.to_owned());
+        }
+        let mut held = Vec::new();
+        match request {
+            AssignIps::Count(n) => {
+                p.insert("SecondaryPrivateIpAddressCount".into(), n.to_string());
+            }
+            AssignIps::Specific {
+                ips,
+                allow_reassignment,
+            } => {
+                // ECS has no "allow reassignment": take them off their holder
+                // first; those already here need no call.
+                let mut wanted = ips.clone();
+                if *allow_reassignment {
+                    held = self.release_from_holders(eni_id, ips).await?;
+                    wanted.retain(|ip| !held.contains(ip));
+                    if wanted.is_empty() {
+                        return Ok(held);
+                    }
+                }
+                put_ips(&mut p, &wanted);
+            }
+        }
+        let answer: AssignPrivateIpAddressesResponse =
+            self.call(action, "AssignPrivateIpAddresses", p).await?;
+        let addresses = answer
+            .assigned
+            .and_then(|a| a.ips)
+            .map(|i| i.addresses)
+            .ok_or_else(|| Error::malformed(action, "AssignPrivateIpAddresses: no PrivateIpSet"))?;
+        let mut assigned = addresses
+            .iter()
+            .map(|a| model::parse_ip(a, "AssignedPrivateIpAddressesSet"))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(malformed(action))?;
+        assigned.extend(held);
+        debug!(eni = %eni_id, count = assigned.len(), "assigned addresses");
+        Ok(assigned)
+    }
 }
 
 #[async_trait]
@@ -461,51 +571,34 @@ impl EniCloud for AlibabaCloud {
     }
 
     async fn create_eni(&self, request: &CreateEni) -> Result<Eni> {
-        let action = Action::CreateEni;
-        if request.secondary_ips > MAX_SECONDARY_IPS_AT_CREATION {
-            return Err(Error::InvalidRequest {
-                action,
-                message: format!(
-                    "{} secondary addresses asked at creation; ECS assigns at most {MAX_SECONDARY_IPS_AT_CREATION}",
-                    request.secondary_ips
-                ),
-            });
-        }
-        let mut p = params([("VSwitchId", request.subnet_id.as_str())]);
-        for (n, sg) in request.security_groups.iter().enumerate() {
-            p.insert(format!("SecurityGroupIds.{}", n + 1), sg.clone());
-        }
-        for (n, (k, v)) in request.tags.iter().enumerate() {
-            p.insert(format!("Tag.{}.Key", n + 1), k.clone());
-            p.insert(format!("Tag.{}.Value", n + 1), v.clone());
-        }
-        if request.secondary_ips > 0 {
-            p.insert(
-                "SecondaryPrivateIpAddressCount".into(),
-                request.secondary_ips.to_string(),
-            );
-        }
-        if !request.description.is_empty() {
-            p.insert("Description".into(), request.description.clone());
-        }
-        let mut created: NetworkInterface = self.call(action, "CreateNetworkInterface", p).await?;
-        // Fill what the answer may leave out from what we asked for.
-        created
-            .vswitch_id
-            .get_or_insert_with(|| request.subnet_id.clone());
-        if created.security_groups.is_none() {
-            created.security_groups = Some(model::SecurityGroupIds {
-                ids: request.security_groups.clone(),
-            });
-        }
-        let mut eni = created.parse().map_err(malformed(action))?.eni;
-        if eni.tags.is_empty() {
-            eni.tags = request.tags.clone();
-        }
-        eni.state = EniState::Available;
-        eni.attachment = None;
-        debug!(eni = %eni.id, subnet = %eni.subnet_id, ips = eni.secondary_ips.len(), "created ENI");
-        Ok(eni)
+        self.create_network_interface(request, None).await
+    }
+
+    /// CreateNetworkInterface with `ClientToken`: ECS answers a repeat of
+    /// the same token with the ENI the first call created.
+    async fn create_eni_with_token(&self, request: &CreateEni, client_token: &str) -> Result<Eni> {
+        self.create_network_interface(request, Some(client_token))
+            .await
+    }
+
+    async fn assign_ips(&self, eni_id: &str, request: &AssignIps) -> Result<Vec<Ipv4Addr>> {
+        self.assign_private_ip_addresses(eni_id, request, None)
+            .await
+    }
+
+    /// AssignPrivateIpAddresses with `ClientToken` (ECS honours it, unlike EC2).
+    async fn assign_ips_with_token(
+        &self,
+        eni_id: &str,
+        request: &AssignIps,
+        client_token: &str,
+    ) -> Result<Vec<Ipv4Addr>> {
+        self.assign_private_ip_addresses(eni_id, request, Some(client_token))
+            .await
+    }
+
+    fn honours_client_token(&self, action: Action) -> bool {
+        matches!(action, Action::CreateEni | Action::AssignIps)
     }
 
     async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<()> {
@@ -519,51 +612,6 @@ impl EniCloud for AlibabaCloud {
             )
             .await?;
         Ok(())
-    }
-
-    async fn assign_ips(&self, eni_id: &str, request: &AssignIps) -> Result<Vec<Ipv4Addr>> {
-        let action = Action::AssignIps;
-        if request.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut p = params([("NetworkInterfaceId", eni_id)]);
-        let mut held = Vec::new();
-        match request {
-            AssignIps::Count(n) => {
-                p.insert("SecondaryPrivateIpAddressCount".into(), n.to_string());
-            }
-            AssignIps::Specific {
-                ips,
-                allow_reassignment,
-            } => {
-                // ECS has no "allow reassignment": take them off their holder
-                // first; those already here need no call.
-                let mut wanted = ips.clone();
-                if *allow_reassignment {
-                    held = self.release_from_holders(eni_id, ips).await?;
-                    wanted.retain(|ip| !held.contains(ip));
-                    if wanted.is_empty() {
-                        return Ok(held);
-                    }
-                }
-                put_ips(&mut p, &wanted);
-            }
-        }
-        let answer: AssignPrivateIpAddressesResponse =
-            self.call(action, "AssignPrivateIpAddresses", p).await?;
-        let addresses = answer
-            .assigned
-            .and_then(|a| a.ips)
-            .map(|i| i.addresses)
-            .ok_or_else(|| Error::malformed(action, "AssignPrivateIpAddresses: no PrivateIpSet"))?;
-        let mut assigned = addresses
-            .iter()
-            .map(|a| model::parse_ip(a, "AssignedPrivateIpAddressesSet"))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(malformed(action))?;
-        assigned.extend(held);
-        debug!(eni = %eni_id, count = assigned.len(), "assigned addresses");
-        Ok(assigned)
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<()> {

@@ -171,6 +171,49 @@ impl AwsCloud {
         error
     }
 
+    /// One CreateNetworkInterface, with `client_token` when given.
+    async fn create_network_interface(
+        &self,
+        request: &CreateEni,
+        client_token: Option<&str>,
+    ) -> Result<Eni> {
+        let action = Action::CreateEni;
+        let mut call = self
+            .client
+            .create_network_interface()
+            .set_client_token(client_token.map(str::to_owned))
+            .subnet_id(&request.subnet_id)
+            .set_groups(Some(request.security_groups.clone()))
+            .description(&request.description);
+        if request.secondary_ips > 0 {
+            call = call.secondary_private_ip_address_count(to_i32(
+                action,
+                "secondary address count",
+                request.secondary_ips,
+            )?);
+        }
+        if !request.tags.is_empty() {
+            let tags = request
+                .tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect();
+            call = call.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::NetworkInterface)
+                    .set_tags(Some(tags))
+                    .build(),
+            );
+        }
+        let out = call.send().await.map_err(|e| self.sdk_error(action, e))?;
+        let ni = out
+            .network_interface()
+            .ok_or_else(|| Error::malformed(action, "no NetworkInterface in the answer"))?;
+        let eni = parse::eni(action, ni)?;
+        debug!(eni = %eni.id, subnet = %eni.subnet_id, secondary = eni.secondary_ips.len(), "created eni");
+        Ok(eni)
+    }
+
     /// One DescribeNetworkInterfaces page; `filter` selects the ENIs.
     async fn describe_enis(
         &self,
@@ -378,42 +421,22 @@ impl EniCloud for AwsCloud {
     }
 
     /// CreateNetworkInterface with `SecondaryPrivateIpAddressCount` and the
-    /// tags as a `TagSpecification` (the SDK fills the idempotency token).
+    /// tags as a `TagSpecification` (the SDK fills a fresh idempotency
+    /// token, so a repeat makes a second ENI: [`crate::Cloud`] sends
+    /// [`EniCloud::create_eni_with_token`] instead).
     async fn create_eni(&self, request: &CreateEni) -> Result<Eni> {
-        let action = Action::CreateEni;
-        let mut call = self
-            .client
-            .create_network_interface()
-            .subnet_id(&request.subnet_id)
-            .set_groups(Some(request.security_groups.clone()))
-            .description(&request.description);
-        if request.secondary_ips > 0 {
-            call = call.secondary_private_ip_address_count(to_i32(
-                action,
-                "secondary address count",
-                request.secondary_ips,
-            )?);
-        }
-        if !request.tags.is_empty() {
-            let tags = request
-                .tags
-                .iter()
-                .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                .collect();
-            call = call.tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::NetworkInterface)
-                    .set_tags(Some(tags))
-                    .build(),
-            );
-        }
-        let out = call.send().await.map_err(|e| self.sdk_error(action, e))?;
-        let ni = out
-            .network_interface()
-            .ok_or_else(|| Error::malformed(action, "no NetworkInterface in the answer"))?;
-        let eni = parse::eni(action, ni)?;
-        debug!(eni = %eni.id, subnet = %eni.subnet_id, secondary = eni.secondary_ips.len(), "created eni");
-        Ok(eni)
+        self.create_network_interface(request, None).await
+    }
+
+    /// CreateNetworkInterface with `ClientToken`: EC2 answers a repeat of
+    /// the same token and request with the ENI the first call created.
+    async fn create_eni_with_token(&self, request: &CreateEni, client_token: &str) -> Result<Eni> {
+        self.create_network_interface(request, Some(client_token))
+            .await
+    }
+
+    fn honours_client_token(&self, action: Action) -> bool {
+        action == Action::CreateEni
     }
 
     /// AttachNetworkInterface at `DeviceIndex`.

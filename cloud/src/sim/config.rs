@@ -23,6 +23,10 @@ pub struct Faults {
     pub spike_ratio: f64,
     /// Extra latency of a spike.
     pub spike: Duration,
+    /// Mutating calls that take effect but whose answer is lost: the
+    /// caller sees [`crate::Error::DeadlineExceeded`] (a timeout after the
+    /// request reached the provider).
+    pub lost_answer_ratio: f64,
 }
 
 /// Settings of a simulated cloud.

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use sextant_kit::sync::lock;
 
 use super::{
-    INSTANCE_TYPES, SimCloud, addresses, instances::instance_type_limits, subnets::release_all,
+    INSTANCE_TYPES, Made, SimCloud, SimProvider, State, TokenRecord, addresses,
+    instances::instance_type_limits, subnets::release_all,
 };
 use crate::{
     Action, AssignIps, Attachment, CreateEni, Eni, EniCloud, EniState, Error, InstanceLimits,
@@ -164,66 +165,83 @@ impl EniCloud for SimCloud {
     }
 
     async fn create_eni(&self, request: &CreateEni) -> Result<Eni> {
+        self.run(Action::CreateEni, |st| create(st, request)).await
+    }
+
+    /// As EC2: the same token with the same request answers with the ENI
+    /// the first call created (as it is now); with another request it is
+    /// refused (`IdempotentParameterMismatch`).
+    async fn create_eni_with_token(&self, request: &CreateEni, client_token: &str) -> Result<Eni> {
         let action = Action::CreateEni;
         self.run(action, |st| {
-            if request.secondary_ips > MAX_AT_CREATE {
-                return Err(invalid(
-                    action,
-                    format!("at most {MAX_AT_CREATE} secondary addresses at creation"),
-                ));
-            }
-            for g in &request.security_groups {
-                if !st.security_groups.contains_key(g) {
-                    return Err(not_found(action, "security group", g));
+            let fingerprint = format!("{action}:{request:?}");
+            if let Some(seen) = st.tokens.get(client_token) {
+                if seen.request != fingerprint {
+                    return Err(invalid(
+                        action,
+                        format!("IdempotentParameterMismatch: client token {client_token} was used with another request"),
+                    ));
                 }
+                return match &seen.made {
+                    Made::Eni(first) => Ok(st.enis.get(&first.id).unwrap_or(first).clone()),
+                    Made::Ips(_) => Err(invalid(action, "client token of another call")),
+                };
             }
-            let eni_id = st.id("eni");
-            let subnet = st
-                .subnets
-                .get_mut(&request.subnet_id)
-                .ok_or_else(|| not_found(action, "subnet", &request.subnet_id))?;
-            if subnet.subnet.available_ips < request.secondary_ips + 1 {
-                return Err(Error::InsufficientAddresses {
-                    action,
-                    message: format!(
-                        "subnet {} has {} free addresses",
-                        request.subnet_id, subnet.subnet.available_ips
-                    ),
-                });
-            }
-            let mut ips = Vec::with_capacity(request.secondary_ips as usize + 1);
-            for _ in 0..=request.secondary_ips {
-                match subnet.allocate(&eni_id) {
-                    Some(ip) => ips.push(ip),
-                    None => {
-                        for ip in ips {
-                            subnet.release(ip);
-                        }
-                        return Err(Error::InsufficientAddresses {
-                            action,
-                            message: "subnet exhausted".into(),
-                        });
-                    }
-                }
-            }
-            let primary_ip = ips.remove(0);
-            let eni = Eni {
-                id: eni_id.clone(),
-                subnet_id: request.subnet_id.clone(),
-                vpc_id: subnet.subnet.vpc_id.clone(),
-                zone: subnet.subnet.zone.clone(),
-                mac: mac_of(&eni_id),
-                primary_ip,
-                secondary_ips: ips,
-                security_groups: request.security_groups.clone(),
-                tags: request.tags.clone(),
-                state: EniState::Available,
-                attachment: None,
-            };
-            st.enis.insert(eni_id, eni.clone());
+            let eni = create(st, request)?;
+            st.tokens.insert(
+                client_token.to_owned(),
+                TokenRecord {
+                    request: fingerprint,
+                    made: Made::Eni(eni.clone()),
+                },
+            );
             Ok(eni)
         })
         .await
+    }
+
+    /// ECS takes a token on AssignPrivateIpAddresses, EC2 none: the
+    /// Alibaba model honours it as ECS does, the AWS model ignores it.
+    async fn assign_ips_with_token(
+        &self,
+        eni_id: &str,
+        request: &AssignIps,
+        client_token: &str,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let action = Action::AssignIps;
+        if !self.honours_client_token(action) {
+            return self.assign_ips(eni_id, request).await;
+        }
+        self.run(action, |st| {
+            let fingerprint = format!("{action}:{eni_id}:{request:?}");
+            if let Some(seen) = st.tokens.get(client_token) {
+                return match &seen.made {
+                    Made::Ips(ips) if seen.request == fingerprint => Ok(ips.clone()),
+                    _ => Err(invalid(
+                        action,
+                        format!("IdempotentParameterMismatch: client token {client_token} was used with another request"),
+                    )),
+                };
+            }
+            let ips = addresses::assign(st, eni_id, request)?;
+            st.tokens.insert(
+                client_token.to_owned(),
+                TokenRecord {
+                    request: fingerprint,
+                    made: Made::Ips(ips.clone()),
+                },
+            );
+            Ok(ips)
+        })
+        .await
+    }
+
+    fn honours_client_token(&self, action: Action) -> bool {
+        match action {
+            Action::CreateEni => true,
+            Action::AssignIps => lock(&self.config).provider == SimProvider::Alibaba,
+            _ => false,
+        }
     }
 
     async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<()> {
@@ -337,4 +355,65 @@ impl EniCloud for SimCloud {
         })
         .await
     }
+}
+
+/// Creates an ENI with its addresses on `st`.
+fn create(st: &mut State, request: &CreateEni) -> Result<Eni> {
+    let action = Action::CreateEni;
+    if request.secondary_ips > MAX_AT_CREATE {
+        return Err(invalid(
+            action,
+            format!("at most {MAX_AT_CREATE} secondary addresses at creation"),
+        ));
+    }
+    for g in &request.security_groups {
+        if !st.security_groups.contains_key(g) {
+            return Err(not_found(action, "security group", g));
+        }
+    }
+    let eni_id = st.id("eni");
+    let subnet = st
+        .subnets
+        .get_mut(&request.subnet_id)
+        .ok_or_else(|| not_found(action, "subnet", &request.subnet_id))?;
+    if subnet.subnet.available_ips < request.secondary_ips + 1 {
+        return Err(Error::InsufficientAddresses {
+            action,
+            message: format!(
+                "subnet {} has {} free addresses",
+                request.subnet_id, subnet.subnet.available_ips
+            ),
+        });
+    }
+    let mut ips = Vec::with_capacity(request.secondary_ips as usize + 1);
+    for _ in 0..=request.secondary_ips {
+        match subnet.allocate(&eni_id) {
+            Some(ip) => ips.push(ip),
+            None => {
+                for ip in ips {
+                    subnet.release(ip);
+                }
+                return Err(Error::InsufficientAddresses {
+                    action,
+                    message: "subnet exhausted".into(),
+                });
+            }
+        }
+    }
+    let primary_ip = ips.remove(0);
+    let eni = Eni {
+        id: eni_id.clone(),
+        subnet_id: request.subnet_id.clone(),
+        vpc_id: subnet.subnet.vpc_id.clone(),
+        zone: subnet.subnet.zone.clone(),
+        mac: mac_of(&eni_id),
+        primary_ip,
+        secondary_ips: ips,
+        security_groups: request.security_groups.clone(),
+        tags: request.tags.clone(),
+        state: EniState::Available,
+        attachment: None,
+    };
+    st.enis.insert(eni_id, eni.clone());
+    Ok(eni)
 }

@@ -24,6 +24,8 @@ pub struct ActionStats {
     pub throttled: u64,
     /// Calls failed for another reason.
     pub failed: u64,
+    /// Calls that took effect but whose answer was lost (injected).
+    pub answers_lost: u64,
 }
 
 /// Per-action counts.
@@ -117,10 +119,21 @@ impl SimCloud {
         op: impl FnOnce(&mut State) -> Result<T>,
     ) -> Result<T> {
         self.enter(action).await?;
+        let lost = lock(&self.config).faults.lost_answer_ratio;
         let mut st = lock(&self.state);
         let r = op(&mut st);
         if r.is_err() {
             st.stats.by_action.entry(action).or_default().failed += 1;
+        } else if action.class() != ActionClass::Describe
+            && lost > 0.0
+            && st.rng.random_bool(lost.min(1.0))
+        {
+            // Done, but the caller never hears of it.
+            st.stats.by_action.entry(action).or_default().answers_lost += 1;
+            return Err(Error::DeadlineExceeded {
+                action,
+                deadline: Duration::ZERO,
+            });
         }
         r
     }

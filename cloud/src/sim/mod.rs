@@ -105,6 +105,23 @@ struct State {
     buckets: HashMap<Action, TokenBucket>,
     windows: HashMap<Action, MinuteWindow>,
     stats: SimStats,
+    /// Client tokens seen, as EC2 keeps them: the request they came with
+    /// and what the first call made.
+    tokens: HashMap<String, TokenRecord>,
+}
+
+/// What a client token stands for.
+struct TokenRecord {
+    /// The call and its request, as sent the first time.
+    request: String,
+    /// What that call made.
+    made: Made,
+}
+
+/// The result a repeated token returns.
+enum Made {
+    Eni(Eni),
+    Ips(Vec<std::net::Ipv4Addr>),
 }
 
 impl State {
@@ -138,6 +155,7 @@ impl SimCloud {
                 buckets: HashMap::new(),
                 windows: HashMap::new(),
                 stats: SimStats::default(),
+                tokens: HashMap::new(),
             }),
         }
     }

@@ -192,6 +192,25 @@ impl EniCloud for AutoRegister {
         self.sim.create_eni(request).await
     }
 
+    async fn create_eni_with_token(&self, request: &CreateEni, client_token: &str) -> Result<Eni> {
+        self.sim.create_eni_with_token(request, client_token).await
+    }
+
+    async fn assign_ips_with_token(
+        &self,
+        eni_id: &str,
+        request: &AssignIps,
+        client_token: &str,
+    ) -> Result<Vec<Ipv4Addr>> {
+        self.sim
+            .assign_ips_with_token(eni_id, request, client_token)
+            .await
+    }
+
+    fn honours_client_token(&self, action: crate::Action) -> bool {
+        self.sim.honours_client_token(action)
+    }
+
     async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<()> {
         self.ensure(Action::AttachEni, instance_id)?;
         self.sim.attach_eni(eni_id, instance_id, device_index).await

@@ -333,3 +333,51 @@ async fn instances_launch_under_a_given_id_once() {
         assert_ne!(id, taken);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_token_sent_again_with_the_same_request_returns_the_first_eni_like_ec2() {
+    let (sim, subnet, sg, instance) = world(quiet(SimProvider::Aws));
+    let request = create(&subnet, &sg, 2);
+    let first = sim.create_eni_with_token(&request, "tok-1").await.unwrap();
+    sim.attach_eni(&first.id, &instance, 1).await.unwrap();
+    let again = sim.create_eni_with_token(&request, "tok-1").await.unwrap();
+    assert_eq!(again.id, first.id, "no second ENI");
+    assert!(again.attachment.is_some(), "described as it is now");
+    assert_eq!(sim.all_enis().len(), 2, "the primary and the one created");
+    // The same token with another request is refused, as EC2's
+    // IdempotentParameterMismatch.
+    let other = create(&subnet, &sg, 3);
+    let err = sim.create_eni_with_token(&other, "tok-1").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
+    // Another token is another ENI.
+    let second = sim.create_eni_with_token(&request, "tok-2").await.unwrap();
+    assert_ne!(second.id, first.id);
+    // EC2 has no token on AssignPrivateIpAddresses: the AWS model ignores it.
+    assert!(!sim.honours_client_token(Action::AssignIps));
+    sim.assign_ips_with_token(&first.id, &AssignIps::Count(1), "tok-3")
+        .await
+        .unwrap();
+    sim.assign_ips_with_token(&first.id, &AssignIps::Count(1), "tok-3")
+        .await
+        .unwrap();
+    let net = sim.instance_network(&instance).await.unwrap();
+    assert_eq!(net.enis[1].secondary_ips.len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_alibaba_model_honours_a_client_token_on_count_assigns_like_ecs() {
+    let (sim, subnet, sg, instance) = world(quiet(SimProvider::Alibaba));
+    let eni = sim.create_eni(&create(&subnet, &sg, 1)).await.unwrap();
+    sim.attach_eni(&eni.id, &instance, 1).await.unwrap();
+    let a = sim
+        .assign_ips_with_token(&eni.id, &AssignIps::Count(2), "tok")
+        .await
+        .unwrap();
+    let b = sim
+        .assign_ips_with_token(&eni.id, &AssignIps::Count(2), "tok")
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    let net = sim.instance_network(&instance).await.unwrap();
+    assert_eq!(net.enis[1].secondary_ips.len(), 3);
+}
