@@ -129,6 +129,65 @@ fn checkpoint_restore_keeps_live_pods_and_never_reissues_their_ips() {
     assert_ne!(c, b);
 }
 
+/// Interfaces in the lab's node namespace.
+fn node_links(lab: &Lab) -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.node, "-o", "link", "show"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A pod whose netns path the agent cannot see (another mount namespace,
+/// a path the runtime moved) is alive as long as its host veth is: the
+/// restore keeps its IP, and frees it once the netns is really gone.
+#[test]
+fn a_live_pod_whose_netns_path_the_agent_cannot_see_keeps_its_ip() {
+    let Some(mut lab) = lab("hide", 2) else {
+        return;
+    };
+    let a = lab.add(0).expect("ADD 0");
+    lab.kill_agent();
+    let ns = lab.pods[0].netns();
+    let holder = std::env::temp_dir().join(format!("{}-holder", lab.pods[0].name));
+    std::fs::write(&holder, b"").expect("holder file");
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .expect("runs");
+        assert!(st.success(), "{args:?}");
+    };
+    // The netns stays alive through another bind mount; its path is gone.
+    run(&[
+        "mount",
+        "--bind",
+        &ns.display().to_string(),
+        &holder.display().to_string(),
+    ]);
+    run(&["umount", &ns.display().to_string()]);
+    std::fs::remove_file(&ns).expect("netns path removed");
+    lab.start_agent().expect("restart");
+    let h = lab.health().expect("healthz");
+    assert_eq!(h.ipam.allocated, 1, "the live pod keeps {a}: {h:?}");
+    let b = lab.add(1).expect("ADD 1");
+    assert_ne!(a, b, "never handed out twice");
+    let links = node_links(&lab);
+    // Now the netns really goes; its veth with it.
+    lab.kill_agent();
+    run(&["umount", &holder.display().to_string()]);
+    let _ = std::fs::remove_file(&holder);
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        node_links(&lab) < links
+    });
+    assert!(gone, "the kernel removes the veth of a destroyed netns");
+    lab.start_agent().expect("restart");
+    let h = lab.health().expect("healthz");
+    assert_eq!(h.ipam.allocated, 1, "only pod 1 left: {h:?}");
+    assert_eq!(h.ipam.cooldown, 1, "pod 0's IP waits out a cooldown");
+}
+
 #[test]
 fn pod_to_pod_tcp_goes_through_the_bpf_redirect() {
     let Some(mut lab) = lab("p2p", 2) else { return };

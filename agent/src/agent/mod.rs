@@ -222,9 +222,21 @@ impl Agent {
             cooling: Vec::new(),
             releasing: Vec::new(),
         };
+        // Host veths, for pods whose netns path the agent cannot see; when
+        // they cannot be listed, every such pod counts as alive.
+        let host_links = match veth::link_names(&self.netlink).await {
+            Ok(names) => Some(names),
+            Err(e) => {
+                warn!(error = %sextant_kit::ErrorChain(&e), "cannot list host veths; keeping pods whose netns is not visible");
+                None
+            }
+        };
         let restored = tokio::task::spawn_blocking(move || {
             checkpoint::restore(&cp, |a| {
-                veth::interface_alive(Path::new(&a.netns), &a.ifname)
+                let host_up = host_links.as_ref().is_none_or(|names| {
+                    names.contains(&veth::host_veth_name(&a.container_id, &a.ifname))
+                });
+                veth::interface_alive(Path::new(&a.netns), &a.ifname, host_up)
             })
         })
         .await

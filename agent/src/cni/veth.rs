@@ -451,10 +451,34 @@ pub async fn check(netns: &Path, ifname: &str, ip: Ipv4Addr) -> Result<bool> {
         .is_some())
 }
 
-/// Whether the interface `ifname` exists in `netns` (checkpoint restore).
-pub fn interface_alive(netns: &Path, ifname: &str) -> bool {
+/// Names of the links in the agent's own network namespace.
+pub async fn link_names(h: &Handle) -> Result<std::collections::BTreeSet<String>> {
+    let mut links = h.link().get().execute();
+    let mut names = std::collections::BTreeSet::new();
+    while let Some(m) = links
+        .try_next()
+        .await
+        .map_err(|e| Error::netlink("listing links", e))?
+    {
+        names.extend(m.attributes.into_iter().filter_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n),
+            _ => None,
+        }));
+    }
+    Ok(names)
+}
+
+/// Whether a checkpointed pod is alive (restore and sweeps): its interface
+/// `ifname` in `netns` when the agent can see that path; when it cannot
+/// (another mount namespace, a path the runtime moved), whether its host
+/// veth is still up (`host_veth_up`): a veth pair dies with its netns, so
+/// a path the agent cannot see never frees a live pod's IP.
+pub fn interface_alive(netns: &Path, ifname: &str, host_veth_up: bool) -> bool {
     if !netns.exists() {
-        return false;
+        if host_veth_up {
+            tracing::warn!(netns = %netns.display(), "pod netns path not visible to the agent but its host veth is up; keeping it");
+        }
+        return host_veth_up;
     }
     let pif = ifname.to_string();
     match in_netns(netns, move |ph| async move {
