@@ -259,3 +259,56 @@ fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
         assert_eq!(ext["nodeCacheCapable"], true);
     }
 }
+
+/// The CNI plugin's deadline for agent calls, from the rendered conflist.
+fn cni_timeout(r: &Rendered) -> u64 {
+    let cm = r
+        .all(|o| match o {
+            Object::ConfigMap(c) => Some(c.as_ref()),
+            _ => None,
+        })
+        .into_iter()
+        .find(|c| name_of(&c.metadata) == "sextant-cni")
+        .expect("conflist ConfigMap");
+    let conflist: serde_json::Value = serde_json::from_str(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.values().next())
+            .expect("conflist"),
+    )
+    .expect("conflist is JSON");
+    conflist["plugins"][0]["timeoutSeconds"]
+        .as_u64()
+        .expect("timeoutSeconds")
+}
+
+/// A fixed-IP pod's ADD waits up to `fixedIpWaitSeconds` in the agent; a
+/// CNI deadline shorter than that cut every such ADD off before the wait
+/// could end (it was 10 s against 30 s).
+#[test]
+fn the_cni_deadline_outlasts_the_fixed_ip_wait() {
+    let defaults = sets()
+        .iter()
+        .find(|r| r.set == "default")
+        .expect("the default set");
+    assert!(
+        cni_timeout(defaults) > 30,
+        "default fixed-IP wait is 30 s; CNI deadline {} s",
+        cni_timeout(defaults)
+    );
+    let rendered = render_values(&[
+        (
+            "long wait",
+            Some("agent:\n  fixedIpWaitSeconds: 120\n".to_string()),
+        ),
+        (
+            "long deadline",
+            Some("agent:\n  cni:\n    timeoutSeconds: 300\n".to_string()),
+        ),
+    ])
+    .expect("helm runs");
+    let long_wait = rendered[0].as_ref().expect("renders");
+    assert!(cni_timeout(long_wait) > 120, "{}", cni_timeout(long_wait));
+    let long_deadline = rendered[1].as_ref().expect("renders");
+    assert_eq!(cni_timeout(long_deadline), 300, "a longer deadline is kept");
+}
