@@ -10,20 +10,25 @@ use std::{
 
 use jiff::Timestamp;
 use sextant_cloud::{EniCloud, InstanceLimits, SecurityGroup, Subnet};
-use sextant_crds::{NodeNetwork, NodeNetworkStatus, Provider, condition, set_condition};
+use sextant_crds::{
+    NodeNetwork, NodeNetworkStatus, Provider, ReleaseState, condition, set_condition,
+};
 use sextant_kit::sync::lock;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
     execute::{Target, execute},
-    plan::{Plan, PlanInput, ReleasedBound, instance_capacity, plan, pod_cidr_capacity},
+    plan::{Plan, PlanInput, ReleasedBound, Step, instance_capacity, plan, pod_cidr_capacity},
     resync::{
         InstanceResync, InstanceScoped, apply_enis, eni_statuses, refresh_summary, set_capacity,
     },
     watermark::{IpamDefaults, Watermarks},
 };
-use crate::{Error, metrics::IpamMetrics};
+use crate::{
+    Error,
+    metrics::{IpamMetrics, ReconcileTimer},
+};
 
 /// Settings of node IPAM.
 #[derive(Clone, Debug)]
@@ -94,6 +99,54 @@ pub struct Reconciled {
     pub requeue_after: Duration,
     /// A cloud error met while executing; the status above is still worth writing.
     pub error: Option<Error>,
+}
+
+/// A node's plan, decided and not yet carried out ([`NodeIpam::decide`]).
+pub struct Decision {
+    status: NodeNetworkStatus,
+    plan: Plan,
+    next: Option<Next>,
+    _timer: ReconcileTimer,
+}
+
+/// What carrying a decision out needs besides its status and plan.
+struct Next {
+    name: String,
+    instance_id: String,
+    vpc_id: String,
+    exclude: BTreeMap<String, String>,
+    first: u32,
+    generation: Option<i64>,
+    watermarks: Watermarks,
+    limits: InstanceLimits,
+}
+
+impl Decision {
+    /// The status as decided: handshake changes, and the addresses to
+    /// unassign marked `released` and out of the pool.
+    pub fn status(&self) -> &NodeNetworkStatus {
+        &self.status
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Whether the plan unassigns addresses: then [`Decision::status`] is
+    /// to be written (guarded by the read's resourceVersion) before
+    /// [`NodeIpam::carry_out`].
+    pub fn records_unassigns(&self) -> bool {
+        self.plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::UnassignIps { .. }))
+    }
+
+    /// Counts this decision as refused by a conflict: nothing was done.
+    pub fn refused(self, metrics: &IpamMetrics) {
+        metrics.decision_refused();
+    }
 }
 
 impl NodeIpam {
@@ -199,11 +252,24 @@ impl NodeIpam {
         lock(&self.vpcs).remove(vpc_id);
     }
 
-    /// Reconciles one node. Errors before any mutation are returned as `Err`;
-    /// errors while executing come back in [`Reconciled::error`] with the
-    /// status that still has to be written.
+    /// Reconciles one node: [`NodeIpam::decide`], then at once
+    /// [`NodeIpam::carry_out`], for callers whose NodeNetwork is never
+    /// stale (the simulator's store). Errors before any mutation are
+    /// returned as `Err`; errors while executing come back in
+    /// [`Reconciled::error`] with the status that still has to be written.
     pub async fn reconcile(&self, nn: &NodeNetwork, now: Timestamp) -> Result<Reconciled, Error> {
-        let _timer = self.metrics.reconcile_timer();
+        let decision = self.decide(nn, now).await?;
+        Ok(self.carry_out(decision, now).await)
+    }
+
+    /// Observes and plans one node without any cloud mutation. When the
+    /// plan unassigns addresses the decision must be recorded first
+    /// ([`Decision::records_unassigns`]): its status marks them `released`
+    /// and takes them out of the pool, and the shell writes it guarded by
+    /// the resourceVersion of the read, so an unassign decided on a stale
+    /// read is refused (409) before the cloud is touched.
+    pub async fn decide(&self, nn: &NodeNetwork, now: Timestamp) -> Result<Decision, Error> {
+        let timer = self.metrics.reconcile_timer();
         let name = nn.metadata.name.as_deref().unwrap_or_default();
         let spec = &nn.spec;
         let generation = nn.metadata.generation;
@@ -236,12 +302,11 @@ impl NodeIpam {
             status.observed_generation = generation;
             refresh_summary(&mut status);
             set_capacity(&mut status, pod_cidr_capacity(&spec.pod_cidrs), 0, 0);
-            return Ok(Reconciled {
+            return Ok(Decision {
                 status,
                 plan: Plan::default(),
-                done: vec![],
-                requeue_after: self.config.requeue_idle,
-                error: None,
+                next: None,
+                _timer: timer,
             });
         }
         let instance_id = spec.instance_id.clone().unwrap_or_default();
@@ -302,6 +367,65 @@ impl NodeIpam {
                 }
             }
         }
+        // The unassigns, recorded before they are made: released, and out
+        // of the pool so the agent never takes them even once it drops the
+        // entry. A failed unassign puts them back on the resync after it.
+        for step in &the_plan.steps {
+            if let Step::UnassignIps { ips, .. } = step {
+                for ip in ips {
+                    status
+                        .release
+                        .insert(ip.to_string(), ReleaseState::Released);
+                    status.pool.remove(&ip.to_string());
+                }
+            }
+        }
+        Ok(Decision {
+            status,
+            plan: the_plan,
+            next: Some(Next {
+                name: name.to_owned(),
+                instance_id,
+                vpc_id,
+                exclude: spec.ipam.exclude_interface_tags.clone(),
+                first,
+                generation,
+                watermarks,
+                limits,
+            }),
+            _timer: timer,
+        })
+    }
+
+    /// Carries out a [`Decision`]: the cloud steps, the resync after them,
+    /// conditions, summary and metrics; the status to write.
+    pub async fn carry_out(&self, decision: Decision, now: Timestamp) -> Reconciled {
+        let Decision {
+            mut status,
+            plan: the_plan,
+            next,
+            _timer,
+        } = decision;
+        let Some(Next {
+            name,
+            instance_id,
+            vpc_id,
+            exclude,
+            first,
+            generation,
+            watermarks,
+            limits,
+        }) = next
+        else {
+            return Reconciled {
+                status,
+                plan: the_plan,
+                done: vec![],
+                requeue_after: self.config.requeue_idle,
+                error: None,
+            };
+        };
+        let name = name.as_str();
 
         let executed = execute(
             self.cloud.as_ref(),
@@ -332,7 +456,7 @@ impl NodeIpam {
                     &mut status,
                     &instance_id,
                     Some(&vpc_id),
-                    &spec.ipam.exclude_interface_tags,
+                    &exclude,
                     first,
                     now,
                 )
@@ -397,13 +521,13 @@ impl NodeIpam {
         } else {
             self.config.requeue_idle
         };
-        Ok(Reconciled {
+        Reconciled {
             status,
             plan: the_plan,
             done: executed.done,
             requeue_after,
             error,
-        })
+        }
     }
 
     async fn resync_into(

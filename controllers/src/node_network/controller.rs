@@ -3,8 +3,11 @@
 //! letting the error decide the requeue.
 //!
 //! ```text
-//!  watch NodeNetwork ─▶ reconcile ─▶ NodeIpam::reconcile (observe, plan, execute)
+//!  watch NodeNetwork ─▶ reconcile ─▶ NodeIpam::decide (observe, plan)
 //!                        ▲  │
+//!                        │  ├─▶ unassigns planned? record_decision: PATCH …/status (released, out of
+//!                        │  │     the pool; resourceVersion of the read: 409 → nothing unassigned)
+//!                        │  ├─▶ NodeIpam::carry_out (cloud steps, resync)
 //!                        │  ├─▶ make_status_patch(read, new) ─▶ PATCH …/nodenetworks/<node>/status
 //!                        │  │     (merge, metadata.resourceVersion of the read: 409 if it changed)
 //!                        │  └─▶ Ok(requeue_after) | Err ─▶ error_policy ─▶ requeue_for (pure)
@@ -256,6 +259,35 @@ pub async fn write_status(
     Ok(true)
 }
 
+/// Writes an unassign decision (`decided`, from [`NodeIpam::decide`]) as
+/// a merge patch guarded by `read`'s resourceVersion, before any cloud
+/// step; returns the NodeNetwork as written, whose version guards the
+/// reconcile's final write. A 409 means the node changed since `read`: the
+/// decision is dropped and the node read and planned again.
+async fn record_decision(
+    api: &Api<NodeNetwork>,
+    read: &NodeNetwork,
+    decided: &NodeNetworkStatus,
+) -> Result<Option<NodeNetwork>, ControllerError> {
+    let Some(patch) = make_status_patch(read, decided) else {
+        return Ok(None);
+    };
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER_OPERATOR.to_owned()),
+        ..PatchParams::default()
+    };
+    let node = read.name_any();
+    let written = api
+        .patch_status(&node, &pp, &Patch::Merge(&patch))
+        .await
+        .map_err(|source| ControllerError::WriteStatus { node, source })?;
+    debug!(
+        resource_version = written.metadata.resource_version.as_deref(),
+        "unassign decision recorded"
+    );
+    Ok(Some(written))
+}
+
 /// What a reconcile works on.
 struct Observed {
     /// The NodeNetwork as read: the write is guarded by its version.
@@ -338,8 +370,26 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     };
     let now = (ctx.clock)();
-    match ctx.ipam.reconcile(&work, now).await {
-        Ok(reconciled) => {
+    match ctx.ipam.decide(&work, now).await {
+        Ok(decision) => {
+            // Unassigns are irreversible: their decision is written first,
+            // guarded by the read's version; refused, nothing is done.
+            let read = if decision.records_unassigns() {
+                match record_decision(&api, &read, decision.status()).await {
+                    Ok(written) => written.map_or(read, Arc::new),
+                    Err(e) => {
+                        if matches!(&e, ControllerError::WriteStatus { source, .. } if is_conflict(source))
+                        {
+                            decision.refused(ctx.ipam.metrics());
+                        }
+                        ctx.note_write_error(&node, &e, unrecorded);
+                        return Err(e);
+                    }
+                }
+            } else {
+                read
+            };
+            let reconciled = ctx.ipam.carry_out(decision, now).await;
             // A failed step may have changed the cloud before failing.
             let mutated = unrecorded || !reconciled.done.is_empty() || reconciled.error.is_some();
             write_status(&api, &read, &reconciled.status)
