@@ -8,6 +8,11 @@
 //! their retries have spread over the backoff window by the time it returns.
 //! The same seed replays the same herd with either policy.
 //!
+//! Each simulated agent draws its delays from the agent's own reconnect
+//! policy, [`sextant_kit::backoff::WATCH`] through
+//! [`sextant_kit::backoff::Retries`] (what `sextant-agent`'s watches use),
+//! one seeded stream per agent.
+//!
 //! A discrete-event simulation on integer milliseconds: no clock, no IO.
 
 use std::{
@@ -16,8 +21,7 @@ use std::{
     time::Duration,
 };
 
-use rand::{SeedableRng, rngs::SmallRng};
-use sextant_cloud::{Backoff, BackoffKind};
+use sextant_kit::backoff::{Backoff, Retries};
 
 /// One herd.
 #[derive(Clone, Copy, Debug)]
@@ -35,13 +39,8 @@ pub struct HerdConfig {
     pub seed: u64,
 }
 
-/// The agents' reconnect policy: exponential from 1 s to 60 s with full jitter.
-pub const AGENT_BACKOFF: Backoff = Backoff {
-    base: Duration::from_secs(1),
-    cap: Duration::from_secs(60),
-    max_attempts: u32::MAX,
-    kind: BackoffKind::FullJitter,
-};
+/// The agents' reconnect policy: the agent's own watch backoff.
+pub const AGENT_BACKOFF: Backoff = sextant_kit::backoff::WATCH;
 
 /// What the API server saw once it was back.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,12 +59,19 @@ pub struct HerdReport {
 
 /// Runs one herd to the end (every agent through).
 pub fn simulate(config: &HerdConfig) -> HerdReport {
-    let mut rng = SmallRng::seed_from_u64(config.seed);
     let back = u64::try_from(config.outage.as_micros()).unwrap_or(u64::MAX);
     // Arrivals by (time in µs, agent); every agent loses the server at 0.
     let mut arrivals: BinaryHeap<Reverse<(u64, u32)>> =
         (0..config.agents).map(|a| Reverse((0, a))).collect();
-    let mut attempts = vec![0u32; config.agents as usize];
+    let mut retries: Vec<Retries> = (0..config.agents)
+        .map(|a| {
+            let seed = config
+                .seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(u64::from(a));
+            Retries::seeded(config.backoff, seed)
+        })
+        .collect();
     // The server's admission: a token bucket holding a tenth of a second.
     let rate = f64::from(config.admit_per_second.max(1));
     let burst = (rate / 10.0).max(1.0);
@@ -88,9 +94,9 @@ pub fn simulate(config: &HerdConfig) -> HerdReport {
             }
             refused += 1;
         }
-        let n = &mut attempts[agent as usize];
-        let wait = config.backoff.delay(*n, None, &mut rng);
-        *n = n.saturating_add(1);
+        let Some(wait) = retries[agent as usize].next() else {
+            continue; // this agent gave up
+        };
         let wait_us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX).max(1);
         arrivals.push(Reverse((at.saturating_add(wait_us), agent)));
     }
@@ -107,6 +113,8 @@ pub fn simulate(config: &HerdConfig) -> HerdReport {
 
 #[cfg(test)]
 mod tests {
+    use sextant_kit::backoff::BackoffKind;
+
     use super::*;
 
     fn herd(kind: BackoffKind) -> HerdReport {

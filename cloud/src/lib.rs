@@ -21,7 +21,6 @@
 //! answers. The simulated cloud ([`sim`]) is behind the `sim` feature.
 
 mod action;
-mod backoff;
 mod cloud;
 mod error;
 mod limits;
@@ -35,11 +34,11 @@ pub mod aws;
 pub mod sim;
 
 pub use action::{Action, ActionClass};
-pub use backoff::{Backoff, BackoffKind};
 pub use cloud::{Cloud, CloudConfig};
 pub use error::{Error, Result};
 pub use limits::{RateLimit, RateLimits};
 pub use metrics::{ActionTotals, CloudMetrics};
+pub use sextant_kit::backoff::{Backoff, BackoffKind};
 pub use tags::{EniTags, ROLE_PARKING, TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE, TAG_ROLE};
 pub use types::*;
 

@@ -21,6 +21,7 @@
 //! in that crate.
 
 pub mod admin;
+pub mod backoff;
 pub mod duration;
 pub mod errors;
 #[cfg(feature = "lease")]

@@ -204,32 +204,32 @@ async fn sync_loop(agent: Arc<Agent>, client: Client) {
     let cfg = watcher::Config::default;
     let streams = futures::stream::select_all([
         watcher(Api::<SextantNetworkPolicy>::all(client.clone()), cfg())
-            .default_backoff()
+            .backoff(crate::watch::WatchBackoff::new())
             .reflect(pol_w)
             .map(|e| e.is_ok())
             .boxed(),
         watcher(Api::<NetworkPolicy>::all(client.clone()), cfg())
-            .default_backoff()
+            .backoff(crate::watch::WatchBackoff::new())
             .reflect(np_w)
             .map(|e| e.is_ok())
             .boxed(),
         watcher(Api::<Pod>::all(client.clone()), cfg())
-            .default_backoff()
+            .backoff(crate::watch::WatchBackoff::new())
             .reflect(pod_w)
             .map(|e| e.is_ok())
             .boxed(),
         watcher(Api::<Namespace>::all(client.clone()), cfg())
-            .default_backoff()
+            .backoff(crate::watch::WatchBackoff::new())
             .reflect(ns_w)
             .map(|e| e.is_ok())
             .boxed(),
         watcher(Api::<Node>::all(client.clone()), cfg())
-            .default_backoff()
+            .backoff(crate::watch::WatchBackoff::new())
             .reflect(node_w)
             .map(|e| e.is_ok())
             .boxed(),
         watcher(Api::<SextantIdentity>::all(client.clone()), cfg())
-            .default_backoff()
+            .backoff(crate::watch::WatchBackoff::new())
             .reflect(id_w)
             .map(|e| e.is_ok())
             .boxed(),

@@ -34,7 +34,7 @@ impl FixedIpCache {
         let synced = Arc::new(AtomicBool::new(false));
         tokio::spawn(
             watcher(Api::<FixedIP>::all(client), watcher::Config::default())
-                .default_backoff()
+                .backoff(crate::watch::WatchBackoff::new())
                 .reflect(writer)
                 .for_each(|_| async {}),
         );

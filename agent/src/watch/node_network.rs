@@ -61,7 +61,7 @@ pub async fn node_loops(agent: Arc<Agent>, api: Api<NodeNetwork>, node: String, 
         let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
         let mut stream = std::pin::pin!(
             watcher(api.clone(), cfg)
-                .default_backoff()
+                .backoff(crate::watch::WatchBackoff::new())
                 .applied_objects()
         );
         while let Some(ev) = stream.next().await {

@@ -25,14 +25,14 @@ pub async fn watch(agent: Arc<Agent>, client: Client) {
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(crate::watch::WatchBackoff::new())
     .reflect(svc_writer)
     .map(|_| ());
     let eps = watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(crate::watch::WatchBackoff::new())
     .reflect(eps_writer)
     .map(|_| ());
     let mut events = std::pin::pin!(futures::stream::select(svcs, eps));

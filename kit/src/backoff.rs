@@ -1,5 +1,8 @@
 //! Retry delays: exponential backoff with full jitter (the AWS Architecture
-//! Blog's "full jitter"), honouring a provider's `retry_after`.
+//! Blog's "full jitter"), honouring a provider's `retry_after`. The cloud
+//! clients retry with it, and the agent's watches reconnect with
+//! [`WATCH`] through [`Retries`], the same delays the thundering-herd
+//! simulation (`sextantctl bench`) draws.
 //!
 //! Full jitter draws each delay uniformly from `[0, min(cap, base * 2^n)]`, so
 //! clients that failed together do not retry together. Plain exponential
@@ -8,7 +11,17 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+/// How the agent's watches reconnect after the API server was lost: full
+/// jitter from 1 s up to a minute, so thousands of agents that lost it
+/// together do not come back together.
+pub const WATCH: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(60),
+    max_attempts: u32::MAX,
+    kind: BackoffKind::FullJitter,
+};
 
 /// How delays are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +84,53 @@ impl Backoff {
     }
 }
 
+/// One client's successive delays under a [`Backoff`]: attempt 0, 1, 2, …
+/// until `max_attempts`; [`Retries::reset`] starts over after a success.
+#[derive(Clone, Debug)]
+pub struct Retries {
+    policy: Backoff,
+    attempt: u32,
+    rng: SmallRng,
+}
+
+impl Retries {
+    /// Delays under `policy` with jitter drawn from `seed` (simulations).
+    pub fn seeded(policy: Backoff, seed: u64) -> Self {
+        Retries {
+            policy,
+            attempt: 0,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Delays under `policy` with jitter from the thread's random source.
+    pub fn new(policy: Backoff) -> Self {
+        Retries {
+            policy,
+            attempt: 0,
+            rng: SmallRng::from_rng(&mut rand::rng()),
+        }
+    }
+
+    /// Back to the first delay (the operation succeeded).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Iterator for Retries {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.attempt.saturating_add(1) >= self.policy.max_attempts {
+            return None;
+        }
+        let d = self.policy.delay(self.attempt, None, &mut self.rng);
+        self.attempt = self.attempt.saturating_add(1);
+        Some(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +178,23 @@ mod tests {
             "delays collide: {} distinct",
             distinct.len()
         );
+    }
+
+    #[test]
+    fn retries_grow_until_the_cap_and_start_over_after_reset() {
+        let mut r = Retries::seeded(
+            Backoff {
+                kind: BackoffKind::Plain,
+                ..WATCH
+            },
+            1,
+        );
+        let first: Vec<u64> = r.by_ref().take(8).map(|d| d.as_secs()).collect();
+        assert_eq!(first, [1, 2, 4, 8, 16, 32, 60, 60]);
+        r.reset();
+        assert_eq!(r.next(), Some(Duration::from_secs(1)));
+        let limited = Retries::seeded(Backoff::default(), 1).count();
+        assert_eq!(limited, 7, "8 attempts in all: 7 retries");
     }
 
     #[test]
