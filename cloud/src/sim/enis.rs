@@ -192,7 +192,7 @@ impl EniCloud for SimCloud {
                 client_token.to_owned(),
                 TokenRecord {
                     request: fingerprint,
-                    made: Made::Eni(eni.clone()),
+                    made: Made::Eni(Box::new(eni.clone())),
                 },
             );
             Ok(eni)

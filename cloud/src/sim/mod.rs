@@ -120,7 +120,7 @@ struct TokenRecord {
 
 /// The result a repeated token returns.
 enum Made {
-    Eni(Eni),
+    Eni(Box<Eni>),
     Ips(Vec<std::net::Ipv4Addr>),
 }
 
