@@ -23,6 +23,8 @@ pub(crate) struct FixedIpMetrics {
     steps: Family<StepLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     reconciles: Counter,
+    parking_released: Counter,
+    parking_orphans: Gauge,
 }
 
 impl FixedIpMetrics {
@@ -43,6 +45,34 @@ impl FixedIpMetrics {
             "Fixed-IP reconciles that failed, by error kind",
             self.errors.clone(),
         );
+        registry.register(
+            "fixed_ip_parking_released",
+            "Addresses given back from parking ENIs because no FixedIP named them for the grace",
+            self.parking_released.clone(),
+        );
+        registry.register(
+            "fixed_ip_parking_orphans",
+            "Addresses on parking ENIs that no FixedIP names, waiting out the grace",
+            self.parking_orphans.clone(),
+        );
+    }
+
+    /// Counts addresses the orphan sweep gave back.
+    pub(crate) fn parking_released(&self, n: usize) {
+        self.parking_released
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Sets how many orphaned parking addresses wait out their grace.
+    pub(crate) fn parking_orphans(&self, n: usize) {
+        self.parking_orphans
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Orphaned parking addresses given back so far.
+    #[cfg(test)]
+    pub(crate) fn parking_released_total(&self) -> u64 {
+        self.parking_released.get()
     }
 
     /// Counts one reconcile and its planned steps.

@@ -16,31 +16,39 @@
 //! subnet CIDR (the sweep keeps any address a FixedIP of the cluster names),
 //! and runs alone: the loop of the sweep test watches the whole cluster.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::TryStreamExt;
 use k8s_openapi::{
-    api::core::v1::Pod,
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{Pod, ResourceQuota},
+    },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
     jiff::Timestamp,
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
 };
 use serde_json::json;
 use sextant_cloud::{
-    AssignIps, CreateEni, EniCloud, Tags,
+    AssignIps, CreateEni, EniCloud, ROLE_PARKING, TAG_ROLE, Tags,
     sim::{SimCloud, SimConfig, SimProvider},
 };
 use sextant_crds::{
     EniStatus, FixedIP, FixedIPPhase, FixedIPSpec, FixedIPStatus, IpamSpec, NodeNetwork,
     NodeNetworkSpec, NodeNetworkStatus, PoolEntry, PoolSummary, Provider, ReclaimPolicy,
-    wellknown::LABEL_STATEFULSET,
+    wellknown::{ANNOTATION_FIXED_IP, LABEL_STATEFULSET},
 };
 use sextant_e2e::cluster::{Cluster, Options, eventually, install};
 use sextant_operator::{
-    fixed_ip::controller::{FixedIpController, Observed, node_views, pod_views},
+    fixed_ip::controller::{FixedIpController, Observed, node_views, pod_views, watch},
     ipam::fixed_ip::plan::StatefulSetView,
 };
 
@@ -481,4 +489,132 @@ async fn a_move_away_from_a_deleted_node_completes_and_the_new_node_names_its_po
     );
     assert_eq!(holders(&sim, ip), vec![eni2.clone()]);
     clean_up(&fips, &nns, &[new]).await;
+}
+
+/// Addresses on the cluster's parking ENIs in `sim`.
+fn parked(sim: &SimCloud) -> BTreeSet<Ipv4Addr> {
+    sim.all_enis()
+        .into_iter()
+        .filter(|e| e.tags.get(TAG_ROLE).map(String::as_str) == Some(ROLE_PARKING))
+        .flat_map(|e| e.secondary_ips)
+        .collect()
+}
+
+/// The addresses FixedIPs of namespace `ns` name.
+async fn named(fips: &Api<FixedIP>) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
+    Ok(fips
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|f| f.spec.ip.parse().ok())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_parked_for_a_fixed_ip_whose_create_failed_is_swept_after_the_grace() {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let admin = with_crds(c).await;
+    let ns = c.namespace("fip-leak").await.expect("namespace");
+    let fips: Api<FixedIP> = Api::namespaced(admin.clone(), &ns);
+
+    // FixedIP creates in the namespace are refused: no FixedIP may exist.
+    let quotas: Api<ResourceQuota> = Api::namespaced(admin.clone(), &ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": { "name": "no-fixed-ips" },
+        "spec": { "hard": { "count/fixedips.sextant.io": "0" } },
+    }))
+    .expect("quota");
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("quota");
+
+    // A fixed-IP StatefulSet whose pod is never scheduled.
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": { "name": "web", "annotations": { ANNOTATION_FIXED_IP: "true" } },
+        "spec": {
+            "replicas": 1,
+            "serviceName": "web",
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": {
+                    "nodeSelector": { "sextant.test/nowhere": "true" },
+                    "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }],
+                },
+            },
+        },
+    }))
+    .expect("StatefulSet");
+    Api::<StatefulSet>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("StatefulSet");
+
+    let (sim, _subnet) = sim("10.0.5.0/24");
+    let ctl = Arc::new(FixedIpController::new(
+        admin.clone(),
+        sim.clone(),
+        "e2e",
+        VPC,
+    ));
+    let tick = Duration::from_millis(200);
+    let cloud: Arc<dyn EniCloud> = sim.clone();
+    let running = tokio::spawn(watch::run(ctl, cloud, VPC.into(), tick));
+
+    // Each pass reserves an address, parks it, and has the create refused.
+    let leaked = eventually(Duration::from_secs(30), "refused reservations", || {
+        let (sim, fips) = (sim.clone(), fips.clone());
+        async move {
+            let p = parked(&sim);
+            let n = named(&fips).await?;
+            Ok((p.len() >= 2 && n.is_empty()).then_some(p))
+        }
+    })
+    .await
+    .expect("the FixedIP creates are refused while parked addresses pile up");
+
+    // The refusal ends: the next pass reserves again and creates the FixedIP.
+    quotas
+        .delete("no-fixed-ips", &DeleteParams::default())
+        .await
+        .expect("quota deleted");
+    let kept = eventually(Duration::from_secs(30), "FixedIP web-0", || {
+        let fips = fips.clone();
+        async move { Ok(fips.get_opt("web-0").await?.map(|f| f.spec.ip)) }
+    })
+    .await
+    .expect("the FixedIP is created once the quota is gone");
+    let kept: Ipv4Addr = kept.parse().expect("spec.ip");
+
+    // Well past the grace, only the address a FixedIP names is still parked.
+    let settled = eventually(Duration::from_secs(20), "orphans swept", || {
+        let sim = sim.clone();
+        async move {
+            let p = parked(&sim);
+            Ok((p == BTreeSet::from([kept])).then_some(p))
+        }
+    })
+    .await;
+    let now_parked = parked(&sim);
+    running.abort();
+    let orphans: Vec<&Ipv4Addr> = now_parked.iter().filter(|ip| **ip != kept).collect();
+    assert!(
+        settled.is_ok(),
+        "20 s after the FixedIP was created, addresses no FixedIP names are still on parking \
+         ENIs: {orphans:?} (leaked while refused: {leaked:?})"
+    );
+    assert!(
+        now_parked.contains(&kept),
+        "the address FixedIP web-0 names ({kept}) is never swept"
+    );
+    assert_eq!(
+        fips.get("web-0").await.expect("read").spec.ip,
+        kept.to_string()
+    );
+    let leftover = Api::<StatefulSet>::namespaced(admin.clone(), &ns);
+    let _ = leftover.delete("web", &DeleteParams::default()).await;
+    let _ = fips.delete("web-0", &DeleteParams::default()).await;
 }

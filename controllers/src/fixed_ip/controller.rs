@@ -6,7 +6,9 @@
 //!  watches (StatefulSet, Pod with statefulset.kubernetes.io/pod-name, FixedIP, NodeNetwork)
 //!       └─▶ dirty StatefulSet keys (+ every key each tick, for TTLs) ─▶ reconcile_statefulset
 //!             plan ─▶ execute (cloud) ─▶ POST/PATCH status/DELETE FixedIP,
-//!                                        PATCH NodeNetwork status.fixedIps
+//!                                        PATCH NodeNetwork status (old node, then new)
+//!       └─▶ every PARKING_SWEEP_TICKS ticks: sweep_parking (cloud listing, LIST FixedIPs)
+//!             ─▶ give back parked addresses no FixedIP named for the grace
 //! ```
 //!
 //! FixedIPs carry the label `sextant.io/statefulset` and no owner reference:
@@ -15,7 +17,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use jiff::Timestamp;
@@ -23,7 +25,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::{Value, json};
@@ -35,9 +37,13 @@ use sextant_crds::{
 
 use tracing::{debug, info, instrument, warn};
 
+use sextant_ipam::resync::list_vpc;
+use sextant_kit::sync::lock;
+
 use super::{
     execute::{Holders, Outcome, Parking, execute, status_after, status_for},
     plan::{FixedIpInput, NodeView, PodView, StatefulSetView, Step, plan},
+    sweep::{self, FirstSeen},
 };
 
 /// Label kube's StatefulSet controller puts on its pods.
@@ -70,6 +76,21 @@ pub enum FixedIpError {
         #[source]
         source: kube::Error,
     },
+    /// The orphan sweep could not read the parking ENIs or give an address back.
+    #[error("sweeping orphaned parking addresses: cloud call failed")]
+    SweepCloud {
+        /// The error.
+        #[source]
+        source: sextant_cloud::Error,
+    },
+    /// The orphan sweep could not list the FixedIPs: nothing is given back
+    /// without knowing every address they name.
+    #[error("sweeping orphaned parking addresses: listing FixedIPs")]
+    SweepList {
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl FixedIpError {
@@ -80,7 +101,8 @@ impl FixedIpError {
             FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source) => {
                 "kube_conflict"
             }
-            FixedIpError::Kube { .. } => "kube",
+            FixedIpError::Kube { .. } | FixedIpError::SweepList { .. } => "kube",
+            FixedIpError::SweepCloud { source } => source.metric_label(),
         }
     }
 
@@ -202,6 +224,17 @@ pub struct FixedIpController {
     cloud: Arc<dyn EniCloud>,
     parking: Parking,
     cluster: String,
+    /// Orphaned parking addresses and when the sweep first saw each.
+    orphans: Mutex<FirstSeen>,
+}
+
+/// What one orphan sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Addresses given back, with the parking ENI each was on.
+    pub released: Vec<(String, std::net::Ipv4Addr)>,
+    /// Orphans still waiting out their grace.
+    pub waiting: usize,
 }
 
 /// The status merge patch writing `status` over FixedIP `read`, guarded by
@@ -286,6 +319,7 @@ impl FixedIpController {
             cloud,
             parking: Parking::new(cluster, vpc_id),
             cluster: cluster.to_owned(),
+            orphans: Mutex::new(FirstSeen::new()),
         }
     }
 
@@ -334,6 +368,85 @@ impl FixedIpController {
             self.metrics.error(e.metric_label());
         }
         result
+    }
+
+    /// Gives back the addresses on the cluster's parking ENIs that no
+    /// FixedIP has named for `grace` ([`sweep`]): a Reserve parks its
+    /// address before the FixedIP naming it is created, so a crash or a
+    /// refused create in between would leave it there for good. Reads the
+    /// cloud, then every FixedIP afresh from the API server (not a cache
+    /// that may still be filling); an address a FixedIP names is never
+    /// given back, and no list means no sweep.
+    #[instrument(skip(self))]
+    pub async fn sweep_parking(
+        &self,
+        now: Timestamp,
+        grace: std::time::Duration,
+    ) -> Result<SweepReport, FixedIpError> {
+        let result = self.sweep_once(now, grace).await;
+        match &result {
+            Ok(r) => self.metrics.parking_orphans(r.waiting),
+            Err(e) => self.metrics.error(e.metric_label()),
+        }
+        result
+    }
+
+    async fn sweep_once(
+        &self,
+        now: Timestamp,
+        grace: std::time::Duration,
+    ) -> Result<SweepReport, FixedIpError> {
+        let cloud_err = |source| FixedIpError::SweepCloud { source };
+        let enis = list_vpc(self.cloud.as_ref(), self.parking.vpc_id())
+            .await
+            .map_err(cloud_err)?;
+        self.parking.refresh(&enis);
+        let parked = sweep::parked_addresses(&enis, &self.cluster);
+        if parked.is_empty() {
+            lock(&self.orphans).clear();
+            return Ok(SweepReport::default());
+        }
+        let named: BTreeSet<std::net::Ipv4Addr> = Api::<FixedIP>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| FixedIpError::SweepList { source })?
+            .items
+            .iter()
+            .filter_map(|f| f.spec.ip.parse().ok())
+            .collect();
+        let plan = {
+            let mut seen = lock(&self.orphans);
+            let plan = sweep::plan_sweep(&parked, &named, &seen, now, grace);
+            for (ip, first) in &plan.waiting {
+                if !seen.contains_key(ip) {
+                    info!(%ip, since = %first, "parked address no FixedIP names; given back after the grace unless one does");
+                }
+            }
+            seen.clone_from(&plan.waiting);
+            plan
+        };
+        let (released, failed) =
+            sweep::release_orphans(self.cloud.as_ref(), &self.parking, &plan).await;
+        for (eni, ip) in &released {
+            warn!(%ip, %eni, "orphaned parking address given back: no FixedIP named it for the grace");
+        }
+        self.metrics.parking_released(released.len());
+        if let Some(source) = failed {
+            // Those not given back are orphans still: the next sweep tries again.
+            let mut seen = lock(&self.orphans);
+            for (eni, ips) in &plan.release {
+                for ip in ips {
+                    if !released.iter().any(|(e, i)| e == eni && i == ip) {
+                        seen.insert(*ip, now);
+                    }
+                }
+            }
+            return Err(cloud_err(source));
+        }
+        Ok(SweepReport {
+            released,
+            waiting: plan.waiting.len(),
+        })
     }
 
     async fn plan_and_write(
@@ -722,7 +835,7 @@ pub mod watch {
     use sextant_cloud::EniCloud;
     use sextant_crds::{FixedIP, NodeNetwork, wellknown::LABEL_STATEFULSET};
     use tokio::sync::mpsc;
-    use tracing::{debug, warn};
+    use tracing::{debug, info, warn};
 
     use super::{
         FixedIpController, LABEL_POD_NAME, Observed, node_views, pod_views, statefulset_view,
@@ -762,9 +875,18 @@ pub mod watch {
             .await;
     }
 
+    /// How many ticks apart the orphan sweep runs, which is also its grace:
+    /// 5 minutes at the operator's 30 s tick. A Reserve's FixedIP create
+    /// follows its parking within the same pass; the grace covers a create
+    /// still in flight in another replica, or shown late by the API server.
+    pub const PARKING_SWEEP_TICKS: u32 = 10;
+
     /// Runs the FixedIP controller until the watches end: every change to a
     /// StatefulSet, one of its pods or FixedIPs marks it dirty; every `tick`
     /// all of them are looked at (retention TTLs expire without events).
+    /// Every [`PARKING_SWEEP_TICKS`] ticks, after a pass, parked addresses no
+    /// FixedIP has named for as long are given back
+    /// ([`FixedIpController::sweep_parking`]).
     pub async fn run(
         ctl: Arc<FixedIpController>,
         cloud: Arc<dyn EniCloud>,
@@ -820,8 +942,10 @@ pub mod watch {
             dirty_tx,
         );
 
+        let sweep_every = tick.saturating_mul(PARKING_SWEEP_TICKS);
         let worker = async move {
             let mut ticker = tokio::time::interval(tick);
+            let mut last_sweep: Option<tokio::time::Instant> = None;
             loop {
                 let mut keys = BTreeSet::new();
                 tokio::select! {
@@ -895,6 +1019,23 @@ pub mod watch {
                         }
                         Err(e) => {
                             warn!(error = %ErrorChain(&e), kind = e.metric_label(), "fixed IPs reconcile failed")
+                        }
+                    }
+                }
+                // After the pass: what it parked, its FixedIP creates name.
+                if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
+                    last_sweep = Some(tokio::time::Instant::now());
+                    match ctl.sweep_parking(jiff::Timestamp::now(), sweep_every).await {
+                        Ok(r) if !r.released.is_empty() || r.waiting > 0 => {
+                            info!(
+                                released = r.released.len(),
+                                waiting = r.waiting,
+                                "parking swept"
+                            )
+                        }
+                        Ok(_) => debug!("parking swept: no orphans"),
+                        Err(e) => {
+                            warn!(error = %ErrorChain(&e), kind = e.metric_label(), "parking sweep failed; again next sweep")
                         }
                     }
                 }
@@ -1399,6 +1540,137 @@ mod tests {
         assert_eq!(
             written.body["status"]["fixedIps"],
             json!({ "10.0.0.9": null })
+        );
+    }
+
+    fn fip_list(ips: &[String]) -> Value {
+        let items: Vec<Value> = ips
+            .iter()
+            .map(|ip| {
+                json!({
+                    "apiVersion": "sextant.io/v1alpha1", "kind": "FixedIP",
+                    "metadata": { "name": "web-1", "namespace": "db" },
+                    "spec": { "ip": ip, "statefulSet": "web", "ordinal": 1 },
+                })
+            })
+            .collect();
+        json!({
+            "apiVersion": "sextant.io/v1alpha1", "kind": "FixedIPList",
+            "metadata": { "resourceVersion": "5" }, "items": items,
+        })
+    }
+
+    const FIXED_IPS: &str = "/apis/sextant.io/v1alpha1/fixedips?";
+
+    #[tokio::test]
+    async fn a_parked_address_whose_fixed_ip_create_failed_is_given_back_after_the_grace() {
+        let (sim, _) = sim();
+        let subnets = sim.subnets("vpc-1").await.unwrap();
+        let (client, mut server) = mock_client();
+        let ctl = FixedIpController::new(client, sim.clone(), "test", "vpc-1");
+        let view = sts_view();
+        let grace = std::time::Duration::from_secs(300);
+        let t0: Timestamp = NOW.parse().unwrap();
+        let later = t0
+            .checked_add(jiff::SignedDuration::from_secs(300))
+            .unwrap();
+        let script = tokio::spawn(async move {
+            // web-0's create is refused after its address was parked.
+            let refused = server
+                .expect(
+                    Method::POST,
+                    "/apis/sextant.io/v1alpha1/namespaces/db/fixedips?&fieldManager=sextant-fixed-ip",
+                    500,
+                    sextant_kit::testing::status_failure(500, "InternalError"),
+                )
+                .await;
+            let lost = refused.body["spec"]["ip"].as_str().unwrap().to_owned();
+            // First sweep: web-0's address is seen orphaned, not given back.
+            server
+                .expect(Method::GET, FIXED_IPS, 200, fip_list(&[]))
+                .await;
+            // A failed list: no sweep at all.
+            server
+                .expect(
+                    Method::GET,
+                    FIXED_IPS,
+                    503,
+                    sextant_kit::testing::status_failure(503, "ServiceUnavailable"),
+                )
+                .await;
+            // A grace later, a FixedIP names another parked address.
+            server
+                .expect(Method::GET, FIXED_IPS, 200, fip_list(&["10.0.0.99".into()]))
+                .await;
+            server.expect_no_more().await;
+            lost
+        });
+        let err = ctl
+            .reconcile_statefulset(
+                "db",
+                "web",
+                Observed {
+                    statefulset: Some(&view),
+                    fixed: vec![],
+                    pods: vec![],
+                    nodes: BTreeMap::new(),
+                    subnets: &subnets,
+                },
+                t0,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.metric_label(), "kube");
+        let parked = |sim: &SimCloud| -> Vec<std::net::Ipv4Addr> {
+            sim.all_enis()
+                .into_iter()
+                .filter(|e| {
+                    e.tags.get(sextant_cloud::TAG_ROLE).map(String::as_str)
+                        == Some(sextant_cloud::ROLE_PARKING)
+                })
+                .flat_map(|e| e.secondary_ips)
+                .collect()
+        };
+        assert_eq!(
+            parked(&sim).len(),
+            1,
+            "the refused create left its address parked"
+        );
+        // web-1's FixedIP names an address parked too (by an earlier pass).
+        let eni = sim
+            .all_enis()
+            .into_iter()
+            .find(|e| e.tags.contains_key(sextant_cloud::TAG_ROLE))
+            .unwrap();
+        sim.assign_ips(
+            &eni.id,
+            &AssignIps::Specific {
+                ips: vec!["10.0.0.99".parse().unwrap()],
+                allow_reassignment: false,
+            },
+        )
+        .await
+        .unwrap();
+
+        let first = ctl.sweep_parking(t0, grace).await.unwrap();
+        assert_eq!((first.released.len(), first.waiting), (0, 2));
+        let failed = ctl.sweep_parking(later, grace).await.unwrap_err();
+        assert!(
+            matches!(failed, FixedIpError::SweepList { .. }),
+            "{failed:?}"
+        );
+        assert_eq!(ctl.metrics().errors("kube"), 2, "the create, then the list");
+        assert_eq!(parked(&sim).len(), 2, "nothing given back without the list");
+        let due = ctl.sweep_parking(later, grace).await.unwrap();
+        assert_eq!(ctl.metrics().parking_released_total(), 1);
+        drop(ctl);
+        let lost: std::net::Ipv4Addr = finish(script).await.parse().unwrap();
+        assert_eq!(due.released, vec![(eni.id.clone(), lost)]);
+        assert_eq!(due.waiting, 0);
+        assert_eq!(
+            parked(&sim),
+            vec!["10.0.0.99".parse::<std::net::Ipv4Addr>().unwrap()],
+            "the orphan went back to the subnet; the named address stays"
         );
     }
 

@@ -11,12 +11,15 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Mutex};
 
 use jiff::Timestamp;
 use sextant_cloud::{
-    AssignIps, CreateEni, EniCloud, EniTags, Error as CloudError, ROLE_PARKING, TAG_ROLE,
+    AssignIps, CreateEni, Eni, EniCloud, EniTags, Error as CloudError, ROLE_PARKING, TAG_ROLE,
 };
 use sextant_crds::{FixedIPPhase, FixedIPStatus};
 use sextant_kit::sync::lock;
 
-use super::plan::{NodeView, Step};
+use super::{
+    plan::{NodeView, Step},
+    sweep::is_parking,
+};
 use crate::resync::list_vpc;
 
 /// Secondary addresses one parking ENI holds (ECS's and EC2's largest bound).
@@ -94,18 +97,39 @@ impl Parking {
         if lock(&self.loaded).is_some() {
             return Ok(());
         }
+        let enis = list_vpc(cloud, &self.vpc_id).await?;
+        self.refresh(&enis);
+        Ok(())
+    }
+
+    /// Learns the parking ENIs and their counts anew from a listing of the
+    /// VPC (the orphan sweep's, which lists anyway).
+    pub fn refresh(&self, enis: &[Eni]) {
         let mut by_subnet = BySubnet::new();
-        for e in list_vpc(cloud, &self.vpc_id).await? {
-            let ours = EniTags::parse(&e.tags).is_some_and(|t| t.cluster == self.cluster);
-            if ours && e.tags.get(TAG_ROLE).map(String::as_str) == Some(ROLE_PARKING) {
-                by_subnet
-                    .entry(e.subnet_id.clone())
-                    .or_default()
-                    .push((e.id.clone(), e.secondary_ips.len()));
-            }
+        for e in enis.iter().filter(|e| is_parking(e, &self.cluster)) {
+            by_subnet
+                .entry(e.subnet_id.clone())
+                .or_default()
+                .push((e.id.clone(), e.secondary_ips.len()));
         }
         *lock(&self.loaded) = Some(by_subnet);
-        Ok(())
+    }
+
+    /// The VPC whose parking ENIs these are.
+    pub fn vpc_id(&self) -> &str {
+        &self.vpc_id
+    }
+
+    /// The cluster whose parking ENIs these are.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Forgets `n` addresses given back from parking ENI `eni`.
+    pub fn forget(&self, eni: &str, n: usize) {
+        if let Some(subnet) = self.subnet_of(eni) {
+            self.count(&subnet, eni, -isize::try_from(n).unwrap_or(isize::MAX));
+        }
     }
 
     /// A parking ENI of `subnet_id` with room for one more address; created

@@ -5,6 +5,7 @@
 //! ```text
 //!  StatefulSet + pods + FixedIPs + NodeNetworks ─▶ plan (pure) ─▶ steps
 //!      steps ─▶ execute: parking ENI per subnet, assign-with-reassignment moves ─▶ outcomes
+//!  periodic: parking ENIs' addresses + every FixedIP ─▶ sweep (pure) ─▶ give back orphans
 //! ```
 //!
 //! Recording the outcomes (FixedIP create / status / delete, NodeNetwork
@@ -12,6 +13,7 @@
 
 pub mod execute;
 pub mod plan;
+pub mod sweep;
 
 #[cfg(test)]
 mod tests;
