@@ -347,7 +347,10 @@ async fn a_client_token_sent_again_with_the_same_request_returns_the_first_eni_l
     // The same token with another request is refused, as EC2's
     // IdempotentParameterMismatch.
     let other = create(&subnet, &sg, 3);
-    let err = sim.create_eni_with_token(&other, "tok-1").await.unwrap_err();
+    let err = sim
+        .create_eni_with_token(&other, "tok-1")
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
     // Another token is another ENI.
     let second = sim.create_eni_with_token(&request, "tok-2").await.unwrap();

@@ -678,13 +678,13 @@ mod tests {
         );
         *lock(&clock) = ts("2026-11-25T12:05:00Z");
         let after_grace = gc_round(&resync, &mut server, &[fixed]).await;
-        assert_eq!(after_grace.deleted, [leaked.clone()]);
-        assert_eq!(after_grace.held, [pod_eni.id.clone()]);
+        assert_eq!(after_grace.deleted, std::slice::from_ref(&leaked));
+        assert_eq!(after_grace.held, std::slice::from_ref(&pod_eni.id));
         assert_eq!(resync.metrics.gc_held_fixed.get(), 1);
         // Parked elsewhere: the FixedIP no longer pins the old ENI.
         *lock(&clock) = ts("2026-11-25T12:10:00Z");
         let parked = gc_round(&resync, &mut server, &[]).await;
-        assert_eq!(parked.deleted, [pod_eni.id.clone()]);
+        assert_eq!(parked.deleted, std::slice::from_ref(&pod_eni.id));
         assert!(sim.all_enis().iter().all(|e| e.attachment.is_some()));
         let _ = instance;
         drop(resync);
