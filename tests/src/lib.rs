@@ -22,3 +22,4 @@ pub mod cluster;
 pub mod config_reference;
 pub mod dockerfile;
 pub mod images;
+pub mod soak;

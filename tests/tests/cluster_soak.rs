@@ -1,0 +1,410 @@
+//! The chaos soak of issue 14 against the real control plane: a fixed-IP
+//! StatefulSet rolled again and again while its nodes' agents are
+//! `kill -9`ed and a node is lost, audited after every round for wrong
+//! address ownership (`sextant_e2e::soak::audit`: all counts must be 0).
+//!
+//! ```text
+//!  sextant-operator (chart identity, --provider sim: EC2 latencies and token buckets)
+//!        │ NodeNetworks, ENIs, FixedIPs (reserve, move, park)
+//!  kube-apiserver ◀──── kwok nodes soak-0..3, each: netns + real sextant-agent
+//!        │              (--no-datapath, NODE_NAME, NodeNetwork from the API)
+//!        └─ pods of StatefulSet web ──▶ soak::kubelet (CNI ADD/DEL per pod, pod netns)
+//!  after each round: audit(NodeNetworks, every agent's /v1/ipam and health, pods, ADD history)
+//! ```
+//!
+//! Size: 4 nodes, 12 replicas (the issue says 30), 3 rounds. This machine
+//! has 2 cores shared with other work; each agent ADD of a moved fixed IP
+//! waits on the operator's cloud calls at EC2's latencies, and a round
+//! rolls every replica one at a time, so 12 replicas keep a round near a
+//! minute and the whole test near 5 minutes. `SOAK_REPLICAS` and
+//! `SOAK_ROUNDS` raise them.
+//!
+//! Rounds: 1 `kill -9` one agent mid-roll and restart it; 2 lose a node
+//! mid-roll (its agent dies, the Node is deleted, its pods are evicted) and
+//! register a replacement; 3 `kill -9` two agents at once and restart them.
+//!
+//! What the operator binary cannot offer yet makes the test fail after the
+//! audit, with the reason (see `UNREACHABLE`): 20 % throttled cloud
+//! replies, the cloud's own view for the auditor, and a leader kill that
+//! hands over the same cloud.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use sextant_crds::{FixedIP, NodeNetwork};
+use sextant_e2e::{
+    cluster::{Cluster, Options, eventually, install},
+    soak::{
+        audit::{self, AgentView, Observation, Row},
+        kubelet::Kubelet,
+        node::SoakNode,
+    },
+};
+use sextant_testkit::Tier;
+
+const ZONE: &str = "us-east-1a";
+/// Full resync (and ENI GC) interval given to the operator.
+const RESYNC: Duration = Duration::from_secs(10);
+/// How long a round may take to settle.
+const SETTLE: Duration = Duration::from_secs(240);
+
+/// What this soak cannot reach through today's operator binary: each one
+/// fails the test, after the audit, with its reason.
+const UNREACHABLE: &[&str] = &[
+    "20% throttled cloud replies: sextant-operator has no flag for the simulated cloud's \
+     Faults::throttle_ratio (sextant_cloud::sim::SimCloud::set_faults); only \
+     --sim-latency realistic (EC2's token buckets) is reachable",
+    "the cloud's own view: --provider sim keeps the simulated cloud in the operator's memory \
+     with no endpoint or file to read it, so `leaked` and `withheld` are counted against the \
+     NodeNetwork statuses (the operator's copy of the cloud), not the cloud; ENIs of a lost \
+     node that GC never collects are invisible",
+    "the operator leader kill: each replica's simulated cloud is its own memory ('a restart, \
+     or a new leader, starts an empty VPC', controllers/src/sim.rs), so a killed leader hands \
+     its successor an empty VPC whose same-seeded addresses collide with the pods' (a harness \
+     artefact, not a handover); one replica runs and is never killed",
+];
+
+fn env_num(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn values() -> String {
+    "provider: sim\nregion: us-east-1\nclusterName: soak\nvpcId: vpc-sim\n\
+     ipam:\n  preAllocate: 4\n\
+     agent:\n  ipamNodeUpdateRate: 2\n  ipCooldownSeconds: 5\n  noDatapath: true\n"
+        .to_owned()
+}
+
+fn statefulset(replicas: u32) -> StatefulSet {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "web", "annotations": {"sextant.io/fixed-ip": "true"}},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": "web",
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "web"},
+                    "annotations": {"sextant.io/fixed-ip": "true", "soak/round": "0"},
+                },
+                "spec": {
+                    "nodeSelector": {"type": "kwok"},
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}],
+                },
+            },
+        },
+    }))
+    .expect("StatefulSet")
+}
+
+/// The soak's running parts.
+struct Soak {
+    c: &'static Cluster,
+    admin: Client,
+    rendered: sextant_e2e::chart::Rendered,
+    ns: String,
+    nodes: BTreeMap<String, SoakNode>,
+    next_node: u8,
+    kubelet: Kubelet,
+    agent_env: Vec<(&'static str, String)>,
+}
+
+impl Soak {
+    async fn add_node(&mut self) -> anyhow::Result<()> {
+        let i = self.next_node;
+        self.next_node += 1;
+        let name = format!("soak-{i}");
+        let instance = format!(
+            "i-0500a{:012}",
+            u64::from(i) + u64::from(std::process::id()) * 100
+        );
+        let node = SoakNode::create(
+            self.c,
+            &self.rendered,
+            i,
+            &name,
+            ZONE,
+            &instance,
+            &self.agent_env,
+        )
+        .await?;
+        self.kubelet.add_node(&name, node.socket.clone());
+        self.nodes.insert(name, node);
+        Ok(())
+    }
+
+    async fn pods(&self) -> anyhow::Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.admin.clone(), &self.ns);
+        Ok(api.list(&ListParams::default()).await?.items)
+    }
+
+    /// The node holding most of the StatefulSet's pods.
+    async fn busiest(&self) -> anyhow::Result<String> {
+        let mut count: BTreeMap<String, usize> =
+            self.nodes.keys().map(|n| (n.clone(), 0)).collect();
+        for p in self.pods().await? {
+            if let Some(n) = p.spec.and_then(|s| s.node_name)
+                && let Some(c) = count.get_mut(&n)
+            {
+                *c += 1;
+            }
+        }
+        Ok(count
+            .into_iter()
+            .max_by_key(|(_, c)| *c)
+            .map(|(n, _)| n)
+            .unwrap_or_default())
+    }
+
+    async fn kill_and_restart(&mut self, names: &[String]) -> anyhow::Result<()> {
+        for n in names {
+            self.nodes.get_mut(n).expect("node").kill_agent();
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for n in names {
+            self.nodes
+                .get_mut(n)
+                .expect("node")
+                .start_agent(self.c)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Node `name` is lost: agent, Node and netns gone; its pods evicted
+    /// (force-deleted, as the node lifecycle controller's eviction would);
+    /// a replacement node registers.
+    async fn lose_node(&mut self, name: &str) -> anyhow::Result<()> {
+        let node = self.nodes.remove(name).expect("node");
+        self.kubelet.remove_node(name);
+        node.lose(&self.admin).await?;
+        let api: Api<Pod> = Api::namespaced(self.admin.clone(), &self.ns);
+        for p in self.pods().await? {
+            if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name) {
+                let _ = api
+                    .delete(
+                        &p.metadata.name.unwrap_or_default(),
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..DeleteParams::default()
+                        },
+                    )
+                    .await;
+            }
+        }
+        self.add_node().await
+    }
+
+    async fn roll(&self, round: u32) -> anyhow::Result<()> {
+        let sts: Api<StatefulSet> = Api::namespaced(self.admin.clone(), &self.ns);
+        sts.patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "soak/round": round.to_string()}}}}})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The rollout done, every pod added and nothing left to delete.
+    async fn settle(&mut self, replicas: u32) -> anyhow::Result<()> {
+        let sts: Api<StatefulSet> = Api::namespaced(self.admin.clone(), &self.ns);
+        let kubelet = &self.kubelet;
+        eventually(SETTLE, "the round settles", || {
+            let sts = sts.clone();
+            async move {
+                let s = sts.get("web").await?;
+                let st = s.status.unwrap_or_default();
+                let rolled = st.updated_replicas == Some(replicas as i32)
+                    && st.ready_replicas == Some(replicas as i32)
+                    && st.current_revision == st.update_revision;
+                if !rolled {
+                    anyhow::bail!("rollout: {st:?}");
+                }
+                match kubelet.settled().await? {
+                    Ok(()) => Ok(Some(())),
+                    Err(w) => anyhow::bail!(
+                        "kubelet waits for: {w}; recent errors: {:?}",
+                        kubelet.with_ledger(|l| l.last_errors.clone())
+                    ),
+                }
+            }
+        })
+        .await?;
+        for n in self.nodes.values_mut() {
+            anyhow::ensure!(
+                n.agent_up(),
+                "agent of {} died:\n{}",
+                n.name,
+                n.agent_log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    async fn observe(&self) -> anyhow::Result<Observation> {
+        let nns: Api<NodeNetwork> = Api::all(self.admin.clone());
+        let mut agents = BTreeMap::new();
+        for (name, n) in &self.nodes {
+            agents.insert(
+                name.clone(),
+                AgentView {
+                    ipam: n.allocations().await?,
+                    health: n.health().await?,
+                },
+            );
+        }
+        let mut pods = BTreeMap::new();
+        for p in self.pods().await? {
+            if p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let (Some(uid), Some(name), Some(node)) = (
+                p.metadata.uid,
+                p.metadata.name,
+                p.spec.and_then(|s| s.node_name),
+            ) {
+                pods.insert(uid, (name, node));
+            }
+        }
+        Ok(Observation {
+            node_networks: nns.list(&ListParams::default()).await?.items,
+            agents,
+            pods,
+            history: self.kubelet.with_ledger(|l| l.history.clone()),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fixed_ip_statefulset_rolled_through_agent_crashes_and_a_lost_node_keeps_every_address_owned_once()
+ {
+    let test = sextant_testkit::current_test("cluster_soak");
+    if !sextant_testkit::require(Tier::Kernel, sextant_testkit::root_unavailable(), &test) {
+        return;
+    }
+    let Some(c) = Cluster::for_test(env!("CARGO_BIN_EXE_sextant-cluster"), Options::default())
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let replicas = env_num("SOAK_REPLICAS", 12);
+    let rounds = env_num("SOAK_ROUNDS", 3);
+    let rendered = install::install(c, Some(values())).expect("chart installed");
+    let (operator, _) = install::run_operator(
+        c,
+        &rendered,
+        "sextant-operator-soak",
+        vec![
+            ("SEXTANT_SIM_ZONES", ZONE.to_owned()),
+            (
+                "SEXTANT_FULL_RESYNC_INTERVAL",
+                format!("{}s", RESYNC.as_secs()),
+            ),
+            ("SEXTANT_GC_GRACE", format!("{}s", RESYNC.as_secs())),
+        ],
+    )
+    .await
+    .expect("operator started");
+    let admin = c.admin().await.expect("admin");
+    let ns = c.namespace("soak").await.expect("namespace");
+    let mut soak = Soak {
+        c,
+        admin: admin.clone(),
+        rendered,
+        kubelet: Kubelet::start(admin.clone(), &ns),
+        ns: ns.clone(),
+        nodes: BTreeMap::new(),
+        next_node: 0,
+        agent_env: vec![
+            ("SEXTANT_USAGE_REPORT_INTERVAL", "2s".to_owned()),
+            ("SEXTANT_FIXED_IP_WAIT", "30s".to_owned()),
+        ],
+    };
+    for _ in 0..4 {
+        soak.add_node().await.expect("node with its agent");
+    }
+    let sts: Api<StatefulSet> = Api::namespaced(admin.clone(), &ns);
+    sts.create(&PostParams::default(), &statefulset(replicas))
+        .await
+        .expect("StatefulSet");
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut findings_all = Vec::new();
+    for round in 0..=rounds {
+        if round > 0 {
+            soak.roll(round).await.expect("roll");
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            match round % 3 {
+                1 => {
+                    let n = soak.busiest().await.expect("pods");
+                    soak.kill_and_restart(&[n]).await.expect("agent restarted");
+                }
+                2 => {
+                    let n = soak.busiest().await.expect("pods");
+                    soak.lose_node(&n).await.expect("node lost and replaced");
+                }
+                _ => {
+                    let two: Vec<String> = soak.nodes.keys().take(2).cloned().collect();
+                    soak.kill_and_restart(&two).await.expect("agents restarted");
+                }
+            }
+        }
+        if let Err(e) = soak.settle(replicas).await {
+            panic!(
+                "round {round} did not settle: {e:#}\noperator log:\n{}",
+                operator.process.log_tail(40)
+            );
+        }
+        // One resync (and GC) interval, and two usage reports, before reading.
+        tokio::time::sleep(RESYNC + Duration::from_secs(4)).await;
+        let obs = soak.observe().await.expect("observation");
+        let (row, findings) = audit::audit(round, &obs);
+        println!("{}", audit::table(std::slice::from_ref(&row)).trim_end());
+        for f in &findings {
+            println!("  round {round}: {f}");
+        }
+        findings_all.extend(findings.into_iter().map(|f| format!("round {round}: {f}")));
+        rows.push(row);
+    }
+
+    let fips: Api<FixedIP> = Api::namespaced(admin.clone(), &ns);
+    let fixed = fips.list(&ListParams::default()).await.expect("FixedIPs");
+    let (adds, failures) = soak.kubelet.with_ledger(|l| {
+        (
+            l.history.values().map(Vec::len).sum::<usize>(),
+            l.add_failures,
+        )
+    });
+    println!(
+        "\nchaos soak: {} nodes, StatefulSet of {replicas} fixed-IP replicas ({} FixedIPs), {rounds} rounds, \
+         {adds} successful ADDs, {failures} failed ADDs retried, {:.0} s\n\n{}",
+        soak.nodes.len(),
+        fixed.items.len(),
+        started.elapsed().as_secs_f64(),
+        audit::table(&rows)
+    );
+    operator.assert_no_forbidden().expect("operator RBAC");
+    assert!(
+        rows.iter().all(Row::clean),
+        "the audit found wrong ownership:\n{}",
+        findings_all.join("\n")
+    );
+    panic!(
+        "the soak ran clean, but it is not the soak issue 14 asks for; not reachable through \
+         the operator binary:\n- {}",
+        UNREACHABLE.join("\n- ")
+    );
+}
