@@ -18,7 +18,7 @@ use sextant_cloud::{
 use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
 use sextant_ipam::{
     Error as IpamError,
-    gc::{GcPolicy, plan_gc},
+    gc::{GcPolicy, GcState},
     metrics::IpamMetrics,
     node::{IpamConfig, NodeIpam},
     resync::{InstanceResync, InstanceScoped, apply_enis, by_instance, eni_statuses, list_vpc},
@@ -60,6 +60,7 @@ struct World {
     agents: Mutex<BTreeMap<String, Agent>>,
     surfaced: Mutex<BTreeMap<&'static str, u64>>,
     reconciles: AtomicU64,
+    gc: Mutex<GcState>,
     start: Instant,
     epoch: jiff::Timestamp,
 }
@@ -220,9 +221,17 @@ impl World {
                 self.store.merge_patch(name, &patch)?;
             }
         }
-        let doomed = plan_gc(&enis, CLUSTER, gc_now, GcPolicy::default());
+        // The operator's GC: grace from when an ENI was first seen unattached.
+        // No FixedIPs in this simulation, so none holds an ENI back.
+        let round = lock(&self.gc).plan(
+            &enis,
+            CLUSTER,
+            gc_now,
+            GcPolicy::default(),
+            &Default::default(),
+        );
         let mut deleted = 0;
-        for id in doomed {
+        for id in round.delete {
             if self.ipam.cloud().delete_eni(&id).await.is_ok() {
                 deleted += 1;
             }
@@ -314,6 +323,7 @@ async fn simulate(
         agents: Mutex::default(),
         surfaced: Mutex::default(),
         reconciles: AtomicU64::new(0),
+        gc: Mutex::default(),
         start: Instant::now(),
         epoch: "2026-01-01T00:00:00Z".parse()?,
     });
@@ -363,12 +373,13 @@ async fn simulate(
         }
         tokio::time::sleep(AGENT_TICK).await;
     }
-    // Quiesce: one last full resync and a garbage collection as if the grace
-    // period had passed, then audit.
+    // Quiesce: a full resync now (every unattached ENI seen) and one as if
+    // the grace period had passed since, then audit.
     let later = world
         .now()
         .checked_add(jiff::SignedDuration::from_secs(3600))
         .unwrap_or(world.now());
+    gc_deleted += world.full_resync(world.now()).await.unwrap_or(0);
     gc_deleted += world.full_resync(later).await.unwrap_or(0);
     for w in workers {
         w.abort();
