@@ -474,7 +474,9 @@ fn arb_node() -> impl Strategy<Value = (NodeNetworkStatus, Watermarks)> {
 }
 
 /// Applies a plan as the cloud and the operator would (every step succeeds),
-/// and answers the handshake as a well-behaved agent.
+/// then lets the agent answer: the real agent's node IPAM
+/// (`sextant_agent_core::node::LocalIpam`) holding the addresses the status
+/// lists as used, its status merge patch applied as the API server would.
 fn apply(status: &NodeNetworkStatus, p: &Plan, next_ip: &mut u32) -> NodeNetworkStatus {
     let mut st = status.clone();
     for (ip, change) in &p.release {
@@ -520,28 +522,43 @@ fn apply(status: &NodeNetworkStatus, p: &Plan, next_ip: &mut u32) -> NodeNetwork
         }
     }
     apply_enis(&mut st, enis, 1);
-    // The agent: answers marks (free ones ready), drops released entries.
-    let used: BTreeSet<String> = st
-        .usage
-        .iter()
-        .flat_map(|u| u.used.keys().cloned())
-        .collect();
-    let release = std::mem::take(&mut st.release);
-    for (ip, s) in release {
-        match s {
-            ReleaseState::Marked if used.contains(&ip) => {
-                st.release.insert(ip, ReleaseState::DoNotRelease);
-            }
-            ReleaseState::Marked => {
-                st.release.insert(ip, ReleaseState::ReadyForRelease);
-            }
-            ReleaseState::Released => {}
-            other => {
-                st.release.insert(ip, other);
-            }
-        }
+    agent_answers(st)
+}
+
+/// The agent's turn on `status`: the real node IPAM, long past any cooldown.
+fn agent_answers(status: NodeNetworkStatus) -> NodeNetworkStatus {
+    use sextant_agent_core::{
+        node::LocalIpam,
+        pool::{Allocation, DEFAULT_COOLDOWN_MS, Pool},
+    };
+    const NOW_MS: u64 = 10 * DEFAULT_COOLDOWN_MS;
+    let mut pool = Pool::new(DEFAULT_COOLDOWN_MS);
+    let used = status.usage.iter().flat_map(|u| u.used.keys());
+    pool.restore(
+        used.filter_map(|ip| {
+            Some(Allocation {
+                ip: ip.parse().ok()?,
+                container_id: format!("c-{ip}"),
+                ifname: "eth0".into(),
+                netns: String::new(),
+                pod_namespace: "default".into(),
+                pod_name: format!("pod-{ip}"),
+                since: String::new(),
+            })
+        }),
+        [],
+        [],
+    );
+    let mut agent = LocalIpam::new(pool);
+    let mut nn = sextant_crds::NodeNetwork::new("node-a", mk_spec());
+    nn.status = Some(status);
+    let answers = agent.apply(&nn, NOW_MS);
+    let mut doc = serde_json::to_value(&nn).expect("NodeNetwork serialises");
+    if let Some(patch) = agent.report(&answers, NOW_MS, 0, "t") {
+        json_patch::merge(&mut doc, &patch);
     }
-    st
+    let nn: sextant_crds::NodeNetwork = serde_json::from_value(doc).expect("patched NodeNetwork");
+    nn.status.unwrap_or_default()
 }
 
 proptest! {
