@@ -3,10 +3,12 @@
 //! `fixed_ip::controller::watch::run`) over the simulated cloud.
 //!
 //! ```text
-//!  move n1 ─▶ n2     cloud: assign with reassignment onto n2's ENI
-//!                    n1 NodeNetwork: pool, fixedIps, ENI address out  (first)
-//!                    n2 NodeNetwork: fixedIps names the pod            (then)
+//!  move n1 ─▶ n2     n2 NodeNetwork: fixedIps names the pod            (first)
+//!                    cloud: assign with reassignment onto n2's ENI
+//!                    n1 NodeNetwork: pool, fixedIps, ENI address out  (then)
 //!                    FixedIP: Bound on n2                              (last: the commit)
+//!                    node IPAM resyncing n2 right after the cloud move
+//!                    finds fixedIps naming the pod: never pooled unguarded
 //!  move from a node whose NodeNetwork is gone: its 404 is "already gone"
 //!  Reserve whose FixedIP create is refused: the parked address is swept
 //!                    once no FixedIP has named it for the grace
@@ -265,7 +267,7 @@ async fn clean_up(fips: &Api<FixedIP>, nns: &Api<NodeNetwork>, nodes: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_moved_fixed_ip_leaves_the_old_nodes_pool_before_the_new_node_names_its_pod() {
+async fn a_moved_fixed_ip_is_named_on_the_new_node_first_and_leaves_the_old_nodes_pool_whole() {
     let _serial = SERIAL.lock().await;
     let Some(c) = cluster() else { return };
     let admin = with_crds(c).await;
@@ -319,13 +321,18 @@ async fn a_moved_fixed_ip_leaves_the_old_nodes_pool_before_the_new_node_names_it
                 };
                 let name = nn.metadata.name.clone().unwrap_or_default();
                 let s = status_of(&nn);
-                if name == old && !s.pool.contains_key(&ip) && !s.fixed_ips.contains_key(&ip) {
-                    order.push("old node lost it");
+                let event =
+                    if name == old && !s.pool.contains_key(&ip) && !s.fixed_ips.contains_key(&ip) {
+                        "old node lost it"
+                    } else if name == new && s.fixed_ips.contains_key(&ip) {
+                        "new node names the pod"
+                    } else {
+                        continue;
+                    };
+                if !order.contains(&event) {
+                    order.push(event);
                 }
-                if name == new && s.fixed_ips.contains_key(&ip) {
-                    order.push("new node names the pod");
-                }
-                if order.contains(&"new node names the pod") {
+                if order.len() == 2 {
                     break;
                 }
             }
@@ -402,8 +409,9 @@ async fn a_moved_fixed_ip_leaves_the_old_nodes_pool_before_the_new_node_names_it
     let order = seen.await.expect("watch task");
     assert_eq!(
         order,
-        vec!["old node lost it", "new node names the pod"],
-        "the old node gives the address up before the new node's agent may hand it out"
+        vec!["new node names the pod", "old node lost it"],
+        "the new node names the pod before the cloud move (no resync of it may pool the \
+         address unguarded), the old node lets go after it (no resync of it may pool it again)"
     );
     clean_up(&fips, &nns, &[old, new]).await;
 }
@@ -617,4 +625,325 @@ async fn an_address_parked_for_a_fixed_ip_whose_create_failed_is_swept_after_the
     let leftover = Api::<StatefulSet>::namespaced(admin.clone(), &ns);
     let _ = leftover.delete("web", &DeleteParams::default()).await;
     let _ = fips.delete("web-0", &DeleteParams::default()).await;
+}
+
+/// A future of the [`EniCloud`] trait object's methods.
+type CloudFuture<'f, T> = futures::future::BoxFuture<'f, sextant_cloud::Result<T>>;
+
+/// The simulated cloud, with node IPAM's reconcile of one node run the
+/// moment an address is assigned with reassignment onto that node's ENI:
+/// the worst interleaving the operator's two controllers allow, since node
+/// IPAM reconciles a node whenever its NodeNetwork changes (every agent
+/// report) and resyncs it from the cloud, independently of the FixedIP
+/// controller's writes.
+struct ResyncOnMove {
+    inner: Arc<SimCloud>,
+    /// The ENI whose incoming moves trigger the reconcile.
+    eni: String,
+    /// The NodeNetwork of the node owning it.
+    node: String,
+    nns: Api<NodeNetwork>,
+    ipam: Arc<sextant_operator::node_network::controller::Context>,
+    /// Reconciles that ran, with their outcome.
+    ran: std::sync::Mutex<Vec<String>>,
+}
+
+impl EniCloud for ResyncOnMove {
+    fn provider(&self) -> &'static str {
+        self.inner.provider()
+    }
+    fn instance_network<'a, 'b, 'f>(
+        &'a self,
+        instance_id: &'b str,
+    ) -> CloudFuture<'f, sextant_cloud::InstanceNetwork>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.instance_network(instance_id)
+    }
+    fn list_enis<'a, 'b, 'f>(
+        &'a self,
+        vpc_id: &'b str,
+        page: sextant_cloud::PageRequest,
+    ) -> CloudFuture<'f, sextant_cloud::Page<sextant_cloud::Eni>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.list_enis(vpc_id, page)
+    }
+    fn subnets<'a, 'b, 'f>(&'a self, vpc_id: &'b str) -> CloudFuture<'f, Vec<sextant_cloud::Subnet>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.subnets(vpc_id)
+    }
+    fn security_groups<'a, 'b, 'f>(
+        &'a self,
+        vpc_id: &'b str,
+    ) -> CloudFuture<'f, Vec<sextant_cloud::SecurityGroup>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.security_groups(vpc_id)
+    }
+    fn instance_limits<'a, 'b, 'f>(
+        &'a self,
+        instance_type: &'b str,
+    ) -> CloudFuture<'f, sextant_cloud::InstanceLimits>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.instance_limits(instance_type)
+    }
+    fn create_eni<'a, 'b, 'f>(
+        &'a self,
+        request: &'b CreateEni,
+    ) -> CloudFuture<'f, sextant_cloud::Eni>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.create_eni(request)
+    }
+    fn attach_eni<'a, 'b, 'c, 'f>(
+        &'a self,
+        eni_id: &'b str,
+        instance_id: &'c str,
+        device_index: u32,
+    ) -> CloudFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        self.inner.attach_eni(eni_id, instance_id, device_index)
+    }
+    fn assign_ips<'a, 'b, 'c, 'f>(
+        &'a self,
+        eni_id: &'b str,
+        request: &'c AssignIps,
+    ) -> CloudFuture<'f, Vec<Ipv4Addr>>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let assigned = self.inner.assign_ips(eni_id, request).await?;
+            let moved_here = eni_id == self.eni
+                && matches!(
+                    request,
+                    AssignIps::Specific {
+                        allow_reassignment: true,
+                        ..
+                    }
+                );
+            if moved_here {
+                let nn = self.nns.get(&self.node).await.expect("read the new node");
+                let r = sextant_operator::node_network::controller::reconcile(
+                    Arc::new(nn),
+                    self.ipam.clone(),
+                )
+                .await;
+                self.ran
+                    .lock()
+                    .expect("lock")
+                    .push(format!("{:?}", r.map(|_| "reconciled")));
+            }
+            Ok(assigned)
+        })
+    }
+    fn unassign_ips<'a, 'b, 'c, 'f>(
+        &'a self,
+        eni_id: &'b str,
+        ips: &'c [Ipv4Addr],
+    ) -> CloudFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        self.inner.unassign_ips(eni_id, ips)
+    }
+    fn detach_eni<'a, 'b, 'f>(&'a self, eni: &'b sextant_cloud::Eni) -> CloudFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.detach_eni(eni)
+    }
+    fn delete_eni<'a, 'b, 'f>(&'a self, eni_id: &'b str) -> CloudFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.delete_eni(eni_id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_ipam_resyncing_the_new_node_mid_move_never_pools_the_address_before_fixed_ips_names_it()
+ {
+    let _serial = SERIAL.lock().await;
+    let Some(c) = cluster() else { return };
+    let admin = with_crds(c).await;
+    let ns = c.namespace("fip-window").await.expect("namespace");
+    let nns: Api<NodeNetwork> = Api::all(admin.clone());
+    let fips: Api<FixedIP> = Api::namespaced(admin.clone(), &ns);
+    let (old, new) = ("fip-window-old", "fip-window-new");
+
+    let (sim, subnet) = sim("10.0.6.0/24");
+    let (i1, eni1) = instance_with_eni(&sim, &subnet).await;
+    let (i2, eni2) = instance_with_eni(&sim, &subnet).await;
+    let on_old = sim
+        .assign_ips(&eni1, &AssignIps::Count(2))
+        .await
+        .expect("n1's addresses");
+    let ip = on_old[0];
+    let owner = format!("{ns}/web-0");
+    put_node_network(
+        &nns,
+        old,
+        &i1,
+        eni_status(&eni1, &subnet, &on_old),
+        &[(ip, &owner)],
+    )
+    .await;
+    // Never resynced by node IPAM yet: its first reconcile describes the
+    // instance, as after a restart of the operator.
+    let from_rv = put_node_network(&nns, new, &i2, eni_status(&eni2, &subnet, &[]), &[])
+        .await
+        .metadata
+        .resource_version
+        .expect("resourceVersion");
+    bound_fixed_ip(&fips, ip, &subnet, old, &eni1).await;
+
+    // Every state of the new node's NodeNetwork, in the API server's order.
+    let seen = {
+        let nns = nns.clone();
+        let (ip, owner) = (ip.to_string(), owner.clone());
+        tokio::spawn(async move {
+            let mut unguarded = Vec::new();
+            let stream = nns
+                .watch(&WatchParams::default().timeout(15), &from_rv)
+                .await
+                .expect("watch NodeNetworks");
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(ev)) = stream.try_next().await {
+                let WatchEvent::Modified(nn) = ev else {
+                    continue;
+                };
+                if nn.metadata.name.as_deref() != Some(new) {
+                    continue;
+                }
+                let s = status_of(&nn);
+                let pooled = s.pool.contains_key(&ip);
+                let named = s.fixed_ips.get(&ip) == Some(&owner);
+                if pooled && !named {
+                    unguarded.push(format!(
+                        "rv {}: pool {:?}, fixedIps {:?}",
+                        nn.metadata.resource_version.unwrap_or_default(),
+                        s.pool.keys().collect::<Vec<_>>(),
+                        s.fixed_ips
+                    ));
+                }
+                if pooled && named {
+                    break;
+                }
+            }
+            unguarded
+        })
+    };
+
+    let node_ipam = Arc::new(sextant_operator::ipam::node::NodeIpam::new(
+        sim.clone(),
+        sextant_operator::ipam::node::IpamConfig {
+            cluster: "e2e".into(),
+            ..Default::default()
+        },
+        sextant_operator::ipam::metrics::IpamMetrics::default(),
+    ));
+    let hooked = Arc::new(ResyncOnMove {
+        inner: sim.clone(),
+        eni: eni2.clone(),
+        node: new.into(),
+        nns: nns.clone(),
+        ipam: Arc::new(sextant_operator::node_network::controller::Context::new(
+            admin.clone(),
+            node_ipam,
+            Default::default(),
+        )),
+        ran: std::sync::Mutex::default(),
+    });
+    let read_nns = [
+        nns.get(old).await.expect("read"),
+        nns.get(new).await.expect("read"),
+    ];
+    let read_fip = fips.get("web-0").await.expect("read");
+    let view = sts_view(&ns);
+    let subnets = sim.subnets(VPC).await.expect("subnets");
+    let pod = rescheduled_pod(&ns, new);
+    let ctl = FixedIpController::new(admin.clone(), hooked.clone(), "e2e", VPC);
+    ctl.reconcile_statefulset(
+        &ns,
+        "web",
+        Observed {
+            statefulset: Some(&view),
+            fixed: vec![read_fip],
+            pods: pod_views("web", [&pod]),
+            nodes: node_views(&read_nns),
+            subnets: &subnets,
+        },
+        Timestamp::now(),
+    )
+    .await
+    .expect("the move is recorded");
+
+    assert_eq!(
+        *hooked.ran.lock().expect("lock"),
+        vec!["Ok(\"reconciled\")".to_owned()],
+        "node IPAM reconciled the new node once, between the cloud move and the record"
+    );
+    let new_status = status_of(&nns.get(new).await.expect("read"));
+    let ip_s = ip.to_string();
+    assert!(
+        new_status.pool.contains_key(&ip_s),
+        "node IPAM's resync put the moved address in the new node's pool: {:?}",
+        new_status.pool.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(new_status.fixed_ips.get(&ip_s), Some(&owner));
+    let unguarded = seen.await.expect("watch task");
+    assert!(
+        unguarded.is_empty(),
+        "node IPAM's resync put {ip} in the new node's pool before its fixedIps named \
+         {owner}: its agent could hand it to any pod (one address, two pods): {unguarded:?}"
+    );
+    let s = fips
+        .get("web-0")
+        .await
+        .expect("read")
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        (s.phase, s.node.as_deref()),
+        (Some(FixedIPPhase::Bound), Some(new))
+    );
+    assert_eq!(holders(&sim, ip), vec![eni2.clone()]);
+    clean_up(&fips, &nns, &[old, new]).await;
 }

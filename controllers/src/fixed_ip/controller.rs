@@ -5,8 +5,9 @@
 //! ```text
 //!  watches (StatefulSet, Pod with statefulset.kubernetes.io/pod-name, FixedIP, NodeNetwork)
 //!       └─▶ dirty StatefulSet keys (+ every key each tick, for TTLs) ─▶ reconcile_statefulset
-//!             plan ─▶ execute (cloud) ─▶ POST/PATCH status/DELETE FixedIP,
-//!                                        PATCH NodeNetwork status (old node, then new)
+//!             plan ─▶ PATCH new node's status.fixedIps (each move's pod, first)
+//!                  ─▶ execute (cloud) ─▶ PATCH old node's status (it lets go)
+//!                                     ─▶ POST/PATCH status/DELETE FixedIP (last)
 //!       └─▶ every PARKING_SWEEP_TICKS ticks: sweep_parking (cloud listing, LIST FixedIPs)
 //!             ─▶ give back parked addresses no FixedIP named for the grace
 //! ```
@@ -43,8 +44,13 @@ use sextant_kit::sync::lock;
 use super::{
     execute::{Holders, Outcome, Parking, execute, status_after, status_for},
     plan::{FixedIpInput, NodeView, PodView, StatefulSetView, Step, plan},
+    record::{claims, fixed_ip_entry_patch, gives_up},
     sweep::{self, FirstSeen},
 };
+/// NodeNetworks as the fixed-IP plan sees them (sextant-ipam's, pure).
+pub use sextant_ipam::fixed_ip::plan::node_views;
+/// The patch taking a fixed IP off the node it left (sextant-ipam's, pure).
+pub use sextant_ipam::fixed_ip::record::moved_off_patch as make_moved_off_patch;
 
 /// Label kube's StatefulSet controller puts on its pods.
 pub(crate) const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
@@ -112,49 +118,6 @@ impl FixedIpError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, FixedIpError::Kube { source, .. } if crate::apiserver::is_conflict(source))
     }
-}
-
-/// NodeNetworks as the fixed-IP plan sees them: zone, pod ENIs by subnet
-/// (those with room for one more address), a free device index.
-pub fn node_views<'a>(
-    nodes: impl IntoIterator<Item = &'a NodeNetwork>,
-) -> BTreeMap<String, NodeView> {
-    nodes
-        .into_iter()
-        .filter_map(|nn| {
-            let name = nn.metadata.name.clone()?;
-            let status = nn.status.clone().unwrap_or_default();
-            let summary = status.summary.unwrap_or_default();
-            let first = nn.spec.ipam.first_interface_index();
-            let room = summary.ipv4_per_eni.saturating_sub(1);
-            let mut eni_by_subnet = BTreeMap::new();
-            for e in status
-                .enis
-                .iter()
-                .filter(|e| e.device_index >= first && !e.excluded)
-            {
-                let fits = room == 0 || (e.addresses.len() as u64) < u64::from(room);
-                if fits {
-                    eni_by_subnet
-                        .entry(e.subnet_id.clone())
-                        .or_insert_with(|| e.id.clone());
-                }
-            }
-            let used: BTreeSet<u32> = status.enis.iter().map(|e| e.device_index).collect();
-            let free_device_index = (first..summary.max_enis).find(|i| !used.contains(i));
-            Some((
-                name,
-                NodeView {
-                    zone: nn.spec.zone.clone(),
-                    provider: nn.spec.provider,
-                    instance_id: nn.spec.instance_id.clone(),
-                    eni_by_subnet,
-                    free_device_index,
-                    pod_cidrs: nn.spec.pod_cidrs.clone(),
-                },
-            ))
-        })
-        .collect()
 }
 
 /// The pods of StatefulSet `name` (owned by it, named `<name>-<ordinal>`).
@@ -253,40 +216,6 @@ pub fn make_fixed_ip_status_patch(read: &FixedIP, status: &FixedIPStatus) -> Val
 /// How often taking a fixed IP off its old node reads the NodeNetwork again
 /// after a conflict before the reconcile gives up (and plans the move again).
 const MOVED_OFF_ATTEMPTS: u32 = 5;
-
-/// The status merge patch taking fixed IP `ip` off NodeNetwork `read`, the
-/// node it moved away from (or was released from): out of `fixedIps`, out of
-/// `pool`, out of its ENI's `addresses`, in one write. Removing only the
-/// `fixedIps` entry would leave a pool address no entry guards, which the
-/// node's agent hands to the next pod while the cloud has it elsewhere; and
-/// an ENI still listing it would have node IPAM count it as the node's own.
-/// Guarded by `read`'s resourceVersion, as the ENI list is written whole.
-/// `None` when the status has it nowhere.
-pub fn make_moved_off_patch(read: &NodeNetwork, ip: std::net::Ipv4Addr) -> Option<Value> {
-    let status = read.status.as_ref()?;
-    let key = ip.to_string();
-    let mut s = serde_json::Map::new();
-    if status.fixed_ips.contains_key(&key) {
-        s.insert("fixedIps".into(), json!({ key.clone(): null }));
-    }
-    if status.pool.contains_key(&key) {
-        s.insert("pool".into(), json!({ key.clone(): null }));
-    }
-    if status.enis.iter().any(|e| e.addresses.contains(&key)) {
-        let mut enis = status.enis.clone();
-        for e in &mut enis {
-            e.addresses.retain(|a| *a != key);
-        }
-        s.insert("enis".into(), json!(enis));
-    }
-    if s.is_empty() {
-        return None;
-    }
-    Some(crate::with_resource_version(
-        json!({ "status": Value::Object(s) }),
-        read.metadata.resource_version.as_deref(),
-    ))
-}
 
 /// [`make_fixed_ip_status_patch`] over the FixedIP as read, when there was one.
 fn status_patch_over(read: Option<&FixedIP>, status: &FixedIPStatus) -> Value {
@@ -504,6 +433,14 @@ impl FixedIpController {
                 .map_err(err(&format!("FixedIP {pod} status")))?;
         }
 
+        // Each destination names its pod before the cloud moves the address
+        // there: from that moment any node IPAM resync puts it in the
+        // node's pool, which must never list it unguarded (`record`).
+        for c in claims(namespace, &steps) {
+            self.node_fixed_ip(&c.node, c.ip, Some(&c.owner))
+                .await
+                .map_err(err(&format!("NodeNetwork {}", c.node)))?;
+        }
         let holders: Holders = by_name
             .iter()
             .map(|(k, f)| (k.clone(), f.status.as_ref().and_then(|s| s.eni.clone())))
@@ -626,22 +563,19 @@ impl FixedIpController {
                     .get(pod)
                     .and_then(|f| f.status.clone())
                     .unwrap_or_default();
-                // The FixedIP's status is the commit and goes last: until it
-                // says `node`, every reconcile plans this move again (the
-                // cloud step is idempotent) and redoes both node writes, so
-                // a failed or refused write here is retried, never lost.
-                // The old node gives the address up first, in one write, so
-                // no agent ever sees it in a pool without a fixedIps entry
-                // guarding it, and before the new node's agent may hand it out.
-                if let Some(from) = old.node.as_deref().filter(|n| *n != node) {
-                    self.node_lost_fixed_ip(from, *ip)
+                // The new node named the pod before the cloud step
+                // (`claims`). The FixedIP's status is the commit and goes
+                // last: until it says `node`, every reconcile plans this
+                // move again (the cloud step is idempotent) and redoes the
+                // node writes, so a failed or refused write here is retried,
+                // never lost. The old node gives the address up now that
+                // the cloud took it away, in one write, so no resync of it
+                // puts the address back in its pool without its entry.
+                if let Some((from, ip)) = gives_up(o, &old) {
+                    self.node_lost_fixed_ip(from, ip)
                         .await
                         .map_err(err(&format!("NodeNetwork {from}")))?;
                 }
-                let owner = format!("{namespace}/{pod}");
-                self.node_fixed_ip(node, *ip, Some(&owner))
-                    .await
-                    .map_err(err(&format!("NodeNetwork {node}")))?;
                 let mut s = status_after(&old, o, uid_of.get(pod.as_str()).copied());
                 set_condition(
                     &mut s.conditions,
@@ -719,10 +653,10 @@ impl FixedIpController {
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => return Err(err(&format!("FixedIP {pod}"))(e)),
                 }
-                if let Some(from) = old.node.as_deref() {
+                if let Some((from, ip)) = gives_up(o, &old) {
                     // Unassigned in the cloud: out of the node's pool with
                     // its fixedIps entry, or its agent would hand it out.
-                    self.node_lost_fixed_ip(from, *ip)
+                    self.node_lost_fixed_ip(from, ip)
                         .await
                         .map_err(err(&format!("NodeNetwork {from}")))?;
                 }
@@ -798,12 +732,10 @@ impl FixedIpController {
     }
 
     /// Sets (`Some(owner)`) or removes (`None`) one entry of a NodeNetwork's
-    /// `status.fixedIps` with a merge patch. Not guarded by a resourceVersion:
-    /// the entry is decided from the FixedIP and the cloud step just done,
-    /// not from the NodeNetwork's status; the key is this controller's alone
-    /// and the one-key patch leaves every other writer's fields alone. A
-    /// guard would be refused at every agent usage report, after the address
-    /// has already moved in the cloud.
+    /// `status.fixedIps` ([`fixed_ip_entry_patch`]). Not guarded by a
+    /// resourceVersion: the entry is decided from the FixedIP and the step
+    /// at hand, not from the NodeNetwork's status; a guard would be refused
+    /// at every agent usage report.
     async fn node_fixed_ip(
         &self,
         node: &str,
@@ -811,13 +743,8 @@ impl FixedIpController {
         owner: Option<&str>,
     ) -> Result<(), kube::Error> {
         let api: Api<NodeNetwork> = Api::all(self.client.clone());
-        let value = owner.map_or(Value::Null, |o| Value::String(o.to_owned()));
-        api.patch_status(
-            node,
-            &pp(),
-            &Patch::Merge(&json!({ "status": { "fixedIps": { ip.to_string(): value } } })),
-        )
-        .await?;
+        api.patch_status(node, &pp(), &Patch::Merge(&fixed_ip_entry_patch(ip, owner)))
+            .await?;
         Ok(())
     }
 }
@@ -1317,7 +1244,18 @@ mod tests {
             st.fixed_ips = BTreeMap::from([(ip.to_string(), "db/web-0".into())]);
         }
         let n1_read = serde_json::to_value(&n1).unwrap();
+        let cloud = sim.clone();
+        let n2_eni = enis["n2"].1.clone();
         let script = tokio::spawn(async move {
+            // n2 names the pod while the cloud still has the address on n1:
+            // no resync of n2 can pool it unguarded.
+            let to = server
+                .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
+                .await;
+            let on_n2_when_named = cloud
+                .all_enis()
+                .iter()
+                .any(|e| e.id == n2_eni && e.secondary_ips.contains(&ip));
             server
                 .expect(
                     Method::GET,
@@ -1329,9 +1267,6 @@ mod tests {
             let from = server
                 .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n1/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n1"))
                 .await;
-            let to = server
-                .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
-                .await;
             let fip = server
                 .expect(
                     Method::PATCH,
@@ -1342,7 +1277,7 @@ mod tests {
                 .await;
             let event = server.expect_event("db").await;
             server.expect_no_more().await;
-            (fip, from, to, event)
+            (fip, from, (to, on_n2_when_named), event)
         });
         ctl.reconcile_statefulset(
             "db",
@@ -1359,7 +1294,11 @@ mod tests {
         .await
         .unwrap();
         drop(ctl);
-        let (fip, from, to, event) = finish(script).await;
+        let (fip, from, (to, on_n2_when_named), event) = finish(script).await;
+        assert!(
+            !on_n2_when_named,
+            "n2's fixedIps names the pod before the cloud moves the address onto its ENI"
+        );
         assert_eq!(event.body["reason"], "Moved");
         assert!(
             event.body["note"]

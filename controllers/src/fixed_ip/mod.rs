@@ -13,4 +13,4 @@
 //! CNI ADD waits, bounded, until the address is on its node's ENI.
 
 pub mod controller;
-pub(crate) use sextant_ipam::fixed_ip::{execute, plan, sweep};
+pub(crate) use sextant_ipam::fixed_ip::{execute, plan, record, sweep};

@@ -4,15 +4,19 @@
 //!
 //! ```text
 //!  StatefulSet + pods + FixedIPs + NodeNetworks ─▶ plan (pure) ─▶ steps
+//!      steps ─▶ record::claims: the destination's status.fixedIps names the pod (first)
 //!      steps ─▶ execute: parking ENI per subnet, assign-with-reassignment moves ─▶ outcomes
+//!      outcomes ─▶ record::gives_up / moved_off_patch: the old node lets go ─▶ FixedIP status
 //!  periodic: parking ENIs' addresses + every FixedIP ─▶ sweep (pure) ─▶ give back orphans
 //! ```
 //!
-//! Recording the outcomes (FixedIP create / status / delete, NodeNetwork
-//! `status.fixedIps`) is the operator's `fixed_ip::controller`.
+//! The NodeNetwork writes and their order are decided here ([`record`]);
+//! sending them, and the FixedIP create / status / delete, is the
+//! operator's `fixed_ip::controller` (and `sextantctl roll`'s in-memory store).
 
 pub mod execute;
 pub mod plan;
+pub mod record;
 pub mod sweep;
 
 #[cfg(test)]

@@ -11,12 +11,15 @@
 //!   the pod's UID changed                         → record it; never a reason to release
 //! ```
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use jiff::{SignedDuration, Timestamp};
 use sextant_cloud::Subnet;
 use sextant_crds::{
-    FixedIP, FixedIPPhase, Provider, ReclaimPolicy,
+    FixedIP, FixedIPPhase, NodeNetwork, Provider, ReclaimPolicy,
     wellknown::{
         ANNOTATION_FIXED_IP, ANNOTATION_FIXED_IP_RECLAIM, ANNOTATION_FIXED_IP_SUBNETS,
         ANNOTATION_FIXED_IP_TTL,
@@ -127,6 +130,49 @@ pub struct NodeView {
     pub free_device_index: Option<u32>,
     /// Bare-metal pod CIDRs.
     pub pod_cidrs: Vec<String>,
+}
+
+/// NodeNetworks as the fixed-IP plan sees them: zone, pod ENIs by subnet
+/// (those with room for one more address), a free device index.
+pub fn node_views<'a>(
+    nodes: impl IntoIterator<Item = &'a NodeNetwork>,
+) -> BTreeMap<String, NodeView> {
+    nodes
+        .into_iter()
+        .filter_map(|nn| {
+            let name = nn.metadata.name.clone()?;
+            let status = nn.status.clone().unwrap_or_default();
+            let summary = status.summary.unwrap_or_default();
+            let first = nn.spec.ipam.first_interface_index();
+            let room = summary.ipv4_per_eni.saturating_sub(1);
+            let mut eni_by_subnet = BTreeMap::new();
+            for e in status
+                .enis
+                .iter()
+                .filter(|e| e.device_index >= first && !e.excluded)
+            {
+                let fits = room == 0 || (e.addresses.len() as u64) < u64::from(room);
+                if fits {
+                    eni_by_subnet
+                        .entry(e.subnet_id.clone())
+                        .or_insert_with(|| e.id.clone());
+                }
+            }
+            let used: BTreeSet<u32> = status.enis.iter().map(|e| e.device_index).collect();
+            let free_device_index = (first..summary.max_enis).find(|i| !used.contains(i));
+            Some((
+                name,
+                NodeView {
+                    zone: nn.spec.zone.clone(),
+                    provider: nn.spec.provider,
+                    instance_id: nn.spec.instance_id.clone(),
+                    eni_by_subnet,
+                    free_device_index,
+                    pod_cidrs: nn.spec.pod_cidrs.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Everything the plan looks at for one StatefulSet.
