@@ -102,19 +102,40 @@ mod kube_tests {
     use super::*;
     use crate::agent::Config;
 
-    /// The agent lists its NodeNetwork, answers the release mark it finds,
-    /// and reports usage, all through the status subresource.
-    #[tokio::test]
-    async fn node_loop_answers_release_marks_and_reports_usage() {
-        let dir = tempfile::tempdir().expect("dir");
+    async fn ready_agent(dir: &std::path::Path) -> Arc<Agent> {
         let agent = Agent::new(Config {
-            state_dir: dir.path().to_path_buf(),
+            state_dir: dir.to_path_buf(),
             bpf_root: None,
             cooldown: Duration::from_secs(30),
             static_pool: Vec::new(),
         })
         .expect("agent");
         agent.restore().await.expect("restore");
+        agent
+    }
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// The node loops of `agent` for `node-a` against a mock API server,
+    /// reporting every hour (so any earlier report is one the agent chose).
+    fn start_loops(agent: &Arc<Agent>) -> (tokio::task::JoinHandle<()>, Handle) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<NodeNetwork> = Api::all(Client::new(svc, "default"));
+        let loops = tokio::spawn(node_loops(
+            agent.clone(),
+            api,
+            "node-a".into(),
+            Duration::from_secs(3600),
+        ));
+        (loops, handle)
+    }
+
+    /// The agent lists its NodeNetwork, answers the release mark it finds,
+    /// and reports usage, all through the status subresource.
+    #[tokio::test]
+    async fn node_loop_answers_release_marks_and_reports_usage() {
+        let dir = tempfile::tempdir().expect("dir");
+        let agent = ready_agent(dir.path()).await;
         let mut nn = NodeNetwork::new("node-a", Default::default());
         nn.metadata.resource_version = Some("7".into());
         nn.status = Some(NodeNetworkStatus {
@@ -126,14 +147,7 @@ mod kube_tests {
             ..Default::default()
         });
 
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<NodeNetwork> = Api::all(Client::new(svc, "default"));
-        let loops = tokio::spawn(node_loops(
-            agent.clone(),
-            api,
-            "node-a".into(),
-            Duration::from_secs(3600),
-        ));
+        let (loops, mut handle) = start_loops(&agent);
         let mut answered = false;
         let mut reported = false;
         let mut held_watches = Vec::new();
@@ -167,7 +181,7 @@ mod kube_tests {
     /// Answers one request of the node loops as the API server would for
     /// `nn` (watches are held open).
     async fn serve(
-        handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        handle: &mut Handle,
         nn: &NodeNetwork,
         held_watches: &mut Vec<tower_test::mock::SendResponse<Response<Body>>>,
     ) -> Served {
@@ -219,28 +233,14 @@ mod kube_tests {
     #[tokio::test]
     async fn pods_waiting_on_an_empty_pool_are_reported_at_once() {
         let dir = tempfile::tempdir().expect("dir");
-        let agent = Agent::new(Config {
-            state_dir: dir.path().to_path_buf(),
-            bpf_root: None,
-            cooldown: Duration::from_secs(30),
-            static_pool: Vec::new(),
-        })
-        .expect("agent");
-        agent.restore().await.expect("restore");
+        let agent = ready_agent(dir.path()).await;
         let mut nn = NodeNetwork::new("node-a", Default::default());
         nn.metadata.resource_version = Some("7".into());
         nn.status = Some(NodeNetworkStatus {
             pool: [("10.0.0.1".to_string(), PoolEntry::default())].into(),
             ..Default::default()
         });
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api: Api<NodeNetwork> = Api::all(Client::new(svc, "default"));
-        let loops = tokio::spawn(node_loops(
-            agent.clone(),
-            api,
-            "node-a".into(),
-            Duration::from_secs(3600),
-        ));
+        let (loops, mut handle) = start_loops(&agent);
         let mut held_watches = Vec::new();
         // The first report, and the watch applying the pool.
         let (mut reported, mut listed) = (false, false);

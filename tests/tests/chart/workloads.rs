@@ -110,21 +110,7 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
             .join(" ");
         assert!(script.contains("sextant-cni"), "{script}");
         assert!(script.contains("00-sextant.conflist"), "{script}");
-        let cm = r
-            .all(|o| match o {
-                Object::ConfigMap(c) => Some(c.as_ref()),
-                _ => None,
-            })
-            .into_iter()
-            .find(|c| name_of(&c.metadata) == "sextant-cni")
-            .expect("conflist ConfigMap");
-        let conflist: serde_json::Value = serde_json::from_str(
-            cm.data
-                .as_ref()
-                .and_then(|d| d.get("00-sextant.conflist"))
-                .expect("conflist"),
-        )
-        .expect("conflist is JSON");
+        let conflist = conflist(r);
         assert_eq!(conflist["plugins"][0]["type"], "sextant-cni");
         assert_eq!(
             conflist["plugins"][0]["agentSocket"],
@@ -260,8 +246,8 @@ fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
     }
 }
 
-/// The CNI plugin's deadline for agent calls, from the rendered conflist.
-fn cni_timeout(r: &Rendered) -> u64 {
+/// The rendered conflist (`00-sextant.conflist` of the `sextant-cni` ConfigMap).
+fn conflist(r: &Rendered) -> serde_json::Value {
     let cm = r
         .all(|o| match o {
             Object::ConfigMap(c) => Some(c.as_ref()),
@@ -270,14 +256,18 @@ fn cni_timeout(r: &Rendered) -> u64 {
         .into_iter()
         .find(|c| name_of(&c.metadata) == "sextant-cni")
         .expect("conflist ConfigMap");
-    let conflist: serde_json::Value = serde_json::from_str(
+    serde_json::from_str(
         cm.data
             .as_ref()
-            .and_then(|d| d.values().next())
+            .and_then(|d| d.get("00-sextant.conflist"))
             .expect("conflist"),
     )
-    .expect("conflist is JSON");
-    conflist["plugins"][0]["timeoutSeconds"]
+    .expect("conflist is JSON")
+}
+
+/// The CNI plugin's deadline for agent calls, from the rendered conflist.
+fn cni_timeout(r: &Rendered) -> u64 {
+    conflist(r)["plugins"][0]["timeoutSeconds"]
         .as_u64()
         .expect("timeoutSeconds")
 }
