@@ -6,6 +6,7 @@
 //! ```text
 //!  sextant-operator (chart identity, --provider sim: EC2 latencies and token buckets)
 //!        │ NodeNetworks, ENIs, FixedIPs (reserve, move, park)
+//!  kube-scheduler ──▶ sextant-scheduler-ext (fixed-IP pods wait for their FixedIP)
 //!  kube-apiserver ◀──── kwok nodes soak-0..3, each: netns + real sextant-agent
 //!        │              (--no-datapath, NODE_NAME, NodeNetwork from the API)
 //!        └─ pods of StatefulSet web ──▶ soak::kubelet (CNI ADD/DEL per pod, pod netns)
@@ -38,7 +39,7 @@ use kube::{
 use serde_json::json;
 use sextant_crds::{FixedIP, NodeNetwork};
 use sextant_e2e::{
-    cluster::{Cluster, Options, eventually, install},
+    cluster::{Cluster, Options, eventually, install, supervisor::free_port},
     soak::{
         audit::{self, AgentView, Observation, Row},
         kubelet::Kubelet,
@@ -100,7 +101,15 @@ fn statefulset(replicas: u32) -> StatefulSet {
                 "spec": {
                     "nodeSelector": {"type": "kwok"},
                     "terminationGracePeriodSeconds": 0,
-                    "containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}],
+                    // The request the webhook adds: the scheduler sends only pods
+                    // asking for `sextant.io/ip` to the extender.
+                    "containers": [{
+                        "name": "web", "image": "registry.k8s.io/pause:3.10",
+                        "resources": {
+                            "requests": {"sextant.io/ip": "1"},
+                            "limits": {"sextant.io/ip": "1"},
+                        },
+                    }],
                 },
             },
         },
@@ -295,8 +304,17 @@ async fn a_fixed_ip_statefulset_rolled_through_agent_crashes_and_a_lost_node_kee
     if !sextant_testkit::require(Tier::Kernel, sextant_testkit::root_unavailable(), &test) {
         return;
     }
-    let Some(c) = Cluster::for_test(env!("CARGO_BIN_EXE_sextant-cluster"), Options::default())
-    else {
+    // The default scheduler calls Sextant's extender, as the chart sets it
+    // up: a fixed-IP pod is not placed before its FixedIP exists (else its
+    // first ADD finds no FixedIP and takes an ordinary address).
+    let extender_port = free_port().expect("port");
+    let Some(c) = Cluster::for_test(
+        env!("CARGO_BIN_EXE_sextant-cluster"),
+        Options {
+            extender_port: Some(extender_port),
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     let started = std::time::Instant::now();
@@ -318,6 +336,14 @@ async fn a_fixed_ip_statefulset_rolled_through_agent_crashes_and_a_lost_node_kee
     )
     .await
     .expect("operator started");
+    let extender = install::run_scheduler_ext(
+        c,
+        &rendered,
+        "sextant-scheduler-ext-soak",
+        &format!("127.0.0.1:{extender_port}"),
+    )
+    .await
+    .expect("scheduler extender started");
     let admin = c.admin().await.expect("admin");
     let ns = c.namespace("soak").await.expect("namespace");
     let mut soak = Soak {
@@ -397,6 +423,7 @@ async fn a_fixed_ip_statefulset_rolled_through_agent_crashes_and_a_lost_node_kee
         audit::table(&rows)
     );
     operator.assert_no_forbidden().expect("operator RBAC");
+    extender.assert_no_forbidden().expect("extender RBAC");
     assert!(
         rows.iter().all(Row::clean),
         "the audit found wrong ownership:\n{}",

@@ -143,7 +143,11 @@ impl SoakNode {
             )
             .await
             .with_context(|| format!("creating node {name}"))?;
-        let resources = json!({"cpu": "16", "memory": "64Gi", "pods": "110"});
+        // `sextant.io/ip` as the device plugin advertises it (an m5.large's
+        // 3 ENIs × 9 secondary addresses), so the scheduler and its
+        // extender see the capacity the chart's DaemonSets would publish.
+        let resources =
+            json!({"cpu": "16", "memory": "64Gi", "pods": "110", "sextant.io/ip": "27"});
         nodes
             .patch_status(
                 name,
