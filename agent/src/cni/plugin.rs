@@ -13,7 +13,7 @@ use sextant_agent_api::{
 };
 
 /// CNI versions this plugin speaks.
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.4.0", "1.0.0", "1.1.0", "1.0.0-rc"];
+pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /// Default deadline for the agent's answer, seconds.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
@@ -238,23 +238,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                         sextant_kit::ErrorChain(&e).to_string(),
                     )
                 })?;
-            if h.state == AgentState::Ready && h.ipam.free > 0 {
-                Ok(None)
-            } else if h.state == AgentState::Ready {
-                Err(CniError::new(
-                    &version,
-                    51,
-                    "no pod IPs free on this node",
-                    h.ipam.status,
-                ))
-            } else {
-                Err(CniError::new(
-                    &version,
-                    50,
-                    format!("sextant agent is {}", h.state),
-                    "",
-                ))
-            }
+            status_verdict(&version, &h).map(|()| None)
         }
         "" => Err(CniError::new(&version, 4, "CNI_COMMAND is required", "")),
         other => Err(CniError::new(
@@ -266,14 +250,35 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
 }
 
+/// CNI STATUS from the agent's health: an error only when the agent cannot
+/// serve ADDs at all (50). An empty pool is not one: ADDs wait and are
+/// reported as pending while the operator attaches addresses, and an error
+/// here would have the runtime mark the node's network NotReady.
+fn status_verdict(version: &str, h: &Health) -> Result<(), CniError> {
+    match h.state {
+        AgentState::Ready | AgentState::Degraded => Ok(()),
+        other => Err(CniError::new(
+            version,
+            50,
+            format!("sextant agent is {other}"),
+            h.ipam.status.clone(),
+        )),
+    }
+}
+
+/// The ADD result in `version`'s shape (0.4.0's `ips` entries name their IP version).
 fn add_result(version: &str, req: &CniRequest, r: &CniReply) -> Value {
+    let mut ip = json!({ "address": format!("{}/32", r.ip), "gateway": r.gateway.to_string(), "interface": 1 });
+    if version.starts_with("0.") {
+        ip["version"] = json!("4");
+    }
     json!({
         "cniVersion": version,
         "interfaces": [
             { "name": r.host_ifname, "mac": r.host_mac },
             { "name": req.ifname, "mac": r.pod_mac, "sandbox": req.netns },
         ],
-        "ips": [ { "address": format!("{}/32", r.ip), "gateway": r.gateway.to_string(), "interface": 1 } ],
+        "ips": [ ip ],
         "routes": [ { "dst": "0.0.0.0/0", "gw": r.gateway.to_string() } ],
         "dns": {},
     })
@@ -323,6 +328,67 @@ mod tests {
             "agentSocket": dir.path().join("none.sock"), "timeoutSeconds": 1});
         let e = run(&env("ADD"), conf.to_string().as_bytes()).expect_err("error");
         assert_eq!(e.code, 11, "{e:?}");
+    }
+
+    fn health(state: AgentState, pool: usize, free: usize) -> Health {
+        let mut h = Health {
+            state,
+            ..Default::default()
+        };
+        h.ipam.pool = pool;
+        h.ipam.free = free;
+        h
+    }
+
+    /// CNI 1.1 STATUS errors mean "the network is down": containerd marks
+    /// the node's network NotReady and the node gets tainted. A node whose
+    /// pool is used up is not down: its ADDs wait (reported as pending)
+    /// while the operator attaches more addresses.
+    #[test]
+    fn status_with_an_empty_pool_is_not_a_network_outage() {
+        assert!(status_verdict("1.1.0", &health(AgentState::Ready, 4, 0)).is_ok());
+        assert!(status_verdict("1.1.0", &health(AgentState::Ready, 0, 0)).is_ok());
+        assert!(
+            status_verdict("1.1.0", &health(AgentState::Degraded, 4, 1)).is_ok(),
+            "kernel routing still serves ADDs"
+        );
+        let e = status_verdict("1.1.0", &health(AgentState::Restoring, 4, 4))
+            .expect_err("cannot serve ADD yet");
+        assert_eq!(e.code, 50);
+    }
+
+    /// Each advertised version is answered in its own result shape: 0.4.0's
+    /// `ips` entries carry `"version": "4"`, which 1.0 dropped.
+    #[test]
+    fn add_results_match_the_shape_of_their_version() {
+        let req = CniRequest {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/x".into(),
+            pod_namespace: "default".into(),
+            pod_name: "web-0".into(),
+        };
+        let reply = CniReply {
+            ip: "10.0.0.7".parse().expect("ip"),
+            gateway: "169.254.1.1".parse().expect("ip"),
+            host_ifname: "sx0".into(),
+            host_mac: "02:00:00:00:00:01".into(),
+            pod_mac: "02:00:00:00:00:02".into(),
+        };
+        for version in SUPPORTED_VERSIONS {
+            let r = add_result(version, &req, &reply);
+            assert_eq!(r["cniVersion"], version);
+            assert_eq!(r["ips"][0]["address"], "10.0.0.7/32");
+            if version.starts_with("0.") {
+                assert_eq!(r["ips"][0]["version"], "4", "{version}: {r}");
+            } else {
+                assert!(r["ips"][0].get("version").is_none(), "{version}: {r}");
+            }
+        }
+        assert!(
+            !SUPPORTED_VERSIONS.contains(&"1.0.0-rc"),
+            "not a CNI version"
+        );
     }
 
     #[test]
