@@ -19,15 +19,19 @@
 //! labels and providerID), else `--sim-instance-type` in the first zone.
 //! State lives in the operator's memory: a restart, or a new leader, starts
 //! an empty VPC (NodeNetworks then resync to what it has).
+//! `--sim-throttle-ratio` answers that share of calls "throttled" on top of
+//! EC2's buckets; `--sim-state-file` writes the VPC's ENIs (attachment and
+//! addresses) as JSON, replaced whole (temp + rename) every second it
+//! changed, for tests that audit the cloud from outside the operator.
 //!
 //! Behind the cargo feature `sim` (default on; the image leaves it out and
 //! refuses `--provider sim`).
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use sextant_cloud::sim::{
-    AutoRegister, Cidr, INSTANCE_TYPES, InstanceDirectory, InstanceHint, SetupError, SimCloud,
-    SimConfig, SimProvider, SimVpc, SimVpcConfig, instance_type,
+    AutoRegister, Cidr, Faults, INSTANCE_TYPES, InstanceDirectory, InstanceHint, SetupError,
+    SimCloud, SimConfig, SimProvider, SimVpc, SimVpcConfig, instance_type,
 };
 
 use crate::node_network::directory::NodeNetworkDirectory;
@@ -62,6 +66,15 @@ pub(crate) fn parse_instance_type(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a probability in `[0, 1]`.
+pub(crate) fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Ok(r) => Err(format!("{r} is not a ratio between 0 and 1")),
+        Err(e) => Err(format!("{s:?} is not a number: {e}")),
+    }
+}
+
 /// Flags of `--provider sim` (ignored by the other providers).
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub(crate) struct SimArgs {
@@ -80,6 +93,12 @@ pub(crate) struct SimArgs {
     /// `realistic` (EC2 latencies and token buckets) or `instant`.
     #[arg(long, env = "SEXTANT_SIM_LATENCY", value_enum, default_value_t = SimLatency::Realistic)]
     pub(crate) sim_latency: SimLatency,
+    /// Share of calls (0 to 1) answered "throttled" on top of the buckets.
+    #[arg(long, env = "SEXTANT_SIM_THROTTLE_RATIO", default_value_t = 0.0, value_parser = parse_ratio)]
+    pub(crate) sim_throttle_ratio: f64,
+    /// Write the simulated VPC's ENIs here as JSON (every second it changed).
+    #[arg(long, env = "SEXTANT_SIM_STATE_FILE")]
+    pub(crate) sim_state_file: Option<PathBuf>,
 }
 
 impl SimArgs {
@@ -100,10 +119,15 @@ impl SimArgs {
 
     /// The simulator's settings, following EC2.
     pub(crate) fn sim_config(&self) -> SimConfig {
-        match self.sim_latency {
+        let mut config = match self.sim_latency {
             SimLatency::Realistic => SimConfig::new(SimProvider::Aws, self.sim_seed),
             SimLatency::Instant => SimConfig::instant(SimProvider::Aws, self.sim_seed),
-        }
+        };
+        config.faults = Faults {
+            throttle_ratio: self.sim_throttle_ratio,
+            ..config.faults
+        };
+        config
     }
 
     /// The simulated VPC `vpc_id` in `region`.
@@ -125,7 +149,57 @@ impl SimArgs {
     ) -> Result<AutoRegister, SetupError> {
         let sim = Arc::new(SimCloud::new(self.sim_config()));
         let vpc = SimVpc::create(&sim, &self.vpc_config(region, vpc_id))?;
+        if let Some(path) = &self.sim_state_file {
+            tokio::spawn(write_state(sim.clone(), path.clone()));
+        }
         AutoRegister::new(sim, vpc, &self.sim_instance_type, directory)
+    }
+}
+
+/// The simulated VPC's ENIs as JSON: id, subnet, attachment, addresses, tags.
+pub(crate) fn state_json(sim: &SimCloud) -> serde_json::Value {
+    let enis: Vec<serde_json::Value> = sim
+        .all_enis()
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.id,
+                "subnetId": e.subnet_id,
+                "zone": e.zone,
+                "primaryIp": e.primary_ip.to_string(),
+                "secondaryIps": e.secondary_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "tags": e.tags,
+                "attachment": e.attachment.map(|a| serde_json::json!({
+                    "instanceId": a.instance_id,
+                    "deviceIndex": a.device_index,
+                })),
+            })
+        })
+        .collect();
+    serde_json::json!({ "enis": enis })
+}
+
+/// Writes [`state_json`] to `path` every second it changed, temp + rename.
+async fn write_state(sim: Arc<SimCloud>, path: PathBuf) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = state_json(&sim);
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec_pretty(&now)
+            .map_err(std::io::Error::other)
+            .and_then(|body| std::fs::write(&tmp, body))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => last = Some(now),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the simulated cloud's state")
+            }
+        }
     }
 }
 
@@ -153,6 +227,8 @@ mod tests {
             sim_zones: vec![],
             sim_instance_type: "m5.large".into(),
             sim_latency: SimLatency::Realistic,
+            sim_throttle_ratio: 0.0,
+            sim_state_file: None,
         };
         assert_eq!(a.zones("eu-west-1"), ["eu-west-1a", "eu-west-1b"]);
         a.sim_zones = vec![" us-east-1c".into(), "".into()];
@@ -161,6 +237,47 @@ mod tests {
         a.sim_latency = SimLatency::Instant;
         assert!(!a.sim_config().server_throttling);
         assert_eq!(a.sim_config().seed, 1);
+    }
+
+    #[test]
+    fn throttle_ratios_are_probabilities() {
+        assert_eq!(parse_ratio("0.2"), Ok(0.2));
+        assert!(parse_ratio("1.5").unwrap_err().contains("between 0 and 1"));
+        assert!(parse_ratio("lots").unwrap_err().contains("not a number"));
+    }
+
+    #[tokio::test]
+    async fn the_state_file_lists_the_vpcs_enis_and_a_throttle_ratio_reaches_the_cloud() {
+        let dir = tempfile::tempdir().expect("dir");
+        let args = SimArgs {
+            sim_seed: 1,
+            sim_vpc_cidr: "10.0.0.0/16".parse().expect("cidr"),
+            sim_zones: vec![],
+            sim_instance_type: "m5.large".into(),
+            sim_latency: SimLatency::Instant,
+            sim_throttle_ratio: 0.2,
+            sim_state_file: Some(dir.path().join("cloud.json")),
+        };
+        assert_eq!(args.sim_config().faults.throttle_ratio, 0.2);
+        let cloud = args
+            .build(
+                "us-east-1",
+                DEFAULT_SIM_VPC,
+                Arc::new(NodeNetworkDirectory::default()),
+            )
+            .expect("sim");
+        drop(cloud);
+        let path = dir.path().join("cloud.json");
+        let mut state = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(body) = std::fs::read(&path) {
+                state = Some(serde_json::from_slice::<serde_json::Value>(&body).expect("JSON"));
+                break;
+            }
+        }
+        let state = state.expect("the state file is written");
+        assert!(state["enis"].is_array(), "{state}");
     }
 
     #[test]
