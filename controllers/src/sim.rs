@@ -20,9 +20,11 @@
 //! State lives in the operator's memory: a restart, or a new leader, starts
 //! an empty VPC (NodeNetworks then resync to what it has).
 //! `--sim-throttle-ratio` answers that share of calls "throttled" on top of
-//! EC2's buckets; `--sim-state-file` writes the VPC's ENIs (attachment and
-//! addresses) as JSON, replaced whole (temp + rename) every second it
-//! changed, for tests that audit the cloud from outside the operator.
+//! EC2's buckets. `--sim-state-file` keeps the cloud across restarts: the
+//! instances and ENIs (attachment, addresses, tags) are written as JSON,
+//! replaced whole (temp + rename) every second they changed, and read back
+//! when the operator starts, so a new leader (a restarted replica) works on
+//! the same cloud; tests audit the cloud from outside the operator with it.
 //!
 //! Behind the cargo feature `sim` (default on; the image leaves it out and
 //! refuses `--provider sim`).
@@ -150,42 +152,31 @@ impl SimArgs {
         let sim = Arc::new(SimCloud::new(self.sim_config()));
         let vpc = SimVpc::create(&sim, &self.vpc_config(region, vpc_id))?;
         if let Some(path) = &self.sim_state_file {
+            match std::fs::read(path) {
+                Ok(body) => {
+                    let snap = serde_json::from_slice(&body)
+                        .map_err(|e| SetupError::BadSnapshot(format!("{}: {e}", path.display())))?;
+                    sim.restore(&snap)?;
+                    tracing::info!(path = %path.display(), "simulated cloud restored");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SetupError::BadSnapshot(format!("{}: {e}", path.display())));
+                }
+            }
             tokio::spawn(write_state(sim.clone(), path.clone()));
         }
         AutoRegister::new(sim, vpc, &self.sim_instance_type, directory)
     }
 }
 
-/// The simulated VPC's ENIs as JSON: id, subnet, attachment, addresses, tags.
-pub(crate) fn state_json(sim: &SimCloud) -> serde_json::Value {
-    let enis: Vec<serde_json::Value> = sim
-        .all_enis()
-        .into_iter()
-        .map(|e| {
-            serde_json::json!({
-                "id": e.id,
-                "subnetId": e.subnet_id,
-                "zone": e.zone,
-                "primaryIp": e.primary_ip.to_string(),
-                "secondaryIps": e.secondary_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "tags": e.tags,
-                "attachment": e.attachment.map(|a| serde_json::json!({
-                    "instanceId": a.instance_id,
-                    "deviceIndex": a.device_index,
-                })),
-            })
-        })
-        .collect();
-    serde_json::json!({ "enis": enis })
-}
-
-/// Writes [`state_json`] to `path` every second it changed, temp + rename.
+/// Writes the cloud's snapshot to `path` every second it changed, temp + rename.
 async fn write_state(sim: Arc<SimCloud>, path: PathBuf) {
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let now = state_json(&sim);
+        let now = sim.snapshot();
         if last.as_ref() == Some(&now) {
             continue;
         }
@@ -278,6 +269,25 @@ mod tests {
         }
         let state = state.expect("the state file is written");
         assert!(state["enis"].is_array(), "{state}");
+        // A restart reads it back: the same cloud.
+        let again = args
+            .build(
+                "us-east-1",
+                DEFAULT_SIM_VPC,
+                Arc::new(NodeNetworkDirectory::default()),
+            )
+            .expect("restored");
+        drop(again);
+        std::fs::write(&path, b"{not json").expect("write");
+        let err = args
+            .build(
+                "us-east-1",
+                DEFAULT_SIM_VPC,
+                Arc::new(NodeNetworkDirectory::default()),
+            )
+            .err()
+            .expect("a broken state file is refused");
+        assert!(err.to_string().contains("cloud.json"), "{err}");
     }
 
     #[test]

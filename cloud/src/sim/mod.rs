@@ -26,6 +26,7 @@ mod gate;
 mod instance_types;
 mod instances;
 mod register;
+mod snapshot;
 mod subnets;
 mod throttle;
 mod vpc;
@@ -35,6 +36,7 @@ pub use gate::{ActionStats, SimStats};
 pub use instance_types::{INSTANCE_TYPES, instance_type};
 pub use instances::is_instance_id;
 pub use register::{AutoRegister, InstanceDirectory, InstanceHint};
+pub use snapshot::{SimSnapshot, SnapshotAttachment, SnapshotEni, SnapshotInstance};
 pub use vpc::{Cidr, SimVpc, SimVpcConfig};
 
 use std::{
@@ -84,6 +86,9 @@ pub enum SetupError {
     /// A zone given twice.
     #[error("zone {0} is given twice")]
     DuplicateZone(String),
+    /// A snapshot that cannot be put back (see [`SimCloud::restore`]).
+    #[error("simulated cloud snapshot refused: {0}")]
+    BadSnapshot(String),
     /// A VPC CIDR too small for a subnet per zone.
     #[error("VPC CIDR {cidr} is too small for {zones} zone subnets of at least /28")]
     CidrTooSmall {

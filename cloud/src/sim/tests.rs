@@ -384,3 +384,49 @@ async fn the_alibaba_model_honours_a_client_token_on_count_assigns_like_ecs() {
     let net = sim.instance_network(&instance).await.unwrap();
     assert_eq!(net.enis[1].secondary_ips.len(), 3);
 }
+
+/// A process holding a simulated cloud restarts: the same VPC laid out
+/// again plus the snapshot gives back every instance, ENI and address, and
+/// the next addresses handed out are new ones.
+#[tokio::test(start_paused = true)]
+async fn a_restored_snapshot_is_the_same_cloud_and_hands_out_no_address_twice() {
+    let (sim, subnet, sg, instance) = world(quiet(SimProvider::Aws));
+    let eni = sim.create_eni(&create(&subnet, &sg, 3)).await.unwrap();
+    sim.attach_eni(&eni.id, &instance, 1).await.unwrap();
+    let parked = sim.create_eni(&create(&subnet, &sg, 1)).await.unwrap();
+    let snap = sim.snapshot();
+    let json = serde_json::to_string(&snap).unwrap();
+
+    // The VPC laid out again as before (same ids), then the snapshot.
+    let again = SimCloud::new(quiet(SimProvider::Aws));
+    assert_eq!(
+        again
+            .add_subnet("vpc-1", "us-east-1a", "10.0.0.0/24", Tags::new())
+            .unwrap(),
+        subnet
+    );
+    assert_eq!(again.add_security_group("vpc-1", "pods", Tags::new()), sg);
+    again
+        .restore(&serde_json::from_str(&json).unwrap())
+        .unwrap();
+    assert_eq!(again.snapshot(), snap, "the same instances and ENIs");
+    let before: BTreeSet<Ipv4Addr> = again
+        .all_enis()
+        .iter()
+        .flat_map(|e| std::iter::once(e.primary_ip).chain(e.secondary_ips.clone()))
+        .collect();
+    let fresh = again.create_eni(&create(&subnet, &sg, 4)).await.unwrap();
+    assert!(
+        std::iter::once(fresh.primary_ip)
+            .chain(fresh.secondary_ips.clone())
+            .all(|ip| !before.contains(&ip)),
+        "restored addresses are taken"
+    );
+    assert!(!before.is_empty() && again.all_enis().iter().any(|e| e.id == parked.id));
+    // A snapshot that does not fit is refused whole.
+    let err = again.restore(&snap).unwrap_err();
+    assert!(
+        err.to_string().contains("refused") || err.to_string().contains("exists"),
+        "{err}"
+    );
+}
