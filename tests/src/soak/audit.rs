@@ -12,6 +12,8 @@
 //! | withheld | (per node, as a count) the operator counts it free (pool, not used, not fixed, not in the handshake) but the agent has it neither free nor cooling |
 //! | release max | the largest `status.release` of any NodeNetwork (bounded: at most [`RELEASE_BOUND`]) |
 //! | sts-ip-changed | a StatefulSet pod name was given two different addresses by its ADDs |
+//! | cloud-leaked | the cloud (the simulated VPC's state file) has it on an ENI attached to a node's instance, but that node's NodeNetwork lists it in neither its pool, its `fixedIps` nor its release handshake |
+//! | not-in-cloud | a NodeNetwork's pool lists it, but the cloud has it on no ENI of that node's instance |
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -45,6 +47,8 @@ pub struct Observation {
     pub pods: BTreeMap<String, (String, String)>,
     /// Every address the driver's ADDs gave each StatefulSet pod name.
     pub history: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// The cloud's own view (`--sim-state-file`: `{"enis": [...]}`), when read.
+    pub cloud: Option<Value>,
 }
 
 /// One line of the audit table.
@@ -64,6 +68,10 @@ pub struct Row {
     pub release_max: usize,
     /// StatefulSet pods whose address changed.
     pub sts_ip_changed: usize,
+    /// Addresses on a node's ENIs in the cloud that its NodeNetwork does not account for.
+    pub cloud_leaked: usize,
+    /// Pool addresses the cloud does not have on the node.
+    pub not_in_cloud: usize,
 }
 
 impl Row {
@@ -74,25 +82,29 @@ impl Row {
             && self.leaked == 0
             && self.withheld == 0
             && self.sts_ip_changed == 0
+            && self.cloud_leaked == 0
+            && self.not_in_cloud == 0
             && self.release_max <= RELEASE_BOUND
     }
 }
 
 /// The table's header.
-pub const HEADER: &str = "round | double-assigned | in-two-pools | leaked | withheld | release-entries max | sts-ip-changed";
+pub const HEADER: &str = "round | double-assigned | in-two-pools | leaked | withheld | release-entries max | sts-ip-changed | cloud-leaked | not-in-cloud";
 
 impl std::fmt::Display for Row {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:>5} | {:>15} | {:>12} | {:>6} | {:>8} | {:>19} | {:>14}",
+            "{:>5} | {:>15} | {:>12} | {:>6} | {:>8} | {:>19} | {:>14} | {:>12} | {:>12}",
             self.round,
             self.double_assigned,
             self.in_two_pools,
             self.leaked,
             self.withheld,
             self.release_max,
-            self.sts_ip_changed
+            self.sts_ip_changed,
+            self.cloud_leaked,
+            self.not_in_cloud
         )
     }
 }
@@ -230,7 +242,60 @@ pub fn audit(round: u32, obs: &Observation) -> (Row, Vec<String>) {
             ));
         }
     }
+    if let Some(cloud) = &obs.cloud {
+        audit_cloud(cloud, &obs.node_networks, &mut row, &mut findings);
+    }
     (row, findings)
+}
+
+/// The cloud's view against the NodeNetworks: every secondary address on
+/// an ENI attached to a node's instance is accounted for by that node, and
+/// every pool address is on that instance. Instances no NodeNetwork names
+/// (lost nodes: the simulator never terminates instances) are left out.
+fn audit_cloud(
+    cloud: &Value,
+    node_networks: &[NodeNetwork],
+    row: &mut Row,
+    findings: &mut Vec<String>,
+) {
+    let mut on_instance: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for eni in cloud["enis"].as_array().into_iter().flatten() {
+        let Some(instance) = eni["attachment"]["instanceId"].as_str() else {
+            continue;
+        };
+        let addresses = on_instance.entry(instance.to_owned()).or_default();
+        for ip in eni["secondaryIps"].as_array().into_iter().flatten() {
+            if let Some(ip) = ip.as_str() {
+                addresses.insert(ip.to_owned());
+            }
+        }
+    }
+    for nn in node_networks {
+        let name = nn.metadata.name.clone().unwrap_or_default();
+        let (Some(instance), Some(status)) = (nn.spec.instance_id.as_deref(), &nn.status) else {
+            continue;
+        };
+        let in_cloud = on_instance.get(instance).cloned().unwrap_or_default();
+        for ip in &in_cloud {
+            if !status.pool.contains_key(ip)
+                && !status.fixed_ips.contains_key(ip)
+                && !status.release.contains_key(ip)
+            {
+                row.cloud_leaked += 1;
+                findings.push(format!(
+                    "cloud-leaked: {ip} is on {instance} ({name}) in the cloud, but its NodeNetwork does not account for it"
+                ));
+            }
+        }
+        for ip in status.pool.keys() {
+            if !in_cloud.contains(ip) {
+                row.not_in_cloud += 1;
+                findings.push(format!(
+                    "not-in-cloud: {name}'s pool lists {ip}, the cloud has it on no ENI of {instance}"
+                ));
+            }
+        }
+    }
 }
 
 /// The table of `rows` under [`HEADER`].
@@ -282,6 +347,7 @@ mod tests {
             agents: [("a".to_owned(), agent(&[("10.0.0.1", "u1", "web-0")], 1))].into(),
             pods: [("u1".to_owned(), ("web-0".to_owned(), "a".to_owned()))].into(),
             history: [("web-0".to_owned(), vec!["10.0.0.1".parse().unwrap()])].into(),
+            cloud: None,
         };
         let (row, findings) = audit(1, &obs);
         assert!(row.clean() && findings.is_empty(), "{row:?} {findings:?}");
@@ -305,6 +371,7 @@ mod tests {
                 vec!["10.0.0.1".parse().unwrap(), "10.0.0.9".parse().unwrap()],
             )]
             .into(),
+            cloud: None,
         };
         let (row, _) = audit(2, &obs);
         assert_eq!(
@@ -318,7 +385,32 @@ mod tests {
                 withheld: 2,
                 release_max: 0,
                 sts_ip_changed: 1,
+                cloud_leaked: 0,
+                not_in_cloud: 0,
             }
+        );
+    }
+
+    #[test]
+    fn the_clouds_view_must_match_each_nodes_pool() {
+        let mut a = nn("a", &["10.0.0.1", "10.0.0.2"], &[]);
+        a.spec.instance_id = Some("i-a".to_owned());
+        let obs = Observation {
+            node_networks: vec![a],
+            cloud: Some(json!({"enis": [
+                {"id": "eni-1", "secondaryIps": ["10.0.0.1", "10.0.0.7"],
+                 "attachment": {"instanceId": "i-a", "deviceIndex": 1}},
+                {"id": "eni-lost", "secondaryIps": ["10.0.0.9"],
+                 "attachment": {"instanceId": "i-gone", "deviceIndex": 1}},
+                {"id": "eni-free", "secondaryIps": ["10.0.0.8"], "attachment": null},
+            ]})),
+            ..Observation::default()
+        };
+        let (row, findings) = audit(3, &obs);
+        assert_eq!(
+            (row.cloud_leaked, row.not_in_cloud),
+            (1, 1),
+            "10.0.0.7 unaccounted, 10.0.0.2 not in the cloud: {findings:?}"
         );
     }
 }
