@@ -45,6 +45,30 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Moves the checkpoint of an older agent from `legacy` (a directory) to
+/// `path` when `path` has none: read and checked first (a corrupt one is an
+/// error, never dropped), written atomically, then the old file renamed to
+/// `<name>.migrated` so it is never taken again. `true` when it moved.
+pub fn adopt_legacy(path: &Path, legacy: &Path) -> Result<bool> {
+    let name = path.file_name().unwrap_or_default();
+    let old = legacy.join(name);
+    if old == path || path.exists() {
+        return Ok(false);
+    }
+    let Some(cp) = read(&old)? else {
+        return Ok(false);
+    };
+    write(path, &cp)?;
+    let mut done = name.to_os_string();
+    done.push(".migrated");
+    fs::rename(&old, legacy.join(done)).map_err(|e| Error::CheckpointIo {
+        path: old.clone(),
+        action: "renaming the migrated checkpoint",
+        source: e,
+    })?;
+    Ok(true)
+}
+
 /// Reads the checkpoint; `None` when there is none yet (first start).
 pub fn read(path: &Path) -> Result<Option<Checkpoint>> {
     let body = match fs::read(path) {
@@ -81,6 +105,32 @@ pub fn read(path: &Path) -> Result<Option<Checkpoint>> {
 mod tests {
     use super::*;
     use sextant_agent_core::testing::{mk_pool, mk_req};
+
+    /// An agent upgraded from one that kept its checkpoint on tmpfs takes
+    /// that checkpoint over once; it never overwrites a newer one.
+    #[test]
+    fn an_older_agents_checkpoint_is_moved_to_the_state_dir_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = dir.path().join("run");
+        let path = dir.path().join("lib").join("cp.json");
+        let mut p = mk_pool(4);
+        p.allocate(&mk_req("a"), 0, "t").expect("ip");
+        let cp = Checkpoint::of(&p, 0);
+        write(&legacy.join("cp.json"), &cp).expect("old agent's checkpoint");
+        assert!(adopt_legacy(&path, &legacy).expect("moves"));
+        assert_eq!(read(&path).expect("read"), Some(cp.clone()));
+        assert!(!legacy.join("cp.json").exists());
+        assert!(legacy.join("cp.json.migrated").exists());
+        assert!(
+            !adopt_legacy(&path, &legacy).expect("once"),
+            "nothing left to move"
+        );
+        // A corrupt old one is an error, and the state dir stays as it was.
+        std::fs::write(legacy.join("cp.json"), b"{broken").expect("write");
+        std::fs::remove_file(&path).expect("rm");
+        assert!(adopt_legacy(&path, &legacy).is_err());
+        assert!(!path.exists());
+    }
 
     #[test]
     fn round_trips_atomically_and_leaves_no_temp_file() {

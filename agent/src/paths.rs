@@ -2,11 +2,14 @@
 
 /// The agent API socket (docs/agent-api.md).
 pub const DEFAULT_SOCKET: &str = sextant_agent_api::SOCKET_PATH;
-/// Where the allocation checkpoint lives: on a node, `/var/run` is a tmpfs,
-/// so the checkpoint survives agent restarts (what it is for) but not
-/// reboots, which no pod netns survives either (aws-node keeps its IPAM
-/// checkpoint under `/var/run` for the same reason).
-pub const DEFAULT_STATE_DIR: &str = "/var/run/sextant/state";
+/// Where the allocation checkpoint lives: on disk (the chart mounts it from
+/// the host), so its fsync means something and it outlives a reboot; after
+/// one, every entry's netns is gone and the restore puts the addresses into
+/// cooldown instead of forgetting them.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sextant";
+/// Where agents before 0.2 kept the checkpoint (a tmpfs on nodes); a
+/// checkpoint found there and not in the state dir is moved over at start.
+pub const LEGACY_STATE_DIR: &str = "/var/run/sextant/state";
 /// File name of the allocation checkpoint inside the state dir.
 pub const CHECKPOINT_FILE: &str = "ipam-checkpoint.json";
 /// bpffs directory holding the datapath's pinned maps, program and links.

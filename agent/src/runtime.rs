@@ -2,7 +2,11 @@
 //! API server, checkpoint restore, then the NodeNetwork watch (pool and
 //! release handshake) and the periodic usage report (`watch::node_network`).
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use kube::{Api, Client};
 use sextant_crds::NodeNetwork;
@@ -14,7 +18,9 @@ use crate::{
     agent::{Agent, Config, PolicyFailOpen},
     datapath::CtTimeouts,
     error::{Error, Result},
-    paths::{DEFAULT_BPF_ROOT, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
+    paths::{
+        CHECKPOINT_FILE, DEFAULT_BPF_ROOT, DEFAULT_SOCKET, DEFAULT_STATE_DIR, LEGACY_STATE_DIR,
+    },
     server,
 };
 
@@ -253,6 +259,18 @@ impl Args {
                 "deprecated flag (whole seconds); use its duration flag"
             );
         }
+        let checkpoint = self.state_dir.join(CHECKPOINT_FILE);
+        // Only a node's agent (the default state dir) takes an older node
+        // agent's checkpoint over; labs and tests with their own dirs never do.
+        if self.state_dir == Path::new(DEFAULT_STATE_DIR)
+            && crate::checkpoint::adopt_legacy(&checkpoint, Path::new(LEGACY_STATE_DIR))?
+        {
+            warn!(
+                from = LEGACY_STATE_DIR,
+                to = %checkpoint.display(),
+                "checkpoint of an older agent moved to the state dir"
+            );
+        }
         let agent = Agent::new(self.config()?)?;
         let listener = server::bind(&self.socket)?;
         info!(socket = %self.socket.display(), "agent API listening");
@@ -407,7 +425,6 @@ pub fn enter_netns(args: &Args) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use clap::Parser;
 

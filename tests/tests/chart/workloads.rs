@@ -66,6 +66,8 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
         for (path, host) in [
             ("/sys/fs/bpf", "/sys/fs/bpf"),
             ("/var/run/sextant", "/var/run/sextant"),
+            // The checkpoint on disk, not tmpfs (it was /var/run/sextant/state).
+            ("/var/lib/sextant", "/var/lib/sextant"),
             ("/host/cni/bin", "/opt/cni/bin"),
             ("/host/cni/net.d", "/etc/cni/net.d"),
         ] {
@@ -74,6 +76,14 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
                 .unwrap_or_else(|| panic!("{}: {path} not mounted", r.set));
             assert_eq!(host_paths.get(vol), Some(&host), "{}: {path}", r.set);
         }
+
+        let state_dir = agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SEXTANT_STATE_DIR")
+            .and_then(|e| e.value.as_deref());
+        assert_eq!(state_dir, Some("/var/lib/sextant"), "{}", r.set);
 
         // CNI netns paths: /var/run/netns/<name> through a mount that sees the
         // runtime's later bind mounts, /proc/<pid>/ns/net through the host's
