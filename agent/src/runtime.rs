@@ -37,6 +37,11 @@ pub struct Args {
     /// bpffs directory for the datapath's pins.
     #[arg(long, env = "SEXTANT_BPF_ROOT", default_value = DEFAULT_BPF_ROOT)]
     pub bpf_root: PathBuf,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this TCP address (the
+    /// chart: `0.0.0.0:<agent.metricsPort>` on the host network); off when
+    /// unset. The agent API socket serves `/metrics` too.
+    #[arg(long, env = "SEXTANT_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Run without the eBPF datapath (kernel routing only).
     #[arg(long, env = "SEXTANT_NO_DATAPATH")]
     pub no_datapath: bool,
@@ -272,10 +277,26 @@ impl Args {
             );
         }
         let agent = Agent::new(self.config()?)?;
+        let readiness = sextant_kit::admin::Readiness::not_ready();
+        readiness.set_not_ready("restoring the checkpoint");
+        let admin = match self.metrics_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::io(format!("binding the metrics listener {addr}"), e))?;
+                info!(%addr, "metrics, health and readiness on TCP");
+                let refreshed = agent.clone();
+                let admin = sextant_kit::admin::Admin::new(agent.registry(), readiness.clone())
+                    .with_refresh(std::sync::Arc::new(move || refreshed.refresh_metrics()));
+                Some(tokio::spawn(sextant_kit::admin::serve(listener, admin)))
+            }
+            None => None,
+        };
         let listener = server::bind(&self.socket)?;
         info!(socket = %self.socket.display(), "agent API listening");
         let srv = tokio::spawn(server::serve(agent.clone(), listener));
         agent.restore().await?;
+        readiness.set(true);
         let selector = parse_labels(&self.policy_fail_open_selector)?;
         if !self.policy_fail_open_after.is_zero() {
             warn!(
@@ -378,6 +399,9 @@ impl Args {
             .await;
         info!(%signal, "shutting down; the datapath stays pinned");
         srv.abort();
+        if let Some(admin) = &admin {
+            admin.abort();
+        }
         sweeper.abort();
         fail_open.abort();
         ct_gc.abort();

@@ -59,12 +59,71 @@ fn tcp_retransmits() -> std::io::Result<u64> {
 }
 
 fn counter(lab: &Lab, verdict: &str) -> u64 {
-    let text = lab.metrics().expect("metrics");
+    packets(&lab.metrics().expect("metrics"), verdict)
+}
+
+/// The datapath's packet count for `verdict` in Prometheus text.
+fn packets(text: &str, verdict: &str) -> u64 {
     let key = format!("sextant_agent_datapath_packets_total{{verdict=\"{verdict}\"}}");
     text.lines()
         .find_map(|l| l.strip_prefix(&key))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// `GET path` from the agent's TCP admin listener at `addr`, inside the
+/// lab's node namespace (where the agent runs).
+fn admin_get(lab: &Lab, addr: SocketAddrV4, path: &'static str) -> String {
+    in_netns(&lab.node, move || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out)?;
+        Ok(out)
+    })
+    .expect("netns")
+    .expect("the agent's TCP admin listener answers")
+}
+
+/// What Prometheus scrapes: the agent's series on TCP (the chart's host
+/// port), fresh at every scrape, a datapath counter among them that moves
+/// when pods talk; readiness there too.
+#[test]
+fn the_agent_serves_metrics_on_tcp_and_a_datapath_counter_moves_with_traffic() {
+    let Some(mut lab) = lab("mtcp", 2) else {
+        return;
+    };
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9964);
+    lab.kill_agent();
+    lab.start_agent_with(&["--metrics-addr", &addr.to_string()])
+        .expect("agent with a metrics listener");
+    lab.add(0).expect("ADD 0");
+    let server = lab.add(1).expect("ADD 1");
+    tag_server(&lab, 1, 8080, "b".into());
+    let ready = admin_get(&lab, addr, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let first = admin_get(&lab, addr, "/metrics");
+    assert!(
+        first.contains("sextant_agent_pool_ips{state=\"allocated\"} 2"),
+        "pool gauges refreshed at scrape time: {first}"
+    );
+    let before = packets(&first, "forward");
+    let answer = in_netns(
+        &lab.pods[0].name.clone(),
+        move || -> std::io::Result<String> {
+            let (mut s, mut r) = connect(SocketAddrV4::new(server, 8080))?;
+            ask(&mut s, &mut r, "hello")
+        },
+    )
+    .expect("netns")
+    .expect("TCP to the other pod");
+    assert_eq!(answer, "b hello");
+    let after = packets(&admin_get(&lab, addr, "/metrics"), "forward");
+    assert!(after > before, "forwarded packets {before} -> {after}");
 }
 
 #[test]

@@ -74,11 +74,24 @@ impl Readiness {
     }
 }
 
+/// Brings gauges up to date right before a scrape encodes them.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
 /// What the admin endpoints answer from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Admin {
     registry: Arc<Registry>,
     readiness: Readiness,
+    refresh: Option<Refresh>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("readiness", &self.readiness)
+            .field("refresh", &self.refresh.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -104,7 +117,15 @@ impl Admin {
         Admin {
             registry,
             readiness,
+            refresh: None,
         }
+    }
+
+    /// Calls `refresh` before every `/metrics` answer (gauges read from
+    /// state that is not itself a metric: pool counts, map sizes).
+    pub fn with_refresh(mut self, refresh: Refresh) -> Self {
+        self.refresh = Some(refresh);
+        self
     }
 
     /// The registry `/metrics` serves.
@@ -123,6 +144,11 @@ impl Admin {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".into(),
             ));
+        }
+        if path == "/metrics"
+            && let Some(refresh) = &self.refresh
+        {
+            refresh();
         }
         Some(match path {
             "/metrics" => match metrics_text(&self.registry) {
@@ -261,6 +287,26 @@ mod tests {
         let missing = get(addr, "/nope").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         server.abort();
+    }
+
+    #[test]
+    fn a_refresh_hook_runs_before_every_scrape() {
+        use prometheus_client::metrics::gauge::Gauge;
+        let mut root = Registry::default();
+        let pool: Gauge = Gauge::default();
+        root.register("pool_free", "free addresses", pool.clone());
+        let state = Arc::new(std::sync::atomic::AtomicI64::new(3));
+        let seen = state.clone();
+        let a = Admin::new(Arc::new(root), Readiness::ready()).with_refresh(Arc::new(move || {
+            pool.set(seen.load(std::sync::atomic::Ordering::Relaxed));
+        }));
+        let body = |a: &Admin| {
+            let r = a.respond(&Method::GET, "/metrics").unwrap();
+            format!("{:?}", r.into_body())
+        };
+        assert!(body(&a).contains("pool_free 3"), "{}", body(&a));
+        state.store(7, std::sync::atomic::Ordering::Relaxed);
+        assert!(body(&a).contains("pool_free 7"), "{}", body(&a));
     }
 
     #[test]

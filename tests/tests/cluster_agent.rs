@@ -200,6 +200,8 @@ async fn start_agent(c: &Cluster, spec: AgentSpec<'_>) -> anyhow::Result<Agent> 
     let mut overrides: Vec<(&str, String)> = vec![
         ("SEXTANT_AGENT_SOCKET", socket.display().to_string()),
         ("SEXTANT_STATE_DIR", dir.join("state").display().to_string()),
+        // Several agents share this host's network namespace: any free port.
+        ("SEXTANT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         (
             "SEXTANT_BPF_ROOT",
             bpf.as_ref()

@@ -120,7 +120,7 @@ pub struct Agent {
     save_lock: tokio::sync::Mutex<()>,
     ready: watch::Sender<bool>,
     pub(crate) metrics: Metrics,
-    registry: prometheus_client::registry::Registry,
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Agent {
@@ -155,7 +155,7 @@ impl Agent {
         };
         let netlink = veth::connect()?;
         let metrics = Metrics::default();
-        let registry = metrics.registry();
+        let registry = Arc::new(metrics.registry());
         Ok(Arc::new(Agent {
             state: Mutex::new(State {
                 node: LocalIpam::new(pool),

@@ -92,6 +92,17 @@ impl Agent {
 
     /// Prometheus text of every agent series, refreshed from pool and datapath.
     pub fn metrics_text(&self) -> String {
+        self.refresh_metrics();
+        sextant_kit::admin::metrics_text(&self.registry).unwrap_or_default()
+    }
+
+    /// Every agent series, for the TCP admin listener.
+    pub fn registry(&self) -> Arc<prometheus_client::registry::Registry> {
+        self.registry.clone()
+    }
+
+    /// Brings the gauges read from pool and datapath up to date.
+    pub fn refresh_metrics(&self) {
         {
             let st = lock(&self.state);
             let c = st.node.pool().counts(now_ms());
@@ -119,7 +130,6 @@ impl Agent {
             self.metrics
                 .sync_verdicts(&dp.policy_verdicts(names.keys().copied()), &names);
         }
-        sextant_kit::admin::metrics_text(&self.registry).unwrap_or_default()
     }
 
     /// Removes idle conntrack entries every `every` until the process ends.
