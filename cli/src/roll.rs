@@ -1,14 +1,32 @@
 //! `sextantctl roll`: a fixed-IP StatefulSet rolled across simulated nodes
-//! while nodes fail, driven by the operator's real FixedIP `plan` and
-//! `execute` against the simulated cloud. A simulated scheduler places pods
-//! where the extender's rule allows (the address's zone; an ENI in its subnet
-//! or a free ENI slot). Garbage collection runs after every step with its
-//! grace period already passed, so an address left on a dead node's ENI would
-//! be lost and show in the audit.
+//! while nodes fail, driven by the real code end to end: the FixedIP
+//! controller's `plan`, `execute` and record (the NodeNetwork writes of
+//! `sextant_ipam::fixed_ip::record`, in the operator's order), node IPAM
+//! (`NodeIpam`: plan, execute, resync) on every node, the operator's full
+//! resync, and on every node the real agent's node IPAM (`LocalIpam`, the
+//! fixed-IP decision of `sextant_agent_core::fixed_ip::decide`) serving the
+//! StatefulSet's pods and a few ordinary pods that come and go, all on the
+//! simulated cloud with NodeNetworks held in memory and written with the
+//! same merge patches. A simulated scheduler places pods where the
+//! extender's rule allows (the address's zone; an ENI in its subnet or a
+//! free ENI slot). Garbage collection runs after every step with its grace
+//! period already passed, so an address left on a dead node's ENI would be
+//! lost and show in the audit.
 //!
-//! The audit: every pod incarnation got its ordinal's first address, no
-//! address held by two pods or two ENIs, every running pod's address on its
-//! node's ENI, and no fixed address left in the cloud without a FixedIP.
+//! ```text
+//!  scheduler ─▶ pod on node ─▶ agent (LocalIpam): ADD waits for fixedIps, DEL frees
+//!  FixedIP controller: plan ─▶ claims ─▶ execute (SimCloud) ─▶ [full resync + agents] ─▶ record
+//!  node IPAM ◀── NodeNetwork changes (agent reports, FixedIP writes) ──▶ SimCloud
+//! ```
+//!
+//! The audit: every StatefulSet pod got its ordinal's first address from
+//! its agent, on its node's ENI; from the agents' own state no address held
+//! by two pods or in two nodes' pools at once; no NodeNetwork pooling an
+//! address a FixedIP names without the `fixedIps` entry naming its pod; no
+//! address on two ENIs; no fixed address lost or leaked.
+
+mod agent;
+mod world;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,19 +37,19 @@ use std::{
 
 use anyhow::Context;
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
-use rand::{Rng, SeedableRng, rngs::SmallRng, seq::IndexedRandom};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sextant_cloud::{
-    Backoff, Cloud, CloudConfig, CloudMetrics, CreateEni, EniCloud, EniTags, Tags,
+    Backoff, Cloud, CloudConfig, CloudMetrics, EniCloud, Tags,
     sim::{SimCloud, SimConfig, SimProvider},
 };
-use sextant_crds::{FixedIP, FixedIPSpec, Provider, ReclaimPolicy};
+use sextant_crds::ReclaimPolicy;
 use sextant_ipam::{
-    fixed_ip::{
-        execute::{Holders, Outcome, Parking, execute, status_after, status_for},
-        plan::{FixedIpInput, NodeView, PodView, StatefulSetView, Step, plan},
-    },
-    gc::{GcPolicy, plan_gc},
+    fixed_ip::{execute::Parking, plan::StatefulSetView},
+    metrics::IpamMetrics,
+    node::{IpamConfig, NodeIpam},
 };
+
+use world::World;
 
 const CLUSTER: &str = "roll";
 const VPC: &str = "vpc-roll";
@@ -76,19 +94,41 @@ pub struct RollReport {
     pub node_failures: u64,
     /// Steps by kind.
     pub steps: BTreeMap<&'static str, u64>,
-    /// Cloud API calls.
+    /// Cloud API calls (the FixedIP controller's and node IPAM's).
     pub api_calls: u64,
-    /// Pods that came up with an address other than their ordinal's.
+    /// Node IPAM reconciles.
+    pub node_ipam_reconciles: u64,
+    /// Node IPAM reconciles that failed (retried, as the operator requeues).
+    pub node_ipam_errors: u64,
+    /// Usage-report PATCHes the agents sent.
+    pub agent_patches: u64,
+    /// Ordinary pods running at the end (besides the StatefulSet's).
+    pub ordinary_pods: u64,
+    /// StatefulSet pods checked against their agents (summed over audits).
+    pub sts_pods_checked: u64,
+    /// StatefulSet pods whose agent handed them an address other than
+    /// their ordinal's.
     pub address_changes: u64,
-    /// Addresses held by two running pods or two ENIs.
+    /// StatefulSet pods scheduled on a live node whose agent gave them no
+    /// address by the audit.
+    pub without_address: u64,
+    /// Addresses on two ENIs in the cloud.
     pub owned_twice: u64,
-    /// Running pods whose address is not on their node's ENI.
+    /// Times an address was held by two pods in the agents' allocations.
+    pub held_twice: u64,
+    /// Times an address was in two agents' pools at once.
+    pub in_two_pools: u64,
+    /// Times a NodeNetwork's pool listed an address a FixedIP names without
+    /// the `fixedIps` entry naming its pod (its agent could hand it to any pod).
+    pub unguarded: u64,
+    /// StatefulSet pods whose address is not on their node's ENI.
     pub not_on_node: u64,
     /// Reserved addresses found on no ENI: dropped back to the subnet, where
     /// anyone could take them.
     pub lost: u64,
-    /// Fixed addresses in the cloud that no FixedIP accounts for, or
-    /// released ones still assigned.
+    /// Fixed addresses in the cloud that no FixedIP accounts for, released
+    /// ones still parked or named on a node, and addresses in the cloud that
+    /// no pool, parking ENI or FixedIP accounts for.
     pub leaked: u64,
     /// Addresses retained over a scale-down and given back on scale-up.
     pub reused_after_scale_up: u64,
@@ -100,7 +140,11 @@ impl RollReport {
     /// Whether every promise held.
     pub fn is_clean(&self) -> bool {
         self.address_changes == 0
+            && self.without_address == 0
             && self.owned_twice == 0
+            && self.held_twice == 0
+            && self.in_two_pools == 0
+            && self.unguarded == 0
             && self.not_on_node == 0
             && self.lost == 0
             && self.leaked == 0
@@ -124,6 +168,17 @@ impl RollReport {
         }
         row("cloud API calls", self.api_calls.to_string());
         row(
+            "node IPAM reconciles",
+            self.node_ipam_reconciles.to_string(),
+        );
+        row("  of which failed", self.node_ipam_errors.to_string());
+        row("agent status PATCHes", self.agent_patches.to_string());
+        row("ordinary pods running", self.ordinary_pods.to_string());
+        row(
+            "StatefulSet pods checked",
+            self.sts_pods_checked.to_string(),
+        );
+        row(
             "reused after scale-down/up",
             self.reused_after_scale_up.to_string(),
         );
@@ -132,308 +187,24 @@ impl RollReport {
             "pods with a changed address",
             self.address_changes.to_string(),
         );
-        row("addresses owned twice", self.owned_twice.to_string());
+        row(
+            "pods without their address",
+            self.without_address.to_string(),
+        );
+        row("addresses on two ENIs", self.owned_twice.to_string());
+        row("addresses held by two pods", self.held_twice.to_string());
+        row(
+            "addresses in two nodes' pools",
+            self.in_two_pools.to_string(),
+        );
+        row(
+            "fixed addresses pooled unguarded",
+            self.unguarded.to_string(),
+        );
         row("pod address not on its node", self.not_on_node.to_string());
         row("reserved addresses lost", self.lost.to_string());
         row("leaked addresses", self.leaked.to_string());
         t.to_string()
-    }
-}
-
-struct Node {
-    instance: String,
-    zone: String,
-}
-
-struct World {
-    /// Limits of every node's instance type.
-    limits: sextant_cloud::InstanceLimits,
-    sim: Arc<SimCloud>,
-    cloud: Arc<Cloud>,
-    parking: Parking,
-    rng: SmallRng,
-    nodes: BTreeMap<String, Node>,
-    subnets: Vec<sextant_cloud::Subnet>,
-    sts: StatefulSetView,
-    fixed: BTreeMap<String, FixedIP>,
-    pods: BTreeMap<String, PodView>,
-    first_ip: BTreeMap<u32, Ipv4Addr>,
-    next_uid: u64,
-    now: jiff::Timestamp,
-    report: RollReport,
-}
-
-impl World {
-    /// NodeViews from the cloud's truth, as the controller reads them from NodeNetworks.
-    fn node_views(&self) -> BTreeMap<String, NodeView> {
-        let enis = self.sim.all_enis();
-        let limits = &self.limits;
-        self.nodes
-            .iter()
-            .map(|(name, n)| {
-                let mine: Vec<_> = enis
-                    .iter()
-                    .filter(|e| {
-                        e.attachment
-                            .as_ref()
-                            .is_some_and(|a| a.instance_id == n.instance)
-                    })
-                    .collect();
-                let used: BTreeSet<u32> = mine
-                    .iter()
-                    .filter_map(|e| e.attachment.as_ref().map(|a| a.device_index))
-                    .collect();
-                let eni_by_subnet = mine
-                    .iter()
-                    .filter(|e| {
-                        e.attachment.as_ref().is_some_and(|a| a.device_index >= 1)
-                            && (e.secondary_ips.len() as u32) < limits.secondary_per_eni()
-                    })
-                    .map(|e| (e.subnet_id.clone(), e.id.clone()))
-                    .collect();
-                (
-                    name.clone(),
-                    NodeView {
-                        zone: Some(n.zone.clone()),
-                        provider: Provider::Aws,
-                        instance_id: Some(n.instance.clone()),
-                        eni_by_subnet,
-                        free_device_index: (1..limits.max_enis).find(|i| !used.contains(i)),
-                        pod_cidrs: vec![],
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// One reconcile of the StatefulSet: plan, execute, apply outcomes; then GC.
-    async fn reconcile(&mut self, sts_exists: bool) -> anyhow::Result<()> {
-        for _ in 0..4 {
-            let views = self.node_views();
-            let fixed: Vec<FixedIP> = self.fixed.values().cloned().collect();
-            let pods: Vec<PodView> = self.pods.values().cloned().collect();
-            let steps = plan(&FixedIpInput {
-                namespace: &self.sts.namespace,
-                name: &self.sts.name,
-                statefulset: sts_exists.then_some(&self.sts),
-                fixed: &fixed,
-                pods: &pods,
-                nodes: &views,
-                subnets: &self.subnets,
-                now: self.now,
-            });
-            let cloud_steps = steps
-                .iter()
-                .filter(|s| !matches!(s, Step::Status { .. } | Step::Blocked { .. }))
-                .count();
-            for s in &steps {
-                *self.report.steps.entry(s.kind()).or_default() += 1;
-                if let Step::Status { pod, .. } = s
-                    && let Some(f) = self.fixed.get_mut(pod)
-                {
-                    f.status = Some(status_for(&f.status.clone().unwrap_or_default(), s));
-                }
-            }
-            let holders: Holders = self
-                .fixed
-                .iter()
-                .map(|(k, f)| (k.clone(), f.status.as_ref().and_then(|s| s.eni.clone())))
-                .collect();
-            let (outcomes, error) = execute(
-                self.cloud.as_ref(),
-                &self.parking,
-                CLUSTER,
-                &steps,
-                &views,
-                &holders,
-                self.now,
-            )
-            .await;
-            for o in outcomes {
-                self.apply(&o);
-            }
-            if let Some(e) = error {
-                return Err(e).context("fixed-IP execute");
-            }
-            if cloud_steps == 0 {
-                break;
-            }
-        }
-        self.gc().await
-    }
-
-    fn apply(&mut self, o: &Outcome) {
-        match o {
-            Outcome::Reserved {
-                pod,
-                ordinal,
-                ip,
-                subnet_id,
-                zone,
-                ..
-            } => {
-                let mut f = FixedIP::new(
-                    pod,
-                    FixedIPSpec {
-                        ip: ip.to_string(),
-                        stateful_set: self.sts.name.clone(),
-                        ordinal: *ordinal,
-                        zone: Some(zone.clone()),
-                        subnet_id: Some(subnet_id.clone()),
-                        reclaim_policy: self.sts.reclaim,
-                        ttl_seconds: self.sts.ttl_seconds,
-                    },
-                );
-                f.metadata.namespace = Some(self.sts.namespace.clone());
-                f.status = Some(status_after(&Default::default(), o, None));
-                self.first_ip.entry(*ordinal).or_insert(*ip);
-                self.fixed.insert(pod.clone(), f);
-            }
-            Outcome::Released { pod, .. } => {
-                self.fixed.remove(pod);
-                self.report.released_after_ttl += 1;
-            }
-            Outcome::Moved { pod, .. } | Outcome::Parked { pod, .. } => {
-                let uid = self.pods.get(pod).map(|p| p.uid.clone());
-                if let Some(f) = self.fixed.get_mut(pod) {
-                    f.status = Some(status_after(
-                        &f.status.clone().unwrap_or_default(),
-                        o,
-                        uid.as_deref(),
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Garbage collection with the grace period passed: anything left on an
-    /// unattached ENI of ours (parking aside) goes.
-    async fn gc(&mut self) -> anyhow::Result<()> {
-        let later = self.now.checked_add(jiff::SignedDuration::from_hours(1))?;
-        for id in plan_gc(
-            &self.sim.all_enis(),
-            CLUSTER,
-            later,
-            GcPolicy {
-                per_round: 1000,
-                ..GcPolicy::default()
-            },
-        ) {
-            self.cloud.delete_eni(&id).await?;
-        }
-        Ok(())
-    }
-
-    /// Schedules an unscheduled pod where the extender's rule allows.
-    fn schedule(&mut self, pod: &str) {
-        let views = self.node_views();
-        let f = self.fixed.get(pod);
-        let (zone, subnet) = (
-            f.and_then(|f| f.spec.zone.clone()),
-            f.and_then(|f| f.spec.subnet_id.clone()),
-        );
-        let eligible: Vec<&String> = views
-            .iter()
-            .filter(|(_, v)| zone.is_none() || v.zone == zone)
-            .filter(|(_, v)| {
-                subnet
-                    .as_ref()
-                    .is_none_or(|s| v.eni_by_subnet.contains_key(s))
-                    || v.free_device_index.is_some()
-            })
-            .map(|(n, _)| n)
-            .collect();
-        let choice = eligible.choose(&mut self.rng).map(|n| (*n).clone());
-        if let Some(p) = self.pods.get_mut(pod) {
-            p.node = choice;
-        }
-    }
-
-    fn start_pod(&mut self, ordinal: u32) {
-        self.next_uid += 1;
-        let name = format!("{}-{ordinal}", self.sts.name);
-        self.pods.insert(
-            name.clone(),
-            PodView {
-                name: name.clone(),
-                ordinal,
-                node: None,
-                uid: format!("uid-{}", self.next_uid),
-            },
-        );
-        self.report.incarnations += 1;
-        self.schedule(&name);
-    }
-
-    fn fail_nodes(&mut self, n: usize) {
-        let hosting: Vec<String> = self
-            .pods
-            .values()
-            .filter_map(|p| p.node.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for node in hosting.choose_multiple(&mut self.rng, n) {
-            if let Some(gone) = self.nodes.remove(node) {
-                self.sim.terminate_instance(&gone.instance);
-                self.report.node_failures += 1;
-            }
-            // Its pods are evicted and come back elsewhere.
-            let evicted: Vec<u32> = self
-                .pods
-                .values()
-                .filter(|p| p.node.as_deref() == Some(node))
-                .map(|p| p.ordinal)
-                .collect();
-            for o in evicted {
-                self.pods.remove(&format!("{}-{o}", self.sts.name));
-            }
-        }
-    }
-
-    /// Checks every running pod against the cloud.
-    fn audit_running(&mut self) {
-        let enis = self.sim.all_enis();
-        let mut owner_eni: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
-        let mut eni_of: BTreeMap<Ipv4Addr, (String, Option<String>)> = BTreeMap::new();
-        for e in &enis {
-            for ip in &e.secondary_ips {
-                *owner_eni.entry(*ip).or_default() += 1;
-                eni_of.insert(
-                    *ip,
-                    (
-                        e.id.clone(),
-                        e.attachment.as_ref().map(|a| a.instance_id.clone()),
-                    ),
-                );
-            }
-        }
-        self.report.owned_twice += owner_eni.values().filter(|n| **n > 1).count() as u64;
-        self.report.lost += self
-            .fixed
-            .values()
-            .filter_map(|f| f.spec.ip.parse::<Ipv4Addr>().ok())
-            .filter(|ip| !owner_eni.contains_key(ip))
-            .count() as u64;
-        let mut seen = BTreeSet::new();
-        for p in self.pods.values() {
-            let (Some(node), Some(f)) = (p.node.as_deref(), self.fixed.get(&p.name)) else {
-                continue;
-            };
-            let Ok(ip) = f.spec.ip.parse::<Ipv4Addr>() else {
-                continue;
-            };
-            if self.first_ip.get(&p.ordinal) != Some(&ip) {
-                self.report.address_changes += 1;
-            }
-            if !seen.insert(ip) {
-                self.report.owned_twice += 1;
-            }
-            let instance = self.nodes.get(node).map(|n| n.instance.clone());
-            if eni_of.get(&ip).and_then(|(_, i)| i.clone()) != instance {
-                self.report.not_on_node += 1;
-            }
-        }
     }
 }
 
@@ -474,44 +245,24 @@ async fn roll(
             let id = sim.add_subnet(
                 VPC,
                 &zone,
-                &format!("10.{}.{}.0/22", 20 + z, s * 4),
+                &format!("10.{}.{}.0/20", 20 + z, s * 16),
                 Tags::new(),
             )?;
             subnets_by_zone.entry(zone.clone()).or_default().push(id);
         }
     }
-    let mut rng = SmallRng::seed_from_u64(config.seed);
-    let mut nodes = BTreeMap::new();
+    sim.add_security_group(VPC, "pods", Tags::new());
     let epoch: jiff::Timestamp = "2026-01-01T00:00:00Z".parse()?;
-    for i in 0..config.nodes {
-        let zones: Vec<&String> = subnets_by_zone.keys().collect();
-        let zone = zones[i % zones.len()].clone();
-        let subnet = subnets_by_zone[&zone][rng.random_range(0..2)].clone();
-        let instance = sim.add_instance(INSTANCE_TYPE, &subnet)?;
-        // Each node has one pod ENI in its subnet, as node IPAM would have made.
-        let name = format!("node-{i:03}");
-        let eni = sim
-            .create_eni(&CreateEni {
-                subnet_id: subnet.clone(),
-                security_groups: vec![],
-                tags: EniTags {
-                    cluster: CLUSTER.into(),
-                    node: name.clone(),
-                    created_at: epoch,
-                }
-                .to_tags(),
-                secondary_ips: 4,
-                description: "pod ENI".into(),
-            })
-            .await?;
-        sim.attach_eni(&eni.id, &instance, 1).await?;
-        nodes.insert(name, Node { instance, zone });
-    }
-    let subnets = sim.subnets(VPC).await?;
     let calls_before = sim.stats().total_calls();
+    let ipam = NodeIpam::new(
+        cloud.clone(),
+        IpamConfig {
+            cluster: CLUSTER.into(),
+            ..IpamConfig::default()
+        },
+        IpamMetrics::default(),
+    );
     let mut w = World {
-        limits: sextant_cloud::sim::instance_type(INSTANCE_TYPE)
-            .with_context(|| format!("{INSTANCE_TYPE} missing from the simulator's table"))?,
         sts: StatefulSetView {
             namespace: "db".into(),
             name: "web".into(),
@@ -522,17 +273,35 @@ async fn roll(
         },
         sim: sim.clone(),
         cloud,
+        ipam,
         parking: Parking::new(CLUSTER, VPC),
-        rng,
-        nodes,
-        subnets,
+        rng: SmallRng::seed_from_u64(config.seed),
+        nodes: BTreeMap::new(),
+        store: BTreeMap::new(),
+        dirty: BTreeSet::new(),
+        agents: BTreeMap::new(),
+        subnets: vec![],
         fixed: BTreeMap::new(),
         pods: BTreeMap::new(),
         first_ip: BTreeMap::new(),
         next_uid: 0,
+        epoch,
         now: epoch,
+        seed: config.seed,
         report: RollReport::default(),
     };
+    // Nodes join: node IPAM gives each its pod ENI and fills its pool, the
+    // agents start their ordinary pods.
+    for i in 0..config.nodes {
+        let zones: Vec<&String> = subnets_by_zone.keys().collect();
+        let zone = zones[i % zones.len()].clone();
+        let subnet = subnets_by_zone[&zone][w.rng.random_range(0..2)].clone();
+        let instance = sim.add_instance(INSTANCE_TYPE, &subnet)?;
+        w.add_node(&format!("node-{i:03}"), instance, &zone, i as u64);
+    }
+    w.settle().await.context("nodes joining")?;
+    w.subnets = sim.subnets(VPC).await?;
+
     let total = u64::from(config.rolls + 2) * u64::from(config.replicas);
     if let Some(p) = &progress {
         p.set_length(total);
@@ -543,7 +312,7 @@ async fn roll(
         w.start_pod(o);
     }
     w.reconcile(true).await?;
-    w.audit_running();
+    w.audit_running().await?;
 
     for r in 0..config.rolls {
         // Nodes fail in the middle of the roll.
@@ -553,21 +322,21 @@ async fn roll(
                 w.fail_nodes(config.failures_per_roll);
                 w.reconcile(true).await?;
                 // Between eviction and rescheduling the addresses must still be held.
-                w.audit_running();
+                w.audit_running().await?;
                 for missing in 0..config.replicas {
                     if !w.pods.contains_key(&format!("web-{missing}")) {
                         w.start_pod(missing);
                     }
                 }
                 w.reconcile(true).await?;
-                w.audit_running();
+                w.audit_running().await?;
             }
-            w.pods.remove(&format!("web-{o}"));
+            w.remove_pod(&format!("web-{o}"));
             w.reconcile(true).await?;
             w.start_pod(o);
             w.now = w.now.checked_add(jiff::SignedDuration::from_secs(5))?;
             w.reconcile(true).await?;
-            w.audit_running();
+            w.audit_running().await?;
             if let Some(p) = &progress {
                 p.set_position(u64::from(r + 1) * u64::from(config.replicas) - u64::from(o));
             }
@@ -579,7 +348,7 @@ async fn roll(
     let before: BTreeMap<u32, Ipv4Addr> = w.first_ip.clone();
     w.sts.replicas = keep;
     for o in keep..config.replicas {
-        w.pods.remove(&format!("web-{o}"));
+        w.remove_pod(&format!("web-{o}"));
     }
     w.reconcile(true).await?;
     w.now = w.now.checked_add(jiff::SignedDuration::from_secs(300))?;
@@ -589,7 +358,7 @@ async fn roll(
         w.start_pod(o);
     }
     w.reconcile(true).await?;
-    w.audit_running();
+    w.audit_running().await?;
     w.report.reused_after_scale_up = (keep..config.replicas)
         .filter(|o| {
             w.fixed
@@ -602,14 +371,17 @@ async fn roll(
     // Scale down by five and let the TTL pass: those addresses go back.
     w.sts.replicas = keep;
     for o in keep..config.replicas {
-        w.pods.remove(&format!("web-{o}"));
+        w.remove_pod(&format!("web-{o}"));
     }
     w.reconcile(true).await?;
     w.now = w.now.checked_add(jiff::SignedDuration::from_secs(601))?;
     w.reconcile(true).await?;
-    w.audit_running();
+    w.audit_running().await?;
 
-    // Leaks: every fixed address in the cloud has its FixedIP; released ones are gone.
+    // Leaks: every parked address has its FixedIP, every FixedIP's address
+    // is in the cloud, released ones are neither parked nor named on a node
+    // (node IPAM may have taken them back into a pool since, which is use),
+    // and every address in the cloud is in a pool, parked or fixed.
     let assigned: BTreeSet<Ipv4Addr> = sim
         .all_enis()
         .iter()
@@ -620,19 +392,24 @@ async fn roll(
         .values()
         .filter_map(|f| f.spec.ip.parse().ok())
         .collect();
-    let parked_or_bound: BTreeSet<Ipv4Addr> = sim
+    let parked: BTreeSet<Ipv4Addr> = sim
         .all_enis()
         .iter()
         .filter(|e| e.tags.contains_key(sextant_cloud::TAG_ROLE))
         .flat_map(|e| e.secondary_ips.clone())
         .collect();
-    w.report.leaked += parked_or_bound.difference(&fixed_now).count() as u64;
+    let named = w.named_on_nodes();
+    w.report.leaked += parked.difference(&fixed_now).count() as u64;
     w.report.leaked += (keep..config.replicas)
         .filter_map(|o| before.get(&o))
-        .filter(|ip| assigned.contains(ip))
+        .filter(|ip| parked.contains(ip) || named.contains(ip))
         .count() as u64;
     w.report.leaked += fixed_now.difference(&assigned).count() as u64;
+    w.report.leaked += named.difference(&fixed_now).count() as u64;
+    w.report.leaked += w.unaccounted().await?;
     w.report.api_calls = sim.stats().total_calls() - calls_before;
+    w.report.agent_patches = w.agents.values().map(|a| a.patches).sum();
+    w.report.ordinary_pods = w.agents.values().map(|a| a.ordinary_running() as u64).sum();
     if let Some(p) = &progress {
         p.finish_and_clear();
     }

@@ -1,6 +1,7 @@
 //! The fixed-IP roll of issue 6: a 50-replica StatefulSet rolled three times
-//! across 200 nodes with node failures, through the real FixedIP plan and
-//! executor on the simulated cloud.
+//! across 200 nodes with node failures, through the real code end to end:
+//! the FixedIP plan, executor and record, node IPAM on every node, and on
+//! every node the real agent's node IPAM serving the pods (issue 14).
 
 use sextantctl::roll::{RollConfig, run};
 
@@ -20,9 +21,28 @@ fn a_fifty_replica_statefulset_rolled_three_times_with_node_failures_keeps_every
         "node loss parks addresses: {:?}",
         r.steps
     );
+    // Node IPAM and the agents really ran, with ordinary pods beside.
+    assert!(r.node_ipam_reconciles > 200, "{r:?}");
+    assert!(r.agent_patches > 200, "{r:?}");
+    assert!(r.ordinary_pods > 0, "{r:?}");
+    assert!(
+        r.sts_pods_checked >= 50 * 150,
+        "every audit checked the running pods against their agents: {}",
+        r.sts_pods_checked
+    );
     // And every promise held.
     assert_eq!(r.address_changes, 0, "every pod kept its ordinal's address");
-    assert_eq!(r.owned_twice, 0, "no address owned twice");
+    assert_eq!(
+        r.without_address, 0,
+        "every StatefulSet pod got its address from its agent"
+    );
+    assert_eq!(r.owned_twice, 0, "no address on two ENIs");
+    assert_eq!(r.held_twice, 0, "no address held by two pods");
+    assert_eq!(r.in_two_pools, 0, "no address in two nodes' pools at once");
+    assert_eq!(
+        r.unguarded, 0,
+        "no pool lists a fixed address without its fixedIps entry"
+    );
     assert_eq!(
         r.not_on_node, 0,
         "every running pod's address on its node's ENI"
