@@ -5,6 +5,11 @@ use std::{net::Ipv4Addr, path::PathBuf};
 /// Result of agent work.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Deadline of one API server call on a path that must not hang (a CNI
+/// ADD's FixedIP lookup, a usage report): kube sets no read timeout of its
+/// own short of [`sextant_kit::client::READ_TIMEOUT`].
+pub const API_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What went wrong in the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,6 +82,14 @@ pub enum Error {
         /// kube's error (boxed: it is large).
         #[source]
         source: Box<kube::Error>,
+    },
+    /// The API server did not answer a call within its deadline.
+    #[error("kubernetes: {action}: no answer within {after:?}")]
+    ApiDeadline {
+        /// What we were doing.
+        action: String,
+        /// The deadline.
+        after: std::time::Duration,
     },
     /// A pod's fixed IP did not reach this node within the wait.
     #[error("fixed IP {ip} for {pod} not on this node after {waited:?}")]
@@ -208,6 +221,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Bpf { .. } => "bpf",
             Error::Kube { .. } => "kube",
+            Error::ApiDeadline { .. } => "api_deadline",
             Error::FixedIpNotHere { .. } => "fixed_ip_not_here",
             Error::FixedIpInvalid { .. } => "fixed_ip_invalid",
             Error::NodeFileInvalid { .. } => "node_file_invalid",
@@ -231,6 +245,26 @@ impl Error {
     /// the metric label is `bad_request`.
     pub fn is_bad_request(&self) -> bool {
         self.metric_label() == "bad_request"
+    }
+
+    /// Runs one API server call `call` (doing `action`) bounded by
+    /// [`API_DEADLINE`]: a hung API server costs the caller that long, never
+    /// more.
+    pub async fn kube_call<T>(
+        action: impl FnOnce() -> String,
+        call: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(API_DEADLINE, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(Error::Kube {
+                action: action(),
+                source: Box::new(source),
+            }),
+            Err(_) => Err(Error::ApiDeadline {
+                action: action(),
+                after: API_DEADLINE,
+            }),
+        }
     }
 
     /// Wraps an IO error with what we were doing.

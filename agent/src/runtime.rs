@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use kube::{Api, Client};
+use kube::Api;
 use sextant_crds::NodeNetwork;
 use tracing::{info, warn};
 
@@ -349,10 +349,12 @@ impl Args {
                 )))
             }
             (None, Some(node), true) => {
-                let client = Client::try_default().await.map_err(|source| Error::Kube {
-                    action: "building the Kubernetes client".into(),
-                    source: Box::new(source),
-                })?;
+                let client = sextant_kit::client::client()
+                    .await
+                    .map_err(|source| Error::Kube {
+                        action: "building the Kubernetes client".into(),
+                        source: Box::new(source),
+                    })?;
                 agent.enable_fixed_ips_cached(
                     client.clone(),
                     crate::watch::fixed_ip::FixedIpCache::start(client.clone()),

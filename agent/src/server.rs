@@ -74,7 +74,8 @@ fn error(e: &Error) -> Response<Full<Bytes>> {
     let status = match e {
         e if e.is_bad_request() => StatusCode::BAD_REQUEST,
         Error::Core(sextant_agent_core::Error::PoolExhausted { .. })
-        | Error::FixedIpNotHere { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | Error::FixedIpNotHere { .. }
+        | Error::ApiDeadline { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json(

@@ -14,13 +14,12 @@ use crate::error::{Error, Result};
 
 /// Applies `patch` to the status of NodeNetwork `node`.
 pub async fn write(api: &Api<NodeNetwork>, node: &str, patch: &Value) -> Result<()> {
-    api.patch_status(node, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map(|_| ())
-        .map_err(|source| Error::Kube {
-            action: format!("patching NodeNetwork {node} status"),
-            source: Box::new(source),
-        })
+    Error::kube_call(
+        || format!("patching NodeNetwork {node} status"),
+        api.patch_status(node, &PatchParams::default(), &Patch::Merge(patch)),
+    )
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]
@@ -64,5 +63,26 @@ mod tests {
         });
         write(&api, "node-a", &patch).await.expect("patched");
         server.await.expect("server");
+    }
+
+    /// An API server that takes the request and never answers costs the
+    /// report its deadline, not the agent's loop for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_report_to_an_api_server_that_never_answers_ends_at_its_deadline() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<NodeNetwork> = Api::all(Client::new(svc, "default"));
+        let held = tokio::spawn(async move {
+            // Takes the request, never answers, keeps the connection open.
+            let pending = handle.next_request().await;
+            std::future::pending::<()>().await;
+            drop(pending);
+        });
+        let started = tokio::time::Instant::now();
+        let err = write(&api, "node-a", &json!({"status": {}}))
+            .await
+            .expect_err("no answer");
+        assert!(matches!(err, Error::ApiDeadline { .. }), "{err}");
+        assert_eq!(started.elapsed(), crate::error::API_DEADLINE);
+        held.abort();
     }
 }

@@ -214,7 +214,9 @@ impl Args {
 
     /// Runs the operator until SIGTERM or Ctrl-C.
     pub async fn run(self) -> Result<(), RunError> {
-        let client = Client::try_default().await.map_err(RunError::Kube)?;
+        let client = sextant_kit::client::client()
+            .await
+            .map_err(RunError::Kube)?;
         let clock: Clock = Arc::new(jiff::Timestamp::now);
 
         let cloud_metrics = CloudMetrics::default();

@@ -22,6 +22,8 @@
 
 pub mod admin;
 pub mod backoff;
+#[cfg(feature = "kube")]
+pub mod client;
 pub mod duration;
 pub mod errors;
 #[cfg(feature = "lease")]

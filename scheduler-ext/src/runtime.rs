@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use kube::Client;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -75,7 +74,7 @@ impl Args {
         // Installed first: a SIGTERM that comes while the client is built or
         // the port bound still stops the process gracefully.
         let stop = sextant_kit::shutdown::signal().map_err(|source| Error::Signal { source })?;
-        let client = Client::try_default()
+        let client = sextant_kit::client::client()
             .await
             .map_err(|source| Error::Kube { source })?;
         let index: SharedIndex = Arc::new(RwLock::new(Index::default()));

@@ -110,10 +110,11 @@ pub async fn lookup_cached(
 /// Reads the `FixedIP` named after pod `namespace/name`.
 pub async fn lookup(client: &Client, namespace: &str, name: &str) -> Result<Lookup> {
     let api: Api<FixedIP> = Api::namespaced(client.clone(), namespace);
-    let answer = api.get_opt(name).await.map_err(|source| Error::Kube {
-        action: format!("reading FixedIP {namespace}/{name}"),
-        source: Box::new(source),
-    })?;
+    let answer = Error::kube_call(
+        || format!("reading FixedIP {namespace}/{name}"),
+        api.get_opt(name),
+    )
+    .await?;
     match answer {
         Some(fip) => found(&fip, namespace, name),
         None => Ok(Lookup::NotFound),
