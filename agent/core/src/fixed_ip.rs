@@ -18,6 +18,8 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
+use crate::pool::Pool;
+
 /// Default bound on how long a CNI ADD waits for its fixed IP to reach the node.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
@@ -54,11 +56,16 @@ pub enum Decision {
 }
 
 /// Decides the ADD of pod `pod` (`namespace/name`; empty when the runtime
-/// did not say) from this node's `fixed` addresses, the `FixedIP` lookup
-/// made so far, and the time against the ADD's deadline.
+/// did not say) from this node's `pool` (its addresses and `fixedIps`), the
+/// `FixedIP` lookup made so far, and the time against the ADD's deadline.
+///
+/// A pod named in `fixedIps` gets its address only once the address is in
+/// the pool too: the operator names the pod on its new node before the
+/// cloud moves the address there, and until it has moved, traffic to it
+/// would still go to the old node.
 pub fn decide<T: PartialOrd>(
     pod: &str,
-    fixed: &BTreeMap<Ipv4Addr, String>,
+    pool: &Pool,
     lookup: Option<Lookup>,
     now: T,
     deadline: T,
@@ -67,8 +74,15 @@ pub fn decide<T: PartialOrd>(
         // Without a pod name no FixedIP can be named after it.
         return Decision::Any;
     }
-    if let Some((ip, _)) = fixed.iter().find(|(_, owner)| owner.as_str() == pod) {
-        return Decision::Fixed(*ip);
+    if let Some((ip, _)) = pool.fixed().iter().find(|(_, owner)| owner.as_str() == pod) {
+        if pool.ips().contains(ip) {
+            return Decision::Fixed(*ip);
+        }
+        return if now >= deadline {
+            Decision::TimedOut(*ip)
+        } else {
+            Decision::Wait(*ip)
+        };
     }
     match lookup {
         None => Decision::Lookup,
@@ -83,16 +97,45 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::pool::DEFAULT_COOLDOWN_MS;
 
     fn ip(i: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 0, i)
     }
 
-    fn mk_fixed(entries: &[(u8, &str)]) -> BTreeMap<Ipv4Addr, String> {
-        entries
-            .iter()
-            .map(|(i, p)| (ip(*i), p.to_string()))
-            .collect()
+    /// A pool holding `entries`' addresses, each a fixed IP of its pod.
+    fn mk_fixed(entries: &[(u8, &str)]) -> Pool {
+        let mut pool = Pool::new(DEFAULT_COOLDOWN_MS);
+        pool.set_pool(entries.iter().map(|(i, _)| ip(*i)));
+        pool.set_fixed(
+            entries
+                .iter()
+                .map(|(i, p)| (ip(*i), p.to_string()))
+                .collect(),
+        );
+        pool
+    }
+
+    #[test]
+    fn a_pod_named_before_its_address_reached_the_pool_waits_for_the_move() {
+        let now = Instant::now();
+        let deadline = now + DEFAULT_WAIT;
+        // Named on this node, the cloud move not landed yet.
+        let mut pool = Pool::new(DEFAULT_COOLDOWN_MS);
+        pool.set_fixed([(ip(9), "db/web-0".to_string())].into());
+        assert_eq!(
+            decide("db/web-0", &pool, None, now, deadline),
+            Decision::Wait(ip(9))
+        );
+        assert_eq!(
+            decide("db/web-0", &pool, None, deadline, deadline),
+            Decision::TimedOut(ip(9))
+        );
+        pool.set_pool([ip(9)]);
+        assert_eq!(
+            decide("db/web-0", &pool, None, now, deadline),
+            Decision::Fixed(ip(9))
+        );
     }
 
     #[test]
@@ -175,6 +218,9 @@ mod tests {
             ("fe80::1".to_string(), "db/web-1".to_string()),
         ]
         .into();
-        assert_eq!(parse_fixed_ips(&raw), mk_fixed(&[(7, "db/web-0")]));
+        assert_eq!(
+            parse_fixed_ips(&raw),
+            mk_fixed(&[(7, "db/web-0")]).fixed().clone()
+        );
     }
 }

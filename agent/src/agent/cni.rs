@@ -79,7 +79,7 @@ impl Agent {
                 }
                 let d = fixed_ip::decide(
                     &pod,
-                    st.node.pool().fixed(),
+                    st.node.pool(),
                     lookup,
                     tokio::time::Instant::now(),
                     deadline,

@@ -153,7 +153,7 @@ impl Agent {
             let pod = format!("{}/{}", req.pod_namespace, req.pod_name);
             let d = fixed_ip::decide(
                 &pod,
-                self.ipam.pool().fixed(),
+                self.ipam.pool(),
                 Some(Lookup::NotFound),
                 now_ms,
                 now_ms,
@@ -180,7 +180,7 @@ impl Agent {
             let pod = format!("{}/{name}", self.namespace);
             let got = match fixed_ip::decide(
                 &pod,
-                self.ipam.pool().fixed(),
+                self.ipam.pool(),
                 Some(lookup(&name)),
                 now_ms,
                 deadline,
