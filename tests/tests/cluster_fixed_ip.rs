@@ -258,6 +258,43 @@ fn holders(sim: &SimCloud, ip: Ipv4Addr) -> Vec<String> {
         .collect()
 }
 
+/// One reconcile of StatefulSet `web` as its watch loop runs it: fresh
+/// reads of `nodes`' NodeNetworks and of FixedIP `web-0`, its pod `web-0`
+/// now bound to `on`.
+async fn reconcile_web(
+    ctl: &FixedIpController,
+    ns: &str,
+    nns: &Api<NodeNetwork>,
+    fips: &Api<FixedIP>,
+    nodes: &[&str],
+    on: &str,
+    subnets: &[sextant_cloud::Subnet],
+) -> Result<
+    Vec<sextant_operator::ipam::fixed_ip::plan::Step>,
+    sextant_operator::fixed_ip::controller::FixedIpError,
+> {
+    let mut read_nns = Vec::new();
+    for n in nodes {
+        read_nns.push(nns.get(n).await.expect("read"));
+    }
+    let read_fip = fips.get("web-0").await.expect("read");
+    let view = sts_view(ns);
+    let pod = rescheduled_pod(ns, on);
+    ctl.reconcile_statefulset(
+        ns,
+        "web",
+        Observed {
+            statefulset: Some(&view),
+            fixed: vec![read_fip],
+            pods: pod_views("web", [&pod]),
+            nodes: node_views(&read_nns),
+            subnets,
+        },
+        Timestamp::now(),
+    )
+    .await
+}
+
 /// Removes what a test left in the cluster-wide watches' view.
 async fn clean_up(fips: &Api<FixedIP>, nns: &Api<NodeNetwork>, nodes: &[&str]) {
     let _ = fips.delete("web-0", &DeleteParams::default()).await;
@@ -340,29 +377,11 @@ async fn a_moved_fixed_ip_is_named_on_the_new_node_first_and_leaves_the_old_node
         })
     };
 
-    let read_nns = [
-        nns.get(old).await.expect("read"),
-        nns.get(new).await.expect("read"),
-    ];
-    let read_fip = fips.get("web-0").await.expect("read");
-    let view = sts_view(&ns);
     let subnets = sim.subnets(VPC).await.expect("subnets");
-    let pod = rescheduled_pod(&ns, new);
     let ctl = FixedIpController::new(admin.clone(), sim.clone(), "e2e", VPC);
-    ctl.reconcile_statefulset(
-        &ns,
-        "web",
-        Observed {
-            statefulset: Some(&view),
-            fixed: vec![read_fip],
-            pods: pod_views("web", [&pod]),
-            nodes: node_views(&read_nns),
-            subnets: &subnets,
-        },
-        Timestamp::now(),
-    )
-    .await
-    .expect("the move is recorded");
+    reconcile_web(&ctl, &ns, &nns, &fips, &[old, new], new, &subnets)
+        .await
+        .expect("the move is recorded");
 
     let old_status = status_of(&nns.get(old).await.expect("read"));
     let ip_s = ip.to_string();
@@ -445,29 +464,11 @@ async fn a_move_away_from_a_deleted_node_completes_and_the_new_node_names_its_po
     bound_fixed_ip(&fips, ip, &subnet, gone, &eni1).await;
 
     // As the loop would: each reconcile on fresh reads, until nothing is left to do.
-    let view = sts_view(&ns);
     let subnets = sim.subnets(VPC).await.expect("subnets");
-    let pod = rescheduled_pod(&ns, new);
     let ctl = FixedIpController::new(admin.clone(), sim.clone(), "e2e", VPC);
     let mut errors = Vec::new();
     for _ in 0..3 {
-        let read_nns = [nns.get(new).await.expect("read")];
-        let read_fip = fips.get("web-0").await.expect("read");
-        if let Err(e) = ctl
-            .reconcile_statefulset(
-                &ns,
-                "web",
-                Observed {
-                    statefulset: Some(&view),
-                    fixed: vec![read_fip],
-                    pods: pod_views("web", [&pod]),
-                    nodes: node_views(&read_nns),
-                    subnets: &subnets,
-                },
-                Timestamp::now(),
-            )
-            .await
-        {
+        if let Err(e) = reconcile_web(&ctl, &ns, &nns, &fips, &[new], new, &subnets).await {
             errors.push(format!("{e}: {:?}", std::error::Error::source(&e)));
         }
     }
@@ -891,29 +892,11 @@ async fn node_ipam_resyncing_the_new_node_mid_move_never_pools_the_address_befor
         )),
         ran: std::sync::Mutex::default(),
     });
-    let read_nns = [
-        nns.get(old).await.expect("read"),
-        nns.get(new).await.expect("read"),
-    ];
-    let read_fip = fips.get("web-0").await.expect("read");
-    let view = sts_view(&ns);
     let subnets = sim.subnets(VPC).await.expect("subnets");
-    let pod = rescheduled_pod(&ns, new);
     let ctl = FixedIpController::new(admin.clone(), hooked.clone(), "e2e", VPC);
-    ctl.reconcile_statefulset(
-        &ns,
-        "web",
-        Observed {
-            statefulset: Some(&view),
-            fixed: vec![read_fip],
-            pods: pod_views("web", [&pod]),
-            nodes: node_views(&read_nns),
-            subnets: &subnets,
-        },
-        Timestamp::now(),
-    )
-    .await
-    .expect("the move is recorded");
+    reconcile_web(&ctl, &ns, &nns, &fips, &[old, new], new, &subnets)
+        .await
+        .expect("the move is recorded");
 
     assert_eq!(
         *hooked.ran.lock().expect("lock"),
