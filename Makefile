@@ -20,6 +20,9 @@ test: setup
 	@status=0; $(MAKE) --no-print-directory test-suite || status=$$?; \
 		bash scripts/skip-summary.sh; exit $$status
 
+# No incremental state for the suite: a run builds each crate once, and the
+# incremental caches would double target/'s size on disk.
+test-suite: export CARGO_INCREMENTAL := 0
 test-suite:
 	$(CARGO) build --workspace --bins
 	@if command -v cargo-nextest >/dev/null; then \
