@@ -43,17 +43,16 @@ pub fn patch_status<S: Serialize + DeserializeOwned>(
     };
     let before = doc.clone();
     json_patch::merge(&mut doc, p);
-    if doc == before {
+    let Ok(new) = serde_json::from_value::<Option<S>>(doc) else {
+        return Written::Unchanged;
+    };
+    // Compared as stored (an empty map the schema omits is no change).
+    if serde_json::to_value(&new).ok().as_ref() == Some(&before) {
         return Written::Unchanged;
     }
-    match serde_json::from_value::<Option<S>>(doc) {
-        Ok(new) => {
-            *status = new;
-            *rv += 1;
-            Written::Changed
-        }
-        Err(_) => Written::Unchanged,
-    }
+    *status = new;
+    *rv += 1;
+    Written::Changed
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@ use sextant_crds::{
 use sextant_ipam::{
     fixed_ip::{
         execute::{Outcome, Parking, execute, status_after, status_for},
-        plan::{FixedIpInput, NodeView, PodView, StatefulSetView, Step, plan},
+        plan::{FixedIpInput, PodView, StatefulSetView, Step, node_views, plan},
+        record::{claims, fixed_ip_entry_patch, gives_up, moved_off_patch},
     },
     make_status_patch,
     metrics::IpamMetrics,
@@ -111,6 +112,8 @@ pub enum Record {
     LostFixedIp(String, Ipv4Addr),
     /// Set `ip`'s `fixedIps` entry on NodeNetwork `node` (unguarded).
     NodeFixedIp(String, Ipv4Addr),
+    /// Run the plan's cloud steps, then queue what records their outcomes.
+    Execute(Vec<Step>),
 }
 
 /// A pod.
@@ -242,32 +245,6 @@ impl FixedIpMoves {
         Some(w)
     }
 
-    fn node_views(s: &State) -> BTreeMap<String, NodeView> {
-        s.nns
-            .iter()
-            .map(|(name, nn)| {
-                let status = nn.status.clone().unwrap_or_default();
-                let eni_by_subnet = status
-                    .enis
-                    .iter()
-                    .filter(|e| e.device_index >= 1)
-                    .map(|e| (e.subnet_id.clone(), e.id.clone()))
-                    .collect();
-                (
-                    name.clone(),
-                    NodeView {
-                        zone: nn.spec.zone.clone(),
-                        provider: nn.spec.provider,
-                        instance_id: nn.spec.instance_id.clone(),
-                        eni_by_subnet,
-                        free_device_index: None,
-                        pod_cidrs: vec![],
-                    },
-                )
-            })
-            .collect()
-    }
-
     fn fip_reconcile(&self, s: &mut State) -> bool {
         if !s.record.is_empty() {
             return false;
@@ -291,7 +268,7 @@ impl FixedIpMoves {
                 uid: format!("uid-{}", p.uid),
             })
             .collect();
-        let nodes = Self::node_views(s);
+        let nodes = node_views(s.nns.values());
         self.cloud.set(s.cloud.clone());
         let subnets =
             futures::executor::block_on(sextant_cloud::EniCloud::subnets(self.cloud.as_ref(), VPC))
@@ -322,6 +299,24 @@ impl FixedIpMoves {
                 }
             }
         }
+        // Each destination names its pod before the cloud moves the address
+        // there (`record::claims`), then the cloud steps, then the records.
+        for c in claims("default", &steps) {
+            s.record.push(Record::NodeFixedIp(c.node, c.ip));
+        }
+        if steps
+            .iter()
+            .any(|st| !matches!(st, Step::Status { .. } | Step::Blocked { .. }))
+        {
+            s.record.push(Record::Execute(steps));
+        }
+        changed || !s.record.is_empty()
+    }
+
+    /// The cloud steps of `steps` and the record writes their outcomes
+    /// need, in the operator's order (`record::gives_up`, FixedIP status last).
+    fn execute(&self, s: &mut State, steps: &[Step]) {
+        let nodes = node_views(s.nns.values());
         let read_rv = s.fip.as_ref().map_or(0, |(_, v)| *v);
         let old = s
             .fip
@@ -339,21 +334,20 @@ impl FixedIpMoves {
             })
             .collect();
         let parking = Parking::new(CLUSTER, VPC);
+        self.cloud.set(s.cloud.clone());
         let (outcomes, _err) = futures::executor::block_on(execute(
             self.cloud.as_ref(),
             &parking,
             CLUSTER,
-            &steps,
+            steps,
             &nodes,
             &holders,
-            now,
+            timestamp(0),
         ));
-        let cloud = self.cloud.get();
-        changed |= cloud != s.cloud;
-        s.cloud = cloud;
+        s.cloud = self.cloud.get();
         let uid = s.pod.as_ref().map(|p| format!("uid-{}", p.uid));
+        let mut records = Vec::new();
         for o in outcomes {
-            changed = true;
             match &o {
                 Outcome::Reserved {
                     ordinal,
@@ -362,7 +356,7 @@ impl FixedIpMoves {
                     zone,
                     ..
                 } => {
-                    s.record.push(Record::Create(FixedIPSpec {
+                    records.push(Record::Create(FixedIPSpec {
                         ip: ip.to_string(),
                         stateful_set: STS.into(),
                         ordinal: *ordinal,
@@ -371,38 +365,35 @@ impl FixedIpMoves {
                         reclaim_policy: ReclaimPolicy::Delete,
                         ttl_seconds: None,
                     }));
-                    s.record.push(Record::StatusUnguarded(status_after(
+                    records.push(Record::StatusUnguarded(status_after(
                         &FixedIPStatus::default(),
                         &o,
                         None,
                     )));
                 }
-                Outcome::Moved { ip, node, .. } => {
-                    if let Some(from) = old.node.as_deref().filter(|n| n != node) {
-                        s.record.push(Record::LostFixedIp(from.to_owned(), *ip));
+                Outcome::Moved { .. } | Outcome::Parked { .. } => {
+                    if let Some((from, ip)) = gives_up(&o, &old) {
+                        records.push(Record::LostFixedIp(from.to_owned(), ip));
                     }
-                    s.record.push(Record::NodeFixedIp(node.clone(), *ip));
-                    s.record.push(Record::Status(
-                        status_after(&old, &o, uid.as_deref()),
-                        read_rv,
-                    ));
+                    let pod_uid = matches!(o, Outcome::Moved { .. })
+                        .then_some(uid.as_deref())
+                        .flatten();
+                    records.push(Record::Status(status_after(&old, &o, pod_uid), read_rv));
                 }
-                Outcome::Parked { .. } => {
-                    s.record
-                        .push(Record::Status(status_after(&old, &o, None), read_rv));
-                }
-                Outcome::Released { ip, .. } => {
-                    s.record.push(Record::Delete);
-                    if let Some(from) = old.node.as_deref() {
-                        s.record.push(Record::LostFixedIp(from.to_owned(), *ip));
+                Outcome::Released { .. } => {
+                    records.push(Record::Delete);
+                    if let Some((from, ip)) = gives_up(&o, &old) {
+                        records.push(Record::LostFixedIp(from.to_owned(), ip));
                     }
                 }
             }
         }
-        changed
+        // They come next, before anything still queued.
+        records.append(&mut s.record);
+        s.record = records;
     }
 
-    fn fip_record(s: &mut State) -> bool {
+    fn fip_record(&self, s: &mut State) -> bool {
         if s.record.is_empty() {
             return false;
         }
@@ -452,8 +443,12 @@ impl FixedIpMoves {
                 }
             }
             Record::NodeFixedIp(node, ip) => {
-                let p = json!({ "status": { "fixedIps": { ip.to_string(): OWNER } } });
+                let p = fixed_ip_entry_patch(ip, Some(OWNER));
                 Self::write_nn(s, &node, &p).is_some()
+            }
+            Record::Execute(steps) => {
+                self.execute(s, &steps);
+                true
             }
         };
         if !ok {
@@ -540,7 +535,7 @@ impl FixedIpMoves {
         let mut n = s.clone();
         let changed = match a {
             Action::FipReconcile => self.fip_reconcile(&mut n),
-            Action::FipRecord => Self::fip_record(&mut n),
+            Action::FipRecord => self.fip_record(&mut n),
             Action::OpCrash => {
                 n.op_crashes -= 1;
                 n.record.clear();
@@ -618,7 +613,13 @@ impl FixedIpMoves {
                 true
             }
             Action::ScaleDown => {
+                // The StatefulSet controller deletes the pod of the ordinal.
                 n.replicas = 0;
+                if let Some(p) = n.pod.take()
+                    && let Some(a) = n.agents.get_mut(&p.node)
+                {
+                    a.del(POD, 0);
+                }
                 true
             }
             Action::DeleteNode(node) => {
@@ -655,11 +656,11 @@ impl FixedIpMoves {
                 }
             }
             while !s.record.is_empty() {
-                Self::fip_record(&mut s);
+                self.fip_record(&mut s);
             }
             self.fip_reconcile(&mut s);
             while !s.record.is_empty() {
-                Self::fip_record(&mut s);
+                self.fip_record(&mut s);
             }
             for node in &nodes {
                 self.full_resync(&mut s, node);
@@ -729,35 +730,6 @@ impl FixedIpMoves {
             (None, Some(_)) => None,
         }
     }
-}
-
-/// The status merge patch taking fixed IP `ip` off `read` (pool, fixedIps,
-/// ENI addresses), guarded by its version: the operator's
-/// `make_moved_off_patch` (in the kube shell, so rebuilt here from its docs).
-fn moved_off_patch(read: &NodeNetwork, ip: Ipv4Addr) -> Option<Value> {
-    let status = read.status.as_ref()?;
-    let key = ip.to_string();
-    let mut s = serde_json::Map::new();
-    if status.fixed_ips.contains_key(&key) {
-        s.insert("fixedIps".into(), json!({ key.clone(): null }));
-    }
-    if status.pool.contains_key(&key) {
-        s.insert("pool".into(), json!({ key.clone(): null }));
-    }
-    if status.enis.iter().any(|e| e.addresses.contains(&key)) {
-        let mut enis = status.enis.clone();
-        for e in &mut enis {
-            e.addresses.retain(|a| *a != key);
-        }
-        s.insert("enis".into(), json!(enis));
-    }
-    if s.is_empty() {
-        return None;
-    }
-    Some(sextant_ipam::with_resource_version(
-        json!({ "status": Value::Object(s) }),
-        read.metadata.resource_version.as_deref(),
-    ))
 }
 
 impl Model for FixedIpMoves {
@@ -836,7 +808,8 @@ impl Model for FixedIpMoves {
                 if a.can_watch() {
                     out.push(Action::AgentWatch(node.clone()));
                 }
-                if a.can_report() {
+                // Usage reports only matter to node IPAM.
+                if c.node_ipam && a.can_report() {
                     out.push(Action::AgentReport(node.clone()));
                 }
                 for i in a.landable() {
@@ -913,15 +886,17 @@ impl Model for FixedIpMoves {
                     format!("{first} and {pod} both run with {a}"),
                 ));
             }
-            if !s.cloud.on_instance(&instance(node)).contains(a) {
+            // An ordinary pod's address is on its node; a fixed one may
+            // still be in transit (its node named it before the cloud
+            // move), but is never given back to the subnet.
+            let holder = s.cloud.holder(*a);
+            let own = s.cloud.on_instance(&instance(node)).contains(a);
+            if holder.is_none() || (pod != POD && !own) {
                 return Some((
                     "never_releases_an_address_in_use",
                     format!(
                         "{pod} on {node} runs with {a}, which the cloud has {}",
-                        match s.cloud.holder(*a) {
-                            Some(h) => format!("on {h}"),
-                            None => "on no ENI".into(),
-                        }
+                        holder.map_or("on no ENI".to_string(), |h| format!("on {h}"))
                     ),
                 ));
             }
@@ -929,27 +904,37 @@ impl Model for FixedIpMoves {
         if let Some((f, _)) = &s.fip
             && let Ok(x) = f.spec.ip.parse::<Ipv4Addr>()
         {
-            if s.cloud.holder(x).is_none() {
+            let releasing = s.record.iter().any(|r| matches!(r, Record::Delete));
+            if s.cloud.holder(x).is_none() && !releasing {
                 return Some((
                     "fixed_ip_never_released_while_its_fixedip_exists",
-                    format!("FixedIP web-0 names {x}, which is on no ENI"),
+                    format!(
+                        "FixedIP web-0 names {x}, which is on no ENI, and no release is under way"
+                    ),
                 ));
             }
-            let on: Vec<&String> = s
-                .nns
-                .iter()
-                .filter(|(_, nn)| {
-                    nn.status.as_ref().is_some_and(|st| {
-                        st.pool.contains_key(&f.spec.ip) || st.fixed_ips.contains_key(&f.spec.ip)
-                    })
-                })
-                .map(|(n, _)| n)
-                .collect();
-            if on.len() > 1 {
-                return Some((
-                    "fixed_ip_in_one_node_only",
-                    format!("{x} is in the pool or fixedIps of {on:?}"),
-                ));
+            // Two pools may list it at once during a move, by design: the
+            // new node names it (fixedIps) before the cloud moves it, the old
+            // node gives it up after; both entries keep it for its pod. What
+            // must never happen is a pool listing it without that entry.
+            for (node, nn) in &s.nns {
+                let st = nn.status.clone().unwrap_or_default();
+                if st.pool.contains_key(&f.spec.ip) && !st.fixed_ips.contains_key(&f.spec.ip) {
+                    return Some((
+                        "fixed_ip_never_in_a_pool_unguarded",
+                        format!("{x} is in {node}'s pool without a fixedIps entry"),
+                    ));
+                }
+            }
+            for (node, a) in &s.agents {
+                if let Some(ipam) = &a.ipam
+                    && ipam.pool().is_free(x, crate::agent::now_ms(0))
+                {
+                    return Some((
+                        "fixed_ip_never_free_for_another_pod",
+                        format!("{node}'s agent would hand {x} to any pod"),
+                    ));
+                }
             }
         }
         if self.config.liveness
