@@ -186,30 +186,31 @@ impl Agent {
         (i < self.inflight.len()).then(|| self.inflight.remove(i).1)
     }
 
-    /// CNI ADD of `pod` for any free address; `Ok(None)` when the pool is
-    /// empty (the pod waits), `Err` when the agent is down.
-    pub fn add(&mut self, pod: &str, tick: u8) -> Result<Option<Ipv4Addr>, ()> {
-        let ipam = self.ipam.as_mut().ok_or(())?;
+    /// CNI ADD of `pod` for any free address; `Some(None)` when the pool
+    /// is empty (the pod waits), `None` when the agent is down.
+    pub fn add(&mut self, pod: &str, tick: u8) -> Option<Option<Ipv4Addr>> {
+        let ipam = self.ipam.as_mut()?;
         let now = now_ms(tick);
         match ipam.allocate(&request(pod), now, "t") {
             Ok(a) => {
                 self.checkpoint = Some(Checkpoint::of(ipam.pool(), now));
-                Ok(Some(a.ip))
+                Some(Some(a.ip))
             }
-            Err(_) => Ok(None),
+            Err(_) => Some(None),
         }
     }
 
-    /// CNI ADD of `pod` for its fixed address `ip`; `Ok(None)` when refused.
-    pub fn add_fixed(&mut self, pod: &str, ip: Ipv4Addr, tick: u8) -> Result<Option<Ipv4Addr>, ()> {
-        let ipam = self.ipam.as_mut().ok_or(())?;
+    /// CNI ADD of `pod` for its fixed address `ip`; `Some(None)` when
+    /// refused, `None` when the agent is down.
+    pub fn add_fixed(&mut self, pod: &str, ip: Ipv4Addr, tick: u8) -> Option<Option<Ipv4Addr>> {
+        let ipam = self.ipam.as_mut()?;
         let now = now_ms(tick);
         match ipam.allocate_fixed(&request(pod), ip, now, "t") {
             Ok(a) => {
                 self.checkpoint = Some(Checkpoint::of(ipam.pool(), now));
-                Ok(Some(a.ip))
+                Some(Some(a.ip))
             }
-            Err(_) => Ok(None),
+            Err(_) => Some(None),
         }
     }
 

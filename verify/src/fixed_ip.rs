@@ -594,7 +594,7 @@ impl FixedIpMoves {
                     .iter()
                     .find(|(_, o)| o.as_str() == OWNER)
                     .map(|(ip, _)| *ip)?;
-                let got = agent.add_fixed(POD, fixed, 0).ok()??;
+                let got = agent.add_fixed(POD, fixed, 0)??;
                 if let Some(p) = n.pod.as_mut() {
                     p.ip = Some(got);
                 }
@@ -608,7 +608,7 @@ impl FixedIpMoves {
                 true
             }
             Action::OtherAdd(node) => {
-                let got = n.agents.get_mut(node)?.add(&other_pod(node), 0).ok()??;
+                let got = n.agents.get_mut(node)?.add(&other_pod(node), 0)??;
                 n.others.insert(node.clone(), Some(got));
                 true
             }

@@ -421,15 +421,15 @@ impl Handshake {
                 true
             }
             Action::Add(i) => match n.agent.add(&pod_name(*i), n.tick) {
-                Ok(Some(ip)) => {
+                Some(Some(ip)) => {
                     n.pods[*i] = Pod::Running(ip);
                     true
                 }
-                Ok(None) => {
+                Some(None) => {
                     n.pods[*i] = Pod::Waiting;
                     true
                 }
-                Err(()) => false,
+                None => false,
             },
             Action::Del(i) => {
                 n.agent.del(&pod_name(*i), n.tick);
