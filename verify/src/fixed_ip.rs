@@ -904,8 +904,12 @@ impl Model for FixedIpMoves {
         if let Some((f, _)) = &s.fip
             && let Ok(x) = f.spec.ip.parse::<Ipv4Addr>()
         {
+            // Released (unassigned) while the FixedIP still exists happens
+            // between the Release's unassign and the FixedIP's delete, and
+            // across an operator crash there: fine only while the ordinal is
+            // unwanted and the release completes (the liveness check).
             let releasing = s.record.iter().any(|r| matches!(r, Record::Delete));
-            if s.cloud.holder(x).is_none() && !releasing {
+            if s.cloud.holder(x).is_none() && !releasing && s.replicas > 0 {
                 return Some((
                     "fixed_ip_never_released_while_its_fixedip_exists",
                     format!(
