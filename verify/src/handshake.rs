@@ -16,9 +16,10 @@
 //! The operator shell is modelled as `sextant-operator::node_network`
 //! runs it: a reconcile reads its watch cache, or after a 409 the API
 //! server's current object (with `lastResync` cleared when cloud steps went
-//! unrecorded), and writes the status guarded by the read's version. With
-//! [`Shell::TwoPhase`] the shell records a decision that unassigns before
-//! making it ([`NodeIpam::decide`], guarded write, [`NodeIpam::carry_out`]).
+//! unrecorded), and writes the status guarded by the read's version; with
+//! [`Shell::TwoPhase`] (today's) it records a decision that unassigns
+//! before making it ([`NodeIpam::decide`], guarded write,
+//! [`NodeIpam::carry_out`]), with [`Shell::Reconcile`] (the old one) after.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -52,12 +53,14 @@ pub const INSTANCE: &str = "i-a";
 /// How the operator shell orders its reads, cloud steps and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shell {
-    /// `NodeIpam::reconcile`, then the status write guarded by the read's
-    /// version (the shell of `sextant-operator::node_network` today).
+    /// `NodeIpam::reconcile` (cloud steps first), then the status write
+    /// guarded by the read's version: the operator shell before issue 14's
+    /// defect 7 was fixed, kept as a baseline.
     Reconcile,
     /// `NodeIpam::decide`; a decision that unassigns is written first,
     /// guarded by the read's version, and only then carried out; then the
-    /// result is written guarded by the first write's version.
+    /// result is written guarded by the first write's version (the shell of
+    /// `sextant-operator::node_network` since commit 4e5b0a8).
     TwoPhase,
 }
 
