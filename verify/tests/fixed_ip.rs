@@ -111,7 +111,6 @@ fn scaling_to_zero_gives_the_address_back() {
 /// fails, so the FixedIP is never deleted; scaled up again, its Move takes
 /// the address back with reassignment from whoever got it meanwhile.
 #[test]
-#[ignore = "finds defect in fixed_ip::execute Release (unassign of an address no longer on the ENI is InvalidRequest, not NotFound): FipReconcile, FipRecord (reserve on eni-n0), FipRecord (create FixedIP), FipRecord (status), ScaleDown, FipReconcile, FipRecord (unassign 10.0.0.1 from eni-n0), OpCrash before the FixedIP delete: FixedIP web-0 names 10.0.0.1, on no ENI, and every retry of the Release fails"]
 fn an_operator_crash_between_unassign_and_fixed_ip_delete_leaves_no_fixed_ip_behind() {
     holds(
         "scale_down_operator_crash",

@@ -337,8 +337,12 @@ async fn run(
         Step::Release { pod, ip, eni } => {
             if let Some(eni) = eni {
                 match cloud.unassign_ips(eni, &[*ip]).await {
-                    // Already gone with its ENI or moved off it: nothing to give back.
-                    Ok(()) | Err(CloudError::NotFound { .. }) => {}
+                    // Already gone with its ENI or moved off it: nothing to
+                    // give back. The cloud refuses to unassign an address
+                    // the ENI no longer has (EC2: InvalidParameterValue): a
+                    // release whose unassign landed before a crash, retried.
+                    Ok(())
+                    | Err(CloudError::NotFound { .. } | CloudError::InvalidRequest { .. }) => {}
                     Err(e) => return Err(e),
                 }
                 parking.left(Some(eni));
