@@ -82,6 +82,22 @@ fn fingerprint(s: &str) -> u128 {
 }
 
 /// Explores `model` breadth-first, at most `max_states` states; stops at
+/// Explores `model` (at most `max_states`), prints the state counts under
+/// `label` and fails on a violation (with its trace) or when the bound cut
+/// the exploration short: what every model test asserts.
+pub fn assert_holds<M: Model>(label: &str, model: &M, max_states: usize) -> Report {
+    let r = explore(model, max_states);
+    eprintln!(
+        "[{label}] states={} transitions={} depth={} truncated={} in {:.1?}",
+        r.states, r.transitions, r.depth, r.truncated, r.elapsed
+    );
+    if let Some(v) = &r.violation {
+        panic!("{v}");
+    }
+    assert!(!r.truncated, "the state bound cut the exploration short");
+    r
+}
+
 /// the first violation.
 pub fn explore<M: Model>(model: &M, max_states: usize) -> Report {
     let start = Instant::now();

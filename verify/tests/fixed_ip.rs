@@ -4,7 +4,7 @@
 //! `cargo test -p sextant-verify -- --nocapture` to see them.
 
 use sextant_verify::{
-    explore::{Report, explore},
+    explore::assert_holds,
     fixed_ip::{Config, FixedIpMoves},
 };
 
@@ -22,21 +22,12 @@ fn base() -> Config {
     }
 }
 
-fn run(name: &str, config: Config, max: usize) -> Report {
-    let r = explore(&FixedIpMoves::new(config), max);
-    eprintln!(
-        "[fixed_ip::{name}] states={} transitions={} depth={} truncated={} in {:.1?}",
-        r.states, r.transitions, r.depth, r.truncated, r.elapsed
-    );
-    r
-}
-
 fn holds(name: &str, config: Config, max: usize) {
-    let r = run(name, config, max);
-    if let Some(v) = &r.violation {
-        panic!("{v}");
-    }
-    assert!(!r.truncated, "the state bound cut the exploration short");
+    assert_holds(
+        &format!("fixed_ip::{name}"),
+        &FixedIpMoves::new(config),
+        max,
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! `cargo test -p sextant-verify -- --nocapture` to see them.
 
 use sextant_verify::{
-    explore::{Report, explore},
+    explore::assert_holds,
     handshake::{Config, Handshake, Shell},
 };
 
@@ -24,21 +24,8 @@ fn base() -> Config {
     }
 }
 
-fn run(name: &str, config: Config, max: usize) -> Report {
-    let r = explore(&Handshake::new(config), max);
-    eprintln!(
-        "[handshake::{name}] states={} transitions={} depth={} truncated={} in {:.1?}",
-        r.states, r.transitions, r.depth, r.truncated, r.elapsed
-    );
-    r
-}
-
 fn holds(name: &str, config: Config, max: usize) {
-    let r = run(name, config, max);
-    if let Some(v) = &r.violation {
-        panic!("{v}");
-    }
-    assert!(!r.truncated, "the state bound cut the exploration short");
+    assert_holds(&format!("handshake::{name}"), &Handshake::new(config), max);
 }
 
 #[test]
