@@ -22,6 +22,19 @@ fn lab(name: &str, pods: usize) -> Option<Lab> {
     support::lab(file!(), "sx", "10.77.0.0/26", name, pods)
 }
 
+/// Pod 0 says `hello` to the tag server on `server`:8080 and returns its answer.
+fn hello_from_pod_0(lab: &Lab, server: Ipv4Addr) -> String {
+    in_netns(
+        &lab.pods[0].name.clone(),
+        move || -> std::io::Result<String> {
+            let (mut s, mut r) = connect(SocketAddrV4::new(server, 8080))?;
+            ask(&mut s, &mut r, "hello")
+        },
+    )
+    .expect("netns")
+    .expect("TCP to the other pod")
+}
+
 /// A TCP server in pod `pod` on `port` that answers each line with `tag`.
 fn tag_server(lab: &Lab, pod: usize, port: u16, tag: String) {
     let ip = lab.pods[pod].ip.expect("pod added");
@@ -112,16 +125,7 @@ fn the_agent_serves_metrics_on_tcp_and_a_datapath_counter_moves_with_traffic() {
         "pool gauges refreshed at scrape time: {first}"
     );
     let before = packets(&first, "forward");
-    let answer = in_netns(
-        &lab.pods[0].name.clone(),
-        move || -> std::io::Result<String> {
-            let (mut s, mut r) = connect(SocketAddrV4::new(server, 8080))?;
-            ask(&mut s, &mut r, "hello")
-        },
-    )
-    .expect("netns")
-    .expect("TCP to the other pod");
-    assert_eq!(answer, "b hello");
+    assert_eq!(hello_from_pod_0(&lab, server), "b hello");
     let after = packets(&admin_get(&lab, addr, "/metrics"), "forward");
     assert!(after > before, "forwarded packets {before} -> {after}");
 }
@@ -176,9 +180,17 @@ fn checkpoint_restore_keeps_live_pods_and_never_reissues_their_ips() {
     lab.kill_agent();
     // Pod 1 vanishes while the agent is down.
     let p1 = lab.pods[1].name.clone();
+    let links = node_links(&lab);
     let _ = std::process::Command::new("ip")
         .args(["netns", "del", &p1])
         .status();
+    // The kernel removes the veth of a destroyed netns asynchronously; a
+    // restore that still sees it keeps the pod (its sweep frees it later).
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        node_links(&lab) < links
+    });
+    assert!(gone, "the kernel removes the veth of a destroyed netns");
     lab.start_agent().expect("restart");
     let h = lab.health().expect("healthz");
     assert_eq!(h.ipam.allocated, 1, "{h:?}");
@@ -254,16 +266,7 @@ fn pod_to_pod_tcp_goes_through_the_bpf_redirect() {
     let server = lab.add(1).expect("ADD 1");
     tag_server(&lab, 1, 8080, "b".into());
     let before = counter(&lab, "forward");
-    let answer = in_netns(
-        &lab.pods[0].name.clone(),
-        move || -> std::io::Result<String> {
-            let (mut s, mut r) = connect(SocketAddrV4::new(server, 8080))?;
-            ask(&mut s, &mut r, "hello")
-        },
-    )
-    .expect("netns")
-    .expect("TCP to the other pod");
-    assert_eq!(answer, "b hello");
+    assert_eq!(hello_from_pod_0(&lab, server), "b hello");
     assert!(
         counter(&lab, "forward") > before,
         "packets were redirected by BPF"
