@@ -168,6 +168,13 @@ impl Metrics {
         self.policy_changes.inc_by(report.changes as u64);
     }
 
+    /// Drops the verdict series of a deleted policy (`kind/namespace/name`).
+    pub(crate) fn forget_policy(&self, policy: &str) {
+        self.policy_verdicts.remove(&PolicyLabels {
+            policy: policy.to_string(),
+        });
+    }
+
     /// Raises the per-policy verdict counters to the datapath's sums.
     pub(crate) fn sync_verdicts(
         &self,

@@ -140,7 +140,21 @@ impl Agent {
             }
         }
         let local_ips: BTreeSet<Ipv4Addr> = local.values().copied().collect();
+        let names_before: BTreeSet<String> = ps
+            .node
+            .engine()
+            .contents()
+            .policy_names
+            .values()
+            .cloned()
+            .collect();
         let (diffs, report) = ps.node.sync(&snap, &local_ips);
+        // A deleted policy's verdict series goes with it.
+        let names = &ps.node.engine().contents().policy_names;
+        let now: BTreeSet<&String> = names.values().collect();
+        for gone in names_before.iter().filter(|n| !now.contains(n)) {
+            self.metrics.forget_policy(gone);
+        }
         let mut dp = lock(&self.datapath);
         if let Some(dp) = dp.as_mut() {
             for d in &diffs {

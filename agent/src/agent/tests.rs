@@ -460,3 +460,52 @@ async fn node_network_sets_the_pool_and_answers_release_marks() {
         "default/pod-a"
     );
 }
+
+#[tokio::test]
+async fn verdict_series_of_deleted_policies_are_dropped() {
+    let dir = tempfile::tempdir().expect("dir");
+    let agent = ready_agent(dir.path()).await;
+    let n = 10_000u32;
+    let policies: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "apiVersion": "sextant.io/v1alpha1", "kind": "SextantNetworkPolicy",
+                "metadata": {"name": format!("p-{i}"), "namespace": "prod"},
+                "spec": {"endpointSelector": {"matchLabels": {"app": format!("a-{i}")}},
+                         "ingress": [{}]}
+            })
+        })
+        .collect();
+    let series = |agent: &Agent| {
+        agent
+            .metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("sextant_agent_policy_verdicts_total{"))
+            .count()
+    };
+    let initial = series(&agent);
+    agent
+        .sync_policy(PolicySnapshot {
+            policies,
+            ..Default::default()
+        })
+        .expect("sync");
+    // Every policy has counted packets (what a scrape reads off the datapath).
+    let names = lock(&agent.policy)
+        .node
+        .engine()
+        .contents()
+        .policy_names
+        .clone();
+    assert_eq!(names.len(), n as usize);
+    let sums = names.keys().map(|slot| (*slot, 1u64)).collect();
+    agent.metrics.sync_verdicts(&sums, &names);
+    assert_eq!(series(&agent), initial + n as usize);
+
+    agent.sync_policy(PolicySnapshot::default()).expect("sync");
+    assert_eq!(
+        series(&agent),
+        initial,
+        "every deleted policy's series kept"
+    );
+}

@@ -89,11 +89,22 @@ pub struct PolicyReport {
 }
 
 /// The node's policy state.
+///
+/// Every per-object map holds only what the last snapshot named: identity
+/// bindings no pod uses and no `SextantIdentity` gives, policies and parsed
+/// documents of deleted objects are evicted by the next [`NodePolicy::sync`],
+/// so memory follows the cluster's size, not its history.
 #[derive(Default)]
 pub struct NodePolicy {
     engine: PolicyEngine,
-    /// Identity numbers bound so far (given, or allocated here when nothing else binds them).
+    /// Identity numbers bound now: given by the snapshot, or allocated here
+    /// for a label set a pod uses and nothing else binds.
     bound: BTreeMap<u32, Labels>,
+    /// `bound` the other way round, so a pod's identity is one lookup.
+    by_labels: BTreeMap<Labels, u32>,
+    /// Each policy document of the last snapshot with its parse, by
+    /// `kind/namespace/name`: an unchanged document is not parsed again.
+    parsed: BTreeMap<String, (serde_json::Value, std::result::Result<Policy, Rejected>)>,
     policies: BTreeMap<PolicyRef, Policy>,
     pod_identity: BTreeMap<String, u32>,
     pods: BTreeMap<Ipv4Addr, u32>,
@@ -132,7 +143,17 @@ impl NodePolicy {
 
         // Identities: given ones first, then one per new label set.
         for (id, labels) in &snap.identities {
-            self.bound.insert(*id, Labels::new(labels.clone()));
+            let labels = Labels::new(labels.clone());
+            self.bind(*id, labels.clone());
+            // A binding the cluster gives wins over one chosen here; of two
+            // given for one label set (a race lost by both), the lower.
+            let given_lower = self
+                .by_labels
+                .get(&labels)
+                .is_some_and(|cur| cur < id && snap.identities.contains_key(cur));
+            if !given_lower {
+                self.by_labels.insert(labels, *id);
+            }
         }
         let no_labels = BTreeMap::new();
         let mut pod_identity = BTreeMap::new();
@@ -158,16 +179,25 @@ impl NodePolicy {
         // Policies: parse every document; refused ones are reported, never half-applied.
         let mut wanted: BTreeMap<PolicyRef, Policy> = BTreeMap::new();
         self.rejected.clear();
+        let mut last = std::mem::take(&mut self.parsed);
         for (i, doc) in snap.policies.iter().enumerate() {
-            match sextant_policy::parse_value(doc) {
-                Ok(p) => {
-                    wanted.insert(p.id.clone(), p);
-                }
-                Err(e) => self.rejected.push(Rejected {
-                    policy: doc_name(doc).unwrap_or_else(|| format!("policies[{i}]")),
+            let name = doc_name(doc);
+            let outcome = match name.as_ref().and_then(|n| last.remove(n)) {
+                Some((seen, outcome)) if seen == *doc => outcome,
+                _ => sextant_policy::parse_value(doc).map_err(|e| Rejected {
+                    policy: name.clone().unwrap_or_else(|| format!("policies[{i}]")),
                     reason: e.reason().to_string(),
                     message: e.problems_text(),
                 }),
+            };
+            match &outcome {
+                Ok(p) => {
+                    wanted.insert(p.id.clone(), p.clone());
+                }
+                Err(r) => self.rejected.push(r.clone()),
+            }
+            if let Some(name) = name {
+                self.parsed.insert(name, (doc.clone(), outcome));
             }
         }
         for (id, p) in wanted.iter() {
@@ -227,6 +257,12 @@ impl NodePolicy {
         for id in self.identities_in_engine.clone().difference(&used) {
             diffs.push(self.engine.remove_identity(*id));
         }
+        // Bindings nobody gives and no pod uses go (a SextantIdentity
+        // deleted, a label set gone): the map follows the cluster's size.
+        self.bound
+            .retain(|id, _| used.contains(id) || snap.identities.contains_key(id));
+        let bound = &self.bound;
+        self.by_labels.retain(|_, id| bound.contains_key(id));
         self.identities_in_engine = used;
         self.pod_identity = pod_identity;
 
@@ -251,12 +287,36 @@ impl NodePolicy {
             .collect()
     }
 
+    /// Entries in the per-object maps (identity bindings, parsed policy
+    /// documents, policies, pods): what [`NodePolicy::sync`] must bring back
+    /// down when objects are deleted.
+    pub fn footprint(&self) -> usize {
+        self.bound.len()
+            + self.by_labels.len()
+            + self.parsed.len()
+            + self.policies.len()
+            + self.pod_identity.len()
+            + self.pods.len()
+            + self.identities_in_engine.len()
+    }
+
+    /// Binds `id` to `labels`, replacing what `id` meant before.
+    fn bind(&mut self, id: u32, labels: Labels) {
+        if let Some(old) = self.bound.insert(id, labels.clone())
+            && old != labels
+            && self.by_labels.get(&old) == Some(&id)
+        {
+            self.by_labels.remove(&old);
+        }
+        self.by_labels.entry(labels).or_insert(id);
+    }
+
     fn identity_for(&mut self, labels: &Labels) -> Option<u32> {
-        if let Some((id, _)) = self.bound.iter().find(|(_, l)| *l == labels) {
+        if let Some(id) = self.by_labels.get(labels) {
             return Some(*id);
         }
         let id = sextant_policy::allocate(labels, &self.bound)?;
-        self.bound.insert(id, labels.clone());
+        self.bind(id, labels.clone());
         Some(id)
     }
 }
@@ -488,5 +548,80 @@ mod tests {
         assert_eq!(report.identities["a/x-0"], report.identities["a/x-1"]);
         assert_ne!(report.identities["a/x-0"], report.identities["b/x-0"]);
         assert_eq!(report.identities["b/x-0"], 4242);
+    }
+
+    fn policy_for(app: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "sextant.io/v1alpha1",
+            "kind": "SextantNetworkPolicy",
+            "metadata": {"name": app, "namespace": "prod"},
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": app}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "employee"}}]}]
+            }
+        })
+    }
+
+    #[test]
+    fn ten_thousand_policies_created_and_deleted_leave_the_maps_at_their_size() {
+        let mut np = NodePolicy::default();
+        let base = PolicySnapshot {
+            policies: vec![protected_db()],
+            pods: vec![pod("prod", "db-0", "protected-db", [10, 1, 0, 2])],
+            ..Default::default()
+        };
+        let local: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 1, 0, 2)].into();
+        np.sync(&base, &local);
+        let (footprint, bound) = (np.footprint(), np.bound.len());
+
+        // 10,000 policies, each selecting pods of its own label set, and a
+        // SextantIdentity given for a label set no pod has.
+        let n = 10_000u32;
+        let mut big = base.clone();
+        for i in 0..n {
+            let app = format!("app-{i}");
+            big.policies.push(policy_for(&app));
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 2, 0, 0)) + i);
+            big.pods
+                .push(pod("prod", &format!("p-{i}"), &app, ip.octets()));
+        }
+        big.identities
+            .insert(4242, [("app".to_string(), "gone".to_string())].into());
+        let (_, report) = np.sync(&big, &local);
+        assert_eq!(report.enforced.len(), n as usize + 1);
+        assert!(np.bound.len() > n as usize, "{}", np.bound.len());
+
+        // Everything deleted again: the maps are back to where they started
+        // (before, every label set ever seen stayed bound).
+        let (_, report) = np.sync(&base, &local);
+        assert_eq!(report.enforced.len(), 1);
+        assert_eq!(np.bound.len(), bound, "identity bindings");
+        assert_eq!(np.by_labels.len(), bound, "label index");
+        assert_eq!(np.footprint(), footprint, "per-object maps");
+    }
+
+    #[test]
+    fn an_unchanged_policy_document_is_not_parsed_again_and_a_changed_one_is() {
+        let mut np = NodePolicy::default();
+        let snap = PolicySnapshot {
+            policies: vec![protected_db()],
+            ..Default::default()
+        };
+        np.sync(&snap, &BTreeSet::new());
+        let first = np.parsed["SextantNetworkPolicy/prod/db"].clone();
+        np.sync(&snap, &BTreeSet::new());
+        assert_eq!(np.parsed["SextantNetworkPolicy/prod/db"].0, first.0);
+        let mut changed = protected_db();
+        changed["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = "6380".into();
+        let (_, report) = np.sync(
+            &PolicySnapshot {
+                policies: vec![changed.clone()],
+                ..Default::default()
+            },
+            &BTreeSet::new(),
+        );
+        assert_eq!(report.enforced.len(), 1);
+        assert_eq!(np.parsed["SextantNetworkPolicy/prod/db"].0, changed);
+        assert_ne!(np.parsed["SextantNetworkPolicy/prod/db"].1, first.1);
     }
 }
