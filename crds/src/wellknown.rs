@@ -10,9 +10,13 @@ pub const API_VERSION: &str = "sextant.io/v1alpha1";
 /// advertises it, the webhook adds it, the scheduler extender counts it.
 pub const IP_RESOURCE: &str = "sextant.io/ip";
 
-/// Pod annotation that exempts a pod from [`IP_RESOURCE`] accounting; the
-/// chart's webhook object selector matches on it too.
+/// Namespace label (set by an administrator) that exempts the namespace's
+/// pods from [`IP_RESOURCE`] accounting. As a pod annotation or label it
+/// counts only in a namespace labelled [`LABEL_ALLOW_POD_IP_OPT_OUT`].
 pub const ANNOTATION_SKIP_IP_RESOURCE: &str = "sextant.io/skip-ip-resource";
+/// Namespace label (set by an administrator): pods in the namespace may opt
+/// out of [`IP_RESOURCE`] accounting with [`ANNOTATION_SKIP_IP_RESOURCE`].
+pub const LABEL_ALLOW_POD_IP_OPT_OUT: &str = "sextant.io/allow-pod-ip-opt-out";
 
 /// StatefulSet annotation: `"true"` gives each pod a sticky IP (a FixedIP).
 pub const ANNOTATION_FIXED_IP: &str = "sextant.io/fixed-ip";

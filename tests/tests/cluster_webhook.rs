@@ -222,35 +222,31 @@ async fn webhook_adds_the_ip_resource_through_the_api_server_skips_excluded_pods
     // (the webhook's review count stays put), and a hostNetwork pod is
     // answered unchanged by the webhook itself.
     let before = reviews(&metrics)?;
-    let skipped = c.namespace("wh-skip").await?;
-    Api::<Namespace>::all(admin.clone())
-        .patch(
-            &skipped,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": {"labels": {"sextant.io/skip-ip-resource": "true"}}
-            })),
-        )
-        .await?;
+    let label_ns = |name: String, label: &'static str| {
+        let admin = admin.clone();
+        async move {
+            Api::<Namespace>::all(admin)
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"labels": {label: "true"}}})),
+                )
+                .await
+                .map(|_| name)
+        }
+    };
+    let skipped = label_ns(c.namespace("wh-skip").await?, "sextant.io/skip-ip-resource").await?;
+    let allowing = label_ns(
+        c.namespace("wh-allow").await?,
+        "sextant.io/allow-pod-ip-opt-out",
+    )
+    .await?;
+    let opted = [("sextant.io/skip-ip-resource", "true")];
     let cases = [
         ("kube-system", pod("skipped-ns", &[], false)),
-        (
-            ns.as_str(),
-            pod(
-                "sextant-part",
-                &[("app.kubernetes.io/part-of", "sextant")],
-                false,
-            ),
-        ),
-        (
-            ns.as_str(),
-            pod(
-                "opted-out",
-                &[("sextant.io/skip-ip-resource", "true")],
-                false,
-            ),
-        ),
         (skipped.as_str(), pod("labelled-ns", &[], false)),
+        // Where an admin allows it, a labelled pod is not even sent.
+        (allowing.as_str(), pod("opted-out", &opted, false)),
     ];
     for (in_ns, p) in &cases {
         let created = create(&admin, in_ns, p).await?;
@@ -266,6 +262,38 @@ async fn webhook_adds_the_ip_resource_through_the_api_server_skips_excluded_pods
         before,
         "the API server called the webhook for a pod its selectors exclude"
     );
+    // A pod's own label does not take it out of IP accounting where no admin
+    // allowed it, nor does claiming to be part of Sextant; both are reviewed.
+    for p in [
+        pod("opt-out-refused", &opted, false),
+        pod(
+            "sextant-part",
+            &[("app.kubernetes.io/part-of", "sextant")],
+            false,
+        ),
+    ] {
+        let created = create(&admin, &ns, &p).await?;
+        assert!(
+            asks_for_one_ip(&created),
+            "{:?} escaped IP accounting by its own label: {:?}",
+            p.metadata.name,
+            ip_resource(&created)
+        );
+    }
+    // In the allowing namespace a plain pod is still counted.
+    let plain = create(&admin, &allowing, &pod("plain", &[], false)).await?;
+    assert!(asks_for_one_ip(&plain), "{:?}", ip_resource(&plain));
+    // There a pod's annotation (which no selector sees) is honoured by the
+    // opt-out path the chart sends that namespace's reviews to.
+    let mut annotated = pod("annotated", &[], false);
+    annotated.metadata.annotations = Some(BTreeMap::from([(
+        "sextant.io/skip-ip-resource".to_owned(),
+        "true".to_owned(),
+    )]));
+    let annotated = create(&admin, &allowing, &annotated).await?;
+    assert_eq!(ip_resource(&annotated), (None, None), "annotated opt-out");
+    assert_eq!(reviews(&metrics)?, before + 4.0, "four pods reviewed");
+    let before = reviews(&metrics)?;
     let host = create(&admin, &ns, &pod("host-net", &[], true)).await?;
     assert_eq!(ip_resource(&host), (None, None), "hostNetwork pod");
     assert_eq!(reviews(&metrics)?, before + 1.0, "hostNetwork pod reviewed");

@@ -11,7 +11,8 @@ use sextant_crds::wellknown::{ANNOTATION_SKIP_IP_RESOURCE, IP_RESOURCE};
 pub enum Skip {
     /// `hostNetwork: true`: the pod uses the node's IP, not a pod IP.
     HostNetwork,
-    /// The pod carries [`ANNOTATION_SKIP_IP_RESOURCE`]` = "true"`.
+    /// The pod carries [`ANNOTATION_SKIP_IP_RESOURCE`]` = "true"` and its
+    /// namespace lets pods opt out ([`PodOptOut::Allowed`]).
     OptedOut,
     /// Some container (regular, init or ephemeral) already has the resource
     /// in limits or requests: the pod is already counted.
@@ -33,11 +34,30 @@ impl Skip {
     }
 }
 
+/// Whether the pod's own `sextant.io/skip-ip-resource` label or annotation
+/// counts. A pod author could otherwise take an IP without being counted by
+/// the device plugin and the extender, so only namespaces an administrator
+/// labels `sextant.io/allow-pod-ip-opt-out=true` honour it; the chart sends
+/// those namespaces' reviews to [`OPT_OUT_PATH`](crate::server::OPT_OUT_PATH).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodOptOut {
+    /// The namespace allows pods to opt out.
+    Allowed,
+    /// The pod is counted whatever it carries.
+    Refused,
+}
+
 /// What to do with a pod.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Mutation {
-    /// Apply this patch.
-    Patch(Patch),
+    /// Apply this patch; `opt_out_refused` when the pod asked to opt out in
+    /// a namespace that does not allow it (the review says so in a warning).
+    Patch {
+        /// The JSONPatch.
+        patch: Patch,
+        /// The pod carried the opt-out the namespace does not honour.
+        opt_out_refused: bool,
+    },
     /// Leave the pod as it is.
     Skip(Skip),
 }
@@ -51,14 +71,15 @@ pub enum Mutation {
 /// effective request is max(init, sum(regular)), so the regular container's
 /// unit already covers them, and a unit on both would not count twice but
 /// would make kubelet allocate a device to each.
-pub fn mutate(pod: &Pod) -> Mutation {
+pub fn mutate(pod: &Pod, opt_out: PodOptOut) -> Mutation {
     let Some(spec) = pod.spec.as_ref() else {
         return Mutation::Skip(Skip::NoContainers);
     };
     if spec.host_network == Some(true) {
         return Mutation::Skip(Skip::HostNetwork);
     }
-    if opted_out(pod) {
+    let asked_out = opted_out(pod);
+    if asked_out && opt_out == PodOptOut::Allowed {
         return Mutation::Skip(Skip::OptedOut);
     }
     let ephemeral = spec
@@ -77,7 +98,10 @@ pub fn mutate(pod: &Pod) -> Mutation {
         return Mutation::Skip(Skip::AlreadyPresent);
     }
     match spec.containers.first() {
-        Some(c) => Mutation::Patch(Patch(add_resource(c, 0))),
+        Some(c) => Mutation::Patch {
+            patch: Patch(add_resource(c, 0)),
+            opt_out_refused: asked_out,
+        },
         None => Mutation::Skip(Skip::NoContainers),
     }
 }
@@ -146,8 +170,8 @@ mod tests {
     /// The pod after applying what `mutate` says.
     fn apply(pod: &Pod) -> Value {
         let mut doc = serde_json::to_value(pod).expect("pod to json");
-        if let Mutation::Patch(p) = mutate(pod) {
-            json_patch::patch(&mut doc, &p).expect("patch applies");
+        if let Mutation::Patch { patch, .. } = mutate(pod, PodOptOut::Refused) {
+            json_patch::patch(&mut doc, &patch).expect("patch applies");
         }
         doc
     }
@@ -165,7 +189,7 @@ mod tests {
     fn existing_limits_and_requests_are_kept() {
         let pod = mk_pod(json!({ "containers": [{ "name": "app", "resources": {
             "limits": { "cpu": "1" }, "requests": { "memory": "1Gi" } } }] }));
-        let Mutation::Patch(p) = mutate(&pod) else {
+        let Mutation::Patch { patch: p, .. } = mutate(&pod, PodOptOut::Refused) else {
             panic!("expected a patch");
         };
         let text = serde_json::to_string(&p).expect("patch to json");
@@ -192,21 +216,33 @@ mod tests {
     #[test]
     fn host_network_opted_out_and_present_are_skipped() {
         let host = mk_pod(json!({ "hostNetwork": true, "containers": [{ "name": "a" }] }));
-        assert_eq!(mutate(&host), Mutation::Skip(Skip::HostNetwork));
+        assert_eq!(
+            mutate(&host, PodOptOut::Refused),
+            Mutation::Skip(Skip::HostNetwork)
+        );
 
         let mut opted = mk_pod(json!({ "containers": [{ "name": "a" }] }));
         opted.metadata.annotations =
             Some([(ANNOTATION_SKIP_IP_RESOURCE.to_owned(), "true".to_owned())].into());
-        assert_eq!(mutate(&opted), Mutation::Skip(Skip::OptedOut));
+        assert_eq!(
+            mutate(&opted, PodOptOut::Allowed),
+            Mutation::Skip(Skip::OptedOut)
+        );
         let mut labelled = mk_pod(json!({ "containers": [{ "name": "a" }] }));
         labelled.metadata.labels =
             Some([(ANNOTATION_SKIP_IP_RESOURCE.to_owned(), "True".to_owned())].into());
-        assert_eq!(mutate(&labelled), Mutation::Skip(Skip::OptedOut));
+        assert_eq!(
+            mutate(&labelled, PodOptOut::Allowed),
+            Mutation::Skip(Skip::OptedOut)
+        );
 
         let present = mk_pod(json!({ "containers": [
             { "name": "a" },
             { "name": "b", "resources": { "requests": { IP_RESOURCE: "1" } } } ] }));
-        assert_eq!(mutate(&present), Mutation::Skip(Skip::AlreadyPresent));
+        assert_eq!(
+            mutate(&present, PodOptOut::Refused),
+            Mutation::Skip(Skip::AlreadyPresent)
+        );
     }
 
     #[test]
@@ -225,22 +261,53 @@ mod tests {
         let init_has = mk_pod(json!({
             "initContainers": [{ "name": "init", "resources": { "limits": { IP_RESOURCE: "1" } } }],
             "containers": [{ "name": "a" }] }));
-        assert_eq!(mutate(&init_has), Mutation::Skip(Skip::AlreadyPresent));
+        assert_eq!(
+            mutate(&init_has, PodOptOut::Refused),
+            Mutation::Skip(Skip::AlreadyPresent)
+        );
     }
 
     #[test]
     fn patched_pod_is_left_alone_the_second_time() {
         let pod = mk_pod(json!({ "containers": [{ "name": "a" }] }));
         let once: Pod = serde_json::from_value(apply(&pod)).expect("patched pod parses");
-        assert_eq!(mutate(&once), Mutation::Skip(Skip::AlreadyPresent));
+        assert_eq!(
+            mutate(&once, PodOptOut::Refused),
+            Mutation::Skip(Skip::AlreadyPresent)
+        );
     }
 
     #[test]
     fn pod_without_containers_is_skipped() {
         assert_eq!(
-            mutate(&mk_pod(json!({ "containers": [] }))),
+            mutate(&mk_pod(json!({ "containers": [] })), PodOptOut::Refused),
             Mutation::Skip(Skip::NoContainers)
         );
-        assert_eq!(mutate(&Pod::default()), Mutation::Skip(Skip::NoContainers));
+        assert_eq!(
+            mutate(&Pod::default(), PodOptOut::Refused),
+            Mutation::Skip(Skip::NoContainers)
+        );
+    }
+
+    #[test]
+    fn a_pods_own_opt_out_counts_only_where_the_namespace_allows_it() {
+        let mut opted = mk_pod(json!({ "containers": [{ "name": "a" }] }));
+        opted.metadata.annotations =
+            Some([(ANNOTATION_SKIP_IP_RESOURCE.to_owned(), "true".to_owned())].into());
+        let Mutation::Patch {
+            opt_out_refused, ..
+        } = mutate(&opted, PodOptOut::Refused)
+        else {
+            panic!("a pod's annotation alone must not take it out of IP accounting");
+        };
+        assert!(opt_out_refused);
+        let plain = mk_pod(json!({ "containers": [{ "name": "a" }] }));
+        assert!(matches!(
+            mutate(&plain, PodOptOut::Refused),
+            Mutation::Patch {
+                opt_out_refused: false,
+                ..
+            }
+        ));
     }
 }

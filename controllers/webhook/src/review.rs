@@ -12,18 +12,33 @@ use kube_core::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use sextant_crds::wellknown::{
+    ANNOTATION_SKIP_IP_RESOURCE, IP_RESOURCE, LABEL_ALLOW_POD_IP_OPT_OUT,
+};
 
-use crate::mutate::{Mutation, mutate};
+use crate::mutate::{Mutation, PodOptOut, mutate};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
 
 /// What the review needs besides the body.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReviewConfig {
     /// Namespaces whose pods are never mutated (defence in depth beside the
     /// webhook's `namespaceSelector`).
     pub skip_namespaces: BTreeSet<String>,
+    /// Whether pods' own opt-out counts: set per request by the path the
+    /// API server called (the namespace's admin label picks the path).
+    pub pod_opt_out: PodOptOut,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        ReviewConfig {
+            skip_namespaces: BTreeSet::new(),
+            pod_opt_out: PodOptOut::Refused,
+        }
+    }
 }
 
 /// How a review ended, for metrics and logs.
@@ -31,6 +46,9 @@ pub struct ReviewConfig {
 pub enum Verdict {
     /// Allowed with a patch.
     Patched,
+    /// Allowed with a patch although the pod asked to opt out: its namespace
+    /// does not allow pods to.
+    PatchedOptOutRefused,
     /// Allowed unchanged; the label says why.
     Skipped(&'static str),
     /// Not a pod CREATE (wrong resource, operation or subresource): allowed
@@ -45,6 +63,7 @@ impl Verdict {
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Patched => "patched",
+            Verdict::PatchedOptOutRefused => "patched_opt_out_refused",
             Verdict::Skipped(why) => why,
             Verdict::Ignored => "ignored",
             Verdict::Invalid => "invalid",
@@ -194,15 +213,29 @@ fn decide(
     let Some(pod) = request.object.as_ref() else {
         return Err(invalid(&uid, "pod CREATE without an object".to_owned()));
     };
-    match mutate(pod) {
+    match mutate(pod, config.pod_opt_out) {
         Mutation::Skip(why) => Ok((
             AdmissionResponse::from(&request),
             Verdict::Skipped(why.label()),
         )),
-        Mutation::Patch(patch) => AdmissionResponse::from(&request)
-            .with_patch(patch)
-            .map(|r| (r, Verdict::Patched))
-            .map_err(|e| invalid(&uid, format!("encoding the patch: {e}"))),
+        Mutation::Patch {
+            patch,
+            opt_out_refused,
+        } => {
+            let mut r = AdmissionResponse::from(&request)
+                .with_patch(patch)
+                .map_err(|e| invalid(&uid, format!("encoding the patch: {e}")))?;
+            if !opt_out_refused {
+                return Ok((r, Verdict::Patched));
+            }
+            r.warnings = Some(vec![format!(
+                "sextant webhook: {ANNOTATION_SKIP_IP_RESOURCE} is ignored: namespace {:?} \
+                 does not carry {LABEL_ALLOW_POD_IP_OPT_OUT}=true, which only a cluster \
+                 administrator sets; the pod asks for one {IP_RESOURCE}",
+                request.namespace.as_deref().unwrap_or_default(),
+            )]);
+            Ok((r, Verdict::PatchedOptOutRefused))
+        }
     }
 }
 
@@ -275,6 +308,7 @@ mod tests {
     fn skipped_namespaces_are_left_alone() {
         let config = ReviewConfig {
             skip_namespaces: ["kube-system".to_owned()].into(),
+            ..ReviewConfig::default()
         };
         let (_, verdict) = answer(&mk_review("Pod", "CREATE", "kube-system"), &config);
         assert_eq!(verdict, Verdict::Skipped("skipped_namespace"));
@@ -290,5 +324,29 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("not JSON"))
         );
+    }
+
+    #[test]
+    fn an_opt_out_the_namespace_does_not_allow_is_patched_with_a_warning() {
+        let mut body: Value =
+            serde_json::from_slice(&mk_review("Pod", "CREATE", "team-a")).expect("json");
+        body["request"]["object"]["metadata"]["annotations"] =
+            json!({ ANNOTATION_SKIP_IP_RESOURCE: "true" });
+        let body = serde_json::to_vec(&body).expect("encode");
+        let (json, verdict) = answer(&body, &ReviewConfig::default());
+        assert_eq!(verdict, Verdict::PatchedOptOutRefused);
+        assert!(json["response"]["patch"].is_string(), "{json}");
+        let warning = json["response"]["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            warning.contains(LABEL_ALLOW_POD_IP_OPT_OUT) && warning.contains("team-a"),
+            "{warning}"
+        );
+        let allowed = ReviewConfig {
+            pod_opt_out: PodOptOut::Allowed,
+            ..ReviewConfig::default()
+        };
+        let (json, verdict) = answer(&body, &allowed);
+        assert_eq!(verdict, Verdict::Skipped("skipped_opted_out"));
+        assert!(json["response"].get("patch").is_none());
     }
 }

@@ -12,19 +12,24 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sextant_kit::admin::{self, Admin, Readiness};
-use tokio::{net::TcpListener, time::Instant};
+use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::{
     error::WebhookError,
     metrics::WebhookMetrics,
+    mutate::PodOptOut,
     review::{ReviewConfig, Verdict, review, to_json},
     tls::{ReloadingCert, server_config},
 };
 
-/// Path the MutatingWebhookConfiguration points at.
+/// Path the MutatingWebhookConfiguration points at: every pod is counted.
 pub const MUTATE_PATH: &str = "/mutate";
+/// Path of the second webhook, for namespaces an administrator labelled
+/// `sextant.io/allow-pod-ip-opt-out=true`: a pod's own
+/// `sextant.io/skip-ip-resource` is honoured.
+pub const OPT_OUT_PATH: &str = "/mutate/pod-opt-out";
 /// Largest body read: the API server's own request limit is 3 MiB.
 pub const MAX_BODY: usize = 3 << 20;
 
@@ -65,6 +70,15 @@ pub struct WebhookArgs {
         default_value = "kube-system"
     )]
     pub skip_namespaces: Vec<String>,
+    /// Most connections served at once; more wait in the listen backlog
+    /// (the API server keeps a few keep-alive connections per replica).
+    #[arg(
+        long,
+        env = "SEXTANT_WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
     /// Deadline for the TLS handshake, the request headers and the body.
     #[arg(long, env = "SEXTANT_WEBHOOK_REQUEST_TIMEOUT", default_value = "5s", value_parser = sextant_kit::duration::parse)]
     pub request_timeout: Duration,
@@ -102,10 +116,12 @@ impl WebhookArgs {
                     .map(|s| s.trim().to_owned())
                     .filter(|s| !s.is_empty())
                     .collect::<BTreeSet<_>>(),
+                ..ReviewConfig::default()
             },
             metrics,
             self.request_timeout,
-        )?;
+        )?
+        .with_max_connections(self.max_connections as usize);
         let stop = sextant_kit::shutdown::signal()?;
         tokio::select! {
             _ = server.serve(listener) => {}
@@ -128,9 +144,15 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
 pub struct WebhookServer {
     acceptor: TlsAcceptor,
     config: Arc<ReviewConfig>,
+    /// `config` with pods' own opt-out honoured, for [`OPT_OUT_PATH`].
+    opt_out_config: Arc<ReviewConfig>,
     metrics: WebhookMetrics,
     timeout: Duration,
+    connections: Arc<Semaphore>,
 }
+
+/// Default of `--max-connections`.
+const MAX_CONNECTIONS: usize = 256;
 
 impl WebhookServer {
     /// A server presenting `cert`, answering with `config`, each connection's
@@ -143,10 +165,24 @@ impl WebhookServer {
     ) -> Result<Self, WebhookError> {
         Ok(WebhookServer {
             acceptor: TlsAcceptor::from(server_config(cert)?),
-            config: Arc::new(config),
+            opt_out_config: Arc::new(ReviewConfig {
+                pod_opt_out: PodOptOut::Allowed,
+                ..config.clone()
+            }),
+            config: Arc::new(ReviewConfig {
+                pod_opt_out: PodOptOut::Refused,
+                ..config
+            }),
             metrics,
             timeout,
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         })
+    }
+
+    /// Serves at most `n` connections at once; the rest wait to be accepted.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.connections = Arc::new(Semaphore::new(n.max(1)));
+        self
     }
 
     /// Accepts connections on `listener` until the future is dropped.
@@ -155,6 +191,11 @@ impl WebhookServer {
             info!(%addr, path = MUTATE_PATH, "serving the admission webhook over HTTPS");
         }
         loop {
+            // A slot first, then accept: past the cap, connections wait in
+            // the kernel's backlog instead of costing a task and a handshake.
+            let Ok(slot) = self.connections.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -166,7 +207,10 @@ impl WebhookServer {
             // Reviews are small request/response pairs: no Nagle delay.
             let _ = stream.set_nodelay(true);
             let me = self.clone();
-            tokio::spawn(async move { me.connection(stream, peer).await });
+            tokio::spawn(async move {
+                me.connection(stream, peer).await;
+                drop(slot);
+            });
         }
     }
 
@@ -199,14 +243,15 @@ impl WebhookServer {
     }
 
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        match (req.method(), req.uri().path()) {
-            (&Method::POST, MUTATE_PATH) => {}
+        let pod_opt_out = match (req.method(), req.uri().path()) {
+            (&Method::POST, MUTATE_PATH) => PodOptOut::Refused,
+            (&Method::POST, OPT_OUT_PATH) => PodOptOut::Allowed,
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
-            (_, MUTATE_PATH) => {
+            (_, MUTATE_PATH | OPT_OUT_PATH) => {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
             }
             _ => return text(StatusCode::NOT_FOUND, "not found\n"),
-        }
+        };
         let body = Limited::new(req.into_body(), MAX_BODY).collect();
         let body = match tokio::time::timeout(self.timeout, body).await {
             Ok(Ok(b)) => Ok(b.to_bytes()),
@@ -220,7 +265,10 @@ impl WebhookServer {
         };
         let start = Instant::now();
         let (answer, verdict) = match body {
-            Ok(b) => review(&b, &self.config),
+            Ok(b) => match pod_opt_out {
+                PodOptOut::Refused => review(&b, &self.config),
+                PodOptOut::Allowed => review(&b, &self.opt_out_config),
+            },
             Err(message) => {
                 let r = kube_core::admission::AdmissionResponse::invalid(message);
                 (r.into_review(), Verdict::Invalid)

@@ -12,8 +12,12 @@ use support::{TestPki, TestWebhook, pod_create_review};
 use sextant_crds::wellknown::IP_RESOURCE as RESOURCE;
 
 async fn post(client: &reqwest::Client, hook: &TestWebhook, body: Vec<u8>) -> Value {
+    post_to(client, &hook.url(), body).await
+}
+
+async fn post_to(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Value {
     let resp = client
-        .post(hook.url())
+        .post(url)
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -101,12 +105,6 @@ async fn host_network_opted_out_and_present_pods_are_untouched() {
             review_with(|o| o["spec"]["hostNetwork"] = json!(true)),
         ),
         (
-            "opt-out annotation",
-            review_with(|o| {
-                o["metadata"]["annotations"] = json!({ "sextant.io/skip-ip-resource": "true" })
-            }),
-        ),
-        (
             "already present",
             review_with(|o| {
                 o["spec"]["containers"][0]["resources"] =
@@ -131,6 +129,80 @@ async fn host_network_opted_out_and_present_pods_are_untouched() {
             "{name}"
         );
     }
+}
+
+/// A pod's own opt-out is honoured only on the path the chart uses for
+/// namespaces an administrator labelled `sextant.io/allow-pod-ip-opt-out`.
+#[tokio::test]
+async fn a_pods_opt_out_counts_only_on_the_admin_allowed_path() {
+    let pki = TestPki::new("test CA");
+    let hook = TestWebhook::start(&pki).await;
+    let client = pki.client();
+    for (how, edit) in [("annotation", "annotations"), ("label", "labels")] {
+        let request =
+            review_with(|o| o["metadata"][edit] = json!({ "sextant.io/skip-ip-resource": "true" }));
+        let body = || serde_json::to_vec(&request).expect("encode");
+        let counted = post(&client, &hook, body()).await;
+        assert_eq!(
+            ip_units(&patched_pod(&request, &counted)),
+            1,
+            "opt-out {how} on /mutate: {counted}"
+        );
+        assert!(
+            counted["response"]["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.contains("sextant.io/allow-pod-ip-opt-out")),
+            "{counted}"
+        );
+        let honoured = post_to(&client, &hook.opt_out_url(), body()).await;
+        assert_eq!(honoured["response"]["allowed"], true);
+        assert!(
+            honoured["response"].get("patch").is_none(),
+            "opt-out {how} on the opt-out path: {honoured}"
+        );
+    }
+    // Without an opt-out, the opt-out path counts the pod like /mutate.
+    let plain = pod_create_review();
+    let answer = post_to(
+        &client,
+        &hook.opt_out_url(),
+        serde_json::to_vec(&plain).expect("encode"),
+    )
+    .await;
+    assert_eq!(ip_units(&patched_pod(&plain, &answer)), 1);
+}
+
+/// Past `--max-connections`, further connections wait in the backlog; a
+/// slot freed is used at once.
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_slot() {
+    let pki = TestPki::new("test CA");
+    let hook = TestWebhook::start_with_max_connections(&pki, 2).await;
+    // Two idle connections that never send a byte hold both slots.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(
+            tokio::net::TcpStream::connect(hook.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let client = pki.client();
+    let body = serde_json::to_vec(&pod_create_review()).expect("encode");
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(500),
+        post(&client, &hook, body.clone()),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "a third connection was served while two held both slots"
+    );
+    drop(idle);
+    let answer = tokio::time::timeout(Duration::from_secs(5), post(&client, &hook, body))
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(answer["response"]["allowed"], true);
 }
 
 #[tokio::test]

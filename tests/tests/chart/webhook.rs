@@ -33,47 +33,78 @@ fn webhook_fails_open_fast_and_skips_system_and_sextant_pods() {
     for r in sets() {
         let mwc = webhook_config(&r);
         let hooks = mwc.webhooks.as_deref().unwrap_or_default();
-        assert_eq!(hooks.len(), 1, "{}", r.set);
+        assert_eq!(hooks.len(), 2, "{}: counted and opt-out-allowed", r.set);
+        for (h, path, allow) in [
+            (&hooks[0], "/mutate", "NotIn"),
+            (&hooks[1], "/mutate/pod-opt-out", "In"),
+        ] {
+            assert_eq!(h.failure_policy.as_deref(), Some("Ignore"), "{}", r.set);
+            assert_eq!(h.side_effects, "None", "{}", r.set);
+            assert_eq!(h.timeout_seconds, Some(2), "{}", r.set);
+            assert_eq!(h.admission_review_versions, vec!["v1".to_owned()]);
+            let rules = h.rules.as_deref().unwrap_or_default();
+            assert_eq!(rules.len(), 1);
+            assert_eq!(
+                rules[0].operations.as_deref(),
+                Some(&["CREATE".to_owned()][..])
+            );
+            assert_eq!(
+                rules[0].resources.as_deref(),
+                Some(&["pods".to_owned()][..])
+            );
+
+            let namespaces = not_in(h.namespace_selector.as_ref(), "kubernetes.io/metadata.name");
+            assert!(
+                namespaces.contains("kube-system"),
+                "{}: {namespaces:?}",
+                r.set
+            );
+            assert!(namespaces.contains(NAMESPACE), "{}: {namespaces:?}", r.set);
+            assert!(
+                not_in(h.namespace_selector.as_ref(), "sextant.io/skip-ip-resource")
+                    .contains("true")
+            );
+            // Whether a pod's own opt-out counts is the namespace's (admin's)
+            // label, never the pod's: the counted webhook selects no pod label.
+            let allow_expr = h
+                .namespace_selector
+                .as_ref()
+                .and_then(|s| s.match_expressions.as_ref())
+                .and_then(|e| {
+                    e.iter()
+                        .find(|e| e.key == "sextant.io/allow-pod-ip-opt-out")
+                })
+                .unwrap_or_else(|| panic!("{}: no allow-pod-ip-opt-out selector", r.set));
+            assert_eq!(allow_expr.operator, allow, "{}", r.set);
+            assert_eq!(allow_expr.values.as_deref(), Some(&["true".to_owned()][..]));
+            if allow == "NotIn" {
+                assert!(
+                    h.object_selector
+                        .as_ref()
+                        .and_then(|s| s.match_expressions.as_ref())
+                        .is_none_or(|e| e.is_empty()),
+                    "{}: a pod label must not take a pod out of accounting: {:?}",
+                    r.set,
+                    h.object_selector
+                );
+            } else {
+                assert!(
+                    not_in(h.object_selector.as_ref(), "sextant.io/skip-ip-resource")
+                        .contains("true")
+                );
+            }
+
+            let svc = h
+                .client_config
+                .service
+                .as_ref()
+                .expect("service clientConfig");
+            assert_eq!(svc.name, "sextant-webhook");
+            assert_eq!(svc.namespace, NAMESPACE);
+            assert_eq!(svc.path.as_deref(), Some(path));
+            assert_eq!(svc.port, Some(443));
+        }
         let h = &hooks[0];
-        assert_eq!(h.failure_policy.as_deref(), Some("Ignore"), "{}", r.set);
-        assert_eq!(h.side_effects, "None", "{}", r.set);
-        assert_eq!(h.timeout_seconds, Some(2), "{}", r.set);
-        assert_eq!(h.admission_review_versions, vec!["v1".to_owned()]);
-        let rules = h.rules.as_deref().unwrap_or_default();
-        assert_eq!(rules.len(), 1);
-        assert_eq!(
-            rules[0].operations.as_deref(),
-            Some(&["CREATE".to_owned()][..])
-        );
-        assert_eq!(
-            rules[0].resources.as_deref(),
-            Some(&["pods".to_owned()][..])
-        );
-
-        let namespaces = not_in(h.namespace_selector.as_ref(), "kubernetes.io/metadata.name");
-        assert!(
-            namespaces.contains("kube-system"),
-            "{}: {namespaces:?}",
-            r.set
-        );
-        assert!(namespaces.contains(NAMESPACE), "{}: {namespaces:?}", r.set);
-        assert!(
-            not_in(h.namespace_selector.as_ref(), "sextant.io/skip-ip-resource").contains("true")
-        );
-        assert!(
-            not_in(h.object_selector.as_ref(), "app.kubernetes.io/part-of").contains("sextant")
-        );
-        assert!(not_in(h.object_selector.as_ref(), "sextant.io/skip-ip-resource").contains("true"));
-
-        let svc = h
-            .client_config
-            .service
-            .as_ref()
-            .expect("service clientConfig");
-        assert_eq!(svc.name, "sextant-webhook");
-        assert_eq!(svc.namespace, NAMESPACE);
-        assert_eq!(svc.path.as_deref(), Some("/mutate"));
-        assert_eq!(svc.port, Some(443));
 
         // The chart-generated CA signs the serving pair in the Secret the pods mount.
         let ca = h
@@ -247,8 +278,15 @@ fn webhook_url_replaces_the_service_and_joins_the_serving_certificate() {
             .next()
             .expect("one result per set")
             .expect("rendered");
-        let h = &webhook_config(&r).webhooks.as_deref().unwrap_or_default()[0];
+        let hooks = webhook_config(&r).webhooks.as_deref().unwrap_or_default();
+        let h = &hooks[0];
         assert_eq!(h.client_config.url.as_deref(), Some(url), "{}", r.set);
+        assert_eq!(
+            hooks[1].client_config.url.as_deref(),
+            Some(format!("{url}/pod-opt-out").as_str()),
+            "{}",
+            r.set
+        );
         assert!(
             h.client_config.service.is_none(),
             "{}: url replaces the Service",

@@ -87,6 +87,11 @@ pub struct TestWebhook {
 impl TestWebhook {
     /// Starts serving `pki`'s pair; `kube-system` is skipped.
     pub async fn start(pki: &TestPki) -> TestWebhook {
+        Self::start_with_max_connections(pki, 256).await
+    }
+
+    /// [`start`](Self::start) serving at most `max` connections at once.
+    pub async fn start_with_max_connections(pki: &TestPki, max: usize) -> TestWebhook {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert_path, key_path) = pki.write(dir.path());
         let cert = Arc::new(ReloadingCert::load(&cert_path, &key_path).expect("load pair"));
@@ -95,11 +100,13 @@ impl TestWebhook {
             cert.clone(),
             ReviewConfig {
                 skip_namespaces: ["kube-system".to_owned()].into(),
+                ..ReviewConfig::default()
             },
             metrics.clone(),
             Duration::from_secs(5),
         )
-        .expect("server");
+        .expect("server")
+        .with_max_connections(max);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(server.serve(listener));
@@ -115,6 +122,11 @@ impl TestWebhook {
     /// `https://localhost:<port>/mutate`.
     pub fn url(&self) -> String {
         format!("https://localhost:{}/mutate", self.addr.port())
+    }
+
+    /// The path for namespaces whose pods may opt out.
+    pub fn opt_out_url(&self) -> String {
+        format!("https://localhost:{}/mutate/pod-opt-out", self.addr.port())
     }
 }
 
