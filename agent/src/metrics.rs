@@ -23,6 +23,17 @@ pub(crate) struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct WatchLabels {
+    /// `policy` or `services`.
+    pub watch: &'static str,
+}
+
+/// Buckets of the watch batch sizes (objects applied per recompute).
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0])
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VerdictLabels {
     pub verdict: &'static str,
 }
@@ -44,6 +55,11 @@ pub struct Metrics {
     pub(crate) policy_changes: Counter,
     pub(crate) policy_fail_open: Gauge,
     pub(crate) policy_fail_open_engaged: Counter,
+    pub(crate) watch_events: Family<WatchLabels, Counter>,
+    pub(crate) watch_coalesced: Family<WatchLabels, Counter>,
+    pub(crate) watch_batch: Family<WatchLabels, Histogram, fn() -> Histogram>,
+    pub(crate) watch_pending_high_water: Family<WatchLabels, Gauge>,
+    pub(crate) write_retries: Family<WatchLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +84,11 @@ impl Default for Metrics {
             policy_changes: Counter::default(),
             policy_fail_open: Gauge::default(),
             policy_fail_open_engaged: Counter::default(),
+            watch_events: Family::default(),
+            watch_coalesced: Family::default(),
+            watch_batch: Family::new_with_constructor(batch_histogram),
+            watch_pending_high_water: Family::default(),
+            write_retries: Family::default(),
         }
     }
 }
@@ -139,7 +160,63 @@ impl Metrics {
             "Times the fail-open mode engaged",
             self.policy_fail_open_engaged.clone(),
         );
+        r.register(
+            "watch_events",
+            "Watch events received by the policy and service loops",
+            self.watch_events.clone(),
+        );
+        r.register(
+            "watch_events_coalesced",
+            "Watch events folded into a change already pending for the same object",
+            self.watch_coalesced.clone(),
+        );
+        r.register(
+            "watch_batch_objects",
+            "Objects applied per recompute of the policy and service loops",
+            self.watch_batch.clone(),
+        );
+        r.register(
+            "watch_pending_high_water",
+            "Most objects ever waiting for a recompute (bounded by distinct objects)",
+            self.watch_pending_high_water.clone(),
+        );
+        r.register(
+            "datapath_write_retries",
+            "Retries of policy or service map writes that failed",
+            self.write_retries.clone(),
+        );
         root
+    }
+
+    /// Records one drained batch of watch `watch`.
+    pub(crate) fn watch_batch(
+        &self,
+        watch: &'static str,
+        events: usize,
+        coalesced: usize,
+        applied: usize,
+        high_water: usize,
+    ) {
+        let l = WatchLabels { watch };
+        self.watch_events.get_or_create(&l).inc_by(events as u64);
+        self.watch_coalesced
+            .get_or_create(&l)
+            .inc_by(coalesced as u64);
+        if applied > 0 {
+            self.watch_batch.get_or_create(&l).observe(applied as f64);
+        }
+        let g = self.watch_pending_high_water.get_or_create(&l);
+        let hw = i64::try_from(high_water).unwrap_or(i64::MAX);
+        if hw > g.get() {
+            g.set(hw);
+        }
+    }
+
+    /// Counts one retry of the datapath writes of watch `watch`.
+    pub(crate) fn write_retry(&self, watch: &'static str) {
+        self.write_retries
+            .get_or_create(&WatchLabels { watch })
+            .inc();
     }
 
     pub(crate) fn error(&self, e: &crate::Error) {

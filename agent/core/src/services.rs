@@ -33,6 +33,24 @@ pub fn desired(
     slices: &[Arc<EndpointSlice>],
 ) -> BTreeMap<Frontend, Vec<Backend>> {
     let mut out = BTreeMap::new();
+    // Slices by their Service, so the translation is linear in the objects
+    // (a scan of every slice per Service is quadratic at cluster scale).
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices.iter().map(|s| s.as_ref()) {
+        let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        if s.address_type == "IPv4" {
+            let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+            by_service.entry((ns, svc.as_str())).or_default().push(s);
+        }
+    }
+    let none = Vec::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
         let Some(vip) = spec
@@ -44,19 +62,9 @@ pub fn desired(
         };
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = name_any(&svc.metadata);
-        let own: Vec<&EndpointSlice> = slices
-            .iter()
-            .map(|s| s.as_ref())
-            .filter(|s| {
-                s.metadata.namespace.as_deref().unwrap_or_default() == ns
-                    && s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        == Some(&name)
-                    && s.address_type == "IPv4"
-            })
-            .collect();
+        let own = by_service
+            .get(&(ns.as_str(), name.as_str()))
+            .unwrap_or(&none);
         for port in spec.ports.iter().flatten() {
             let proto = match port.protocol.as_deref().unwrap_or("TCP") {
                 "TCP" => Proto::Tcp,
@@ -67,7 +75,7 @@ pub fn desired(
                 continue;
             };
             let mut backends = Vec::new();
-            for slice in &own {
+            for slice in own {
                 let Some(bport) = slice.ports.iter().flatten().find(|p| {
                     p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
                         && p.protocol.as_deref().unwrap_or("TCP")

@@ -173,6 +173,7 @@ impl Agent {
                 fail_open: None,
                 engaged: false,
                 events: Vec::new(),
+                rewrite: false,
             }),
             netlink,
             save_lock: tokio::sync::Mutex::new(()),

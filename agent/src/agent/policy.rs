@@ -31,6 +31,9 @@ pub(super) struct PolicyState {
     pub(super) engaged: bool,
     /// Kubernetes Events to post once the API server can be reached.
     pub(super) events: Vec<PolicyEvent>,
+    /// A map write failed: the engine moved on but the maps may lag, so
+    /// the next sync loads the engine's whole contents.
+    pub(super) rewrite: bool,
 }
 
 /// An Event about this node's policy enforcement (fail-open engaged or lifted).
@@ -157,14 +160,24 @@ impl Agent {
         }
         let mut dp = lock(&self.datapath);
         if let Some(dp) = dp.as_mut() {
-            for d in &diffs {
-                policy::write_diff(dp, d)?;
-            }
-            for ((ns, name), ip) in &local {
-                if let Some(id) = ps.node.identity_of_pod(ns, name) {
-                    dp.set_endpoint_identity(*ip, id)?;
+            let written = (|| -> Result<()> {
+                for d in &diffs {
+                    policy::write_diff(dp, d)?;
                 }
-            }
+                if ps.rewrite {
+                    policy::write_all(dp, ps.node.engine())?;
+                }
+                for ((ns, name), ip) in &local {
+                    if let Some(id) = ps.node.identity_of_pod(ns, name) {
+                        dp.set_endpoint_identity(*ip, id)?;
+                    }
+                }
+                Ok(())
+            })();
+            // Written or not, the engine has moved on: only a full load
+            // brings maps that missed a diff back (the watch loop retries).
+            ps.rewrite = written.is_err();
+            written?;
         }
         self.metrics
             .policy_sync(&report, ps.node.engine().contents());

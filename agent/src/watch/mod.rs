@@ -5,9 +5,14 @@
 //!  NodeNetwork (API) ─watch─▶ node_network ─▶ Agent::apply_node, usage report into status
 //!  NodeNetwork file ─poll─▶ node_file ─▶ Agent::apply_node        (labs, sextantctl lab)
 //!  FixedIP (cluster) ─watch─▶ fixed_ip::FixedIpCache ─▶ CNI ADD's fixed-IP decision
-//!  Services + EndpointSlices ─watch─▶ services::desired / diff ─▶ datapath service maps
+//!  Services + EndpointSlices ─watch─▶ batch ─▶ services::desired / diff ─▶ datapath service maps
 //! ```
+//!
+//! The service loop and the policy loop (`crate::policy::watch`) take their
+//! events through [`batch`]: drained at once, coalesced per object,
+//! recomputed once per batch.
 
+pub(crate) mod batch;
 pub(crate) mod fixed_ip;
 pub mod node_file;
 pub(crate) mod node_network;
