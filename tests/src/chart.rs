@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration,
+    admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    },
     apps::v1::{DaemonSet, Deployment},
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -73,6 +75,8 @@ pub enum Object {
     Role(Box<Role>),
     RoleBinding(Box<RoleBinding>),
     MutatingWebhookConfiguration(Box<MutatingWebhookConfiguration>),
+    ValidatingAdmissionPolicy(Box<ValidatingAdmissionPolicy>),
+    ValidatingAdmissionPolicyBinding(Box<ValidatingAdmissionPolicyBinding>),
     /// cert-manager `Issuer` / `Certificate` (no `k8s-openapi` type).
     CertManager(serde_json::Value),
 }
@@ -99,6 +103,12 @@ impl Object {
             ("rbac.authorization.k8s.io/v1", "RoleBinding") => Self::RoleBinding(typed(doc)?),
             ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
                 Self::MutatingWebhookConfiguration(typed(doc)?)
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                Self::ValidatingAdmissionPolicy(typed(doc)?)
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                Self::ValidatingAdmissionPolicyBinding(typed(doc)?)
             }
             ("cert-manager.io/v1", "Issuer" | "Certificate") => Self::CertManager(doc),
             _ => bail!("unexpected object {api_version} {kind}"),

@@ -337,3 +337,74 @@ fn every_sextant_resource_in_rbac_is_a_chart_crd() {
         }
     }
 }
+
+/// The agent's admission policy: rendered for every documented set, bound
+/// with Deny, failing closed, matching the agent's ServiceAccount of this
+/// release (its username is the only thing that scopes it); absent with
+/// `admissionPolicy.enabled: false` or without the agent.
+#[test]
+fn the_agent_admission_policy_is_rendered_fail_closed_for_the_agents_service_account() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    fn policies(r: &Rendered) -> Vec<&ValidatingAdmissionPolicy> {
+        r.all(|o| match o {
+            Object::ValidatingAdmissionPolicy(p) => Some(p.as_ref()),
+            _ => None,
+        })
+    }
+    for r in sets() {
+        let found = policies(&r);
+        assert_eq!(found.len(), 1, "{}: one admission policy", r.set);
+        let spec = found[0].spec.as_ref().expect("policy spec");
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"), "{}", r.set);
+        let conditions = spec.match_conditions.clone().unwrap_or_default();
+        assert_eq!(conditions.len(), 1, "{}", r.set);
+        assert!(
+            conditions[0]
+                .expression
+                .contains("\"system:serviceaccount:sextant-system:sextant-agent\""),
+            "{}: the policy is scoped to the agent's ServiceAccount: {}",
+            r.set,
+            conditions[0].expression
+        );
+        let rules = spec
+            .match_constraints
+            .as_ref()
+            .and_then(|m| m.resource_rules.clone())
+            .unwrap_or_default();
+        let resources: BTreeSet<String> = rules
+            .iter()
+            .flat_map(|rule| rule.resources.clone().unwrap_or_default())
+            .collect();
+        for needed in ["nodenetworks/*", "sextantidentities"] {
+            assert!(resources.contains(needed), "{}: {needed}", r.set);
+        }
+        let bindings: Vec<&ValidatingAdmissionPolicyBinding> = r.all(|o| match o {
+            Object::ValidatingAdmissionPolicyBinding(b) => Some(b.as_ref()),
+            _ => None,
+        });
+        assert_eq!(bindings.len(), 1, "{}: one binding", r.set);
+        let b = &bindings[0].spec;
+        assert_eq!(Some(&b.policy_name), found[0].metadata.name.as_ref());
+        assert_eq!(b.validation_actions, vec!["Deny".to_owned()]);
+    }
+    let off = render_values(&[
+        ("off", Some("admissionPolicy:\n  enabled: false\n".into())),
+        ("no-agent", Some("agent:\n  enabled: false\n".into())),
+    ])
+    .expect("render");
+    for r in off {
+        let r = r.expect("rendered");
+        assert!(policies(&r).is_empty(), "{}: policy rendered", r.set);
+        assert!(
+            r.all(|o| match o {
+                Object::ValidatingAdmissionPolicyBinding(b) => Some(b.as_ref()),
+                _ => None,
+            })
+            .is_empty(),
+            "{}: binding rendered",
+            r.set
+        );
+    }
+}

@@ -28,6 +28,8 @@ fn every_object_has_a_name_and_sextant_labels() {
                 Object::Role(o) => &o.metadata,
                 Object::RoleBinding(o) => &o.metadata,
                 Object::MutatingWebhookConfiguration(o) => &o.metadata,
+                Object::ValidatingAdmissionPolicy(o) => &o.metadata,
+                Object::ValidatingAdmissionPolicyBinding(o) => &o.metadata,
                 Object::CertManager(_) => continue,
             };
             assert!(
