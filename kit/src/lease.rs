@@ -28,7 +28,7 @@ use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
-use crate::errors::Chain as ErrorChain;
+use crate::{admin::Readiness, errors::Chain as ErrorChain};
 
 /// The clock lease rounds read; tests pin it or drive it from tokio's time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -215,6 +215,7 @@ pub struct LeaderElector {
     config: LeaseConfig,
     clock: Clock,
     metrics: LeaderMetrics,
+    readiness: Option<Readiness>,
 }
 
 impl LeaderElector {
@@ -230,6 +231,26 @@ impl LeaderElector {
             config,
             clock,
             metrics,
+            readiness: None,
+        }
+    }
+
+    /// Publishes each round's outcome on `readiness`: ready once a round
+    /// read the Lease (leading or standing by), not ready with the reason
+    /// while rounds fail or hang, so `/readyz` says when this replica cannot
+    /// reach the API server (a rollout then waits, instead of replacing a
+    /// working replica with a broken one).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    fn publish(&self, reason: Option<String>) {
+        if let Some(r) = &self.readiness {
+            match reason {
+                None => r.set(true),
+                Some(reason) => r.set_not_ready(reason),
+            }
         }
     }
 
@@ -345,14 +366,20 @@ impl LeaderElector {
             let now_leading = match tokio::time::timeout_at(deadline, self.try_lead()).await {
                 Ok(Ok(held)) => {
                     last_renewed = held.then_some(started);
+                    self.publish(None);
                     held
                 }
                 Ok(Err(e)) => {
                     warn!(error = %ErrorChain(&e), "lease round failed");
+                    self.publish(Some(format!("lease round failed: {}", ErrorChain(&e))));
                     Instant::now() < deadline && last_renewed.is_some()
                 }
                 Err(_) => {
                     warn!(timeout = ?self.config.renew_deadline(), "lease round timed out");
+                    self.publish(Some(format!(
+                        "lease round timed out after {:?}: the API server does not answer",
+                        self.config.renew_deadline()
+                    )));
                     false
                 }
             };
@@ -829,6 +856,44 @@ mod tests {
             );
             assert_eq!(elector.metrics.leader.get(), 0);
             assert_eq!(elector.metrics.transitions.get(), 2);
+            run.abort();
+        }
+
+        /// `/readyz` follows the rounds: not ready before the first, ready
+        /// once one read the Lease, not ready with the API error while they
+        /// fail.
+        #[tokio::test(start_paused = true)]
+        async fn readiness_follows_whether_lease_rounds_reach_the_api_server() {
+            let (elector, mut server) = elector_with(short_config(), tokio_clock());
+            let readiness = Readiness::not_ready();
+            let elector = Arc::new(elector.with_readiness(readiness.clone()));
+            let (tx, mut leading) = watch::channel(false);
+            let run = tokio::spawn({
+                let elector = elector.clone();
+                async move { elector.run(tx).await }
+            });
+            assert!(!readiness.is_ready());
+            server.expect(Method::GET, LEASE, 404, not_found()).await;
+            server
+                .expect(
+                    Method::POST,
+                    LEASES,
+                    201,
+                    json!(mk_lease(Some("me"), NOW, 3)),
+                )
+                .await;
+            leading.wait_for(|l| *l).await.unwrap();
+            assert!(readiness.is_ready(), "{:?}", readiness.reason());
+            server
+                .expect(Method::GET, LEASE, 403, status_failure(403, "Forbidden"))
+                .await;
+            let mut waited = Duration::ZERO;
+            while readiness.is_ready() && waited < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                waited += Duration::from_millis(10);
+            }
+            let reason = readiness.reason().unwrap_or_default();
+            assert!(reason.contains("lease round failed"), "{reason}");
             run.abort();
         }
 
