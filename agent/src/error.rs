@@ -126,7 +126,23 @@ pub enum Error {
     RequestRead {
         /// The transport error.
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An agent API request body larger than its endpoint takes (413).
+    #[error("request body over {limit} bytes for {route}")]
+    BodyTooLarge {
+        /// `METHOD /path`.
+        route: String,
+        /// The endpoint's limit in bytes.
+        limit: usize,
+    },
+    /// A mutating agent API call from a peer that may not make it (403).
+    #[error("{route} needs uid 0 or an allowed uid/gid; the peer is {peer}")]
+    Forbidden {
+        /// `METHOD /path`.
+        route: String,
+        /// The peer's credentials as the socket reported them.
+        peer: String,
     },
     /// An agent API request body does not decode into its wire type.
     #[error("bad request: request body")]
@@ -238,6 +254,8 @@ impl Error {
             | Error::InvalidFlag { .. } => "bad_request",
             Error::Api(_) => "api",
             Error::LinkMissing { .. } => "link_missing",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::Forbidden { .. } => "forbidden",
         }
     }
 

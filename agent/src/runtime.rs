@@ -31,6 +31,19 @@ pub struct Args {
     /// Agent API socket.
     #[arg(long, env = "SEXTANT_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Group of the agent API socket, by name or gid: the socket is mode
+    /// 0660, so root and this group's members can connect. Unset: the
+    /// agent's own group (root only, as the chart runs it).
+    #[arg(long, env = "SEXTANT_API_SOCKET_GROUP")]
+    pub api_socket_group: Option<String>,
+    /// Uids besides 0 that may call the agent API's mutating endpoints
+    /// (`PUT /v1/policy`, `POST /v1/services`), comma separated.
+    #[arg(long, env = "SEXTANT_API_ALLOW_UIDS", value_delimiter = ',')]
+    pub api_allow_uids: Vec<u32>,
+    /// Gids whose processes may call them (the peer's gid at connect),
+    /// comma separated.
+    #[arg(long, env = "SEXTANT_API_ALLOW_GIDS", value_delimiter = ',')]
+    pub api_allow_gids: Vec<u32>,
     /// Directory of the allocation checkpoint.
     #[arg(long, env = "SEXTANT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -244,7 +257,36 @@ pub fn expand_pool(items: &[String]) -> Result<Vec<Ipv4Addr>> {
     Ok(out)
 }
 
+/// A group given by gid or by name (looked up in the group database).
+pub fn resolve_group(group: &str) -> Result<u32> {
+    let group = group.trim();
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) | Err(_) => Err(Error::InvalidFlag {
+            flag: "--api-socket-group",
+            value: group.to_string(),
+            reason: "is no gid and no group this node knows",
+        }),
+    }
+}
+
 impl Args {
+    /// Who may reach the API socket and call its mutating endpoints.
+    pub fn access(&self) -> Result<server::Access> {
+        Ok(server::Access {
+            group: self
+                .api_socket_group
+                .as_deref()
+                .map(resolve_group)
+                .transpose()?,
+            allow_uids: self.api_allow_uids.iter().copied().collect(),
+            allow_gids: self.api_allow_gids.iter().copied().collect(),
+        })
+    }
+
     /// The agent configuration these flags describe.
     pub fn config(&self) -> Result<Config> {
         Ok(Config {
@@ -292,9 +334,14 @@ impl Args {
             }
             None => None,
         };
-        let listener = server::bind(&self.socket)?;
-        info!(socket = %self.socket.display(), "agent API listening");
-        let srv = tokio::spawn(server::serve(agent.clone(), listener));
+        let access = self.access()?;
+        let listener = server::bind(&self.socket, &access)?;
+        info!(socket = %self.socket.display(), group = ?access.group, allow_uids = ?access.allow_uids, allow_gids = ?access.allow_gids, "agent API listening (mode 0660)");
+        let srv = tokio::spawn(server::serve(
+            agent.clone(),
+            listener,
+            std::sync::Arc::new(access),
+        ));
         agent.restore().await?;
         readiness.set(true);
         let selector = parse_labels(&self.policy_fail_open_selector)?;
@@ -532,6 +579,38 @@ mod tests {
         assert_eq!(a.ct_timeout_other, Duration::from_secs(5));
         assert_eq!(a.ct_gc_interval, Duration::from_secs(3));
         assert_eq!(a.policy_fail_open_after, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn api_socket_group_takes_a_gid_or_a_group_name_and_refuses_others() {
+        let a = Args::try_parse_from([
+            "sextant-agent",
+            "--api-socket-group",
+            "root",
+            "--api-allow-uids",
+            "1000,1001",
+            "--api-allow-gids",
+            "2000",
+        ])
+        .expect("flags");
+        let access = a.access().expect("access");
+        assert_eq!(access.group, Some(0));
+        assert_eq!(access.allow_uids, [1000, 1001].into());
+        assert_eq!(access.allow_gids, [2000].into());
+        assert_eq!(resolve_group("65534").expect("gid"), 65534);
+        let e = resolve_group("no-such-group-here").expect_err("unknown");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidFlag {
+                    flag: "--api-socket-group",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let none = Args::try_parse_from(["sextant-agent"]).expect("defaults");
+        assert_eq!(none.access().expect("access"), server::Access::default());
     }
 
     #[test]
