@@ -412,6 +412,9 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(registry),
         ServerConfig {
             request_timeout: Duration::from_secs(30),
+            // The baseline's full-object bodies are 20+ MB, over the
+            // default limit sized for `nodeCacheCapable` calls.
+            max_body_bytes: 128 << 20,
             ..ServerConfig::default()
         },
     ));

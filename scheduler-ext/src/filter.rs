@@ -265,6 +265,71 @@ pub fn decide(index: &Index, pod: &PodRef, nodes: &[&str]) -> Result<Decision> {
     Ok(out)
 }
 
+/// What a filter answer was based on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    /// The index judged every node.
+    Index,
+    /// The index has not listed yet and the pod is not annotated for a
+    /// fixed IP: every node passes (kube-scheduler's own view, including
+    /// the device plugin's `sextant.io/ip` allocatable, decides alone).
+    UnsyncedPassAll,
+    /// The pod cannot be judged (fixed-IP pod before the index listed, its
+    /// FixedIP missing or unusable): every node is refused with the reason.
+    Held,
+}
+
+/// The decision kube-scheduler gets, whatever the index's state: [`decide`],
+/// or, when it cannot judge the pod, a policy that holds with an
+/// `ignorable` extender too. kube-scheduler skips an ignorable extender
+/// whose answer carries `Error`, so a pod that must wait (a fixed-IP pod
+/// the index cannot place yet) is refused on every node instead, as
+/// unresolvable (preemption cannot help), and retried. A plain pod before
+/// the first list passes everywhere: the extender adds nothing then, as if
+/// it were down and ignorable. Errors left are the request's own.
+pub fn decide_for_scheduler(
+    index: &Index,
+    pod: &PodRef,
+    nodes: &[&str],
+) -> Result<(Decision, Basis)> {
+    match decide(index, pod, nodes) {
+        Ok(d) => Ok((d, Basis::Index)),
+        Err(Error::NotSynced { .. }) if !pod.requires_fixed_ip => Ok((
+            Decision {
+                passed: (0..nodes.len()).collect(),
+                ..Decision::default()
+            },
+            Basis::UnsyncedPassAll,
+        )),
+        Err(
+            e @ (Error::NotSynced { .. } | Error::FixedIpMissing { .. } | Error::BadFixedIp { .. }),
+        ) => {
+            let mut reason = format!("sextant: {}", sextant_kit::ErrorChain(&e));
+            if matches!(e, Error::NotSynced { .. }) {
+                reason.push_str(&format!(
+                    "; pod {}/{} asks for a fixed IP and waits until the index can place it",
+                    pod.namespace, pod.name
+                ));
+            }
+            Ok((
+                Decision {
+                    passed: Vec::new(),
+                    failed: (0..nodes.len())
+                        .map(|node| Failure {
+                            node,
+                            reason: 0,
+                            unresolvable: true,
+                        })
+                        .collect(),
+                    reasons: vec![reason],
+                },
+                Basis::Held,
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The filter's decision as kube-scheduler's maps. Each refused node is in
 /// exactly one of them: kube-scheduler gives `FailedAndUnresolvableNodes`
 /// precedence and skips a node's `FailedNodes` entry when it is there too,

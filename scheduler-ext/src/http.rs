@@ -1,10 +1,21 @@
-//! The extender's HTTP endpoint (HTTP/1.1 on hyper, one task per connection):
+//! The extender's HTTP endpoint (HTTP/1.1 on hyper, over rustls by default,
+//! one task per connection):
 //!
 //! - `POST {prefix}/filter` and `POST {prefix}/prioritize`: the
-//!   kube-scheduler extender calls;
+//!   kube-scheduler extender calls ([`serve_tls`]; [`serve`] is the plain
+//!   HTTP of `--insecure-http`, for local development);
 //! - `GET /healthz` (the process serves), `GET /readyz` (the index is
 //!   synced), `GET /metrics` (Prometheus text): [`sextant_kit::admin`]'s
-//!   answers, readiness taken from the index at each request.
+//!   answers, readiness taken from the index at each request; on the
+//!   extender port and on the plain-HTTP admin port ([`serve_admin`]) that
+//!   probes and Prometheus use.
+//!
+//! Bounds: at most `max_connections` connections per listener, the one
+//! waiting on its peer the longest evicted for a newcomer ([`crate::conns`]);
+//! the TLS handshake and each request head within `header_timeout`, each
+//! body within `request_timeout` and at most `max_body_bytes`
+//! ([`DEFAULT_MAX_BODY_BYTES`]: `nodeCacheCapable` bodies at 20,000 nodes
+//! with room to spare).
 //!
 //! Error answers. A filter call that cannot be decided (malformed body, index
 //! not synced, failed FixedIP lookup) is answered **HTTP 200 with
@@ -38,13 +49,18 @@ use sextant_kit::{
     ErrorChain,
     admin::{Admin, Readiness},
 };
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::{
+    conns::Conns,
     error::{Error, Result},
     extender::{ExtenderArgsRef, ExtenderFilterResult, HostPriorityList, NodeList, NodeName},
-    filter::{Decision, decide},
+    filter::{Basis, Decision, decide_for_scheduler},
     index::SharedIndex,
     metrics::Metrics,
     pod::PodRef,
@@ -59,16 +75,44 @@ pub struct ServerConfig {
     pub prefix: String,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Deadline for a request's headers and for its body.
+    /// Deadline for a request's body, from its head.
     pub request_timeout: Duration,
+    /// Deadline for the TLS handshake and for each request head (also how
+    /// long an idle keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// Connections open at once on the extender port.
+    pub max_connections: usize,
 }
+
+/// Default `--max-body-bytes`: 4 MiB. A `nodeCacheCapable` filter call at
+/// 20,000 nodes is 0.95 MB with 45-character node names and a 48 kB pod
+/// (`a_20k_node_call_fits_the_default_body_limit_with_room`); 4 MiB still
+/// holds 20,000 names of 100 characters beside a pod at the API server's
+/// 1.5 MiB object limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Default `--max-connections`: kube-scheduler schedules one pod at a time
+/// and keeps a couple of keep-alive connections per replica; 32 leaves room
+/// for every replica and for probes while bounding body memory to
+/// 32 x [`DEFAULT_MAX_BODY_BYTES`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+
+/// How long a connection may wait on its peer before the cap may evict it
+/// for a newcomer ([`crate::conns`]): a newcomer behind a flood of `A`
+/// connections beyond the cap waits about `A x 0.5 s / max_connections`.
+pub const EVICTABLE_AFTER: Duration = Duration::from_millis(500);
+
+/// Connections open at once on the admin port (probes, Prometheus).
+pub const ADMIN_MAX_CONNECTIONS: usize = 16;
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             prefix: String::new(),
-            max_body_bytes: 128 << 20,
-            request_timeout: Duration::from_secs(5),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout: Duration::from_secs(4),
+            header_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -131,8 +175,18 @@ impl Extender {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.respond_on(req, Routes::All).await
+    }
+
+    async fn respond_on<B>(&self, req: Request<B>, routes: Routes) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let path = req.uri().path();
-        let verb = if path == self.filter_path {
+        let verb = if routes == Routes::AdminOnly {
+            None
+        } else if path == self.filter_path {
             Some(Verb::Filter)
         } else if path == self.prioritize_path {
             Some(Verb::Prioritize)
@@ -212,10 +266,18 @@ impl Extender {
                 json,
                 passed,
                 failed,
+                basis,
             }) => {
-                let label = if passed == 0 { "no_fit" } else { "pass" };
+                let label = match basis {
+                    Basis::Held => "held",
+                    _ if passed == 0 => "no_fit",
+                    _ => "pass",
+                };
+                if basis == Basis::UnsyncedPassAll {
+                    self.metrics.unsynced_answer("filter");
+                }
                 self.metrics.decision("filter", label);
-                debug!(passed, failed, "filter answered");
+                debug!(passed, failed, ?basis, "filter answered");
                 json_bytes(json)
             }
             Err(e) => {
@@ -226,16 +288,18 @@ impl Extender {
         }
     }
 
-    /// Decides a filter call once its body is parsed, and encodes the
-    /// `ExtenderFilterResult`: `NodeNames` when the request sent names,
-    /// the passing `Node` objects when it sent objects.
+    /// Decides a filter call once its body is parsed
+    /// ([`decide_for_scheduler`]: the index's verdict, or the policy for a
+    /// pod it cannot judge yet), and encodes the `ExtenderFilterResult`:
+    /// `NodeNames` when the request sent names, the passing `Node` objects
+    /// when it sent objects.
     pub fn filter_args(&self, args: ExtenderArgsRef<'_>) -> Result<FilterAnswer> {
         let pod = PodRef::from_pod(args.pod.as_ref().ok_or(Error::NoPod)?)?;
         match (args.node_names, args.nodes) {
             (Some(names), _) => {
                 let refs: Vec<&str> = names.iter().map(NodeName::as_str).collect();
-                let decision = decide(&self.read_index(), &pod, &refs)?;
-                FilterAnswer::encode(&refs, &decision, None)
+                let (decision, basis) = decide_for_scheduler(&self.read_index(), &pod, &refs)?;
+                FilterAnswer::encode(&refs, &decision, None, basis)
             }
             (None, Some(mut list)) => {
                 let names: Vec<String> = list
@@ -244,7 +308,7 @@ impl Extender {
                     .map(|n| n.metadata.name.clone().unwrap_or_default())
                     .collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let decision = decide(&self.read_index(), &pod, &refs)?;
+                let (decision, basis) = decide_for_scheduler(&self.read_index(), &pod, &refs)?;
                 let mut keep = vec![false; list.items.len()];
                 for &i in &decision.passed {
                     keep[i] = true;
@@ -254,7 +318,7 @@ impl Extender {
                     position += 1;
                     keep[position - 1]
                 });
-                FilterAnswer::encode(&refs, &decision, Some(&list))
+                FilterAnswer::encode(&refs, &decision, Some(&list), basis)
             }
             (None, None) => Err(Error::NoNodes),
         }
@@ -312,6 +376,8 @@ pub struct FilterAnswer {
     pub passed: usize,
     /// Nodes filtered out.
     pub failed: usize,
+    /// What the decision was based on.
+    pub basis: Basis,
 }
 
 impl FilterAnswer {
@@ -320,7 +386,12 @@ impl FilterAnswer {
     /// and copied per node, so a 6,000-node answer costs no per-node
     /// allocation or re-escaping. Each refused node lands in one map (see
     /// [`crate::filter::FilterOutcome`]).
-    fn encode(names: &[&str], decision: &Decision, nodes: Option<&NodeList>) -> Result<Self> {
+    fn encode(
+        names: &[&str],
+        decision: &Decision,
+        nodes: Option<&NodeList>,
+        basis: Basis,
+    ) -> Result<Self> {
         let enc = |source| Error::Encode { source };
         let reasons: Vec<Vec<u8>> = decision
             .reasons
@@ -374,6 +445,7 @@ impl FilterAnswer {
             json,
             passed: decision.passed.len(),
             failed: decision.failed.len(),
+            basis,
         })
     }
 }
@@ -414,14 +486,63 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves the extender on `listener` until the task is dropped.
+/// Which paths a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Routes {
+    /// The extender verbs and the admin paths.
+    All,
+    /// `/healthz`, `/readyz`, `/metrics` only.
+    AdminOnly,
+}
+
+/// Serves the extender over plain HTTP on `listener` until the task is
+/// dropped (`--insecure-http`: local development, tests, benchmarks).
 pub async fn serve(listener: TcpListener, extender: Arc<Extender>) {
+    serve_with(listener, extender, None, Routes::All).await;
+}
+
+/// Serves the extender over HTTPS (`acceptor`) on `listener` until the task
+/// is dropped.
+pub async fn serve_tls(listener: TcpListener, extender: Arc<Extender>, acceptor: TlsAcceptor) {
+    serve_with(listener, extender, Some(acceptor), Routes::All).await;
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` over plain HTTP on
+/// `listener` (kubelet probes, Prometheus) until the task is dropped.
+pub async fn serve_admin(listener: TcpListener, extender: Arc<Extender>) {
+    serve_with(listener, extender, None, Routes::AdminOnly).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    extender: Arc<Extender>,
+    tls: Option<TlsAcceptor>,
+    routes: Routes,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, filter = %extender.filter_path, prioritize = %extender.prioritize_path, "serving the scheduler extender");
+        match routes {
+            Routes::All => info!(
+                %addr,
+                https = tls.is_some(),
+                filter = %extender.filter_path,
+                prioritize = %extender.prioritize_path,
+                max_connections = extender.config.max_connections,
+                "serving the scheduler extender"
+            ),
+            Routes::AdminOnly => info!(%addr, "serving /healthz, /readyz and /metrics"),
+        }
     }
-    let header_timeout = extender.config.request_timeout;
+    let conns = match routes {
+        Routes::All => Conns::new(
+            extender.config.max_connections,
+            EVICTABLE_AFTER,
+            extender.metrics.clone(),
+        ),
+        // Probes and scrapes: their own small cap, outside the extender's gauge.
+        Routes::AdminOnly => Conns::new(ADMIN_MAX_CONNECTIONS, EVICTABLE_AFTER, Metrics::default()),
+    };
     loop {
-        let (stream, peer): (_, SocketAddr) = match listener.accept().await {
+        let (stream, peer): (TcpStream, SocketAddr) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "accept failed");
@@ -430,23 +551,78 @@ pub async fn serve(listener: TcpListener, extender: Arc<Extender>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let admitted = conns.admit().await;
         let extender = extender.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let extender = extender.clone();
-                async move { Ok::<_, Infallible>(extender.respond(req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, error = %e, "connection ended with an error");
+            let slot = admitted.slot.clone();
+            tokio::select! {
+                () = connection(stream, peer, extender, tls, routes, &admitted) => {}
+                () = slot.evicted() => debug!(%peer, "connection evicted at the cap"),
             }
         });
     }
 }
 
+/// One connection: the TLS handshake (if any) and the request head within
+/// the header deadline, then HTTP/1.1 with keep-alive.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    extender: Arc<Extender>,
+    tls: Option<TlsAcceptor>,
+    routes: Routes,
+    admitted: &crate::conns::Admitted,
+) {
+    let header_timeout = extender.config.header_timeout;
+    match tls {
+        None => http(TokioIo::new(stream), peer, extender, routes, admitted).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => http(TokioIo::new(tls), peer, extender, routes, admitted).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake not done within the header deadline"),
+            }
+        }
+    }
+}
+
+async fn http<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    extender: Arc<Extender>,
+    routes: Routes,
+    admitted: &crate::conns::Admitted,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = extender.config.header_timeout;
+    let slot = admitted.slot.clone();
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let extender = extender.clone();
+        let slot = slot.clone();
+        async move {
+            // The head is in; the body is the peer's to send next.
+            slot.waiting();
+            let answer = extender.respond_on(req, routes).await;
+            // Answered: the next head is the peer's to send.
+            slot.waiting();
+            Ok::<_, Infallible>(answer)
+        }
+    });
+    if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(io, service)
+        .await
+    {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bounds_tests;

@@ -12,11 +12,18 @@
 //!                 ◀──ExtenderFilterResult / HostPriorityList──┘
 //! ```
 //!
+//! kube-scheduler reaches it over HTTPS ([`tls`]; a client certificate is
+//! required with `--tls-client-ca`), through a bounded server ([`conns`]:
+//! a connection cap that evicts the longest-stalled peer, header and body
+//! deadlines, a body limit). `/healthz`, `/readyz` and `/metrics` are also
+//! on a plain-HTTP admin port for probes and Prometheus.
+//!
 //! Boundaries: the extender never writes to the API server; it only keeps
 //! pods where their fixed address is or can be attached and off nodes with
 //! no pod IP left. Moving the address is the FixedIP controller's job
 //! (`sextant-operator`), handing it to the pod the agent's.
 
+pub mod conns;
 pub mod error;
 pub mod extender;
 pub mod filter;
@@ -28,6 +35,7 @@ pub mod metrics;
 pub mod pod;
 pub mod prioritize;
 pub mod runtime;
+pub mod tls;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -28,6 +28,14 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     filter_duration: Histogram,
     index_objects: Family<IndexLabels, Gauge>,
+    connections: Gauge,
+    connections_evicted: Counter,
+    unsynced_answers: Family<VerbLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    verb: &'static str,
 }
 
 impl Default for Metrics {
@@ -38,6 +46,9 @@ impl Default for Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
             index_objects: Family::default(),
+            connections: Gauge::default(),
+            connections_evicted: Counter::default(),
+            unsynced_answers: Family::default(),
         }
     }
 }
@@ -73,6 +84,44 @@ impl Metrics {
             "Objects in the extender's index by kind (nodenetworks, fixedips)",
             self.index_objects.clone(),
         );
+        sub.register(
+            "connections",
+            "Extender connections open now (at most --max-connections)",
+            self.connections.clone(),
+        );
+        sub.register(
+            "connections_evicted",
+            "Connections closed at the cap to make room: the one waiting on its peer the longest",
+            self.connections_evicted.clone(),
+        );
+        sub.register(
+            "unsynced_answers",
+            "Answers given before the index listed every NodeNetwork and FixedIP, by verb",
+            self.unsynced_answers.clone(),
+        );
+    }
+
+    /// Records the open connections.
+    pub fn connections(&self, open: usize) {
+        self.connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one connection evicted at the cap.
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.inc();
+    }
+
+    /// Connections evicted so far.
+    pub fn connections_evicted(&self) -> u64 {
+        self.connections_evicted.get()
+    }
+
+    /// Counts one answer given while the index is not synced.
+    pub fn unsynced_answer(&self, verb: &'static str) {
+        self.unsynced_answers
+            .get_or_create(&VerbLabels { verb })
+            .inc();
     }
 
     /// Counts one answer.

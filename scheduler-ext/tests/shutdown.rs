@@ -53,7 +53,13 @@ users:
 fn sigterm_stops_the_extender_gracefully_with_exit_code_zero() {
     let kubeconfig = unreachable_kubeconfig();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sextant-scheduler-ext"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -115,5 +121,31 @@ fn sigterm_stops_the_extender_gracefully_with_exit_code_zero() {
     assert!(
         log.contains("signal received, stopping gracefully") && log.contains("SIGTERM"),
         "no graceful-stop line in the log:\n{log}"
+    );
+}
+
+#[test]
+fn without_its_serving_certificate_the_extender_refuses_to_start_and_says_why() {
+    // The TLS files are read before any Kubernetes client is built.
+    let out = Command::new(env!("CARGO_BIN_EXE_sextant-scheduler-ext"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/tls.crt",
+            "--tls-key",
+            "/nonexistent/tls.key",
+        ])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run sextant-scheduler-ext");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without TLS files:\n{log}");
+    assert!(
+        log.contains("reading /nonexistent/tls.crt"),
+        "no reason given:\n{log}"
     );
 }

@@ -244,7 +244,7 @@ async fn a_failed_prioritize_is_400_for_a_bad_request_and_503_while_unsynced() {
 }
 
 #[tokio::test]
-async fn an_unsynced_index_fails_the_filter_with_an_error_until_the_lists_arrive() {
+async fn while_unsynced_plain_pods_pass_everywhere_counted_and_fixed_ip_pods_wait() {
     let server = start(Index::default(), ServerConfig::default()).await;
     let (status, body) = get(&server, "/readyz").await;
     assert_eq!(
@@ -254,16 +254,69 @@ async fn an_unsynced_index_fails_the_filter_with_an_error_until_the_lists_arrive
             "index not synced: still listing NodeNetworks and FixedIPs\n"
         )
     );
-    let (status, body) = post(&server, "/filter", FILTER_NODE_NAMES).await;
+    // A plain pod: no Error (an ignorable extender's Error is skipped, a
+    // non-ignorable one's blocks every pod); every candidate passes.
+    let plain = json!({"Pod": {"metadata": {"name": "api-1", "namespace": "shop"}},
+                       "NodeNames": [N10, N12, N20]});
+    let (status, body) = post(&server, "/filter", &plain.to_string()).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        parse(&body)["Error"],
-        "index not synced yet: still listing NodeNetworks and FixedIPs (watches started, no full list yet)"
+    let v = parse(&body);
+    assert_eq!(v["Error"], "", "{body}");
+    assert_eq!(v["NodeNames"], json!([N10, N12, N20]));
+    // A pod annotated for a fixed IP: refused on every node, unresolvable,
+    // with the reason, so it waits with an ignorable extender too.
+    let fixed = json!({"Pod": {"metadata": {"name": "web-3", "namespace": "db",
+                                            "annotations": {"sextant.io/fixed-ip": "true"}}},
+                       "NodeNames": [N10, N20]});
+    let (_, body) = post(&server, "/filter", &fixed.to_string()).await;
+    let v = parse(&body);
+    assert_eq!(v["Error"], "", "{body}");
+    assert_eq!(v["NodeNames"], json!([]));
+    let reason = v["FailedAndUnresolvableNodes"][N10]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason
+            .starts_with("sextant: index not synced yet: still listing NodeNetworks and FixedIPs")
+            && reason.ends_with(
+                "pod db/web-3 asks for a fixed IP and waits until the index can place it"
+            ),
+        "{reason}"
     );
+    assert_eq!(v["FailedAndUnresolvableNodes"][N20], reason);
+    let (_, metrics) = get(&server, "/metrics").await;
+    for line in [
+        "sextant_scheduler_ext_unsynced_answers_total{verb=\"filter\"} 1",
+        "sextant_scheduler_ext_decisions_total{verb=\"filter\",result=\"held\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+
     *server.index.write().expect("not poisoned") = cluster();
     assert_eq!(get(&server, "/readyz").await.0, 200);
     let (_, body) = post(&server, "/filter", FILTER_NODE_NAMES).await;
     assert_eq!(parse(&body)["NodeNames"], json!([N10, N11]));
+}
+
+#[tokio::test]
+async fn an_annotated_pod_without_its_fixed_ip_is_refused_everywhere_not_answered_an_error() {
+    let server = start(cluster(), ServerConfig::default()).await;
+    let pod = json!({"Pod": {"metadata": {"name": "web-9", "namespace": "db",
+                                          "annotations": {"sextant.io/fixed-ip": "true"}}},
+                     "NodeNames": [N10, N11]});
+    let (status, body) = post(&server, "/filter", &pod.to_string()).await;
+    assert_eq!(status, 200);
+    let v = parse(&body);
+    assert_eq!(v["Error"], "", "{body}");
+    assert_eq!(v["NodeNames"], json!([]));
+    for n in [N10, N11] {
+        assert!(
+            v["FailedAndUnresolvableNodes"][n]
+                .as_str()
+                .is_some_and(|r| r.contains("FixedIP db/web-9 does not exist yet")),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]
