@@ -248,19 +248,24 @@ impl Args {
                 addr: self.listen_addr,
                 source,
             })?;
-        // Ready from the start: a standby replica serves too (it waits for the
-        // Lease), and readiness gates no traffic to the operator.
+        // Ready once a Lease round reached the API server, leading or
+        // standing by; not ready, with the reason, while rounds fail.
+        let readiness = Readiness::not_ready();
+        readiness.set_not_ready("no Lease round has reached the API server yet");
         let http = tokio::spawn(admin::serve(
             listener,
-            Admin::new(Arc::new(registry), Readiness::ready()),
+            Admin::new(Arc::new(registry), readiness.clone()),
         ));
 
-        let elector = Arc::new(LeaderElector::new(
-            client.clone(),
-            self.lease_config(),
-            clock.clone(),
-            leader_metrics,
-        ));
+        let elector = Arc::new(
+            LeaderElector::new(
+                client.clone(),
+                self.lease_config(),
+                clock.clone(),
+                leader_metrics,
+            )
+            .with_readiness(readiness),
+        );
         let (leading_tx, mut leading) = watch::channel(false);
         let election = tokio::spawn({
             let elector = elector.clone();
@@ -386,6 +391,7 @@ impl Leading {
             }),
             16,
         );
+        let pruned = nn_controller::prune(self.ctx.clone(), nn_store.clone());
         let resync = self.resync.run(nn_store);
         let fixed_ips = async {
             match &self.fixed_ips {
@@ -405,6 +411,7 @@ impl Leading {
         );
         tokio::join!(
             node_networks,
+            pruned,
             nodes,
             resync,
             fixed_ips,

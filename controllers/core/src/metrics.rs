@@ -5,7 +5,13 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
 use sextant_crds::NodeNetworkStatus;
+use sextant_kit::sync::lock;
 use tokio::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +43,8 @@ pub struct IpamMetrics {
     errors: Family<ErrorLabels, Counter>,
     steps: Family<StepLabels, Counter>,
     pool: Family<PoolLabels, Gauge>,
+    /// Nodes with `pool` series (a Family cannot be listed).
+    pool_nodes: Arc<Mutex<HashSet<String>>>,
     release_dropped: Family<ReasonLabels, Counter>,
     decisions_refused: Counter,
 }
@@ -51,6 +59,7 @@ impl Default for IpamMetrics {
             errors: Family::default(),
             steps: Family::default(),
             pool: Family::default(),
+            pool_nodes: Arc::default(),
             release_dropped: Family::default(),
             decisions_refused: Counter::default(),
         }
@@ -169,6 +178,12 @@ impl IpamMetrics {
 
     /// Records a node's pool sizes.
     pub fn pool(&self, node: &str, status: &NodeNetworkStatus, available: u32) {
+        {
+            let mut nodes = lock(&self.pool_nodes);
+            if !nodes.contains(node) {
+                nodes.insert(node.to_owned());
+            }
+        }
         let used = status.usage.as_ref().map(|u| u.used.len()).unwrap_or(0);
         for (state, v) in [
             ("pool", status.pool.len()),
@@ -186,6 +201,29 @@ impl IpamMetrics {
 
     /// Drops a deleted node's series.
     pub fn forget(&self, node: &str) {
+        lock(&self.pool_nodes).remove(node);
+        self.forget_series(node);
+    }
+
+    /// Drops the series of every node `present` says is gone.
+    pub fn retain(&self, present: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = {
+            let mut nodes = lock(&self.pool_nodes);
+            let gone = nodes.iter().filter(|n| !present(n)).cloned().collect();
+            nodes.retain(|n| present(n));
+            gone
+        };
+        for node in gone {
+            self.forget_series(&node);
+        }
+    }
+
+    /// Nodes with pool series.
+    pub fn pool_nodes(&self) -> usize {
+        lock(&self.pool_nodes).len()
+    }
+
+    fn forget_series(&self, node: &str) {
         for state in ["pool", "used", "available"] {
             self.pool.remove(&PoolLabels {
                 node: node.to_owned(),

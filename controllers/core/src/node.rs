@@ -247,6 +247,29 @@ impl NodeIpam {
         self.metrics.forget(node);
     }
 
+    /// Forgets what is kept about every node and instance no longer present:
+    /// the operator calls it with its NodeNetwork cache, since deletions do
+    /// not reach the reconciler.
+    pub fn retain(
+        &self,
+        node_present: impl Fn(&str) -> bool,
+        instance_present: impl Fn(&str) -> bool,
+    ) {
+        lock(&self.released_since).retain(|n, _| node_present(n));
+        lock(&self.instance_vpc).retain(|i, _| instance_present(i));
+        self.metrics.retain(node_present);
+    }
+
+    /// How many nodes and instances per-object state is kept for:
+    /// `(released_since, instance_vpc, pool series)`.
+    pub fn kept(&self) -> (usize, usize, usize) {
+        (
+            lock(&self.released_since).len(),
+            lock(&self.instance_vpc).len(),
+            self.metrics.pool_nodes(),
+        )
+    }
+
     /// Forgets cached subnet facts of a VPC (after the cloud said a subnet is full).
     pub fn invalidate_vpc(&self, vpc_id: &str) {
         lock(&self.vpcs).remove(vpc_id);

@@ -23,7 +23,7 @@
 //! changed meanwhile is refused, never written over the newer report.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -32,7 +32,7 @@ use jiff::Timestamp;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::controller::Action,
+    runtime::{controller::Action, reflector::Store},
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sextant_cloud::Backoff;
@@ -219,6 +219,37 @@ impl Context {
 
     fn succeeded(&self, node: &str) {
         lock(&self.failures).remove(node);
+    }
+
+    /// Forgets per-node state of NodeNetworks no longer in `store`: the
+    /// controller is never called for a deleted object, so without this the
+    /// failure counts, refused-write notes, released-entry times, instance
+    /// VPCs and pool series of every node ever seen would stay.
+    pub(crate) fn prune(&self, store: &Store<NodeNetwork>) {
+        let live = store.state();
+        let nodes: HashSet<String> = live.iter().map(|nn| nn.name_any()).collect();
+        let instances: HashSet<&str> = live
+            .iter()
+            .filter_map(|nn| nn.spec.instance_id.as_deref())
+            .collect();
+        lock(&self.failures).retain(|n, _| nodes.contains(n));
+        lock(&self.conflicted).retain(|n, _| nodes.contains(n));
+        self.ipam
+            .retain(|n| nodes.contains(n), |i| instances.contains(i));
+    }
+
+    /// Per-node entries kept: failures, refused writes, then
+    /// [`NodeIpam::kept`]'s.
+    #[cfg(test)]
+    fn kept(&self) -> [usize; 5] {
+        let (released, vpcs, series) = self.ipam.kept();
+        [
+            lock(&self.failures).len(),
+            lock(&self.conflicted).len(),
+            released,
+            vpcs,
+            series,
+        ]
     }
 
     /// Notes a refused status write of `node` so that its next reconcile
@@ -414,6 +445,22 @@ pub async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action
             }
             Err(ControllerError::Ipam { node, source })
         }
+    }
+}
+
+/// How often per-node state of deleted NodeNetworks is dropped.
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Every [`PRUNE_EVERY`], once `store` is ready, drops per-node state of
+/// NodeNetworks that are gone ([`Context::prune`]).
+pub(crate) async fn prune(ctx: Arc<Context>, store: Store<NodeNetwork>) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        ctx.prune(&store);
     }
 }
 
@@ -1247,5 +1294,101 @@ mod tests {
         assert!(result.is_ok(), "{result:?}");
         drop(ctx);
         server.expect_no_more().await;
+    }
+
+    /// A cache holding `nns`, as the controller's store would.
+    fn store_of(nns: &[NodeNetwork]) -> Store<NodeNetwork> {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        for nn in nns {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::InitApply(nn.clone()));
+        }
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        store
+    }
+
+    #[tokio::test]
+    async fn per_node_state_of_ten_thousand_deleted_nodes_is_dropped() {
+        let World {
+            ctx,
+            mut server,
+            instance,
+            ..
+        } = world();
+        let nn = mk_nn(Some(&instance));
+        let (result, _) = reconcile_answering(&nn, &ctx, &mut server, 200).await;
+        result.unwrap();
+        // The live node's state: its instance's VPC and its pool series.
+        let live = ctx.kept();
+        assert_eq!(live, [0, 0, 0, 1, 1]);
+        for i in 0..10_000 {
+            let node = format!("gone-{i}");
+            let refused = ControllerError::WriteStatus {
+                node: node.clone(),
+                source: kube::Error::Api(
+                    kube::core::Status::failure("Conflict", "Conflict")
+                        .with_code(409)
+                        .boxed(),
+                ),
+            };
+            failure_requeue(&node, &refused, &ctx);
+            ctx.note_write_error(&node, &refused, true);
+            ctx.ipam
+                .metrics()
+                .pool(&node, &NodeNetworkStatus::default(), 0);
+        }
+        assert_eq!(ctx.kept(), [10_000, 10_000, 0, 1, 10_001]);
+        // None of them is in the cache any more: pruning returns every map
+        // to the live node's size, and keeps the live node's state.
+        ctx.prune(&store_of(std::slice::from_ref(&nn)));
+        assert_eq!(ctx.kept(), live);
+        ctx.prune(&store_of(&[]));
+        assert_eq!(ctx.kept(), [0, 0, 0, 0, 0]);
+    }
+
+    /// The operator's status write through the client every binary builds,
+    /// to an API server that takes the request and never answers: it fails
+    /// at the client's deadline as a transient error (retried with backoff),
+    /// instead of holding the node's reconcile for good.
+    #[tokio::test]
+    async fn a_status_write_to_an_api_server_that_never_answers_fails_at_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let deadline = Duration::from_millis(300);
+        let client = sextant_kit::client::with_deadlines(config, deadline).unwrap();
+        let api: Api<NodeNetwork> = Api::all(client);
+        let read = mk_nn(Some("i-1"));
+        let mut new = NodeNetworkStatus::default();
+        new.pool.insert("10.0.0.9".into(), Default::default());
+        let started = std::time::Instant::now();
+        let err = write_status(&api, &read, &new).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= deadline && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        let ControllerError::WriteStatus { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(sextant_kit::client::is_deadline(source), "{source:?}");
+        // Transient: backed off and retried, not parked as permanent.
+        let requeue = requeue_for(
+            &err,
+            0,
+            &RequeuePolicy::default(),
+            &mut SmallRng::seed_from_u64(1),
+        );
+        assert!(
+            requeue.is_some_and(|d| d <= Duration::from_secs(60)),
+            "{requeue:?}"
+        );
+        held.abort();
     }
 }

@@ -136,6 +136,7 @@ impl PolicyContext {
     /// Drops from the index the policies of `source` that `present` says
     /// are gone.
     pub(crate) fn prune(&self, source: Source, present: impl Fn(&PolicyKey) -> bool) {
+        lock(&self.failures).retain(|k, _| k.source != source || present(k));
         self.index.retain(source, present);
         self.refresh_gauge();
     }
@@ -595,6 +596,33 @@ mod tests {
         );
         ctx.prune(Source::Sextant, |_| false);
         assert_eq!(ctx.metrics().policies("accepted"), 0);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn failure_counts_of_ten_thousand_deleted_policies_are_dropped() {
+        let (ctx, server) = context_at(NOW);
+        let policy = error_policy::<SextantNetworkPolicy>(Source::Sextant);
+        for i in 0..10_000 {
+            let mut p = snp(json!({}));
+            p.metadata.name = Some(format!("gone-{i}"));
+            let key = key_of(Source::Sextant, &p);
+            let err = PolicyStatusError::WriteStatus {
+                policy: key,
+                source: kube::Error::Api(
+                    kube::core::Status::failure("x", "InternalError")
+                        .with_code(500)
+                        .boxed(),
+                ),
+            };
+            policy(Arc::new(p), &err, ctx.clone());
+        }
+        assert_eq!(lock(&ctx.failures).len(), 10_000);
+        ctx.prune(Source::Kubernetes, |_| false);
+        assert_eq!(lock(&ctx.failures).len(), 10_000, "other source untouched");
+        ctx.prune(Source::Sextant, |_| false);
+        assert_eq!(lock(&ctx.failures).len(), 0);
         drop(ctx);
         server.expect_no_more().await;
     }
