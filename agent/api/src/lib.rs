@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  sextant-cni ──blocking::call_json (std IO, no runtime)──┐
-//!  device plugin ──Client::healthz────────────────────────┼─▶ /var/run/sextant/agent.sock ─▶ sextant-agent server
+//!  device plugin ──Client::healthz────────────────────────┼─▶ /var/run/sextant/api/agent.sock ─▶ sextant-agent server
 //!  sextantctl lab, tests, benches ──call / call_json──────┘      (HTTP/1.1, JSON bodies of `types`)
 //! ```
 //!
@@ -21,8 +21,9 @@ pub use client::{Client, call, call_json};
 pub use error::{Error, Result};
 pub use types::*;
 
-/// The agent API socket.
-pub const SOCKET_PATH: &str = "/var/run/sextant/agent.sock";
+/// The agent API socket: alone in its directory, so the device plugin can
+/// mount that directory (read-only) and see nothing else of the agent.
+pub const SOCKET_PATH: &str = "/var/run/sextant/api/agent.sock";
 
 /// Path of the health endpoint.
 pub const HEALTHZ_PATH: &str = "/v1/healthz";

@@ -33,7 +33,7 @@ pub struct NetConf {
     /// Plugin type (`sextant-cni`).
     #[serde(rename = "type")]
     pub plugin_type: String,
-    /// Agent socket; default `/var/run/sextant/agent.sock`.
+    /// Agent socket; default `/var/run/sextant/api/agent.sock`.
     #[serde(default)]
     pub agent_socket: Option<PathBuf>,
     /// Deadline for the agent's answer, seconds; default 10, and 60 for ADD

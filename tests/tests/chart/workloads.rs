@@ -36,7 +36,7 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
         }
         assert_eq!(
             env(agent, "SEXTANT_AGENT_SOCKET"),
-            Some("/var/run/sextant/agent.sock")
+            Some("/var/run/sextant/api/agent.sock")
         );
         assert!(agent.env.iter().flatten().any(|e| {
             e.name == "NODE_NAME"
@@ -124,9 +124,59 @@ fn agent_runs_on_the_host_network_with_explicit_capabilities_not_privileged() {
         assert_eq!(conflist["plugins"][0]["type"], "sextant-cni");
         assert_eq!(
             conflist["plugins"][0]["agentSocket"],
-            "/var/run/sextant/agent.sock"
+            "/var/run/sextant/api/agent.sock"
         );
     }
+}
+
+#[test]
+fn agent_api_socket_group_and_allow_lists_reach_the_agent_only_when_set() {
+    for r in sets() {
+        let spec = pod_spec_of_ds(daemonset(r, "sextant-agent"));
+        let agent = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "agent")
+            .expect("agent container");
+        for name in [
+            "SEXTANT_API_SOCKET_GROUP",
+            "SEXTANT_API_ALLOW_UIDS",
+            "SEXTANT_API_ALLOW_GIDS",
+        ] {
+            assert_eq!(env(agent, name), None, "{}: {name} by default", r.set);
+        }
+    }
+    let results = render_values(&[(
+        "agent-api",
+        Some(
+            "agent:\n  api:\n    socketGroup: sextant-api\n    allowUids: [1000, 1001]\n    allowGids: [2000]\n"
+                .to_owned(),
+        ),
+    )])
+    .expect("helm ran");
+    let r = results
+        .into_iter()
+        .next()
+        .expect("one set")
+        .expect("rendered");
+    let spec = pod_spec_of_ds(daemonset(&r, "sextant-agent"));
+    let agent = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .expect("agent container");
+    assert_eq!(env(agent, "SEXTANT_API_SOCKET_GROUP"), Some("sextant-api"));
+    assert_eq!(env(agent, "SEXTANT_API_ALLOW_UIDS"), Some("1000,1001"));
+    assert_eq!(env(agent, "SEXTANT_API_ALLOW_GIDS"), Some("2000"));
+    let refused = render_values(&[(
+        "agent-api-negative-uid",
+        Some("agent:\n  api:\n    allowUids: [-1]\n".to_owned()),
+    )])
+    .expect("helm ran");
+    assert!(
+        refused.into_iter().next().expect("one set").is_err(),
+        "a negative uid passes the schema"
+    );
 }
 
 #[test]
@@ -151,6 +201,36 @@ fn device_plugin_mounts_the_kubelet_directory_not_the_socket() {
                 .iter()
                 .flatten()
                 .any(|m| m.mount_path == "/var/lib/kubelet/device-plugins")
+        );
+        // Of the agent's files it sees only the API socket's directory,
+        // read-only (no checkpoint, no older agent's state).
+        let agent_mounts: Vec<(&str, Option<bool>, &str)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path.starts_with("/var/run/sextant"))
+            .map(|m| {
+                let host = spec
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == m.name)
+                    .and_then(|v| v.host_path.as_ref())
+                    .map_or("", |h| h.path.as_str());
+                (m.mount_path.as_str(), m.read_only, host)
+            })
+            .collect();
+        assert_eq!(
+            agent_mounts,
+            [("/var/run/sextant/api", Some(true), "/var/run/sextant/api")],
+            "{}",
+            r.set
+        );
+        assert_eq!(
+            env(c, "SEXTANT_AGENT_SOCKET"),
+            Some("/var/run/sextant/api/agent.sock"),
+            "{}",
+            r.set
         );
         let sc = c.security_context.as_ref().expect("security context");
         assert_ne!(sc.privileged, Some(true));
