@@ -22,6 +22,7 @@
 
 mod action;
 mod cloud;
+mod credentials;
 mod error;
 mod limits;
 mod metrics;
@@ -35,6 +36,7 @@ pub mod sim;
 
 pub use action::{Action, ActionClass};
 pub use cloud::{Cloud, CloudConfig};
+pub use credentials::CredentialsError;
 pub use error::{Error, Result};
 pub use limits::{RateLimit, RateLimits};
 pub use metrics::{ActionTotals, CloudMetrics};

@@ -8,11 +8,9 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, TcpListener as StdListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::{Ipv4Addr, TcpListener as StdListener},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -35,65 +33,9 @@ const ZONE: &str = "us-east-1a";
 
 // ---------------------------------------------------------------- moto ----
 
-/// A `moto_server` child on a loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Result<Moto> {
-        let venv = std::env::var_os("SEXTANT_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-        let bin = venv.join("bin/moto_server");
-        if !bin.is_file() {
-            panic!(
-                "moto_server not found at {}: run `make test` (or `bash scripts/setup.sh`) \
-                 to create .venv with moto[server], or point SEXTANT_VENV at a venv that has it",
-                bin.display()
-            );
-        }
-        // The port is free when we look; another process may take it before
-        // moto binds, so a server that dies early is started again.
-        for _ in 0..5 {
-            let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting {}", bin.display()))?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(Moto {
-                        child,
-                        url: format!("http://127.0.0.1:{port}"),
-                    });
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!("moto_server did not answer on port {port} within 30 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        bail!("moto_server exited at start five times")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/moto.rs"]
+mod moto;
+use moto::Moto;
 
 async fn cloud_at(url: &str, operation_timeout: Duration) -> AwsCloud {
     AwsCloud::new(AwsConfig {
@@ -107,6 +49,7 @@ async fn cloud_at(url: &str, operation_timeout: Duration) -> AwsCloud {
         connect_timeout: Duration::from_secs(2),
     })
     .await
+    .expect("static keys need no environment")
 }
 
 fn tag(key: &str, value: &str) -> Tag {
@@ -133,7 +76,7 @@ struct Lab {
 
 impl Lab {
     async fn new() -> Result<Lab> {
-        let moto = Moto::start()?;
+        let moto = Moto::start(&[])?;
         let cloud = cloud_at(&moto.url, Duration::from_secs(20)).await;
         let c = cloud.client();
         let vpc = c
@@ -471,7 +414,7 @@ async fn subnets_and_security_groups_of_the_vpc_carry_tags_and_free_counts() -> 
 
 #[tokio::test]
 async fn instance_limits_of_m5_large_are_3_enis_of_10_ipv4() -> Result<()> {
-    let moto = Moto::start()?;
+    let moto = Moto::start(&[])?;
     let cloud = cloud_at(&moto.url, Duration::from_secs(20)).await;
     let limits = cloud.instance_limits("m5.large").await?;
     assert_eq!(limits.instance_type, "m5.large");
@@ -507,7 +450,7 @@ async fn missing_eni_or_instance_is_not_found() -> Result<()> {
 
 #[tokio::test]
 async fn unknown_instance_type_is_invalid_request() -> Result<()> {
-    let moto = Moto::start()?;
+    let moto = Moto::start(&[])?;
     let cloud = cloud_at(&moto.url, Duration::from_secs(20)).await;
     let e = cloud.instance_limits("m5.enormous").await;
     assert!(matches!(e, Err(Error::InvalidRequest { .. })), "{e:?}");

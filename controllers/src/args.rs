@@ -17,13 +17,6 @@ use crate::{
     node_network::node_watch::NodeNetworkDefaults,
 };
 
-/// Environment variable with the Alibaba AccessKey id.
-pub(crate) const ENV_ALIBABA_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
-/// Environment variable with the Alibaba AccessKey secret.
-pub(crate) const ENV_ALIBABA_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
-/// Environment variable with an Alibaba STS token (optional).
-pub(crate) const ENV_ALIBABA_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
-
 /// The clouds the operator takes ENIs from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CloudProvider {

@@ -14,10 +14,14 @@
 //! ```
 //!
 //! Cloud credentials come only from the environment or the provider's
-//! default chain, never from flags: AWS through the SDK's chain (IRSA, pod
-//! identity, instance profile, `AWS_*`), Alibaba from
-//! `ALIBABA_CLOUD_ACCESS_KEY_ID`, `ALIBABA_CLOUD_ACCESS_KEY_SECRET` and
-//! optionally `ALIBABA_CLOUD_SECURITY_TOKEN`. `--provider sim` needs none:
+//! default chain, never from flags, and are checked and logged at start:
+//! AWS through the SDK's chain (IRSA's `AWS_ROLE_ARN` and
+//! `AWS_WEB_IDENTITY_TOKEN_FILE`, pod identity, instance profile, `AWS_*`
+//! keys), Alibaba from a static AccessKey (`ALIBABA_CLOUD_ACCESS_KEY_ID`,
+//! `ALIBABA_CLOUD_ACCESS_KEY_SECRET`, optionally
+//! `ALIBABA_CLOUD_SECURITY_TOKEN`) or RRSA (`ALIBABA_CLOUD_ROLE_ARN`,
+//! `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`, `ALIBABA_CLOUD_OIDC_TOKEN_FILE`; see
+//! `sextant_cloud::alibaba::Credentials`). `--provider sim` needs none:
 //! its cloud is simulated in the operator (the `sim` module, in builds with
 //! the cargo feature `sim`; without it `--provider sim` is refused).
 
@@ -30,7 +34,7 @@ use kube::{
 };
 use prometheus_client::registry::Registry;
 use sextant_cloud::{
-    Backoff, Cloud, CloudConfig, CloudMetrics, EniCloud,
+    Backoff, Cloud, CloudConfig, CloudMetrics, CredentialsError, EniCloud,
     alibaba::{AlibabaCloud, AlibabaConfig, ClientBuildError},
     aws::{AwsCloud, AwsConfig},
 };
@@ -47,10 +51,7 @@ use tracing::{debug, info, warn};
 use crate::sim::DEFAULT_SIM_VPC;
 use crate::{
     apiserver::Clock,
-    args::{
-        Args, CloudProvider, ENV_ALIBABA_ACCESS_KEY_ID, ENV_ALIBABA_ACCESS_KEY_SECRET,
-        ENV_ALIBABA_SECURITY_TOKEN,
-    },
+    args::{Args, CloudProvider},
     fixed_ip::controller::{FixedIpController, watch as fixed_ip_watch},
     ipam::metrics::IpamMetrics,
     ipam::node::{IpamConfig, NodeIpam},
@@ -73,9 +74,10 @@ pub enum RunError {
     /// No Kubernetes client configuration (in-cluster or kubeconfig).
     #[error("configuring the Kubernetes client")]
     Kube(#[source] kube::Error),
-    /// An Alibaba credential is missing from the environment.
-    #[error("Alibaba Cloud credentials: {0} is not set")]
-    MissingCredential(&'static str),
+    /// The cloud's credentials are missing or cannot work (a variable not
+    /// set, a token file that cannot be read).
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     /// The ECS HTTP client could not be built.
     #[error("building the ECS client")]
     AlibabaClient(#[source] ClientBuildError),
@@ -105,25 +107,13 @@ pub enum RunError {
 }
 
 /// Alibaba settings from the region, endpoint and the credential variables
-/// `env` reads.
+/// `env` reads (a static AccessKey or RRSA).
 pub(crate) fn alibaba_config(
     region: &str,
     endpoint: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<AlibabaConfig, RunError> {
-    let get = |name: &'static str| {
-        env(name)
-            .filter(|v| !v.is_empty())
-            .ok_or(RunError::MissingCredential(name))
-    };
-    let mut config = AlibabaConfig::new(
-        region,
-        get(ENV_ALIBABA_ACCESS_KEY_ID)?,
-        get(ENV_ALIBABA_ACCESS_KEY_SECRET)?,
-    );
-    if let Ok(token) = get(ENV_ALIBABA_SECURITY_TOKEN) {
-        config = config.with_security_token(token);
-    }
+    let mut config = AlibabaConfig::from_env(region, env)?;
     if let Some(e) = endpoint {
         config = config.with_endpoint(e);
     }
@@ -141,7 +131,7 @@ impl Args {
             CloudProvider::Aws => {
                 let mut config = AwsConfig::new(&self.region);
                 config.endpoint_url = self.endpoint.clone();
-                Arc::new(AwsCloud::new(config).await)
+                Arc::new(AwsCloud::new(config).await?)
             }
             CloudProvider::Alibaba => {
                 let config = alibaba_config(&self.region, self.endpoint.as_deref(), |n| {
@@ -435,6 +425,7 @@ mod tests {
     use super::*;
     use crate::args::tests::REQUIRED;
     use clap::Parser;
+    use sextant_cloud::alibaba;
 
     #[cfg(feature = "sim")]
     #[tokio::test]
@@ -487,20 +478,23 @@ mod tests {
             "cn-hangzhou",
             Some("http://127.0.0.1:1"),
             env(&[
-                (ENV_ALIBABA_ACCESS_KEY_ID, "LTAI"),
-                (ENV_ALIBABA_ACCESS_KEY_SECRET, "s3cr3t"),
-                (ENV_ALIBABA_SECURITY_TOKEN, "sts"),
+                (alibaba::ENV_ACCESS_KEY_ID, "LTAI"),
+                (alibaba::ENV_ACCESS_KEY_SECRET, "s3cr3t"),
+                (alibaba::ENV_SECURITY_TOKEN, "sts"),
             ]),
         )
         .unwrap();
-        assert_eq!(c.access_key_id, "LTAI");
-        assert_eq!(c.security_token.as_deref(), Some("sts"));
+        assert!(
+            matches!(&c.credentials, alibaba::Credentials::Static { access_key_id, security_token, .. }
+                if access_key_id == "LTAI" && security_token.as_deref() == Some("sts")),
+            "{c:?}"
+        );
         assert_eq!(c.endpoint(), "http://127.0.0.1:1");
         assert!(!format!("{c:?}").contains("s3cr3t"));
         let missing = alibaba_config(
             "cn-hangzhou",
             None,
-            env(&[(ENV_ALIBABA_ACCESS_KEY_ID, "x")]),
+            env(&[(alibaba::ENV_ACCESS_KEY_ID, "x")]),
         )
         .unwrap_err();
         assert_eq!(

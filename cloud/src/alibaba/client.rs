@@ -1,12 +1,13 @@
 //! The ECS RPC client and its [`EniCloud`] implementation.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use super::{
+    credentials::{Credentials, Rrsa},
     errors::{self, ErrorBody},
     model::{
         self, AssignPrivateIpAddressesResponse, DescribeInstanceTypesResponse,
@@ -16,8 +17,8 @@ use super::{
     signature::Signer,
 };
 use crate::{
-    Action, AssignIps, CreateEni, Eni, EniCloud, EniState, Error, InstanceLimits, InstanceNetwork,
-    Page, PageRequest, Result, SecurityGroup, Subnet,
+    Action, AssignIps, CreateEni, CredentialsError, Eni, EniCloud, EniState, Error, InstanceLimits,
+    InstanceNetwork, Page, PageRequest, Result, SecurityGroup, Subnet,
 };
 
 /// ECS API version all calls use.
@@ -38,36 +39,16 @@ const MAX_PAGES: u32 = 1_000;
 const IP_FILTER_MAX: usize = 100;
 
 /// Where and as whom to call ECS.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AlibabaConfig {
     /// Region id, e.g. `cn-hangzhou`; sent as `RegionId`.
     pub region: String,
     /// Endpoint URL without path; `None` means `https://ecs.<region>.aliyuncs.com`.
     pub endpoint: Option<String>,
-    /// AccessKey id.
-    pub access_key_id: String,
-    /// AccessKey secret.
-    pub access_key_secret: String,
-    /// STS token, for temporary credentials (`SecurityToken`).
-    pub security_token: Option<String>,
-    /// Deadline of each HTTP request, connection included.
+    /// A static AccessKey, or RRSA.
+    pub credentials: Credentials,
+    /// Deadline of each HTTP request, connection included (STS's too).
     pub timeout: Duration,
-}
-
-impl std::fmt::Debug for AlibabaConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlibabaConfig")
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint())
-            .field("access_key_id", &self.access_key_id)
-            .field("access_key_secret", &"<redacted>")
-            .field(
-                "security_token",
-                &self.security_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 impl AlibabaConfig {
@@ -77,14 +58,36 @@ impl AlibabaConfig {
         access_key_id: impl Into<String>,
         access_key_secret: impl Into<String>,
     ) -> Self {
+        Self::with_credentials(
+            region,
+            Credentials::Static {
+                access_key_id: access_key_id.into(),
+                access_key_secret: access_key_secret.into(),
+                security_token: None,
+            },
+        )
+    }
+
+    /// Settings for a region and any [`Credentials`], with the public
+    /// endpoint and a 10 s timeout.
+    pub fn with_credentials(region: impl Into<String>, credentials: Credentials) -> Self {
         AlibabaConfig {
             region: region.into(),
             endpoint: None,
-            access_key_id: access_key_id.into(),
-            access_key_secret: access_key_secret.into(),
-            security_token: None,
+            credentials,
             timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Settings for a region with the credentials the environment
+    /// configures ([`Credentials::from_env`]).
+    pub fn from_env(
+        region: impl Into<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<Self, CredentialsError> {
+        let region = region.into();
+        let credentials = Credentials::from_env(&region, env)?;
+        Ok(Self::with_credentials(region, credentials))
     }
 
     /// Uses another endpoint (a VPC endpoint, or a test server).
@@ -93,9 +96,11 @@ impl AlibabaConfig {
         self
     }
 
-    /// Adds an STS token.
+    /// Adds an STS token to a static AccessKey (RRSA brings its own).
     pub fn with_security_token(mut self, token: impl Into<String>) -> Self {
-        self.security_token = Some(token.into());
+        if let Credentials::Static { security_token, .. } = &mut self.credentials {
+            *security_token = Some(token.into());
+        }
         self
     }
 
@@ -126,8 +131,15 @@ pub struct AlibabaCloud {
     http: reqwest::Client,
     endpoint: String,
     region: String,
-    signer: Signer,
+    keys: Keys,
     timeout: Duration,
+}
+
+/// What signs a call: fixed keys, or RRSA's renewed ones.
+#[derive(Clone, Debug)]
+enum Keys {
+    Static(Signer),
+    Rrsa(Arc<Rrsa>),
 }
 
 /// Parameters of one call, sorted by name as signing wants them.
@@ -175,17 +187,54 @@ impl AlibabaCloud {
 
     /// A client for `config` sharing an existing HTTP client.
     pub fn with_http_client(config: AlibabaConfig, http: reqwest::Client) -> Self {
-        let mut signer = Signer::new(&config.access_key_id, &config.access_key_secret);
-        if let Some(token) = &config.security_token {
-            signer = signer.with_security_token(token);
-        }
+        let keys = match &config.credentials {
+            Credentials::Static {
+                access_key_id,
+                access_key_secret,
+                security_token,
+            } => {
+                let mut signer = Signer::new(access_key_id, access_key_secret);
+                if let Some(token) = security_token {
+                    signer = signer.with_security_token(token);
+                }
+                Keys::Static(signer)
+            }
+            Credentials::Rrsa(rrsa) => {
+                Keys::Rrsa(Rrsa::new(rrsa.clone(), http.clone(), config.timeout))
+            }
+        };
         AlibabaCloud {
             http,
             endpoint: config.endpoint(),
             region: config.region.clone(),
-            signer,
+            keys,
             timeout: config.timeout,
         }
+    }
+
+    /// The signer for the next call; with RRSA, keys that are not due for
+    /// renewal (renewed here when they are). No keys is a typed error of
+    /// the call: throttled when STS throttled, unavailable otherwise.
+    async fn signer(&self, action: Action) -> Result<Signer> {
+        let rrsa = match &self.keys {
+            Keys::Static(signer) => return Ok(signer.clone()),
+            Keys::Rrsa(rrsa) => rrsa,
+        };
+        rrsa.signer().await.map_err(|e| {
+            warn!(%action, kind = e.metric_label(), error = %e, "no Alibaba Cloud credentials for the call");
+            if e.is_throttled() {
+                Error::Throttled {
+                    action,
+                    retry_after: None,
+                }
+            } else {
+                Error::Unavailable {
+                    action,
+                    message: "RRSA credentials".into(),
+                    source: Some(Box::new(e)),
+                }
+            }
+        })
     }
 
     /// Sends one signed call and decodes its JSON answer.
@@ -202,9 +251,10 @@ impl AlibabaCloud {
         let timestamp = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        let query = self
-            .signer
-            .signed_query("GET", &mut params, &timestamp, &nonce());
+        let query =
+            self.signer(action)
+                .await?
+                .signed_query("GET", &mut params, &timestamp, &nonce());
         let url = format!("{}/?{query}", self.endpoint);
 
         let transport = |e: reqwest::Error| {

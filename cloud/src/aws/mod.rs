@@ -8,6 +8,15 @@
 //! a response that lacks what Sextant needs is an [`Error::malformed`], never
 //! a panic.
 //!
+//! Credentials: static keys in [`AwsConfig`], or the SDK's default chain
+//! (environment keys, web identity / IRSA, profile, container credentials /
+//! EKS Pod Identity, IMDS). Which one applies is decided and logged at start
+//! ([`credential_source`]); IRSA's variables and token file are checked
+//! there, so a missing or unreadable token is a start error naming the file,
+//! not a failure of the first EC2 call. The SDK itself exchanges the token
+//! at STS (`AssumeRoleWithWebIdentity`, endpoint overridable with
+//! `AWS_ENDPOINT_URL_STS`) and renews the keys before they expire.
+//!
 //! ```text
 //!   Cloud ──▶ AwsCloud ──▶ aws-sdk-ec2 (no retries, operation timeout)
 //!                 ▲            │  rustls on ring, hyper 1
@@ -18,7 +27,7 @@
 mod errors;
 mod parse;
 
-use std::{fmt, net::Ipv4Addr, time::Duration};
+use std::{fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
@@ -28,11 +37,12 @@ use aws_sdk_ec2::{
     types::{Filter, InstanceType, ResourceType, Tag, TagSpecification},
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     Action, AssignIps, CreateEni, Eni, EniCloud, Error, InstanceLimits, InstanceNetwork, Page,
     PageRequest, Result, SecurityGroup, Subnet,
+    credentials::{AWS, CredentialsError, read_token},
 };
 
 /// Bounds EC2 puts on `MaxResults` of DescribeNetworkInterfaces.
@@ -58,6 +68,74 @@ impl fmt::Debug for StaticCredentials {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
             .finish()
+    }
+}
+
+/// IRSA: the role to assume (the EKS pod identity webhook sets it from the
+/// ServiceAccount's `eks.amazonaws.com/role-arn` annotation).
+pub const ENV_ROLE_ARN: &str = "AWS_ROLE_ARN";
+/// IRSA: the projected ServiceAccount token (audience `sts.amazonaws.com`).
+pub const ENV_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+/// Static keys in the environment, first in the SDK's chain.
+pub const ENV_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// The secret that goes with [`ENV_ACCESS_KEY_ID`].
+pub const ENV_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
+/// Where the EC2 client's credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// [`AwsConfig::credentials`].
+    Static,
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (the chain's first link).
+    EnvironmentKeys,
+    /// IRSA: the chain's web identity link, STS `AssumeRoleWithWebIdentity`.
+    WebIdentity {
+        /// `AWS_ROLE_ARN`.
+        role_arn: String,
+        /// `AWS_WEB_IDENTITY_TOKEN_FILE`.
+        token_file: PathBuf,
+    },
+    /// The rest of the chain: profile, container credentials (EKS Pod
+    /// Identity, ECS), instance profile (IMDS).
+    DefaultChain,
+}
+
+/// Which credentials the SDK's default chain will use, given the
+/// environment `env` reads, and whether they can work: IRSA needs both of
+/// its variables and a readable, non-empty token file; environment keys
+/// need both halves.
+pub fn credential_source(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<CredentialSource, CredentialsError> {
+    let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if get(ENV_ACCESS_KEY_ID).is_some() {
+        get(ENV_SECRET_ACCESS_KEY).ok_or(CredentialsError::Incomplete {
+            provider: AWS,
+            set: ENV_ACCESS_KEY_ID,
+            missing: ENV_SECRET_ACCESS_KEY,
+        })?;
+        return Ok(CredentialSource::EnvironmentKeys);
+    }
+    match (get(ENV_ROLE_ARN), get(ENV_WEB_IDENTITY_TOKEN_FILE)) {
+        (None, None) => Ok(CredentialSource::DefaultChain),
+        (Some(_), None) => Err(CredentialsError::Incomplete {
+            provider: AWS,
+            set: ENV_ROLE_ARN,
+            missing: ENV_WEB_IDENTITY_TOKEN_FILE,
+        }),
+        (None, Some(_)) => Err(CredentialsError::Incomplete {
+            provider: AWS,
+            set: ENV_WEB_IDENTITY_TOKEN_FILE,
+            missing: ENV_ROLE_ARN,
+        }),
+        (Some(role_arn), Some(file)) => {
+            let token_file = PathBuf::from(file);
+            read_token(AWS, &token_file)?;
+            Ok(CredentialSource::WebIdentity {
+                role_arn,
+                token_file,
+            })
+        }
     }
 }
 
@@ -111,8 +189,26 @@ impl fmt::Debug for AwsCloud {
 impl AwsCloud {
     /// Builds the EC2 client: rustls (ring) over hyper, SDK retries off,
     /// the configured timeouts, and static keys or the default credential
-    /// chain. Loading the chain is lazy: no network call happens here.
-    pub async fn new(config: AwsConfig) -> Self {
+    /// chain. The chain's source is checked against the process
+    /// environment ([`credential_source`]) and logged; fetching keys is
+    /// lazy: no network call happens here.
+    pub async fn new(config: AwsConfig) -> Result<Self, CredentialsError> {
+        let source = match config.credentials {
+            Some(_) => CredentialSource::Static,
+            None => credential_source(|name| std::env::var(name).ok())?,
+        };
+        match &source {
+            CredentialSource::WebIdentity {
+                role_arn,
+                token_file,
+            } => info!(
+                source = "web-identity",
+                role = %role_arn,
+                token_file = %token_file.display(),
+                "AWS credentials: IRSA (STS AssumeRoleWithWebIdentity)"
+            ),
+            other => info!(source = ?other, "AWS credentials"),
+        }
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -139,7 +235,10 @@ impl AwsCloud {
             ));
         }
         let sdk_config = loader.load().await;
-        AwsCloud::from_client(Client::new(&sdk_config), config.operation_timeout)
+        Ok(AwsCloud::from_client(
+            Client::new(&sdk_config),
+            config.operation_timeout,
+        ))
     }
 
     /// Wraps a client built elsewhere. `operation_timeout` should be the one
@@ -567,5 +666,85 @@ impl EniCloud for AwsCloud {
             .map_err(|e| self.sdk_error(action, e))?;
         debug!(eni = %eni_id, "deleted eni");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn irsa_needs_both_variables_and_a_readable_token_file() {
+        let role = || {
+            (
+                ENV_ROLE_ARN,
+                "arn:aws:iam::123456789012:role/sextant".to_owned(),
+            )
+        };
+        let file = |p: &str| (ENV_WEB_IDENTITY_TOKEN_FILE, p.to_owned());
+        assert_eq!(
+            credential_source(env(vec![role()]))
+                .unwrap_err()
+                .to_string(),
+            "AWS credentials: AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE is not"
+        );
+        assert_eq!(
+            credential_source(env(vec![file("/t")]))
+                .unwrap_err()
+                .to_string(),
+            "AWS credentials: AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not"
+        );
+        let missing =
+            credential_source(env(vec![role(), file("/nonexistent/sextant/token")])).unwrap_err();
+        assert!(
+            matches!(missing, CredentialsError::TokenFile { .. }),
+            "{missing:?}"
+        );
+        assert!(
+            missing.to_string().contains("/nonexistent/sextant/token"),
+            "{missing}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("sextant-irsa-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "eyJ.sa.token\n").unwrap();
+        assert_eq!(
+            credential_source(env(vec![role(), file(&token.display().to_string())])).unwrap(),
+            CredentialSource::WebIdentity {
+                role_arn: role().1,
+                token_file: token.clone(),
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn environment_keys_come_first_and_nothing_set_is_the_rest_of_the_chain() {
+        assert_eq!(
+            credential_source(env(vec![
+                (ENV_ACCESS_KEY_ID, "AKIA".into()),
+                (ENV_SECRET_ACCESS_KEY, "s".into()),
+                (ENV_ROLE_ARN, "arn".into()),
+            ]))
+            .unwrap(),
+            CredentialSource::EnvironmentKeys
+        );
+        assert!(matches!(
+            credential_source(env(vec![(ENV_ACCESS_KEY_ID, "AKIA".into())])),
+            Err(CredentialsError::Incomplete { .. })
+        ));
+        assert_eq!(
+            credential_source(env(vec![])).unwrap(),
+            CredentialSource::DefaultChain
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The ECS API as the stand-in answers it: every request verified first
-//! (parameters, access key, POP signature, nonce, timestamp, STS token,
+//! (parameters, access key (the fixed one or an unexpired key an STS
+//! stand-in issued), POP signature, nonce, timestamp, STS token,
 //! version and region), then a queued fault or the action on the VPC, in
 //! ECS-shaped JSON (API 2014-05-26, `Format=JSON`) with ECS's error codes.
 
@@ -97,17 +98,28 @@ impl State {
             }
         }
         let p = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
-        if p("AccessKeyId") != KEY_ID {
+        let (secret, security_token) = if p("AccessKeyId") == KEY_ID {
+            (self.secret.clone(), self.security_token.clone())
+        } else if let Some(key) = self.sts_keys.get(p("AccessKeyId")) {
+            if jiff::Timestamp::now() >= key.expires {
+                return self.refuse(err(
+                    400,
+                    "InvalidSecurityToken.Expired",
+                    "Specified SecurityToken is expired.",
+                ));
+            }
+            (key.secret.clone(), Some(key.security_token.clone()))
+        } else {
             return self.refuse(err(
                 404,
                 "InvalidAccessKeyId.NotFound",
                 "Specified access key is not found.",
             ));
-        }
+        };
         if p("SignatureMethod") != "HMAC-SHA1" || p("SignatureVersion") != "1.0" {
             return self.refuse(err(400, "InvalidParameter", "unsupported signature method"));
         }
-        let expected = expected_signature(method, &params, &self.secret);
+        let expected = expected_signature(method, &params, &secret);
         if p("Signature") != expected {
             return self.refuse(err(
                 400,
@@ -134,7 +146,7 @@ impl State {
                 "Specified time stamp or date value is expired.",
             ));
         }
-        if self.security_token.as_deref() != params.get("SecurityToken").map(String::as_str) {
+        if security_token.as_deref() != params.get("SecurityToken").map(String::as_str) {
             return self.refuse(err(
                 400,
                 "InvalidSecurityToken.Mismatch",

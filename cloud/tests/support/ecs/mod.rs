@@ -46,6 +46,9 @@ use tokio::{
 
 pub use signature::expected_signature;
 pub use vpc::{Fault, State};
+// Only the RRSA tests issue STS keys.
+#[allow(unused_imports)]
+pub use vpc::StsKey;
 
 pub const KEY_ID: &str = "LTAI5tSextantTest";
 // Characters that the encoding rules treat specially, to catch mistakes.
@@ -133,6 +136,13 @@ impl StandIn {
 
     pub fn client(&self) -> Result<AlibabaCloud> {
         Ok(AlibabaCloud::new(self.config())?)
+    }
+
+    /// The state itself, for a stand-in that works beside this one (an STS
+    /// that registers the keys it issues).
+    #[allow(dead_code)]
+    pub fn shared_state(&self) -> Arc<Mutex<State>> {
+        self.state.clone()
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {

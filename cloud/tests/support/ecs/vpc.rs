@@ -103,9 +103,18 @@ pub enum Fault {
     Stall(Duration),
 }
 
+/// Keys an STS handed out, which ECS accepts until they expire.
+pub struct StsKey {
+    pub secret: String,
+    pub security_token: String,
+    pub expires: jiff::Timestamp,
+}
+
 pub struct State {
     pub secret: String,
     pub security_token: Option<String>,
+    /// STS keys by AccessKeyId (RRSA tests).
+    pub sts_keys: BTreeMap<String, StsKey>,
     pub enis: BTreeMap<String, FakeEni>,
     pub vswitches: Vec<FakeVSwitch>,
     pub security_groups: Vec<FakeGroup>,
@@ -126,6 +135,7 @@ impl State {
         let mut s = State {
             secret: secret.to_owned(),
             security_token: None,
+            sts_keys: BTreeMap::new(),
             enis: BTreeMap::new(),
             vswitches: vec![
                 FakeVSwitch {
