@@ -1,0 +1,3 @@
+module sextant.test/images
+
+go 1.22
