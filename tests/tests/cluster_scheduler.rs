@@ -1,6 +1,8 @@
 //! The scheduler extender under the real kube-scheduler: the test cluster's
-//! scheduler is configured with the chart's `extenders` stanza
-//! (`ignorable: false`) pointed at a `sextant-scheduler-ext` host process
+//! scheduler is configured with the chart's `extenders` stanza (HTTPS with
+//! `tlsConfig`: the cluster CA, kube-scheduler's own client certificate,
+//! which the extender requires; `ignorable: false`, so the outage phase
+//! shows what that setting costs) pointed at a `sextant-scheduler-ext` host process
 //! running with the chart's ServiceAccount and RBAC. kwok nodes advertise
 //! `sextant.io/ip` in `status.allocatable`; their `NodeNetwork`s (created as
 //! admin, status through the status subresource, as the operator and agent
@@ -327,20 +329,7 @@ async fn stays_pending_with(
 /// `nodes` pass for `pod`: to wait until its index has seen a change
 /// before asking kube-scheduler to act on it.
 fn extender_passes(pod: &Pod, nodes: &[&str]) -> anyhow::Result<Vec<String>> {
-    let body = json!({"Pod": pod, "Nodes": null, "NodeNames": nodes});
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "--max-time",
-            "5",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body.to_string(),
-            &format!("http://127.0.0.1:{}/filter", extender_port()),
-        ])
-        .output()
-        .context("running curl")?;
+    let out = post_filter(pod, nodes, true)?;
     ensure!(out.status.success(), "POST /filter failed");
     let answer: Value = serde_json::from_slice(&out.stdout)?;
     Ok(answer["NodeNames"]
@@ -349,6 +338,27 @@ fn extender_passes(pod: &Pod, nodes: &[&str]) -> anyhow::Result<Vec<String>> {
         .flatten()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect())
+}
+
+/// `POST /filter` over HTTPS as kube-scheduler makes it (the cluster CA,
+/// its client certificate when `identify`).
+fn post_filter(pod: &Pod, nodes: &[&str], identify: bool) -> anyhow::Result<std::process::Output> {
+    let tls = cluster()
+        .and_then(|c| c.info.scheduler.extender_tls.clone())
+        .context("the cluster's extender TLS files")?;
+    let body = json!({"Pod": pod, "Nodes": null, "NodeNames": nodes});
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sf", "--max-time", "5", "--cacert"])
+        .arg(&tls.ca)
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(body.to_string());
+    if identify {
+        cmd.arg("--cert").arg(&tls.client_cert);
+        cmd.arg("--key").arg(&tls.client_key);
+    }
+    cmd.arg(format!("https://127.0.0.1:{}/filter", extender_port()))
+        .output()
+        .context("running curl")
 }
 
 /// Plain pods stay off a node whose pod IPs are used up, though kube-scheduler's
@@ -778,6 +788,18 @@ async fn kube_scheduler_with_the_extender_keeps_pods_off_full_nodes_and_fixed_ip
         ),
     )?;
     let mut extender = start_extender(c, &rendered, "sextant-scheduler-ext").await?;
+    // Only kube-scheduler's certificate opens the extender.
+    let probe = pod("tls-probe", &[(GROUP, "none")], true);
+    ensure!(
+        post_filter(&probe, &["cap-full"], true)?.status.success(),
+        "kube-scheduler's client certificate was refused"
+    );
+    let anonymous = post_filter(&probe, &["cap-full"], false)?;
+    ensure!(
+        !anonymous.status.success(),
+        "answered a client without a certificate: {}",
+        String::from_utf8_lossy(&anonymous.stdout)
+    );
     for (name, group, zone) in [
         ("cap-full", "capacity", ZONE_A),
         ("cap-free", "capacity", ZONE_A),

@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
             let spec = Spec {
                 dir: dir.clone(),
                 extender_url: extender_url
-                    .or_else(|| extender_port.map(|p| format!("http://127.0.0.1:{p}"))),
+                    .or_else(|| extender_port.map(|p| format!("https://127.0.0.1:{p}"))),
                 extender_ignorable,
                 audit,
             };

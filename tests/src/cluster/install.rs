@@ -362,13 +362,39 @@ pub async fn run_operator(
 
 /// The scheduler extender (chart workload `sextant-scheduler-ext`) as pod
 /// `pod`, under its chart ServiceAccount, listening on `addr` (where the
-/// scheduler calls it); returned once `/readyz` says both watches listed.
+/// scheduler calls it): over HTTPS with the cluster's extender pair and
+/// kube-scheduler's certificate required when the scheduler's extender URL
+/// is `https://`, else plain HTTP (`--insecure-http`); its admin port on a
+/// free loopback port. Returned once `/readyz` there says both watches
+/// listed.
 pub async fn run_scheduler_ext(
     cluster: &Cluster,
     rendered: &Rendered,
     pod: &str,
     addr: &str,
 ) -> anyhow::Result<Running> {
+    let admin = loopback_addr()?;
+    let mut overrides = vec![
+        ("SEXTANT_SCHEDULER_EXT_LISTEN", addr.to_owned()),
+        ("SEXTANT_SCHEDULER_EXT_ADMIN_LISTEN", admin.clone()),
+    ];
+    match &cluster.info.scheduler.extender_tls {
+        Some(tls) => overrides.extend([
+            (
+                "SEXTANT_SCHEDULER_EXT_TLS_CERT",
+                tls.cert.display().to_string(),
+            ),
+            (
+                "SEXTANT_SCHEDULER_EXT_TLS_KEY",
+                tls.key.display().to_string(),
+            ),
+            (
+                "SEXTANT_SCHEDULER_EXT_TLS_CLIENT_CA",
+                tls.ca.display().to_string(),
+            ),
+        ]),
+        None => overrides.push(("SEXTANT_SCHEDULER_EXT_INSECURE_HTTP", "true".into())),
+    }
     let mut running = run(
         cluster,
         rendered,
@@ -378,11 +404,11 @@ pub async fn run_scheduler_ext(
             "scheduler-ext",
             Some("sextant-scheduler-ext"),
             pod,
-            vec![("SEXTANT_SCHEDULER_EXT_LISTEN", addr.to_owned())],
+            overrides,
         ),
     )
     .await?;
-    wait_http_ok(&mut running.process, addr, "/readyz").await?;
+    wait_http_ok(&mut running.process, &admin, "/readyz").await?;
     Ok(running)
 }
 

@@ -80,6 +80,27 @@ pub struct ClusterInfo {
     pub admin_kubeconfig: PathBuf,
     /// The kubectl of the same version.
     pub kubectl: PathBuf,
+    /// The files of an HTTPS extender, if its URL is `https://`.
+    #[serde(default)]
+    pub extender_tls: Option<ExtenderTls>,
+}
+
+/// The scheduler extender's TLS files in the test cluster (all PEM, the
+/// cluster CA signs both pairs).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExtenderTls {
+    /// The extender's serving certificate (127.0.0.1, localhost).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA: kube-scheduler's `tlsConfig.caFile`, and the extender's
+    /// `--tls-client-ca`.
+    pub ca: PathBuf,
+    /// kube-scheduler's client certificate (`tlsConfig.certFile`), its own
+    /// `system:kube-scheduler` identity.
+    pub client_cert: PathBuf,
+    /// Its key (`tlsConfig.keyFile`).
+    pub client_key: PathBuf,
     /// The directory of the Kubernetes binaries.
     pub kube_bin: PathBuf,
     /// The default scheduler.
@@ -94,7 +115,9 @@ pub struct ClusterInfo {
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Configure the default scheduler with Sextant's extender at this
-    /// loopback port (the test starts the extender there).
+    /// loopback port over HTTPS with client certificates (the test starts
+    /// the extender there, `install::run_scheduler_ext` with the cluster's
+    /// pairs).
     pub extender_port: Option<u16>,
     /// The extender stanza's `ignorable`.
     pub extender_ignorable: bool,
@@ -129,7 +152,7 @@ impl Cluster {
             .arg("--lifeline-stdin")
             .arg("--remove-dir");
         if let Some(port) = options.extender_port {
-            cmd.arg(format!("--extender-url=http://127.0.0.1:{port}"));
+            cmd.arg(format!("--extender-url=https://127.0.0.1:{port}"));
         }
         if options.extender_ignorable {
             cmd.arg("--extender-ignorable");

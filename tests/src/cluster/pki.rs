@@ -96,6 +96,27 @@ impl Pki {
         self.ca.pem()
     }
 
+    /// A serving certificate for `names` (DNS names or IP addresses),
+    /// written as `<file>.crt` / `<file>.key`: the scheduler extender's, which
+    /// kube-scheduler verifies against the CA (`tlsConfig.caFile`).
+    pub fn serving_pair(&self, file: &str, names: &[&str]) -> anyhow::Result<ClientCert> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, file);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .with_context(|| format!("signing the serving certificate of {file}"))?;
+        let out = ClientCert {
+            cert: self.dir.join(format!("{file}.crt")),
+            key: self.dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&out.cert, cert.pem())?;
+        std::fs::write(&out.key, key.serialize_pem())?;
+        Ok(out)
+    }
+
     /// A client certificate for user `cn`, in `group` if given
     /// (`system:masters` makes a cluster admin), written as `<file>.crt` /
     /// `<file>.key`. (One group: rcgen keeps one value per name attribute.)

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use super::{ClusterInfo, SchedulerInfo, bins::Bins, kubeconfig, pki::Pki};
+use super::{ClusterInfo, ExtenderTls, SchedulerInfo, bins::Bins, kubeconfig, pki::Pki};
 
 /// The service VIP range of the test cluster (nothing routes to it).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -28,9 +28,12 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub struct Spec {
     /// The cluster directory (created; everything lives inside).
     pub dir: PathBuf,
-    /// Where the default scheduler's extender listens (`http://127.0.0.1:P`),
-    /// written into its KubeSchedulerConfiguration as the chart's
-    /// `extenders` stanza has it. `None`: no extender.
+    /// Where the default scheduler's extender listens (`https://127.0.0.1:P`,
+    /// or `http://` for a plain-HTTP extender), written into its
+    /// KubeSchedulerConfiguration as the chart's `extenders` stanza has it.
+    /// With `https://` the cluster CA signs the extender's serving pair and
+    /// kube-scheduler presents its own client certificate. `None`: no
+    /// extender.
     pub extender_url: Option<String>,
     /// Whether the extender may be down (`ignorable` in the stanza).
     pub extender_ignorable: bool,
@@ -235,6 +238,19 @@ impl ControlPlane {
                 format!("--secure-port={api_port}"),
                 format!("--tls-cert-file={}", pki.serving_cert.display()),
                 format!("--tls-private-key-file={}", pki.serving_key.display()),
+        let extender_tls = match spec.extender_url.as_deref() {
+            Some(url) if url.starts_with("https://") => {
+                let pair = pki.serving_pair("scheduler-ext", &["127.0.0.1", "localhost"])?;
+                Some(ExtenderTls {
+                    cert: pair.cert,
+                    key: pair.key,
+                    ca: pki.ca_cert.clone(),
+                    client_cert: sched.cert.clone(),
+                    client_key: sched.key.clone(),
+                })
+            }
+            _ => None,
+        };
                 format!("--client-ca-file={}", pki.ca_cert.display()),
                 "--authorization-mode=Node,RBAC".into(),
                 "--enable-admission-plugins=NodeRestriction".into(),
@@ -296,7 +312,7 @@ impl ControlPlane {
         let sched_config = dir.join("kube-scheduler.yaml");
         std::fs::write(
             &sched_config,
-            scheduler_config(
+            scheduler_config_with(
                 &sched_kc,
                 "default-scheduler",
                 spec.extender_url.as_deref(),
@@ -316,6 +332,7 @@ impl ControlPlane {
                 format!("--cert-dir={}", dir.join("scheduler-certs").display()),
                 "--v=0".into(),
             ],
+                extender_tls.as_ref(),
             &[],
         )?;
         processes.push(scheduler);
@@ -379,6 +396,7 @@ impl ControlPlane {
                 return Some(format!(
                     "{} exited ({status}); last log lines:\n{}",
                     p.name,
+                extender_tls,
                     p.log_tail(40)
                 ));
             }
@@ -396,7 +414,7 @@ impl Drop for ControlPlane {
 }
 
 /// A KubeSchedulerConfiguration with one profile named `name`, and the
-/// chart's `extenders` stanza pointed at `extender_url` if given.
+/// chart's `extenders` stanza pointed at a plain-HTTP `extender_url` if given.
 pub fn scheduler_config(
     kubeconfig: &Path,
     name: &str,
@@ -413,7 +431,7 @@ pub fn scheduler_config(
     );
     if let Some(url) = extender_url {
         s.push_str(&format!(
-            "extenders:\n  - urlPrefix: \"{url}\"\n    filterVerb: filter\n    prioritizeVerb: prioritize\n    weight: 1\n    nodeCacheCapable: true\n    enableHTTPS: false\n    httpTimeout: 5s\n    ignorable: {ignorable}\n    managedResources:\n      - name: sextant.io/ip\n        ignoredByScheduler: false\n"
+            "extenders:\n  - urlPrefix: \"{url}\"\n    filterVerb: filter\n    prioritizeVerb: prioritize\n    weight: 1\n    nodeCacheCapable: true\n    {https}    httpTimeout: 5s\n    ignorable: {ignorable}\n    managedResources:\n      - name: sextant.io/ip\n        ignoredByScheduler: false\n"
         ));
     }
     s
@@ -431,6 +449,19 @@ fn wait_for(
         for p in processes.iter_mut() {
             if let Some(status) = p.exited() {
                 bail!(
+) -> String {
+    scheduler_config_with(kubeconfig, name, extender_url, ignorable, None)
+}
+
+/// [`scheduler_config`] with the stanza's `enableHTTPS` and `tlsConfig`
+/// (CA, kube-scheduler's client pair) when `tls` is given, as the chart
+/// renders it.
+pub fn scheduler_config_with(
+    kubeconfig: &Path,
+    name: &str,
+    extender_url: Option<&str>,
+    ignorable: bool,
+    tls: Option<&ExtenderTls>,
                     "{} exited ({status}) while starting; last log lines:\n{}",
                     p.name,
                     p.log_tail(40)
@@ -441,6 +472,15 @@ fn wait_for(
             return Ok(());
         }
         if Instant::now() > deadline {
+        let https = match tls {
+            Some(t) => format!(
+                "enableHTTPS: true\n    tlsConfig:\n      insecure: false\n      caFile: {}\n      certFile: {}\n      keyFile: {}\n",
+                t.ca.display(),
+                t.client_cert.display(),
+                t.client_key.display()
+            ),
+            None => "enableHTTPS: false\n".to_owned(),
+        };
             let last = processes.last().map(|p| (p.name.clone(), p.log_tail(40)));
             let (name, tail) = last.unwrap_or_default();
             bail!("timed out after {timeout:?}; last log lines of {name}:\n{tail}");

@@ -6,12 +6,18 @@ use super::*;
 #[test]
 fn cloud_credentials_are_only_referenced_never_inlined() {
     for r in sets() {
-        // The only Secret is the webhook's serving pair.
+        // The only Secrets are the webhook's and the extender's serving pairs.
         for s in r.all(|o| match o {
             Object::Secret(s) => Some(s.as_ref()),
             _ => None,
         }) {
-            assert_eq!(name_of(&s.metadata), "sextant-webhook-tls", "{}", r.set);
+            assert!(
+                ["sextant-webhook-tls", "sextant-scheduler-ext-tls"]
+                    .contains(&name_of(&s.metadata)),
+                "{}: Secret {}",
+                r.set,
+                name_of(&s.metadata)
+            );
         }
         for (file, text) in &r.text {
             for needle in [

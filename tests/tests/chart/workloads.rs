@@ -299,8 +299,58 @@ fn operator_runs_two_replicas_with_lease_and_anti_affinity() {
 fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
     for r in sets() {
         let d = deployment(&r, "sextant-scheduler-ext").expect("extender Deployment");
-        let c = &pod_spec_of_deploy(d).containers[0];
+        let spec = pod_spec_of_deploy(d);
+        let c = &spec.containers[0];
         assert_eq!(env(c, "SEXTANT_SCHEDULER_EXT_LISTEN"), Some("0.0.0.0:8888"));
+        assert_eq!(
+            env(c, "SEXTANT_SCHEDULER_EXT_ADMIN_LISTEN"),
+            Some("0.0.0.0:8889")
+        );
+        assert_eq!(
+            env(c, "SEXTANT_SCHEDULER_EXT_TLS_CERT"),
+            Some("/etc/sextant/scheduler-ext/tls.crt")
+        );
+        assert_eq!(env(c, "SEXTANT_SCHEDULER_EXT_TLS_CLIENT_CA"), None);
+        assert_eq!(
+            env(c, "SEXTANT_SCHEDULER_EXT_MAX_BODY_BYTES"),
+            Some("4194304")
+        );
+        assert_eq!(env(c, "SEXTANT_SCHEDULER_EXT_MAX_CONNECTIONS"), Some("32"));
+        assert_eq!(env(c, "SEXTANT_SCHEDULER_EXT_INSECURE_HTTP"), None);
+        // Probes on the plain-HTTP admin port, not the HTTPS one.
+        for probe in [&c.readiness_probe, &c.liveness_probe] {
+            let port = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .map(|g| g.port.clone());
+            assert_eq!(
+                port,
+                Some(
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                        "admin".into()
+                    )
+                )
+            );
+        }
+        // Sized from the measurement in docs/scheduler-extender.md, not 1 GiB.
+        let limit = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .map(|q| q.0.clone());
+        assert_eq!(limit.as_deref(), Some("512Mi"));
+        let vol = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tls")
+            .expect("tls volume");
+        assert_eq!(
+            vol.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+            Some("sextant-scheduler-ext-tls")
+        );
+
         let svc = r
             .all(|o| match o {
                 Object::Service(s) => Some(s.as_ref()),
@@ -315,25 +365,121 @@ fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
             .and_then(|s| s.ports.clone())
             .unwrap_or_default()[0];
         assert_eq!(port.port, 8888);
-        let cm = r
-            .all(|o| match o {
-                Object::ConfigMap(c) => Some(c.as_ref()),
-                _ => None,
-            })
-            .into_iter()
-            .find(|c| name_of(&c.metadata) == "sextant-scheduler-config")
-            .expect("scheduler config");
-        let stanza: serde_json::Value =
-            serde_yaml::from_str(&cm.data.as_ref().expect("data")["extender.yaml"])
-                .expect("stanza is YAML");
-        let ext = &stanza["extenders"][0];
+        assert_eq!(port.name.as_deref(), Some("https"));
+
+        let ext = stanza(&r);
         assert_eq!(
             ext["urlPrefix"],
-            "http://sextant-scheduler-ext.sextant-system.svc:8888"
+            "https://sextant-scheduler-ext.sextant-system.svc:8888"
         );
+        assert_eq!(ext["enableHTTPS"], true);
+        assert_eq!(ext["tlsConfig"]["insecure"], false);
+        assert_eq!(ext["tlsConfig"].get("certFile"), None);
+        // An extender outage must not block every pod: ignorable by default.
+        assert_eq!(ext["ignorable"], true);
         assert_eq!(ext["managedResources"][0]["name"], "sextant.io/ip");
         assert_eq!(ext["nodeCacheCapable"], true);
+
+        // caData is the CA in the Secret the pods mount, and that CA's
+        // serving certificate names the Service the urlPrefix calls.
+        let ca: k8s_openapi::ByteString =
+            serde_json::from_value(ext["tlsConfig"]["caData"].clone()).expect("caData is base64");
+        let data = extender_secret(&r, "sextant-scheduler-ext-tls");
+        assert_eq!(data.get("ca.crt").map(|b| &b.0), Some(&ca.0));
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&data["tls.crt"].0).expect("PEM");
+        let cert = pem.parse_x509().expect("X.509");
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .expect("SAN extension")
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            names
+                .iter()
+                .any(|n| n.contains("sextant-scheduler-ext.sextant-system.svc)")),
+            "{names:?}"
+        );
     }
+}
+
+/// The extender stanza of the `sextant-scheduler-config` ConfigMap.
+fn stanza(r: &Rendered) -> serde_json::Value {
+    let cm = r
+        .all(|o| match o {
+            Object::ConfigMap(c) => Some(c.as_ref()),
+            _ => None,
+        })
+        .into_iter()
+        .find(|c| name_of(&c.metadata) == "sextant-scheduler-config")
+        .expect("scheduler config");
+    let stanza: serde_json::Value =
+        serde_yaml::from_str(&cm.data.as_ref().expect("data")["extender.yaml"])
+            .expect("stanza is YAML");
+    stanza["extenders"][0].clone()
+}
+
+fn extender_secret(
+    r: &Rendered,
+    name: &str,
+) -> std::collections::BTreeMap<String, k8s_openapi::ByteString> {
+    let secrets = r.all(|o| match o {
+        Object::Secret(s) => Some(s.as_ref()),
+        _ => None,
+    });
+    let s = secrets
+        .iter()
+        .find(|s| name_of(&s.metadata) == name)
+        .unwrap_or_else(|| panic!("{}: Secret {name}", r.set));
+    assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+    s.data.clone().unwrap_or_default()
+}
+
+#[test]
+fn scheduler_extender_client_auth_requires_kube_schedulers_certificate_from_the_same_ca() {
+    let values = "schedulerExtender:\n  ignorable: false\n  tls:\n    clientAuth: true\n";
+    let r = sextant_e2e::chart::render_values(&[("client-auth", Some(values.into()))])
+        .expect("render")
+        .remove(0)
+        .expect("rendered");
+    let d = deployment(&r, "sextant-scheduler-ext").expect("extender Deployment");
+    let c = &pod_spec_of_deploy(d).containers[0];
+    assert_eq!(
+        env(c, "SEXTANT_SCHEDULER_EXT_TLS_CLIENT_CA"),
+        Some("/etc/sextant/scheduler-ext/ca.crt")
+    );
+    let ext = stanza(&r);
+    assert_eq!(ext["ignorable"], false);
+    assert_eq!(
+        ext["tlsConfig"]["certFile"],
+        "/etc/kubernetes/sextant-scheduler-ext/tls.crt"
+    );
+    assert_eq!(
+        ext["tlsConfig"]["keyFile"],
+        "/etc/kubernetes/sextant-scheduler-ext/tls.key"
+    );
+    let server = extender_secret(&r, "sextant-scheduler-ext-tls");
+    let client = extender_secret(&r, "sextant-scheduler-ext-client");
+    let parse = |pem: &[u8]| {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
+        p.contents
+    };
+    let ca_der = parse(&server["ca.crt"].0);
+    let client_der = parse(&client["tls.crt"].0);
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("CA");
+    let (_, cert) = x509_parser::parse_x509_certificate(&client_der).expect("client cert");
+    assert_eq!(
+        cert.issuer().to_string(),
+        ca.subject().to_string(),
+        "the client certificate comes from the extender's client CA"
+    );
+    assert!(ca.is_ca());
+    assert!(String::from_utf8_lossy(&client["tls.key"].0).contains("PRIVATE KEY"));
 }
 
 /// The rendered conflist (`00-sextant.conflist` of the `sextant-cni` ConfigMap).
