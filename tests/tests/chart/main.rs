@@ -10,12 +10,14 @@
 //!  charts/sextant + ci/*-values.yaml ──helm_python (lint --strict, render)──▶ sets() (OnceLock)
 //!        ├─ render      lint, names and labels, CRDs = crdgen, the venv
 //!        ├─ values      schema refusals, cloud credentials only referenced
+//!        ├─ credentials IRSA, RRSA (ACK's webhook or a projected token), refusals
 //!        ├─ rbac        least privilege per component, no wildcards
 //!        ├─ webhook     failure policy, selectors, TLS (generated or cert-manager), url
 //!        ├─ workloads   agent, device plugin, operator, scheduler extender
 //!        └─ dashboards  the Grafana sidecar's ConfigMap
 //! ```
 
+mod credentials;
 mod dashboards;
 mod rbac;
 mod render;
