@@ -62,24 +62,6 @@ pub struct SchedulerInfo {
     pub kubeconfig: PathBuf,
     /// The extender URL in its configuration, if any.
     pub extender_url: Option<String>,
-}
-
-/// What a running cluster offers, as `<dir>/cluster.json` has it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    /// The cluster directory.
-    pub dir: PathBuf,
-    /// `https://127.0.0.1:<port>`.
-    pub api_url: String,
-    /// The CA file every client trusts.
-    pub ca_cert: PathBuf,
-    /// The CA, PEM (a caBundle for webhooks signed by it is not needed:
-    /// webhooks bring their own).
-    pub ca_pem: String,
-    /// A `system:masters` kubeconfig.
-    pub admin_kubeconfig: PathBuf,
-    /// The kubectl of the same version.
-    pub kubectl: PathBuf,
     /// The files of an HTTPS extender, if its URL is `https://`.
     #[serde(default)]
     pub extender_tls: Option<ExtenderTls>,
@@ -101,6 +83,24 @@ pub struct ExtenderTls {
     pub client_cert: PathBuf,
     /// Its key (`tlsConfig.keyFile`).
     pub client_key: PathBuf,
+}
+
+/// What a running cluster offers, as `<dir>/cluster.json` has it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub api_url: String,
+    /// The CA file every client trusts.
+    pub ca_cert: PathBuf,
+    /// The CA, PEM (a caBundle for webhooks signed by it is not needed:
+    /// webhooks bring their own).
+    pub ca_pem: String,
+    /// A `system:masters` kubeconfig.
+    pub admin_kubeconfig: PathBuf,
+    /// The kubectl of the same version.
+    pub kubectl: PathBuf,
     /// The directory of the Kubernetes binaries.
     pub kube_bin: PathBuf,
     /// The default scheduler.

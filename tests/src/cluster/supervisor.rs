@@ -226,18 +226,6 @@ impl ControlPlane {
         kubeconfig::write_cert(&kcm_kc, &api_url, &pki.ca_cert, "kcm", &kcm)?;
         let sched_kc = dir.join("kube-scheduler.kubeconfig");
         kubeconfig::write_cert(&sched_kc, &api_url, &pki.ca_cert, "scheduler", &sched)?;
-
-        let apiserver = Process::start(
-            dir,
-            "kube-apiserver",
-            &bins.kube("kube-apiserver"),
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--tls-cert-file={}", pki.serving_cert.display()),
-                format!("--tls-private-key-file={}", pki.serving_key.display()),
         let extender_tls = match spec.extender_url.as_deref() {
             Some(url) if url.starts_with("https://") => {
                 let pair = pki.serving_pair("scheduler-ext", &["127.0.0.1", "localhost"])?;
@@ -251,6 +239,18 @@ impl ControlPlane {
             }
             _ => None,
         };
+
+        let apiserver = Process::start(
+            dir,
+            "kube-apiserver",
+            &bins.kube("kube-apiserver"),
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--tls-cert-file={}", pki.serving_cert.display()),
+                format!("--tls-private-key-file={}", pki.serving_key.display()),
                 format!("--client-ca-file={}", pki.ca_cert.display()),
                 "--authorization-mode=Node,RBAC".into(),
                 "--enable-admission-plugins=NodeRestriction".into(),
@@ -317,6 +317,7 @@ impl ControlPlane {
                 "default-scheduler",
                 spec.extender_url.as_deref(),
                 spec.extender_ignorable,
+                extender_tls.as_ref(),
             ),
         )?;
         let scheduler = Process::start(
@@ -332,7 +333,6 @@ impl ControlPlane {
                 format!("--cert-dir={}", dir.join("scheduler-certs").display()),
                 "--v=0".into(),
             ],
-                extender_tls.as_ref(),
             &[],
         )?;
         processes.push(scheduler);
@@ -376,6 +376,7 @@ impl ControlPlane {
                 name: "default-scheduler".into(),
                 kubeconfig: sched_kc,
                 extender_url: spec.extender_url.clone(),
+                extender_tls,
             },
             pids: processes
                 .iter()
@@ -396,7 +397,6 @@ impl ControlPlane {
                 return Some(format!(
                     "{} exited ({status}); last log lines:\n{}",
                     p.name,
-                extender_tls,
                     p.log_tail(40)
                 ));
             }
@@ -421,6 +421,19 @@ pub fn scheduler_config(
     extender_url: Option<&str>,
     ignorable: bool,
 ) -> String {
+    scheduler_config_with(kubeconfig, name, extender_url, ignorable, None)
+}
+
+/// [`scheduler_config`] with the stanza's `enableHTTPS` and `tlsConfig`
+/// (CA, kube-scheduler's client pair) when `tls` is given, as the chart
+/// renders it.
+pub fn scheduler_config_with(
+    kubeconfig: &Path,
+    name: &str,
+    extender_url: Option<&str>,
+    ignorable: bool,
+    tls: Option<&ExtenderTls>,
+) -> String {
     let mut s = format!(
         "apiVersion: kubescheduler.config.k8s.io/v1\n\
          kind: KubeSchedulerConfiguration\n\
@@ -430,6 +443,15 @@ pub fn scheduler_config(
         kc = kubeconfig.display()
     );
     if let Some(url) = extender_url {
+        let https = match tls {
+            Some(t) => format!(
+                "enableHTTPS: true\n    tlsConfig:\n      insecure: false\n      caFile: {}\n      certFile: {}\n      keyFile: {}\n",
+                t.ca.display(),
+                t.client_cert.display(),
+                t.client_key.display()
+            ),
+            None => "enableHTTPS: false\n".to_owned(),
+        };
         s.push_str(&format!(
             "extenders:\n  - urlPrefix: \"{url}\"\n    filterVerb: filter\n    prioritizeVerb: prioritize\n    weight: 1\n    nodeCacheCapable: true\n    {https}    httpTimeout: 5s\n    ignorable: {ignorable}\n    managedResources:\n      - name: sextant.io/ip\n        ignoredByScheduler: false\n"
         ));
@@ -449,19 +471,6 @@ fn wait_for(
         for p in processes.iter_mut() {
             if let Some(status) = p.exited() {
                 bail!(
-) -> String {
-    scheduler_config_with(kubeconfig, name, extender_url, ignorable, None)
-}
-
-/// [`scheduler_config`] with the stanza's `enableHTTPS` and `tlsConfig`
-/// (CA, kube-scheduler's client pair) when `tls` is given, as the chart
-/// renders it.
-pub fn scheduler_config_with(
-    kubeconfig: &Path,
-    name: &str,
-    extender_url: Option<&str>,
-    ignorable: bool,
-    tls: Option<&ExtenderTls>,
                     "{} exited ({status}) while starting; last log lines:\n{}",
                     p.name,
                     p.log_tail(40)
@@ -472,15 +481,6 @@ pub fn scheduler_config_with(
             return Ok(());
         }
         if Instant::now() > deadline {
-        let https = match tls {
-            Some(t) => format!(
-                "enableHTTPS: true\n    tlsConfig:\n      insecure: false\n      caFile: {}\n      certFile: {}\n      keyFile: {}\n",
-                t.ca.display(),
-                t.client_cert.display(),
-                t.client_key.display()
-            ),
-            None => "enableHTTPS: false\n".to_owned(),
-        };
             let last = processes.last().map(|p| (p.name.clone(), p.log_tail(40)));
             let (name, tail) = last.unwrap_or_default();
             bail!("timed out after {timeout:?}; last log lines of {name}:\n{tail}");
