@@ -40,7 +40,7 @@ use sextant_crds::{FixedIP, NodeNetwork, SextantIdentity, SextantNetworkPolicy};
 use sextant_e2e::{
     chart::{NAMESPACE, Object, Rendered},
     cluster::{
-        Cluster, Options, eventually,
+        BoundTo, Cluster, Options, eventually,
         install::{self, PodFacts, Running},
     },
 };
@@ -181,8 +181,14 @@ async fn start_agent(c: &Cluster, spec: AgentSpec<'_>) -> anyhow::Result<Agent> 
     let kubeconfig = dir.join("kubeconfig");
     {
         let _one = TOKENS.lock().await;
-        let shared = c
-            .service_account_kubeconfig(NAMESPACE, spec.service_account)
+        // Bound to its Node, as a DaemonSet pod's token is: the chart's
+        // admission policy lets only such a token write its NodeNetwork.
+        let (shared, _) = c
+            .bound_service_account_kubeconfig(
+                NAMESPACE,
+                spec.service_account,
+                BoundTo::Node(spec.node),
+            )
             .await?;
         let mut text = std::fs::read_to_string(&shared)?;
         if let Some(proxy) = spec.proxy {

@@ -27,6 +27,7 @@ pub mod bins;
 pub mod dev;
 pub mod install;
 pub mod kubeconfig;
+pub mod node;
 pub mod pki;
 pub mod supervisor;
 
@@ -43,7 +44,10 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::{
+    authentication::v1::SelfSubjectReview,
+    core::v1::{Namespace, Node, Pod, ServiceAccount},
+};
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
@@ -52,6 +56,20 @@ use kube::{
 use serde::{Deserialize, Serialize};
 
 pub use supervisor::{Process, log_tail};
+
+/// The user-info extra in which the API server names the node a
+/// ServiceAccount token is bound to (directly, or through its pod).
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// What a ServiceAccount token is bound to (TokenRequest `boundObjectRef`).
+#[derive(Clone, Copy, Debug)]
+pub enum BoundTo<'a> {
+    /// A Node, by name: the token is valid while that Node exists.
+    Node(&'a str),
+    /// A Pod in the ServiceAccount's namespace, by name, on a node: the
+    /// token of a DaemonSet pod, as the kubelet projects it.
+    Pod(&'a str),
+}
 
 /// The default scheduler as the supervisor configured it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +127,9 @@ pub struct ClusterInfo {
     pub pids: BTreeMap<String, u32>,
     /// Component name to log file.
     pub logs: BTreeMap<String, PathBuf>,
+    /// The real node (kubelet and containerd), if asked for.
+    #[serde(default)]
+    pub node: Option<node::NodeInfo>,
 }
 
 /// Options of [`Cluster::start`].
@@ -124,6 +145,10 @@ pub struct Options {
     /// Keep the API server's audit log (`<dir>/logs/audit.log`): who made
     /// which request, for request-rate figures by user.
     pub audit: bool,
+    /// Start a real node beside the control plane: containerd and the
+    /// kubelet ([`node`]), registered but not Ready until a test installs a
+    /// CNI ([`node::install_cni`]).
+    pub real_node: bool,
 }
 
 /// A running cluster, stopped when dropped or when this process exits.
@@ -159,6 +184,9 @@ impl Cluster {
         }
         if options.audit {
             cmd.arg("--audit");
+        }
+        if options.real_node {
+            cmd.arg("--real-node");
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -245,18 +273,101 @@ impl Cluster {
     }
 
     /// A kubeconfig for ServiceAccount `namespace/name` (which must exist),
-    /// with a token from the TokenRequest API, valid for `ttl`.
+    /// with a token from the TokenRequest API, valid for a day, bound to
+    /// nothing (its user info names no node or pod).
     pub async fn service_account_kubeconfig(
         &self,
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<PathBuf> {
+        self.token_kubeconfig(namespace, name, serde_json::json!({}))
+            .await
+    }
+
+    /// A kubeconfig for ServiceAccount `namespace/name` whose token is bound
+    /// to `bound` (TokenRequest `boundObjectRef` with the object's uid), as
+    /// a pod's projected token is: the API server puts the node's name in
+    /// the token's user info (`authentication.kubernetes.io/node-name`,
+    /// [`NODE_NAME_EXTRA`]), which is what admission policies on node
+    /// agents compare with. Checked by a SelfSubjectReview with the token:
+    /// an API server that leaves the node name out is an error here, not a
+    /// puzzling denial later. Returns the kubeconfig and the node name.
+    pub async fn bound_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        bound: BoundTo<'_>,
+    ) -> anyhow::Result<(PathBuf, String)> {
+        let admin = self.admin().await?;
+        let (reference, node) = match bound {
+            BoundTo::Node(node) => {
+                let n = Api::<Node>::all(admin)
+                    .get(node)
+                    .await
+                    .with_context(|| format!("Node {node} to bind a token to"))?;
+                let uid = n.metadata.uid.context("Node without a uid")?;
+                (
+                    serde_json::json!({"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}),
+                    node.to_owned(),
+                )
+            }
+            BoundTo::Pod(pod) => {
+                let p = Api::<Pod>::namespaced(admin, namespace)
+                    .get(pod)
+                    .await
+                    .with_context(|| format!("Pod {namespace}/{pod} to bind a token to"))?;
+                let uid = p.metadata.uid.context("Pod without a uid")?;
+                let node = p
+                    .spec
+                    .and_then(|s| s.node_name)
+                    .with_context(|| format!("Pod {namespace}/{pod} is on no node"))?;
+                (
+                    serde_json::json!({"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}),
+                    node,
+                )
+            }
+        };
+        let path = self
+            .token_kubeconfig(
+                namespace,
+                name,
+                serde_json::json!({ "boundObjectRef": reference }),
+            )
+            .await?;
+        let review: SelfSubjectReview = Api::<SelfSubjectReview>::all(self.client(&path).await?)
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+            .context("SelfSubjectReview with the bound token")?;
+        let extra = review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.extra)
+            .unwrap_or_default();
+        let named = extra.get(NODE_NAME_EXTRA).cloned().unwrap_or_default();
+        ensure!(
+            named == [node.clone()],
+            "a token of {namespace}/{name} bound to node {node} carries {NODE_NAME_EXTRA} = {named:?} \
+             (user info extra: {extra:?}); the API server must have ServiceAccountTokenNodeBinding \
+             and ServiceAccountTokenPodNodeInfo (GA in 1.33 and 1.32)"
+        );
+        Ok((path, node))
+    }
+
+    /// TokenRequest for `namespace/name` with `spec` (plus a day's
+    /// expiry), written to a kubeconfig file of its own.
+    async fn token_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        mut spec: serde_json::Value,
+    ) -> anyhow::Result<PathBuf> {
         let admin = self.admin().await?;
         let sas: Api<ServiceAccount> = Api::namespaced(admin, namespace);
+        spec["expirationSeconds"] = serde_json::json!(24 * 3600);
         let request = serde_json::json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 24 * 3600},
+            "spec": spec,
         });
         let answered: serde_json::Value = sas
             .create_subresource("token", name, &PostParams::default(), &request)

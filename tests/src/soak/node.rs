@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use crate::{
     chart::{NAMESPACE, Rendered},
     cluster::{
-        Cluster, Process,
+        BoundTo, Cluster, Process,
         install::{self, PodFacts},
         supervisor::free_port,
     },
@@ -189,8 +189,10 @@ impl SoakNode {
         .await?;
 
         let dir = install::scratch(c, &format!("soak-{name}"))?;
-        let shared = c
-            .service_account_kubeconfig(NAMESPACE, "sextant-agent")
+        // Bound to its Node, as a DaemonSet pod's token is (the chart's
+        // admission policy lets only such a token write its NodeNetwork).
+        let (shared, _) = c
+            .bound_service_account_kubeconfig(NAMESPACE, "sextant-agent", BoundTo::Node(name))
             .await?;
         let kubeconfig = dir.join("kubeconfig");
         let text = std::fs::read_to_string(&shared)?

@@ -354,7 +354,7 @@ fn the_agent_admission_policy_is_rendered_fail_closed_for_the_agents_service_acc
         })
     }
     for r in sets() {
-        let found = policies(&r);
+        let found = policies(r);
         assert_eq!(found.len(), 1, "{}: one admission policy", r.set);
         let spec = found[0].spec.as_ref().expect("policy spec");
         assert_eq!(spec.failure_policy.as_deref(), Some("Fail"), "{}", r.set);
