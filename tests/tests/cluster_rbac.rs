@@ -699,9 +699,11 @@ fn operator_calls(node: &str) -> Vec<Call> {
     }
     v.extend([
         call("get", "sextant.io", "v1alpha1", "nodenetworks").named(node),
+        // Nameless: past authorization, then refused by validation, so the
+        // shared cluster gains no object.
         call("create", "sextant.io", "v1alpha1", "nodenetworks").body(json!({
             "apiVersion": "sextant.io/v1alpha1", "kind": "NodeNetwork",
-            "metadata": {"name": NOBODY}, "spec": {"provider": "static"}, "bogus": true,
+            "metadata": {}, "spec": {"provider": "static"},
         })),
         call("patch", "sextant.io", "v1alpha1", "nodenetworks")
             .named(NOBODY)
@@ -840,6 +842,10 @@ fn forbidden_calls(who: &str, node: &str) -> Vec<Call> {
             with(nn(), "delete").named(node),
             with(nn(), "patch").named(node).body(json!({"spec": {}})),
             with(nn(), "create").body(json!({})),
+            // Its report is a merge patch; a whole-status update is not its.
+            call("update", "sextant.io", "v1alpha1", "nodenetworks/status")
+                .named(node)
+                .body(json!({})),
             call("update", "sextant.io", "v1alpha1", "sextantidentities")
                 .named("256")
                 .body(json!({})),
