@@ -245,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
             extender_port: Some(extender_port),
             extender_ignorable: false,
             audit: true,
+            ..Options::default()
         },
     )?;
     let values = format!(

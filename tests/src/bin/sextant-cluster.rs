@@ -47,6 +47,9 @@ enum Cmd {
         /// Keep the API server's audit log in <dir>/logs/audit.log.
         #[arg(long)]
         audit: bool,
+        /// Start a real node (containerd and the kubelet) beside it.
+        #[arg(long)]
+        real_node: bool,
         /// Install Sextant (chart with the simulated cloud; operator,
         /// webhook and scheduler extender as host processes; kwok nodes).
         #[arg(long)]
@@ -69,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
             extender_url,
             extender_ignorable,
             audit,
+            real_node,
             sextant,
         } => {
             // With Sextant installed, the default scheduler calls its extender.
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
                     .or_else(|| extender_port.map(|p| format!("https://127.0.0.1:{p}"))),
                 extender_ignorable,
                 audit,
+                real_node,
             };
             let started = Bins::locate().and_then(|bins| ControlPlane::start(&spec, &bins));
             let mut plane = match started {

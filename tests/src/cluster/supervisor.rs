@@ -18,7 +18,9 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use super::{ClusterInfo, ExtenderTls, SchedulerInfo, bins::Bins, kubeconfig, pki::Pki};
+use super::{
+    ClusterInfo, ExtenderTls, SchedulerInfo, bins::Bins, kubeconfig, node::Node, pki::Pki,
+};
 
 /// The service VIP range of the test cluster (nothing routes to it).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -40,6 +42,8 @@ pub struct Spec {
     /// Write the API server's audit log (every request's user, verb and
     /// resource at level Metadata) to `<dir>/logs/audit.log`.
     pub audit: bool,
+    /// Start a real node (containerd and the kubelet, [`super::node`]).
+    pub real_node: bool,
 }
 
 /// One process with its log file; killed on drop.
@@ -159,6 +163,8 @@ pub struct ControlPlane {
     pub info: ClusterInfo,
     /// In start order; dropped (stopped) in reverse.
     processes: Vec<Process>,
+    /// The real node, torn down before the control plane.
+    node: Option<Node>,
 }
 
 impl ControlPlane {
@@ -220,6 +226,12 @@ impl ControlPlane {
             None,
         )?;
         let sched = pki.client_cert("kube-scheduler", "system:kube-scheduler", None)?;
+        // What the API server shows kubelets (exec, logs, port-forward).
+        let to_kubelet = pki.client_cert(
+            "kube-apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
         let admin_kc = dir.join("admin.kubeconfig");
         kubeconfig::write_cert(&admin_kc, &api_url, &pki.ca_cert, "sextant-admin", &admin)?;
         let kcm_kc = dir.join("kube-controller-manager.kubeconfig");
@@ -265,6 +277,9 @@ impl ControlPlane {
                 // tests reaches the API server through its Service.
                 "--endpoint-reconciler-type=none".into(),
                 "--allow-privileged=true".into(),
+                format!("--kubelet-client-certificate={}", to_kubelet.cert.display()),
+                format!("--kubelet-client-key={}", to_kubelet.key.display()),
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 "--profiling=false".into(),
                 format!("--cert-dir={}", dir.join("pki").display()),
                 "--v=0".into(),
@@ -363,6 +378,11 @@ impl ControlPlane {
             )
         })
         .context("kube-controller-manager did not create the default ServiceAccount")?;
+        let node = if spec.real_node {
+            Some(Node::start(dir, &pki, bins, &api_url).context("the real node did not start")?)
+        } else {
+            None
+        };
 
         let info = ClusterInfo {
             dir: dir.clone(),
@@ -386,12 +406,20 @@ impl ControlPlane {
                 .iter()
                 .map(|p| (p.name.clone(), p.log.clone()))
                 .collect(),
+            node: node.as_ref().map(|n| n.info.clone()),
         };
-        Ok(ControlPlane { info, processes })
+        Ok(ControlPlane {
+            info,
+            processes,
+            node,
+        })
     }
 
     /// The first component that has exited, with its log tail.
     pub fn check(&mut self) -> Option<String> {
+        if let Some(why) = self.node.as_mut().and_then(Node::check) {
+            return Some(why);
+        }
         for p in &mut self.processes {
             if let Some(status) = p.exited() {
                 return Some(format!(
@@ -407,6 +435,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        self.node.take();
         while let Some(mut p) = self.processes.pop() {
             p.stop(Duration::from_secs(3));
         }
