@@ -91,14 +91,17 @@ pub async fn lookup_cached(
     if let Some(fip) = cache.and_then(|c| c.get(namespace, name)) {
         return found(&fip, namespace, name);
     }
+    let synced = cache.is_some_and(FixedIpCache::synced);
     match lookup(client, namespace, name).await {
-        Err(Error::Kube { source, .. })
-            if !matches!(*source, kube::Error::Api(_))
-                && cache.is_some_and(FixedIpCache::synced) =>
+        // Unreachable or hung: a synced watch knowing no FixedIP for the pod
+        // is the answer (a FixedIP made since is at most a watch delay old).
+        Err(e @ (Error::Kube { .. } | Error::ApiDeadline { .. }))
+            if synced
+                && !matches!(&e, Error::Kube { source, .. } if matches!(**source, kube::Error::Api(_))) =>
         {
             tracing::warn!(
                 pod = %format!("{namespace}/{name}"),
-                error = %source,
+                error = %e,
                 "API server unreachable; the FixedIP watch knows none for this pod: ordinary pod"
             );
             Ok(Lookup::NotFound)
@@ -173,5 +176,37 @@ mod cache_tests {
         assert!(matches!(got, Err(Error::Kube { .. })), "{got:?}");
         let got = lookup_cached(&unreachable_client(), None, "default", "nginx-1").await;
         assert!(matches!(got, Err(Error::Kube { .. })), "no cache: {got:?}");
+    }
+
+    /// A client whose API server takes every request and never answers.
+    fn hung_client() -> (Client, tokio::task::JoinHandle<()>) {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let held = tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some(p) = handle.next_request().await {
+                pending.push(p);
+            }
+        });
+        (Client::new(svc, "default"), held)
+    }
+
+    /// CNI ADD's lookup against an API server that never answers: with a
+    /// synced watch the pod is an ordinary one once the deadline passes (it
+    /// failed the ADD before, though the watch knew the answer); without
+    /// one the ADD fails at the deadline for kubelet to retry, never later.
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_to_an_api_server_that_never_answers_ends_at_the_deadline() {
+        let (client, held) = hung_client();
+        let cache = cache_with(&[("db", "web-0", "10.0.0.9")], true);
+        let started = tokio::time::Instant::now();
+        let got = lookup_cached(&client, Some(&cache), "default", "nginx-1").await;
+        assert_eq!(got.expect("ordinary"), Lookup::NotFound);
+        assert_eq!(started.elapsed(), crate::error::API_DEADLINE);
+
+        let started = tokio::time::Instant::now();
+        let got = lookup_cached(&client, None, "default", "nginx-1").await;
+        assert!(matches!(got, Err(Error::ApiDeadline { .. })), "{got:?}");
+        assert_eq!(started.elapsed(), crate::error::API_DEADLINE);
+        held.abort();
     }
 }
