@@ -539,6 +539,77 @@ async fn agent_identity_creates_are_well_formed_and_never_rewritten() -> anyhow:
     Ok(())
 }
 
+/// The real agent under the policy: with its DaemonSet-pod token it reports
+/// usage, answers the operator's mark and drops a released entry once the
+/// address left the pool, all through the API server's policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_agent_reports_and_answers_the_handshake_under_the_policy() -> anyhow::Result<()> {
+    let Some(c) = cluster() else { return Ok(()) };
+    let n = two_nodes(c).await?;
+    policy_active(&n).await?;
+    let pod = format!("sextant-agent-{}", n.a);
+    let (kubeconfig, _) = c
+        .bound_service_account_kubeconfig(NAMESPACE, AGENT, BoundTo::Pod(&pod))
+        .await?;
+    let dir = install::scratch(c, &pod)?;
+    let mut component = install::Component::new(
+        "sextant-agent",
+        "agent",
+        None,
+        &pod,
+        vec![
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            (
+                "SEXTANT_AGENT_SOCKET",
+                dir.join("agent.sock").display().to_string(),
+            ),
+            ("SEXTANT_STATE_DIR", dir.join("state").display().to_string()),
+            ("SEXTANT_BPF_ROOT", dir.join("bpf").display().to_string()),
+            ("SEXTANT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ("SEXTANT_USAGE_REPORT_INTERVAL", "1s".to_owned()),
+            ("SEXTANT_NO_DATAPATH", "true".to_owned()),
+        ],
+    );
+    component.pod.node_name = n.a.clone();
+    let agent = install::run(c, installed(c), &pod, component).await?;
+
+    let api = Api::<NodeNetwork>::all(n.admin.clone());
+    let answered = eventually(
+        Duration::from_secs(60),
+        "the agent's usage report and its answer to the mark",
+        || async {
+            let st = serde_json::to_value(api.get(&n.a).await?)?["status"].clone();
+            Ok((st["release"]["198.18.0.10"] == "ready-for-release"
+                && st["usage"]["reportedAt"].is_string())
+            .then_some(st))
+        },
+    )
+    .await
+    .with_context(|| agent.process.log_tail(30))?;
+    ensure!(
+        answered["fixedIps"]["198.18.0.20"] == "default/web-0",
+        "{answered}"
+    );
+
+    // The operator gives .12 back: it leaves the pool, and the agent drops
+    // its `released` entry (the one deletion the policy lets it make).
+    let gone = json!({"status": {"pool": {"198.18.0.12": null}}});
+    api.patch_status(&n.a, &PatchParams::default(), &Patch::Merge(&gone))
+        .await?;
+    eventually(
+        Duration::from_secs(60),
+        "the agent dropping the released entry",
+        || async {
+            let st = serde_json::to_value(api.get(&n.a).await?)?["status"].clone();
+            Ok(st["release"].get("198.18.0.12").is_none().then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agent.process.log_tail(30))?;
+    agent.assert_no_forbidden()?;
+    Ok(())
+}
+
 // ------------------------------------------------------------ RBAC, pinned
 
 /// One API call as a component's code makes it.
