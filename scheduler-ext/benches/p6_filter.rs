@@ -36,7 +36,22 @@ use sextant_scheduler_ext::{
     pod::PodRef,
 };
 
+/// Nodes in the cluster; `SEXTANT_P6_NODES` changes it (the chart's memory
+/// limit is sized from the RSS figures at 20,000).
 const NODES: usize = 6_000;
+
+/// The process's resident set, from `/proc/self/status` (0 if unreadable).
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
 const PODS_PER_NODE: usize = 20;
 const FIXED_SHARE: f64 = 0.05;
 /// Untimed requests before the timed ones.
@@ -323,17 +338,32 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut rng = Rng(0x5e47a47);
     let mut next_ip = [10u64; 3];
-    let nodes: Vec<NodeNetwork> = (0..NODES)
+    let n_nodes: usize = std::env::var("SEXTANT_P6_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NODES);
+    let rss_start = rss_mb();
+    let nodes: Vec<NodeNetwork> = (0..n_nodes)
         .map(|i| node_network(i, &mut rng, &mut next_ip))
         .collect();
-    let fixed_count = (NODES as f64 * PODS_PER_NODE as f64 * FIXED_SHARE) as usize;
+    let fixed_count = (n_nodes as f64 * PODS_PER_NODE as f64 * FIXED_SHARE) as usize;
     let fixed: Vec<FixedIP> = (0..fixed_count)
         .map(|k| fixed_ip(k, &mut rng, &nodes))
         .collect();
     let mut index = Index::default();
     index.reset_nodes(&nodes);
     index.reset_fixed_ips(&fixed);
-    let names: Vec<String> = (0..NODES).map(node_name).collect();
+    // What the process holds at a relist: the listed objects (the watcher's
+    // buffer) and the index built from them.
+    let rss_relist = rss_mb();
+    println!(
+        "P6 memory: {n_nodes} NodeNetworks + {} FixedIPs: RSS {:.0} MB at start, {:.0} MB with the objects and the index (+{:.0} MB)",
+        fixed.len(),
+        rss_start,
+        rss_relist,
+        rss_relist - rss_start
+    );
+    let names: Vec<String> = (0..n_nodes).map(node_name).collect();
 
     // 20 request pods: one in twenty has a FixedIP.
     let pods: Vec<(String, String)> = (0..20)
@@ -480,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
     let s = stats(sextant);
     let b = stats(baseline);
     println!(
-        "P6 setup: {NODES} NodeNetworks, {} FixedIPs, 1 in 20 request pods with a FixedIP; request bodies {:.2} MB (NodeNames) vs {:.1} MB (v1.Node objects); built in {:.1} s",
+        "P6 setup: {n_nodes} NodeNetworks, {} FixedIPs, 1 in 20 request pods with a FixedIP; request bodies {:.2} MB (NodeNames) vs {:.1} MB (v1.Node objects); built in {:.1} s",
         fixed.len(),
         cached_bodies[0].len() as f64 / 1e6,
         full_body(0).len() as f64 / 1e6,
@@ -531,7 +561,7 @@ async fn main() -> anyhow::Result<()> {
         b.n
     );
     println!(
-        "P6 extender filter p99 (6000 nodes): sextant {:.2} ms, baseline {:.1} ms, ratio {:.1}x (goal p99 <= 5 ms)",
+        "P6 extender filter p99 ({n_nodes} nodes): sextant {:.2} ms, baseline {:.1} ms, ratio {:.1}x (goal p99 <= 5 ms)",
         ms(s.p99),
         ms(b.p99),
         ms(b.p99) / ms(s.p99)

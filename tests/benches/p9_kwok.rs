@@ -254,8 +254,11 @@ async fn main() -> anyhow::Result<()> {
     let rendered = install::install(&c, Some(values))?;
     let (op, op_addr) = install::run_operator(&c, &rendered, "sextant-operator-p9", vec![]).await?;
     let ext_addr = format!("127.0.0.1:{extender_port}");
-    let ext =
-        install::run_scheduler_ext(&c, &rendered, "sextant-scheduler-ext-p9", &ext_addr).await?;
+    // The extender's metrics are on its plain-HTTP admin port (the extender
+    // port is HTTPS with client certificates).
+    let (ext, ext_admin) =
+        install::run_scheduler_ext_with_admin(&c, &rendered, "sextant-scheduler-ext-p9", &ext_addr)
+            .await?;
     let admin = c.admin().await?;
 
     // Nodes, 100 at a time; each one's NodeNetwork watched until its pool
@@ -369,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
     let mut bound = schedule(&admin, &ns, &["default-scheduler", "plain-scheduler"]).await;
     let with_ext = bound.remove("default-scheduler").unwrap_or_default();
     let without = bound.remove("plain-scheduler").unwrap_or_default();
-    let ext_metrics = scrape(&ext_addr);
+    let ext_metrics = scrape(&ext_admin);
     drop(plain);
 
     println!("P9 kwok nodes held: {held} of {nodes} asked (this machine, 2 cores)");

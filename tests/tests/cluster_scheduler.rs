@@ -34,9 +34,9 @@ use kube::{
 use serde_json::{Value, json};
 use sextant_crds::{FixedIP, FixedIPSpec, IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
 use sextant_e2e::cluster::{
-    Cluster, Options, eventually,
+    Cluster, Options, Process, eventually,
     install::{self, Running},
-    supervisor::free_port,
+    supervisor::{free_port, scheduler_config_with},
 };
 
 const RESOURCE: &str = "sextant.io/ip";
@@ -45,6 +45,8 @@ const GROUP: &str = "sextant-e2e/group";
 const ZONE_A: &str = "us-east-1a";
 const ZONE_B: &str = "us-east-1b";
 const SUBNET_A: &str = "subnet-0a";
+/// The profile of the second kube-scheduler, configured `ignorable: true`.
+const IGNORABLE: &str = "sextant-ignorable";
 
 /// The extender's port, fixed for the binary: the scheduler's configuration
 /// names it when the cluster starts.
@@ -723,6 +725,84 @@ async fn fixed_ip_phase(client: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The chart's default stanza, `ignorable: true`, on a second kube-scheduler
+/// (profile `sextant-ignorable`) calling the same extender over HTTPS.
+fn start_ignorable_scheduler(c: &Cluster) -> anyhow::Result<Process> {
+    let tls = c
+        .info
+        .scheduler
+        .extender_tls
+        .as_ref()
+        .context("the cluster's extender TLS files")?;
+    let config = c.info.dir.join("ignorable-scheduler.yaml");
+    std::fs::write(
+        &config,
+        scheduler_config_with(
+            &c.info.scheduler.kubeconfig,
+            IGNORABLE,
+            c.info.scheduler.extender_url.as_deref(),
+            true,
+            Some(tls),
+        ),
+    )?;
+    let kc = c.info.scheduler.kubeconfig.display().to_string();
+    c.spawn(
+        "ignorable-scheduler",
+        &c.info.kube_bin.join("kube-scheduler"),
+        &[
+            format!("--config={}", config.display()),
+            format!("--authentication-kubeconfig={kc}"),
+            format!("--authorization-kubeconfig={kc}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", free_port()?),
+            format!(
+                "--cert-dir={}",
+                c.info.dir.join("ignorable-scheduler-certs").display()
+            ),
+        ],
+        &[],
+    )
+}
+
+/// `pod(..)` for the `ignorable: true` scheduler.
+fn ignorable_pod(name: &str, selector: &[(&str, &str)], fixed_ip: bool) -> Pod {
+    let mut p = pod(name, selector, true);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.scheduler_name = Some(IGNORABLE.into());
+    }
+    if fixed_ip {
+        p.metadata.annotations = Some(
+            [("sextant.io/fixed-ip".to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+    }
+    p
+}
+
+/// With `ignorable: true` kube-scheduler skips an extender that answers
+/// `Error`; a pod the extender must hold is therefore refused on every node
+/// instead: a pod annotated for a fixed IP whose FixedIP does not exist yet
+/// stays Pending under the ignorable scheduler too, while a plain pod is
+/// placed by the extender's rules.
+async fn ignorable_phase(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let group = [(GROUP, "capacity")];
+    create_pod(client, ns, &ignorable_pod("ign-fixed", &group, true)).await?;
+    let message = stays_pending_with(client, ns, "ign-fixed", "does not exist yet").await?;
+    eprintln!("ignorable scheduler, fixed-IP pod without FixedIP: {message}");
+    ensure!(
+        message.contains("Preemption is not helpful"),
+        "held as unresolvable: {message}"
+    );
+    create_pod(client, ns, &ignorable_pod("ign-plain", &group, false)).await?;
+    let node = scheduled(client, ns, "ign-plain").await?;
+    assert_eq!(
+        node, "cap-free",
+        "the extender's verdict holds while it is up"
+    );
+    Ok(())
+}
+
 /// With the extender down and `ignorable: false`, kube-scheduler does not
 /// place pods that ask for `sextant.io/ip` (every pod the webhook mutated):
 /// they wait with the extender's error as FailedScheduling; pods without
@@ -747,6 +827,15 @@ async fn outage_phase(
     eprintln!("extender down: {message}");
     create_pod(client, ns, &pod("outage-no-ip", &group, false)).await?;
     scheduled(client, ns, "outage-no-ip").await?;
+    // The chart's default, `ignorable: true`: the same pod is placed anyway.
+    create_pod(
+        client,
+        ns,
+        &ignorable_pod("outage-ignorable", &[(GROUP, "capacity")], false),
+    )
+    .await?;
+    let node = scheduled(client, ns, "outage-ignorable").await?;
+    eprintln!("extender down, ignorable: outage-ignorable placed on {node}");
     // Still waiting after the scheduler's retries in the meantime.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let p = Api::<Pod>::namespaced(client.clone(), ns)
@@ -814,6 +903,8 @@ async fn kube_scheduler_with_the_extender_keeps_pods_off_full_nodes_and_fixed_ip
 
     capacity_phase(&admin, &ns).await?;
     fixed_ip_phase(&admin, &ns).await?;
+    let _ignorable = start_ignorable_scheduler(c)?;
+    ignorable_phase(&admin, &ns).await?;
     let restarted = outage_phase(c, &admin, &ns, &mut extender, &rendered).await?;
 
     // kwok kept the advertised resource through its heartbeats.

@@ -373,6 +373,19 @@ pub async fn run_scheduler_ext(
     pod: &str,
     addr: &str,
 ) -> anyhow::Result<Running> {
+    Ok(run_scheduler_ext_with_admin(cluster, rendered, pod, addr)
+        .await?
+        .0)
+}
+
+/// [`run_scheduler_ext`], also returning its plain-HTTP admin address
+/// (`/metrics`, `/readyz`).
+pub async fn run_scheduler_ext_with_admin(
+    cluster: &Cluster,
+    rendered: &Rendered,
+    pod: &str,
+    addr: &str,
+) -> anyhow::Result<(Running, String)> {
     let admin = loopback_addr()?;
     let mut overrides = vec![
         ("SEXTANT_SCHEDULER_EXT_LISTEN", addr.to_owned()),
@@ -409,7 +422,7 @@ pub async fn run_scheduler_ext(
     )
     .await?;
     wait_http_ok(&mut running.process, &admin, "/readyz").await?;
-    Ok(running)
+    Ok((running, admin))
 }
 
 /// `127.0.0.1:<free port>`.

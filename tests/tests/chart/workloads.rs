@@ -339,7 +339,7 @@ fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
             .and_then(|r| r.limits.as_ref())
             .and_then(|l| l.get("memory"))
             .map(|q| q.0.clone());
-        assert_eq!(limit.as_deref(), Some("512Mi"));
+        assert_eq!(limit.as_deref(), Some("768Mi"));
         let vol = spec
             .volumes
             .iter()
