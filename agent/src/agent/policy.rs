@@ -143,24 +143,26 @@ impl Agent {
             }
         }
         let local_ips: BTreeSet<Ipv4Addr> = local.values().copied().collect();
-        let names_before: BTreeSet<String> = ps
-            .node
-            .engine()
-            .contents()
-            .policy_names
-            .values()
-            .cloned()
-            .collect();
+        let names_before = ps.node.engine().contents().policy_names.clone();
         let (diffs, report) = ps.node.sync(&snap, &local_ips);
-        // A deleted policy's verdict series goes with it.
+        // A deleted policy's verdict series goes with it, and a slot it
+        // freed starts from zero for the next policy given it.
         let names = &ps.node.engine().contents().policy_names;
         let now: BTreeSet<&String> = names.values().collect();
-        for gone in names_before.iter().filter(|n| !now.contains(n)) {
+        for gone in names_before.values().filter(|n| !now.contains(n)) {
             self.metrics.forget_policy(gone);
         }
+        let freed: Vec<u32> = names_before
+            .iter()
+            .filter(|(slot, name)| names.get(slot) != Some(*name))
+            .map(|(slot, _)| *slot)
+            .collect();
         let mut dp = lock(&self.datapath);
         if let Some(dp) = dp.as_mut() {
             let written = (|| -> Result<()> {
+                for slot in &freed {
+                    dp.reset_verdicts(*slot)?;
+                }
                 for d in &diffs {
                     policy::write_diff(dp, d)?;
                 }

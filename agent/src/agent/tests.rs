@@ -509,3 +509,91 @@ async fn verdict_series_of_deleted_policies_are_dropped() {
         "every deleted policy's series kept"
     );
 }
+
+#[tokio::test]
+async fn a_policy_given_a_freed_verdict_slot_starts_from_zero() {
+    let test = format!(
+        "{}: {}",
+        file!(),
+        sextant_testkit::current_test("a_policy_given_a_freed_verdict_slot_starts_from_zero")
+    );
+    if !sextant_testkit::require(
+        sextant_testkit::Tier::Kernel,
+        sextant_testkit::root_unavailable(),
+        &test,
+    ) {
+        return;
+    }
+    struct Pins(PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = crate::datapath::remove_pins(&self.0);
+        }
+    }
+    let root = PathBuf::from(format!(
+        "/sys/fs/bpf/sextant-test-verdict-slot-{}",
+        std::process::id()
+    ));
+    let _pins = Pins(root.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let agent = Agent::new(Config {
+        bpf_root: Some(root),
+        ..cfg(dir.path())
+    })
+    .expect("agent");
+    agent.restore().await.expect("restore");
+    let snap = |name: &str| PolicySnapshot {
+        policies: vec![serde_json::json!({
+            "apiVersion": "sextant.io/v1alpha1", "kind": "SextantNetworkPolicy",
+            "metadata": {"name": name, "namespace": "prod"},
+            "spec": {"endpointSelector": {"matchLabels": {"app": name}}, "ingress": [{}]}
+        })],
+        ..Default::default()
+    };
+    let slot_of = |agent: &Agent, name: &str| {
+        lock(&agent.policy)
+            .node
+            .engine()
+            .contents()
+            .policy_names
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(slot, _)| *slot)
+    };
+    let series = |agent: &Agent, name: &str| {
+        let prefix = format!("sextant_agent_policy_verdicts_total{{policy=\"{name}\"}} ");
+        agent
+            .metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    };
+    agent.sync_policy(snap("a")).expect("sync a");
+    let slot = slot_of(&agent, "SextantNetworkPolicy/prod/a").expect("a's slot");
+    // Packets a's entries allowed, as the datapath counts them.
+    lock(&agent.datapath)
+        .as_mut()
+        .expect("datapath")
+        .set_verdicts(slot, 5)
+        .expect("count");
+    assert_eq!(
+        series(&agent, "SextantNetworkPolicy/prod/a").as_deref(),
+        Some("5")
+    );
+
+    // a deleted, later b created: b gets the slot a freed.
+    agent
+        .sync_policy(PolicySnapshot::default())
+        .expect("sync none");
+    agent.sync_policy(snap("b")).expect("sync b");
+    assert_eq!(
+        slot_of(&agent, "SextantNetworkPolicy/prod/b"),
+        Some(slot),
+        "b takes the slot a freed"
+    );
+    assert_eq!(series(&agent, "SextantNetworkPolicy/prod/a"), None);
+    assert_eq!(
+        series(&agent, "SextantNetworkPolicy/prod/b"),
+        None,
+        "b inherited a's packets"
+    );
+}

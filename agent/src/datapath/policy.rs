@@ -126,6 +126,29 @@ impl Datapath {
         self.policy.keys().filter(|k| k.is_ok()).count()
     }
 
+    /// Zeroes the verdict counters of `slot`: the next policy given the slot
+    /// starts from 0 instead of inheriting the packets of the one before.
+    pub fn reset_verdicts(&mut self, slot: u32) -> Result<()> {
+        self.set_verdicts(slot, 0)
+    }
+
+    /// Sets slot `slot`'s counter to `n` on the first CPU and 0 on the others.
+    pub(crate) fn set_verdicts(&mut self, slot: u32, n: u64) -> Result<()> {
+        if slot >= POLICY_SLOTS {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+        let mut values = vec![0u64; cpus];
+        if let Some(first) = values.first_mut() {
+            *first = n;
+        }
+        let values = aya::maps::PerCpuValues::try_from(values)
+            .map_err(|e| Error::io("per-CPU verdict values", e))?;
+        self.verdicts
+            .set(slot, values, 0)
+            .map_err(|e| Error::bpf(format!("resetting the verdicts of slot {slot}"), e))
+    }
+
     /// Allowed packets of each of `slots` (summed over CPUs), non-zero ones only.
     pub fn policy_verdicts(&self, slots: impl IntoIterator<Item = u32>) -> BTreeMap<u32, u64> {
         slots
