@@ -69,7 +69,9 @@ fn cloud_credentials_are_only_referenced_never_inlined() {
             "alibaba" => {
                 // A static key only: with RRSA beside it the key would win
                 // (as in Alibaba's SDKs), and the annotation would mislead.
-                assert!(!sa_annotations(&r).contains_key("pod-identity.alibabacloud.com/role-name"));
+                assert!(
+                    !sa_annotations(&r).contains_key("pod-identity.alibabacloud.com/role-name")
+                );
                 let c = &pod_spec_of_deploy(op.expect("operator")).containers[0];
                 let refs: Vec<&str> = c
                     .env_from
