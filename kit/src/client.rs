@@ -78,7 +78,7 @@ pub fn is_deadline(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Service(s) if s.is::<NoResponse>())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -91,17 +91,7 @@ mod tests {
     /// answers: a write through the client ends at its deadline.
     #[tokio::test]
     async fn a_write_to_an_api_server_that_never_answers_ends_at_the_deadline() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                open.push(conn);
-            }
-        });
-        let url: http::Uri = format!("http://{addr}").parse().expect("url");
+        let (url, held) = crate::testing::silent_api_server().await;
         let client =
             with_deadlines(kube::Config::new(url), Duration::from_millis(300)).expect("client");
         let api: Api<ConfigMap> = Api::namespaced(client, "default");

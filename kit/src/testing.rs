@@ -139,3 +139,22 @@ pub async fn finish<T>(script: tokio::task::JoinHandle<T>) -> T {
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
+
+/// An API server stand-in on a loopback TCP port that accepts every
+/// connection, reads nothing back and never answers: for deadline tests
+/// through a real client stack ([`crate::client::with_deadlines`]).
+/// Returns its `http://` URL and the task holding the connections open.
+pub async fn silent_api_server() -> (http::Uri, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            open.push(conn);
+        }
+    });
+    let url = format!("http://{addr}").parse().expect("loopback URL");
+    (url, held)
+}

@@ -1352,15 +1352,8 @@ mod tests {
     /// instead of holding the node's reconcile for good.
     #[tokio::test]
     async fn a_status_write_to_an_api_server_that_never_answers_fails_at_the_deadline() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                open.push(conn);
-            }
-        });
-        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let (url, held) = sextant_kit::testing::silent_api_server().await;
+        let config = kube::Config::new(url);
         let deadline = Duration::from_millis(300);
         let client = sextant_kit::client::with_deadlines(config, deadline).unwrap();
         let api: Api<NodeNetwork> = Api::all(client);
