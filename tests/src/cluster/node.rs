@@ -10,10 +10,11 @@
 //!              │              sandbox image sextant.test/pause:v1 (imported)
 //!              └─ kubelet     system:node:<name> (client cert), node IP on a
 //!                             bridge of its own without ports (/24 in
-//!                             198.19.0.0/16; this kernel has no dummy links),
+//!                             198.18.128.0/17; this kernel has no dummy links),
 //!                             cgroups under /sextant-node-<supervisor pid>
 //!  test ──▶ install_cni (sextant-cni + the chart's conflist), sextant-agent,
-//!           sextant-device-plugin (<node>/kubelet/device-plugins/kubelet.sock)
+//!           sextant-device-plugin (/var/lib/kubelet/device-plugins/kubelet.sock:
+//!           the kubelet's constant, so one real node per machine at a time)
 //! ```
 //!
 //! Everything the node makes on the host is named after the supervisor's
@@ -45,8 +46,9 @@ use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    Cluster,
     bins::{Bins, workspace_bin},
-    kubeconfig,
+    install, kubeconfig,
     pki::Pki,
     supervisor::{Process, free_port},
 };
@@ -56,12 +58,24 @@ use crate::chart::{Object, Rendered, repo_root};
 pub const ZONE: &str = "us-east-1a";
 /// Its instance type.
 pub const INSTANCE_TYPE: &str = "m5.large";
-/// Where the node's links get their /24s (RFC 2544's benchmarking
-/// range: never routed off this machine).
-const NODE_NET_PREFIX: &str = "198.19";
+/// Where the node's links get their /24s: the upper half of 198.18.0.0/16
+/// (RFC 2544's benchmarking range: never routed off this machine; the other
+/// tests' addresses are in 198.18.0.0/24 and 198.19.0.0/16).
+const NODE_NET_PREFIX: &str = "198.18";
+/// The third octets the node may take.
+const NODE_NET_THIRD: std::ops::Range<u32> = 128..255;
 /// Names of host objects the node owns end in the supervisor's pid.
 const LINK_PREFIX: &str = "sxn";
 const CGROUP_PREFIX: &str = "sextant-node-";
+/// The kubelet's device-plugin directory: a constant in the kubelet (not
+/// under `--root-dir`), so every kubelet on a machine shares it and clears
+/// it when it starts. Hence one real node per machine at a time
+/// ([`HOST_LOCK`]).
+pub const DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
+/// Held by the running real node; a second one (another test binary) waits.
+const HOST_LOCK: &str = "/run/sextant-real-node.lock";
+/// How long a node waits for another test binary's node to go away.
+const HOST_LOCK_WAIT: Duration = Duration::from_secs(900);
 
 /// What a test needs to know about the node (part of `cluster.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,7 +96,8 @@ pub struct NodeInfo {
     pub cni_bin_dir: PathBuf,
     /// containerd's CNI configuration directory.
     pub cni_conf_dir: PathBuf,
-    /// The kubelet's device-plugin directory (`kubelet.sock` inside).
+    /// The kubelet's device-plugin directory (`kubelet.sock` inside),
+    /// [`DEVICE_PLUGIN_DIR`].
     pub device_plugin_dir: PathBuf,
     /// containerd's socket.
     pub containerd_socket: PathBuf,
@@ -108,6 +123,7 @@ pub struct Node {
     containerd: Option<Process>,
     kubelet: Option<Process>,
     cgroup: String,
+    _host: std::fs::File,
 }
 
 /// The image archives `scripts/images.sh` builds.
@@ -186,6 +202,7 @@ impl Node {
             "{} is missing: containerd 1.6 sets up pod loopback with it (Debian's containernetworking-plugins)",
             loopback.display()
         );
+        let host = host_lock()?;
         sweep_stale();
 
         let me = std::process::id();
@@ -207,7 +224,7 @@ impl Node {
                 dir: dir.clone(),
                 cni_bin_dir: dir.join("cni/bin"),
                 cni_conf_dir: dir.join("cni/net.d"),
-                device_plugin_dir: dir.join("kubelet/device-plugins"),
+                device_plugin_dir: DEVICE_PLUGIN_DIR.into(),
                 containerd_socket: dir.join("containerd.sock"),
                 agent_socket: dir.join("sextant/api/agent.sock"),
                 pause_image: images.pause.clone(),
@@ -221,6 +238,7 @@ impl Node {
             containerd: None,
             kubelet: None,
             cgroup: cgroup.clone(),
+            _host: host,
         };
         // From here on, dropping `node` undoes what was made.
         for d in [
@@ -409,6 +427,42 @@ impl Drop for Node {
             .args(["link", "del", &self.info.link])
             .stderr(Stdio::null())
             .status();
+        let _ = std::fs::remove_file(self.info.device_plugin_dir.join("kubelet.sock"));
+    }
+}
+
+/// The machine-wide lock of the real node, waited for up to
+/// [`HOST_LOCK_WAIT`] (a lock whose holder died is free: the kernel drops
+/// it with the process).
+fn host_lock() -> anyhow::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(HOST_LOCK)
+        .with_context(|| format!("opening {HOST_LOCK}"))?;
+    let deadline = Instant::now() + HOST_LOCK_WAIT;
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !told {
+                    eprintln!(
+                        "sextant-cluster: another real node runs on this machine (the kubelet's device-plugin directory is machine-wide); waiting for {HOST_LOCK}"
+                    );
+                    told = true;
+                }
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {HOST_LOCK}"));
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "another real node held {HOST_LOCK} for {HOST_LOCK_WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -561,18 +615,20 @@ localStorageCapacityIsolation: true
     ))
 }
 
-/// Adds link `link` (a bridge without ports) with the first free /24 of 198.19.0.0/16 (from a
-/// pid-derived start), `.1` as the node's address; returns it.
+/// Adds link `link` (a bridge without ports) with the first free /24 of
+/// 198.18.128.0/17 (from a pid-derived start), `.1` as the node's address;
+/// returns it.
 fn add_link(link: &str) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(["-4", "-o", "addr", "show"])
         .output()?;
     let taken = String::from_utf8_lossy(&out.stdout).into_owned();
-    let start = std::process::id() % 250;
-    let third = (0..250)
-        .map(|i| (start + i) % 250 + 1)
+    let span = NODE_NET_THIRD.end - NODE_NET_THIRD.start;
+    let start = std::process::id() % span;
+    let third = (0..span)
+        .map(|i| NODE_NET_THIRD.start + (start + i) % span)
         .find(|t| !taken.contains(&format!(" {NODE_NET_PREFIX}.{t}.")))
-        .context("no free /24 in 198.19.0.0/16 for the node's link")?;
+        .context("no free /24 in 198.18.128.0/17 for the node's link")?;
     let ip = format!("{NODE_NET_PREFIX}.{third}.1");
     for args in [
         vec!["link", "add", link, "type", "bridge"],
@@ -837,4 +893,31 @@ pub fn install_cni(info: &NodeInfo, rendered: &Rendered) -> anyhow::Result<PathB
     let path = info.cni_conf_dir.join(&file);
     std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+/// The chart as [`install::install`] applies it, minus its Deployments and
+/// DaemonSets: on a cluster with a real node their pods would land there
+/// and pull Sextant's images from a registry this machine cannot reach;
+/// the tests run each component as a host process instead.
+pub fn install_without_workloads(
+    cluster: &Cluster,
+    values: Option<String>,
+) -> anyhow::Result<Rendered> {
+    let ns = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n",
+        crate::chart::NAMESPACE
+    );
+    install::apply(cluster, &ns, false)?;
+    install::apply_crds(cluster)?;
+    let rendered = install::render(values)?;
+    let all = install::manifests(&rendered);
+    let kept: Vec<&str> = all
+        .split("\n---")
+        .filter(|doc| {
+            !doc.lines()
+                .any(|l| l == "kind: Deployment" || l == "kind: DaemonSet")
+        })
+        .collect();
+    install::apply(cluster, &kept.join("\n---"), false)?;
+    Ok(rendered)
 }
