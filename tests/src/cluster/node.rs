@@ -742,7 +742,14 @@ fn remove_cgroup(name: &str) {
 /// SIGKILLs the containerd shims serving the containerd at `sock` (their
 /// command line names its address).
 fn kill_shims(sock: &Path) {
-    let needle = sock.display().to_string();
+    kill_matching(|cmdline| {
+        cmdline.contains("containerd-shim") && cmdline.contains(&sock.display().to_string())
+    });
+}
+
+/// SIGKILLs every process whose command line (arguments joined by spaces)
+/// satisfies `matches`.
+fn kill_matching(matches: impl Fn(&str) -> bool) {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -755,7 +762,7 @@ fn kill_shims(sock: &Path) {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
+        if matches(&cmdline) {
             let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
     }
@@ -817,8 +824,11 @@ pub fn sweep_stale() {
             if alive(owner) {
                 continue;
             }
+            // Its kubelet, containerd and shims outlive a supervisor killed
+            // with SIGKILL; each names a file in the node's directory.
+            let needle = format!("{}/", node_dir.display());
+            kill_matching(|cmdline| cmdline.contains(&needle));
             kill_cgroup(&format!("{CGROUP_PREFIX}{owner}"));
-            kill_shims(&node_dir.join("containerd.sock"));
             unmount_under(&node_dir);
             remove_cgroup(&format!("{CGROUP_PREFIX}{owner}"));
             let _ = std::fs::remove_dir_all(e.path());
