@@ -401,3 +401,156 @@ fn fail_open_opens_selected_pods_when_the_control_plane_stays_away_and_a_sync_re
     assert_eq!(metric(&lab, "sextant_agent_policy_fail_open "), 0);
     assert!(!reaches(&visitor, at(1)), "a sync restores enforcement");
 }
+
+/// Runs `ip args`, failing the test with its stderr.
+fn ip_cmd(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Another "node": a netns joined to the lab node by a veth pair, the node
+/// side `node_ip`/24, the far side `remote_ip`/24 routing everything through
+/// the node. Deleted with the netns on drop.
+struct RemoteNode {
+    netns: String,
+}
+
+impl RemoteNode {
+    fn new(lab: &Lab, tag: &str, node_ip: &str, remote_ip: &str) -> Self {
+        let id = std::process::id() % 100_000;
+        let netns = format!("{}-{tag}", lab.node);
+        let (near, far) = (format!("{tag}{id}a"), format!("{tag}{id}b"));
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &netns])
+            .status();
+        ip_cmd(&["netns", "add", &netns]);
+        let rn = RemoteNode { netns };
+        ip_cmd(&[
+            "-n", &lab.node, "link", "add", &near, "type", "veth", "peer", "name", &far, "netns",
+            &rn.netns,
+        ]);
+        ip_cmd(&[
+            "-n",
+            &lab.node,
+            "addr",
+            "add",
+            &format!("{node_ip}/24"),
+            "dev",
+            &near,
+        ]);
+        ip_cmd(&["-n", &lab.node, "link", "set", &near, "up"]);
+        ip_cmd(&["-n", &rn.netns, "link", "set", "lo", "up"]);
+        ip_cmd(&[
+            "-n",
+            &rn.netns,
+            "addr",
+            "add",
+            &format!("{remote_ip}/24"),
+            "dev",
+            &far,
+        ]);
+        ip_cmd(&["-n", &rn.netns, "link", "set", &far, "up"]);
+        ip_cmd(&["-n", &rn.netns, "route", "add", "default", "via", node_ip]);
+        let st = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.node,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .status()
+            .expect("sysctl");
+        assert!(st.success(), "forwarding on the lab node");
+        rn
+    }
+}
+
+impl Drop for RemoteNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+#[test]
+fn another_nodes_address_is_remote_node_denied_by_default_deny_and_allowed_by_from_entities() {
+    let Some(lab) = lab("rnode", 1) else {
+        return;
+    };
+    let db_ip = lab.pods[0].ip.expect("ip");
+    server(&lab.pods[0].name, db_ip, 8080, "db");
+    let (this_node, other_node) = ("192.0.2.1", "192.0.2.2");
+    let rn = RemoteNode::new(&lab, "rn", this_node, other_node);
+    let db = SocketAddrV4::new(db_ip, 8080);
+    assert!(
+        reaches(&rn.netns, db),
+        "no policy yet: the other node reaches the pod"
+    );
+
+    let with_rule = |rules: Value| {
+        json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "db", "namespace": "lab"},
+            "spec": {"endpointSelector": {"matchLabels": {"app": "db"}}, "ingress": rules}
+        })
+    };
+    let snap = |policy: Value| {
+        json!({
+            "policies": [policy],
+            "pods": [pod(&lab, 0, json!({"app": "db"}))],
+            // The API lists every node's InternalIP; this node's are also `host`.
+            "nodes": [this_node, other_node],
+            "host": [this_node],
+        })
+    };
+    let deny = with_rule(json!([{"fromEndpoints": [{"matchLabels": {"app": "employee"}}]}]));
+    let report = put_policy(&lab, &snap(deny));
+    assert_eq!(report["rejected"], json!([]), "{report}");
+    assert!(
+        !reaches(&rn.netns, db),
+        "another node's address is remote-node: default deny holds (it was host before)"
+    );
+    // The local host stays allowed (kubelet probes), from its own address.
+    let from_host = open(&lab.node, db).expect("this node reaches its pod");
+    assert_eq!(
+        from_host
+            .w
+            .local_addr()
+            .expect("local addr")
+            .ip()
+            .to_string(),
+        this_node,
+        "the probe comes from this node's address"
+    );
+    let mut from_host = from_host;
+    assert_eq!(from_host.ask("probe").expect("answer"), "db probe");
+
+    let allow = with_rule(json!([
+        {"fromEndpoints": [{"matchLabels": {"app": "employee"}}]},
+        {"fromEntities": ["remote-node"], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}
+    ]));
+    let report = put_policy(&lab, &snap(allow));
+    assert_eq!(report["rejected"], json!([]), "{report}");
+    assert!(
+        reaches(&rn.netns, db),
+        "fromEntities: [remote-node] admits it"
+    );
+    assert!(
+        metric(
+            &lab,
+            "sextant_agent_datapath_packets_total{verdict=\"policy_denied_ingress\"}"
+        ) > 0,
+        "{}",
+        lab.metrics().expect("metrics")
+    );
+}

@@ -16,7 +16,8 @@ use std::{
 
 use crate::{
     identity::{
-        IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, Prefix, is_cidr_identity, is_cluster_identity,
+        IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD, Prefix,
+        is_cidr_identity, is_cluster_identity,
     },
     labels::{Labels, Operator, Selector},
     model::{Entity, Peer, Peers, Policy, PortRange},
@@ -75,8 +76,9 @@ pub struct MapContents {
     /// policy selects are absent (allow everything).
     pub enforced: BTreeMap<u32, u8>,
     /// IPv4 LPM `(address, prefix length)` -> identity: pod IPs /32 -> pod
-    /// identity, policy CIDRs and excepts -> CIDR identities, node IPs /32 ->
-    /// host (1), 0.0.0.0/0 -> world (2).
+    /// identity, policy CIDRs and excepts -> CIDR identities, this node's IPs
+    /// /32 -> host (1), other nodes' IPs /32 -> remote-node (6), 0.0.0.0/0 ->
+    /// world (2).
     pub ipcache: BTreeMap<(Ipv4Addr, u8), u32>,
     /// `policy_index` -> `kind/namespace/name`.
     pub policy_names: BTreeMap<u32, String>,
@@ -386,6 +388,7 @@ impl View<'_> {
                 }
                 Peer::Entity(Entity::Cluster) => {
                     out.insert(IDENTITY_HOST);
+                    out.insert(IDENTITY_REMOTE_NODE);
                     out.extend(
                         self.identities
                             .keys()
@@ -395,6 +398,9 @@ impl View<'_> {
                 }
                 Peer::Entity(Entity::Host) => {
                     out.insert(IDENTITY_HOST);
+                }
+                Peer::Entity(Entity::RemoteNode) => {
+                    out.insert(IDENTITY_REMOTE_NODE);
                 }
             }
         }
@@ -466,26 +472,45 @@ fn l4_keys(ports: Option<&[PortRange]>) -> Vec<(u8, u16, u8)> {
     }
 }
 
-/// The ipcache value of one key given the layers: pods over nodes over
-/// policy CIDRs over world.
+/// The ipcache value of one key given the layers: pods over this node's
+/// addresses over other nodes' over policy CIDRs over world.
 pub(crate) fn ipcache_value(
     key: Prefix,
     pods: &BTreeMap<Ipv4Addr, u32>,
-    nodes: &BTreeSet<Ipv4Addr>,
+    nodes: &Nodes,
     cidrs: &BTreeMap<Prefix, u32>,
 ) -> Option<u32> {
     if key.len == 32 {
         if let Some(id) = pods.get(&key.addr) {
             return Some(*id);
         }
-        if nodes.contains(&key.addr) {
+        if nodes.host.contains(&key.addr) {
             return Some(IDENTITY_HOST);
+        }
+        if nodes.remote.contains(&key.addr) {
+            return Some(IDENTITY_REMOTE_NODE);
         }
     }
     if key == Prefix::ALL {
         return Some(IDENTITY_WORLD);
     }
     cidrs.get(&key).copied()
+}
+
+/// Node addresses, as the ipcache classes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nodes {
+    /// This node's own addresses: identity `host` (1).
+    pub host: BTreeSet<Ipv4Addr>,
+    /// Every node's InternalIPs; those not in `host` get `remote-node` (6).
+    pub remote: BTreeSet<Ipv4Addr>,
+}
+
+impl Nodes {
+    /// Every address of either kind.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.host.union(&self.remote).copied()
+    }
 }
 
 /// The map contents for one node.
@@ -497,7 +522,8 @@ pub(crate) fn ipcache_value(
 ///   name; a CIDR without an identity is matched only through the more
 ///   specific prefixes that have one.
 /// - `pods`: pod IP -> identity, for the ipcache.
-/// - `nodes`: node IPs, identity host (1).
+/// - `nodes`: this node's addresses (identity host, 1) and the other nodes'
+///   (remote-node, 6); an address in both is this node's.
 /// - `local_identities`: identities of the pods on this node; only they get
 ///   policy and enforcement entries.
 ///
@@ -507,7 +533,7 @@ pub fn compute(
     policies: &[Policy],
     identities: &BTreeMap<u32, Labels>,
     pods: &BTreeMap<Ipv4Addr, u32>,
-    nodes: &[Ipv4Addr],
+    nodes: &Nodes,
     local_identities: &BTreeSet<u32>,
 ) -> MapContents {
     let cidrs: BTreeMap<Prefix, u32> = identities
@@ -529,13 +555,12 @@ pub fn compute(
             out.enforced.insert(local, bits);
         }
     }
-    let nodes: BTreeSet<Ipv4Addr> = nodes.iter().copied().collect();
     let keys = std::iter::once(Prefix::ALL)
         .chain(cidrs.keys().copied())
-        .chain(nodes.iter().map(|ip| Prefix::host(*ip)))
+        .chain(nodes.addresses().map(Prefix::host))
         .chain(pods.keys().map(|ip| Prefix::host(*ip)));
     for key in keys {
-        if let Some(id) = ipcache_value(key, pods, &nodes, &cidrs) {
+        if let Some(id) = ipcache_value(key, pods, nodes, &cidrs) {
             out.ipcache.insert(key.key(), id);
         }
     }

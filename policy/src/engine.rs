@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     compute::{
-        Direction, LabelIndex, MapContents, MapDiff, PolicyKey, View, compute, diff_into,
+        Direction, LabelIndex, MapContents, MapDiff, Nodes, PolicyKey, View, compute, diff_into,
         ipcache_value,
     },
     identity::{CidrIdentities, Prefix, is_cluster_identity},
@@ -35,7 +35,7 @@ pub struct PolicyEngine {
     cidr_identities: CidrIdentities,
     cidrs: BTreeMap<Prefix, u32>,
     pods: BTreeMap<Ipv4Addr, u32>,
-    nodes: BTreeSet<Ipv4Addr>,
+    nodes: Nodes,
     locals: BTreeSet<u32>,
     contents: MapContents,
 }
@@ -58,13 +58,13 @@ impl PolicyEngine {
             cidr_identities: CidrIdentities::default(),
             cidrs: BTreeMap::new(),
             pods: BTreeMap::new(),
-            nodes: BTreeSet::new(),
+            nodes: Nodes::default(),
             locals: BTreeSet::new(),
             contents: compute(
                 &[],
                 &BTreeMap::new(),
                 &BTreeMap::new(),
-                &[],
+                &Nodes::default(),
                 &BTreeSet::new(),
             ),
         }
@@ -97,9 +97,9 @@ impl PolicyEngine {
         &self.pods
     }
 
-    /// Node IPs.
-    pub fn nodes(&self) -> Vec<Ipv4Addr> {
-        self.nodes.iter().copied().collect()
+    /// Node addresses: this node's and the others'.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
     }
 
     /// Identities of this node's pods.
@@ -204,15 +204,28 @@ impl PolicyEngine {
         self.ipcache_keys([Prefix::host(ip)])
     }
 
-    /// A node address (identity host).
+    /// A node's InternalIP (identity remote-node unless it is also one of
+    /// this node's own addresses).
     pub fn upsert_node(&mut self, ip: Ipv4Addr) -> MapDiff {
-        self.nodes.insert(ip);
+        self.nodes.remote.insert(ip);
         self.ipcache_keys([Prefix::host(ip)])
     }
 
     /// A node address is gone.
     pub fn remove_node(&mut self, ip: Ipv4Addr) -> MapDiff {
-        self.nodes.remove(&ip);
+        self.nodes.remote.remove(&ip);
+        self.ipcache_keys([Prefix::host(ip)])
+    }
+
+    /// One of this node's own addresses (identity host).
+    pub fn upsert_host(&mut self, ip: Ipv4Addr) -> MapDiff {
+        self.nodes.host.insert(ip);
+        self.ipcache_keys([Prefix::host(ip)])
+    }
+
+    /// An address of this node is gone.
+    pub fn remove_host(&mut self, ip: Ipv4Addr) -> MapDiff {
+        self.nodes.host.remove(&ip);
         self.ipcache_keys([Prefix::host(ip)])
     }
 

@@ -3,9 +3,10 @@
 //!
 //! ```text
 //!  0                      any peer (wildcard in policy keys only)
-//!  1                      host (node addresses)
+//!  1                      host (this node's own addresses only)
 //!  2                      world (0.0.0.0/0, outside everything else)
-//!  3 ..= 255              reserved
+//!  6                      remote-node (every other node's InternalIPs)
+//!  3 ..= 255              reserved (numbers as Cilium's: 4 health, 7 kube-apiserver)
 //!  256 .. 0x0100_0000     cluster identities, one per pod label set (SextantIdentity objects)
 //!  0x0100_0000 ..         node-local CIDR identities, one per CIDR a policy names
 //! ```
@@ -28,8 +29,12 @@ use crate::labels::Labels;
 
 /// Wildcard peer in policy keys: any identity.
 pub const IDENTITY_ANY: u32 = 0;
-/// The node itself (and every node address).
+/// This node itself: its own addresses only. The datapath lets it reach
+/// local pods whatever their ingress policy (kubelet probes).
 pub const IDENTITY_HOST: u32 = 1;
+/// Every other node's addresses (Cilium's `remote-node`): subject to policy
+/// like any peer, allowed only by `fromEntities: [remote-node]` / `cluster`.
+pub const IDENTITY_REMOTE_NODE: u32 = 6;
 /// Anything outside the cluster not covered by a CIDR identity.
 pub const IDENTITY_WORLD: u32 = 2;
 /// First cluster identity number.

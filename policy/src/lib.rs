@@ -26,8 +26,8 @@ mod parse;
 pub mod ports;
 
 pub use compute::{
-    Direction, ENFORCE_EGRESS, ENFORCE_INGRESS, MapContents, MapDiff, PolicyKey, PolicyValue,
-    compute, diff,
+    Direction, ENFORCE_EGRESS, ENFORCE_INGRESS, MapContents, MapDiff, Nodes, PolicyKey,
+    PolicyValue, compute, diff,
 };
 pub use convert::{cilium_to_sextant, policy_documents};
 pub use engine::PolicyEngine;

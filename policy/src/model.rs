@@ -104,10 +104,12 @@ pub enum Entity {
     All,
     /// Outside the cluster: identity 2 and every CIDR identity.
     World,
-    /// Every cluster endpoint and the host.
+    /// Every cluster endpoint, the host and the other nodes.
     Cluster,
-    /// The node (identity 1).
+    /// This node (identity 1).
     Host,
+    /// The other nodes of the cluster (identity 6).
+    RemoteNode,
 }
 
 /// A protocol and an inclusive port range.

@@ -308,10 +308,11 @@ fn cilium_l3_l4(
                 "world" | "world-ipv4" => peers.push(Peer::Entity(Entity::World)),
                 "cluster" => peers.push(Peer::Entity(Entity::Cluster)),
                 "host" => peers.push(Peer::Entity(Entity::Host)),
-                "remote-node" | "kube-apiserver" | "health" | "init" | "unmanaged" | "ingress"
+                "remote-node" => peers.push(Peer::Entity(Entity::RemoteNode)),
+                "kube-apiserver" | "health" | "init" | "unmanaged" | "ingress"
                 | "world-ipv6" => probs.unsupported(
                     at,
-                    format!("entity {e:?} is not supported (all, world, cluster, host are)"),
+                    format!("entity {e:?} is not supported (all, world, cluster, host, remote-node are)"),
                 ),
                 _ => probs.invalid(at, format!("unknown entity {e:?}")),
             }

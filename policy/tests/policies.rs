@@ -52,6 +52,15 @@ fn pods() -> BTreeMap<Ipv4Addr, u32> {
 }
 
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+
+/// This node and one other, both in the node list as the API lists them.
+fn nodes() -> Nodes {
+    Nodes {
+        host: [NODE].into(),
+        remote: [NODE, REMOTE_NODE].into(),
+    }
+}
 
 fn all_local() -> BTreeSet<u32> {
     identities().keys().copied().collect()
@@ -79,7 +88,9 @@ fn engine(policies: &[Policy]) -> PolicyEngine {
     for (ip, id) in pods() {
         e.upsert_pod(ip, id);
     }
+    e.upsert_host(NODE);
     e.upsert_node(NODE);
+    e.upsert_node(REMOTE_NODE);
     for id in all_local() {
         e.add_local_identity(id);
     }
@@ -90,7 +101,7 @@ fn engine(policies: &[Policy]) -> PolicyEngine {
         &e.policies().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
         &e.identities(),
         e.pods(),
-        &e.nodes(),
+        e.nodes(),
         e.local_identities(),
     );
     assert_eq!(&from_scratch, e.contents());
@@ -124,7 +135,7 @@ fn protected_db_example_admits_only_employees_on_tcp_6379() {
         std::slice::from_ref(&policy),
         &identities(),
         &pods(),
-        &[NODE],
+        &nodes(),
         &all_local(),
     );
     assert_eq!(m.enforced, BTreeMap::from([(DB, ENFORCE_INGRESS)]));
@@ -326,10 +337,10 @@ specs:
     .unwrap();
     let e = engine(&[p]);
     let m = e.contents();
-    for src in ["10.1.0.11", "10.2.0.14", "192.168.0.1"] {
+    for src in ["10.1.0.11", "10.2.0.14", "192.168.0.1", "192.168.0.2"] {
         assert!(
             ingress_allowed(m, DB, ip(src), PROTO_TCP, 1),
-            "cluster admits {src}"
+            "cluster admits {src} (pods, this node, the other nodes)"
         );
     }
     assert!(!ingress_allowed(m, DB, ip("8.8.8.8"), PROTO_TCP, 1));
@@ -339,12 +350,55 @@ specs:
         "world is not pods"
     );
     assert!(ingress_allowed(m, GUEST, NODE, PROTO_TCP, 1));
+    assert!(
+        !ingress_allowed(m, GUEST, REMOTE_NODE, PROTO_TCP, 1),
+        "host is this node only, not the other nodes"
+    );
     assert!(!ingress_allowed(m, GUEST, ip("10.1.0.11"), PROTO_TCP, 1));
     assert!(egress_allowed(m, GUEST, ip("10.1.0.11"), PROTO_SCTP, 9));
     assert!(m.policy.keys().any(|k| k.local_identity == GUEST
         && k.direction == Direction::Egress
         && k.remote_identity == identity::IDENTITY_ANY
         && k.proto == 0));
+}
+
+#[test]
+fn other_nodes_are_remote_node_and_need_a_rule_this_node_is_host() {
+    let m = engine(&[]).contents().clone();
+    assert_eq!(m.identity_of(NODE), Some(identity::IDENTITY_HOST));
+    assert_eq!(
+        m.identity_of(REMOTE_NODE),
+        Some(identity::IDENTITY_REMOTE_NODE),
+        "another node's InternalIP is remote-node, not host"
+    );
+    let p = parse_value(&yaml(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: nodes, namespace: default}
+specs:
+- endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEntities: [remote-node]
+    toPorts: [{ports: [{port: "9100", protocol: TCP}]}]
+- endpointSelector: {matchLabels: {app: guest}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: employee}}]
+  egress:
+  - toEntities: [remote-node]
+"#,
+    ))
+    .expect("remote-node is a supported entity");
+    let e = engine(&[p]);
+    let m = e.contents();
+    assert!(ingress_allowed(m, DB, REMOTE_NODE, PROTO_TCP, 9100));
+    assert!(!ingress_allowed(m, DB, REMOTE_NODE, PROTO_TCP, 9101));
+    assert!(
+        !ingress_allowed(m, GUEST, REMOTE_NODE, PROTO_TCP, 1),
+        "default deny holds against other nodes"
+    );
+    assert!(egress_allowed(m, GUEST, REMOTE_NODE, PROTO_TCP, 10250));
+    assert!(!egress_allowed(m, GUEST, ip("8.8.8.8"), PROTO_TCP, 1));
 }
 
 #[test]
@@ -512,7 +566,7 @@ spec:
         "spec.egress[1].frobnicate: unknown field",
         "spec.egress[1].toCIDR[0]: \"10.0.0.0/40\" is not an IPv4 CIDR",
         "spec.egress[1].toCIDR[1]: IPv6 CIDR \"fd00::/8\" is not supported",
-        "spec.egress[1].toEntities[0]: entity \"kube-apiserver\" is not supported (all, world, cluster, host are)",
+        "spec.egress[1].toEntities[0]: entity \"kube-apiserver\" is not supported (all, world, cluster, host, remote-node are)",
     ];
     assert_eq!(got, want);
     assert_eq!(err.reason(), "Unsupported");

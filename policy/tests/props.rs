@@ -190,6 +190,8 @@ enum Change {
     RemovePod(u8),
     UpsertNode(u8),
     RemoveNode(u8),
+    UpsertHost(u8),
+    RemoveHost(u8),
     AddLocal(u32),
     RemoveLocal(u32),
 }
@@ -208,6 +210,8 @@ fn arb_change() -> impl Strategy<Value = Change> {
         1 => (0u8..6).prop_map(Change::RemovePod),
         1 => (0u8..3).prop_map(Change::UpsertNode),
         1 => (0u8..3).prop_map(Change::RemoveNode),
+        1 => (0u8..3).prop_map(Change::UpsertHost),
+        1 => (0u8..3).prop_map(Change::RemoveHost),
         2 => arb_identity().prop_map(Change::AddLocal),
         1 => arb_identity().prop_map(Change::RemoveLocal),
     ]
@@ -237,6 +241,8 @@ fn apply(e: &mut PolicyEngine, c: &Change) -> MapDiff {
         Change::RemovePod(n) => e.remove_pod(pod_ip(n)),
         Change::UpsertNode(n) => e.upsert_node(node_ip(n)),
         Change::RemoveNode(n) => e.remove_node(node_ip(n)),
+        Change::UpsertHost(n) => e.upsert_host(node_ip(n)),
+        Change::RemoveHost(n) => e.remove_host(node_ip(n)),
         Change::AddLocal(i) => e.add_local_identity(i),
         Change::RemoveLocal(i) => e.remove_local_identity(i),
     }
@@ -305,7 +311,7 @@ proptest! {
         locals in prop::collection::btree_set(arb_identity(), 0..6),
         pods in prop::collection::btree_map((0u8..6).prop_map(pod_ip), arb_identity(), 0..6),
     ) {
-        let m = compute(&policies, &ids, &pods, &[node_ip(0)], &locals);
+        let m = compute(&policies, &ids, &pods, &Nodes { host: [node_ip(0)].into(), remote: [node_ip(1)].into() }, &locals);
         prop_assert!(m.enforced.keys().all(|id| locals.contains(id)));
         prop_assert!(m.policy.keys().all(|k| locals.contains(&k.local_identity)));
         prop_assert!(m.policy.keys().all(|k| k.proto != 0 || (k.port == 0 && k.port_prefix == 0)));
@@ -327,7 +333,7 @@ proptest! {
             prop_assert_eq!(&replayed, e.contents());
         }
         let policies: Vec<Policy> = e.policies().map(|(_, p)| p.clone()).collect();
-        let scratch = compute(&policies, &e.identities(), e.pods(), &e.nodes(), e.local_identities());
+        let scratch = compute(&policies, &e.identities(), e.pods(), e.nodes(), e.local_identities());
         prop_assert_eq!(by_name(&scratch), by_name(e.contents()));
     }
 }

@@ -53,9 +53,13 @@ pub struct PolicySnapshot {
     /// Every pod of the cluster with an IP.
     #[serde(default)]
     pub pods: Vec<PodInfo>,
-    /// Node addresses (the host identity).
+    /// Every node's InternalIPs: identity `remote-node`, unless also in `host`.
     #[serde(default)]
     pub nodes: Vec<Ipv4Addr>,
+    /// This node's own addresses: identity `host`, which always reaches the
+    /// node's pods (kubelet probes). Other nodes never get `host`.
+    #[serde(default)]
+    pub host: Vec<Ipv4Addr>,
     /// Cluster identities already bound (`SextantIdentity` objects): number -> labels.
     #[serde(default)]
     pub identities: BTreeMap<u32, BTreeMap<String, String>>,
@@ -109,6 +113,7 @@ pub struct NodePolicy {
     pod_identity: BTreeMap<String, u32>,
     pods: BTreeMap<Ipv4Addr, u32>,
     nodes: BTreeSet<Ipv4Addr>,
+    host: BTreeSet<Ipv4Addr>,
     identities_in_engine: BTreeSet<u32>,
     rejected: Vec<Rejected>,
 }
@@ -218,7 +223,7 @@ impl NodePolicy {
         }
         self.policies = wanted;
 
-        // Endpoints: cluster pods, local pods, nodes.
+        // Endpoints: cluster pods, local pods, nodes (this one and the others).
         for (ip, id) in &pods {
             if self.pods.get(ip) != Some(id) {
                 diffs.push(self.engine.upsert_pod(*ip, *id));
@@ -251,6 +256,14 @@ impl NodePolicy {
             diffs.push(self.engine.remove_node(*ip));
         }
         self.nodes = nodes;
+        let host: BTreeSet<Ipv4Addr> = snap.host.iter().copied().collect();
+        for ip in host.difference(&self.host) {
+            diffs.push(self.engine.upsert_host(*ip));
+        }
+        for ip in self.host.difference(&host) {
+            diffs.push(self.engine.remove_host(*ip));
+        }
+        self.host = host;
         self.pods = pods;
 
         // Identities no pod uses any more leave last, after their entries.

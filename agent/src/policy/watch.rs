@@ -38,7 +38,8 @@ fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(o: &K) -> serde_j
     v
 }
 
-/// The snapshot the stores describe (pure).
+/// The snapshot the stores describe (pure). Every node's InternalIPs go to
+/// `nodes` (remote-node); those of Node `local_node` also to `host`.
 pub fn snapshot(
     policies: &[Arc<SextantNetworkPolicy>],
     network_policies: &[Arc<NetworkPolicy>],
@@ -46,6 +47,7 @@ pub fn snapshot(
     namespaces: &[Arc<Namespace>],
     nodes: &[Arc<Node>],
     identities: &[Arc<SextantIdentity>],
+    local_node: Option<&str>,
 ) -> PolicySnapshot {
     let mut snap = PolicySnapshot::default();
     snap.policies
@@ -90,12 +92,16 @@ pub fn snapshot(
         });
     }
     for n in nodes {
+        let local = local_node.is_some() && n.metadata.name.as_deref() == local_node;
         let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
         for a in addrs.into_iter().flatten() {
             if a.type_ == "InternalIP"
                 && let Ok(ip) = a.address.parse::<Ipv4Addr>()
             {
                 snap.nodes.push(ip);
+                if local {
+                    snap.host.push(ip);
+                }
             }
         }
     }
@@ -191,7 +197,7 @@ pub async fn watch(agent: Arc<Agent>, client: Client, node: String) {
             }
         }
     };
-    tokio::join!(events_loop, sync_loop(agent, client));
+    tokio::join!(events_loop, sync_loop(agent, client, node));
 }
 
 /// One event of the policy loop's watches.
@@ -223,6 +229,8 @@ pub(crate) struct PolicyObjects {
     namespaces: Objects<Namespace>,
     nodes: Objects<Node>,
     identities: Objects<SextantIdentity>,
+    /// This node's name.
+    local_node: Option<String>,
 }
 
 impl PolicyObjects {
@@ -273,6 +281,7 @@ impl PolicyObjects {
             &self.namespaces.values(),
             &self.nodes.values(),
             &self.identities.values(),
+            self.local_node.as_deref(),
         )
     }
 }
@@ -280,7 +289,7 @@ impl PolicyObjects {
 /// The `watch` label of this loop's metrics.
 const WATCH: &str = "policy";
 
-async fn sync_loop(agent: Arc<Agent>, client: Client) {
+async fn sync_loop(agent: Arc<Agent>, client: Client, node: String) {
     let events = futures::stream::select_all([
         batch::events(
             Api::<SextantNetworkPolicy>::all(client.clone()),
@@ -305,20 +314,25 @@ async fn sync_loop(agent: Arc<Agent>, client: Client) {
         )
         .boxed(),
     ]);
-    run(&agent, events, Some(Api::all(client))).await;
+    run(&agent, events, Some(Api::all(client)), Some(node)).await;
 }
 
 /// The loop: drain a batch of events, apply it, sync the node's policy
 /// once to the snapshot of every object (the engine turns it into
 /// incremental map writes), publish the identities this node chose; a
-/// failed sync is retried with backoff. Until `events` ends.
+/// failed sync is retried with backoff. Until `events` ends. `node`: this
+/// node's name, whose addresses get the `host` identity.
 pub(crate) async fn run(
     agent: &Agent,
     events: impl Stream<Item = PolicyWatchEvent>,
     identities: Option<Api<SextantIdentity>>,
+    node: Option<String>,
 ) {
     let mut events = std::pin::pin!(events);
-    let mut objects = PolicyObjects::default();
+    let mut objects = PolicyObjects {
+        local_node: node,
+        ..PolicyObjects::default()
+    };
     let mut retries = batch::write_retries();
     let mut retry_at = None;
     loop {
@@ -436,6 +450,17 @@ mod tests {
             }),
             ..Default::default()
         });
+        let mut remote = (*node).clone();
+        remote.metadata.name = Some("n2".into());
+        if let Some(a) = remote
+            .status
+            .as_mut()
+            .and_then(|s| s.addresses.as_mut())
+            .and_then(|a| a.first_mut())
+        {
+            a.address = "192.168.1.11".into();
+        }
+        let remote = Arc::new(remote);
         let id = Arc::new(SextantIdentity::bind(
             70_000,
             [("app".to_string(), "db".to_string())].into(),
@@ -449,8 +474,9 @@ mod tests {
                 mk_pod("kube-system", "proxy", "p", Some("192.168.1.10"), true),
             ],
             &[ns],
-            &[node],
+            &[node.clone(), remote],
             &[id],
+            Some("n1"),
         );
         assert_eq!(snap.policies.len(), 2);
         assert_eq!(snap.policies[0]["kind"], "SextantNetworkPolicy");
@@ -471,7 +497,18 @@ mod tests {
         );
         assert_eq!(snap.pods[1].ip, None);
         assert_eq!(snap.namespaces["prod"]["team"], "a");
-        assert_eq!(snap.nodes, vec![Ipv4Addr::new(192, 168, 1, 10)]);
+        assert_eq!(
+            snap.nodes,
+            vec![
+                Ipv4Addr::new(192, 168, 1, 10),
+                Ipv4Addr::new(192, 168, 1, 11)
+            ]
+        );
+        assert_eq!(
+            snap.host,
+            vec![Ipv4Addr::new(192, 168, 1, 10)],
+            "only this node's own addresses are host"
+        );
         assert_eq!(snap.identities[&70_000]["app"], "db");
     }
 
@@ -574,7 +611,7 @@ mod tests {
         let started = std::time::Instant::now();
         let task = {
             let agent = agent.clone();
-            tokio::spawn(async move { run(&agent, rx, None).await })
+            tokio::spawn(async move { run(&agent, rx, None, None).await })
         };
         // Converged: every policy enforced, every pod's identity the one of
         // its last labels.
