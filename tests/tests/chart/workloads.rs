@@ -298,7 +298,7 @@ fn operator_runs_two_replicas_with_lease_and_anti_affinity() {
 #[test]
 fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
     for r in sets() {
-        let d = deployment(&r, "sextant-scheduler-ext").expect("extender Deployment");
+        let d = deployment(r, "sextant-scheduler-ext").expect("extender Deployment");
         let spec = pod_spec_of_deploy(d);
         let c = &spec.containers[0];
         assert_eq!(env(c, "SEXTANT_SCHEDULER_EXT_LISTEN"), Some("0.0.0.0:8888"));
@@ -367,7 +367,7 @@ fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
         assert_eq!(port.port, 8888);
         assert_eq!(port.name.as_deref(), Some("https"));
 
-        let ext = stanza(&r);
+        let ext = stanza(r);
         assert_eq!(
             ext["urlPrefix"],
             "https://sextant-scheduler-ext.sextant-system.svc:8888"
@@ -384,7 +384,7 @@ fn scheduler_extender_has_a_service_and_the_scheduler_stanza() {
         // serving certificate names the Service the urlPrefix calls.
         let ca: k8s_openapi::ByteString =
             serde_json::from_value(ext["tlsConfig"]["caData"].clone()).expect("caData is base64");
-        let data = extender_secret(&r, "sextant-scheduler-ext-tls");
+        let data = extender_secret(r, "sextant-scheduler-ext-tls");
         assert_eq!(data.get("ca.crt").map(|b| &b.0), Some(&ca.0));
         let (_, pem) = x509_parser::pem::parse_x509_pem(&data["tls.crt"].0).expect("PEM");
         let cert = pem.parse_x509().expect("X.509");
