@@ -108,11 +108,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } POLICY_VERDICTS SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} DROPS SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &idx);
 	if (v)
 		*v += 1;
+}
+
+/* Counts a drop under its reason and says TC_ACT_SHOT. */
+static __always_inline int drop(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&DROPS, &reason);
+	if (v)
+		*v += 1;
+	return TC_ACT_SHOT;
 }
 
 static __always_inline int l4_csum_off(__u8 proto)
@@ -186,8 +203,9 @@ static __always_inline struct policy_val *policy_lookup(__u32 local, __u32 remot
 
 /* dir 0: a packet to local pod `local` from `remote`; dir 1: from it to
  * `remote`. Pods no policy selects in that direction pass; selected ones
- * need an allow entry (default deny). The host always reaches its pods
- * (kubelet probes). */
+ * need an allow entry (default deny). This node (HOST, its own addresses
+ * only) always reaches its pods (kubelet probes); other nodes are
+ * REMOTE_NODE and need an entry like any peer. */
 static __always_inline int policy_allows(__u32 local, __u32 remote, __u8 dir, __u8 proto,
 					 __u16 dport)
 {
@@ -288,14 +306,30 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 static __always_inline int try_from_pod(struct __sk_buff *skb)
 {
 	struct flow f;
+	struct endpoint *src;
+	__u32 local_identity;
 	__u32 saddr, daddr, vip = 0;
 	__u16 sport, dport, vport = 0;
 	__u8 proto;
 	int reply, l4;
 	__u64 now;
 
-	if (!parse(skb, &f))
-		return TC_ACT_OK;
+	if (!parse(skb, &f)) {
+		void *data = (void *)(long)skb->data;
+		void *data_end = (void *)(long)skb->data_end;
+		struct ethhdr *eth = data;
+
+		/* A pod speaks ARP and IPv4, nothing else. */
+		if ((void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_ARP))
+			return TC_ACT_OK;
+		/* IPv6, other ethertypes, truncated IPv4 headers. */
+		return drop(DROP_UNSUPPORTED_L3);
+	}
+	/* Anti-spoofing: the source must be the endpoint behind this veth. */
+	src = bpf_map_lookup_elem(&ENDPOINTS, &f.saddr);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop(DROP_SPOOFED_SOURCE);
+	local_identity = src->identity;
 	saddr = f.saddr;
 	daddr = f.daddr;
 	sport = f.sport;
@@ -315,7 +349,7 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 			/* A backend answering a translated flow: restore the VIP. */
 			rv->seen = now;
 			if (rewrite(skb, proto, IP_SRC_OFF, saddr, rv->addr, 0, sport, rv->port))
-				return TC_ACT_SHOT;
+				return drop(DROP_NAT_FAILED);
 			count(CNT_REVNAT);
 		} else {
 			struct svc_key sk = {.vip = daddr, .port = dport, .proto = proto};
@@ -338,14 +372,14 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 
 					if (sv->count == 0) {
 						count(CNT_DROP_NO_BACKEND);
-						return TC_ACT_SHOT;
+						return drop(DROP_NO_BACKEND);
 					}
 					bk.svc_id = sv->id;
 					bk.slot = bpf_get_prandom_u32() % sv->count;
 					b = bpf_map_lookup_elem(&BACKENDS, &bk);
 					if (!b) {
 						count(CNT_DROP_NO_BACKEND);
-						return TC_ACT_SHOT;
+						return drop(DROP_NO_BACKEND);
 					}
 					be.addr = b->ip;
 					be.port = b->port;
@@ -363,7 +397,7 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 					count(CNT_CT_NEW);
 				}
 				if (rewrite(skb, proto, IP_DST_OFF, daddr, be.addr, 2, dport, be.port))
-					return TC_ACT_SHOT;
+					return drop(DROP_NAT_FAILED);
 				vip = daddr;
 				vport = dport;
 				daddr = be.addr;
@@ -375,10 +409,8 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 
 	if (!reply) {
 		/* The pod's egress policy, on the translated destination. */
-		struct endpoint *src = bpf_map_lookup_elem(&ENDPOINTS, &saddr);
-
-		if (src && !policy_allows(src->identity, identity_of(daddr), 1, proto, dport))
-			return TC_ACT_SHOT;
+		if (!policy_allows(local_identity, identity_of(daddr), 1, proto, dport))
+			return drop(DROP_POLICY_EGRESS);
 		pct_track(saddr, daddr, sport, dport, proto);
 		/* Replies come back translated to the VIP: track that view too. */
 		if (vip)
@@ -393,7 +425,7 @@ static __always_inline int try_from_pod(struct __sk_buff *skb)
 	/* Same-node delivery: straight into the destination pod's veth. */
 	if (bpf_skb_store_bytes(skb, 0, ep->mac, 6, 0) ||
 	    bpf_skb_store_bytes(skb, 6, ep->host_mac, 6, 0))
-		return TC_ACT_SHOT;
+		return drop(DROP_REDIRECT_FAILED);
 	count(CNT_FORWARD);
 	return bpf_redirect(ep->ifindex, 0);
 }
@@ -412,7 +444,7 @@ static __always_inline int try_to_pod(struct __sk_buff *skb)
 	if (!dst)
 		return TC_ACT_OK;
 	if (!policy_allows(dst->identity, identity_of(f.saddr), 0, f.proto, f.dport))
-		return TC_ACT_SHOT;
+		return drop(DROP_POLICY_INGRESS);
 	pct_track(f.saddr, f.daddr, f.sport, f.dport, f.proto);
 	return TC_ACT_OK;
 }

@@ -102,8 +102,11 @@ struct pct_val {
 	__u64 seen;
 };
 
+/* Reserved identities, numbered as Cilium's. HOST is this node only; other
+ * nodes' addresses are REMOTE_NODE and go through policy like any peer. */
 #define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
+#define IDENTITY_REMOTE_NODE 6
 #define POLICY_SLOTS 16384
 
 /* COUNTERS (per-CPU array) indices. */
@@ -119,6 +122,20 @@ enum counter {
 	CNT_POLICY_ALLOW = 8,  /* new or established packets an allow entry matched */
 	CNT_POLICY_REPLY = 9,  /* replies of allowed flows passed by conntrack */
 	CNT_MAX = 12,
+};
+
+/* DROPS (per-CPU array) indices: why a packet was dropped, one slot per
+ * reason, so metrics and flows can name it. Mirrored by DropReason in
+ * agent/src/datapath/maps.rs; numbers are stable, new reasons go at the end. */
+enum drop_reason {
+	DROP_POLICY_INGRESS = 1,    /* no allow entry for a new flow into a pod */
+	DROP_POLICY_EGRESS = 2,     /* no allow entry for a new flow from a pod */
+	DROP_NO_BACKEND = 3,        /* service without (reachable) backends */
+	DROP_SPOOFED_SOURCE = 4,    /* IPv4 source is not the endpoint on that veth */
+	DROP_UNSUPPORTED_L3 = 5,    /* neither ARP nor IPv4 from a pod */
+	DROP_NAT_FAILED = 6,        /* rewriting a translated packet failed */
+	DROP_REDIRECT_FAILED = 7,   /* rewriting the MACs for a local delivery failed */
+	DROP_MAX = 16,
 };
 
 #endif

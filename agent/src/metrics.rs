@@ -38,6 +38,11 @@ pub(crate) struct VerdictLabels {
     pub verdict: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DropLabels {
+    pub reason: &'static str,
+}
+
 /// The agent's series; clones share them.
 #[derive(Clone)]
 pub struct Metrics {
@@ -46,6 +51,7 @@ pub struct Metrics {
     pub(crate) errors: Family<ErrorLabels, Counter>,
     pub(crate) pool: Family<PoolLabels, Gauge>,
     pub(crate) packets: Family<VerdictLabels, Counter>,
+    pub(crate) drops: Family<DropLabels, Counter>,
     pub(crate) reports: Counter,
     pub(crate) conntrack_entries: Gauge,
     pub(crate) conntrack_expired: Counter,
@@ -75,6 +81,7 @@ impl Default for Metrics {
             errors: Family::default(),
             pool: Family::default(),
             packets: Family::default(),
+            drops: Family::default(),
             reports: Counter::default(),
             conntrack_entries: Gauge::default(),
             conntrack_expired: Counter::default(),
@@ -114,6 +121,11 @@ impl Metrics {
             "datapath_packets",
             "Packets seen by the BPF datapath, by verdict (summed over CPUs)",
             self.packets.clone(),
+        );
+        r.register(
+            "datapath_drops",
+            "Packets the BPF datapath dropped, by reason (summed over CPUs)",
+            self.drops.clone(),
         );
         r.register(
             "usage_reports",
@@ -273,6 +285,22 @@ impl Metrics {
     }
 
     /// Raises the packet counters to the datapath's current sums.
+    /// Raises the per-reason drop counters to the datapath's sums.
+    pub(crate) fn sync_drops(
+        &self,
+        sums: &std::collections::BTreeMap<crate::datapath::DropReason, u64>,
+    ) {
+        for (reason, sum) in sums {
+            let c = self.drops.get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            });
+            let cur = c.get();
+            if *sum > cur {
+                c.inc_by(sum - cur);
+            }
+        }
+    }
+
     pub(crate) fn sync_packets(&self, sums: &std::collections::BTreeMap<&'static str, u64>) {
         for (verdict, sum) in sums {
             let c = self.packets.get_or_create(&VerdictLabels { verdict });

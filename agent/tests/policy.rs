@@ -554,3 +554,100 @@ fn another_nodes_address_is_remote_node_denied_by_default_deny_and_allowed_by_fr
         lab.metrics().expect("metrics")
     );
 }
+
+/// Receives UDP datagrams on `at` in netns `ns` until `quiet` passes without
+/// one; returns their sources.
+fn udp_sink(
+    ns: &str,
+    at: SocketAddrV4,
+    quiet: Duration,
+) -> std::thread::JoinHandle<sextant_lab::Result<Vec<Ipv4Addr>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = sextant_lab::spawn_in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind(at).expect("udp bind");
+        s.set_read_timeout(Some(quiet)).expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut from = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok((_, src)) = s.recv_from(&mut buf) {
+            if let std::net::SocketAddr::V4(v4) = src {
+                from.push(*v4.ip());
+            }
+        }
+        from
+    })
+    .expect("netns");
+    ready_rx.recv().expect("sink ready");
+    h
+}
+
+/// Sends three datagrams from `from` (an address of netns `ns`) to `to`.
+fn udp_send(ns: &str, from: Ipv4Addr, to: SocketAddrV4) {
+    in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind(SocketAddrV4::new(from, 0)).expect("bind source");
+        for _ in 0..3 {
+            s.send_to(b"hello", to).expect("send");
+        }
+    })
+    .expect("netns");
+}
+
+#[test]
+fn a_pod_sending_from_an_address_not_its_own_is_dropped_and_counted() {
+    let Some(lab) = lab("spoof", 2) else {
+        return;
+    };
+    let (forger, victim) = (lab.pods[0].name.clone(), 1);
+    let real = lab.pods[0].ip.expect("ip");
+    let victim_ip = lab.pods[victim].ip.expect("ip");
+    // Addresses the pod has no right to: an unused pool address and another
+    // node's, both added to its own eth0 so the kernel lets it bind them.
+    let forged = [Ipv4Addr::new(10, 76, 0, 61), Ipv4Addr::new(192, 0, 2, 99)];
+    for f in forged {
+        ip_cmd(&[
+            "-n",
+            &forger,
+            "addr",
+            "add",
+            &format!("{f}/32"),
+            "dev",
+            "eth0",
+        ]);
+    }
+    let at = SocketAddrV4::new(victim_ip, 9999);
+    let sink = udp_sink(&lab.pods[victim].name, at, Duration::from_millis(1500));
+    for f in forged {
+        udp_send(&forger, f, at);
+    }
+    udp_send(&forger, real, at);
+    let got = sink.join().expect("sink thread").expect("netns");
+    assert!(
+        got.contains(&real),
+        "the pod's own address still works: {got:?}"
+    );
+    for f in forged {
+        assert!(
+            !got.contains(&f),
+            "a datagram forged from {f} was delivered: {got:?}"
+        );
+    }
+    let dropped = metric(
+        &lab,
+        "sextant_agent_datapath_drops_total{reason=\"spoofed_source\"}",
+    );
+    assert!(dropped >= 6, "6 forged datagrams, {dropped} counted");
+    // TCP from the real address is unaffected.
+    for f in forged {
+        ip_cmd(&[
+            "-n",
+            &forger,
+            "addr",
+            "del",
+            &format!("{f}/32"),
+            "dev",
+            "eth0",
+        ]);
+    }
+    server(&lab.pods[victim].name, victim_ip, 8080, "v");
+    assert!(reaches(&forger, SocketAddrV4::new(victim_ip, 8080)));
+}

@@ -127,6 +127,7 @@ impl Agent {
             .clone();
         if let Some(dp) = lock(&self.datapath).as_ref() {
             self.metrics.sync_packets(&dp.counters());
+            self.metrics.sync_drops(&dp.drops());
             self.metrics
                 .sync_verdicts(&dp.policy_verdicts(names.keys().copied()), &names);
         }

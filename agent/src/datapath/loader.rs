@@ -33,7 +33,7 @@ fn raw_os_error(e: &ProgramError) -> Option<i32> {
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 11] = [
     "ENDPOINTS",
     "SERVICES",
     "BACKENDS",
@@ -44,6 +44,7 @@ const MAPS: [&str; 10] = [
     "IPCACHE",
     "PCT",
     "POLICY_VERDICTS",
+    "DROPS",
 ];
 const PROGRAMS: [(&str, &str); 2] = [("from_pod", PROG_PIN), ("to_pod", PROG_TO_POD_PIN)];
 
@@ -127,6 +128,8 @@ impl Datapath {
         let pct = take(Map::LruHashMap(pinned("PCT")?), "PCT")?;
         let verdicts = PerCpuArray::try_from(Map::PerCpuArray(pinned("POLICY_VERDICTS")?))
             .map_err(|e| Error::bpf("map POLICY_VERDICTS", e))?;
+        let drops = PerCpuArray::try_from(Map::PerCpuArray(pinned("DROPS")?))
+            .map_err(|e| Error::bpf("map DROPS", e))?;
         let mut dp = Datapath {
             root: root.to_path_buf(),
             prog,
@@ -140,6 +143,7 @@ impl Datapath {
             ipcache,
             pct,
             verdicts,
+            drops,
             to_pod,
             next_service_id: 1,
             adopted,

@@ -6,7 +6,8 @@
 //!   pod A eth0 ──▶ host veth A ── tc ingress: from_pod ──┬─▶ redirect ──▶ host veth B ──▶ pod B
 //!                                  │ SERVICES/BACKENDS   └─▶ kernel stack (not a local pod)
 //!                                  │ CT (per-flow DNAT / reverse NAT)
-//!                                  └ ENDPOINTS, COUNTERS
+//!                                  │ ENDPOINTS[saddr].ifindex == this veth? else drop (anti-spoofing)
+//!                                  └ ENDPOINTS, COUNTERS, DROPS
 //! ```
 //!
 //! On start, pins left by an earlier agent are re-adopted before anything is
@@ -17,7 +18,8 @@
 //!
 //! - `loader`: load, pin, re-adopt an earlier agent's pins, roll back a
 //!   partial load, attach / detach the tc filters, remove pins;
-//! - `maps`: typed access to `ENDPOINTS` and `COUNTERS`;
+//! - `maps`: typed access to `ENDPOINTS`, `COUNTERS` and `DROPS` (drops by
+//!   reason);
 //! - `services`: `SERVICES` / `BACKENDS` (frontends and their backends);
 //! - `policy`: `POLICY`, `POLICY_ENFORCED`, `IPCACHE`, `POLICY_VERDICTS`;
 //! - `conntrack`: `CT` / `PCT` counts and the idle sweep.
@@ -36,7 +38,7 @@ mod services;
 
 pub use conntrack::{CtSweep, CtTimeouts};
 pub use loader::{ensure_bpffs, remove_pins};
-pub use maps::{COUNTER_NAMES, Endpoint};
+pub use maps::{COUNTER_NAMES, DropReason, Endpoint};
 pub use policy::{ENFORCE_EGRESS, ENFORCE_INGRESS, POLICY_SLOTS, PolicyEntry};
 
 /// The loaded, pinned datapath.
@@ -53,6 +55,7 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, [u8; 4], u32>,
     pct: HashMap<MapData, [u8; 16], u64>,
     verdicts: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
     to_pod: SchedClassifier,
     next_service_id: u32,
     adopted: bool,
