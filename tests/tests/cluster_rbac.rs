@@ -70,8 +70,10 @@ fn unique(prefix: &str) -> String {
 
 /// A kwok Node `name` and its NodeNetwork, whose status the operator has
 /// filled: a pool, an ENI, a fixed IP, a condition, and release entries in
-/// each state (`.10` marked, `.11` ready-for-release, `.12` released,
-/// `.13` do-not-release).
+/// each state (`198.18.0.10` marked, `.11` ready-for-release, `198.18.1.12`
+/// released, `198.18.0.13` do-not-release). The released address lies
+/// outside the pod CIDR, which a static node's agent always counts as its
+/// pool: it leaves the pool when it leaves `status.pool`.
 async fn node_with_network(admin: &Client, name: &str) -> anyhow::Result<()> {
     let node = install::kwok_node(name, "us-east-1a", &format!("i-{name}"), "m5.large");
     Api::<Node>::all(admin.clone())
@@ -91,13 +93,13 @@ async fn node_with_network(admin: &Client, name: &str) -> anyhow::Result<()> {
         "enis": [{"id": "eni-1", "subnetId": "subnet-1", "deviceIndex": 1}],
         "pool": {
             "198.18.0.10": {"eni": "eni-1"}, "198.18.0.11": {"eni": "eni-1"},
-            "198.18.0.12": {"eni": "eni-1"}, "198.18.0.13": {"eni": "eni-1"},
+            "198.18.1.12": {"eni": "eni-1"}, "198.18.0.13": {"eni": "eni-1"},
             "198.18.0.20": {"eni": "eni-1"},
         },
         "fixedIps": {"198.18.0.20": "default/web-0"},
         "release": {
             "198.18.0.10": "marked", "198.18.0.11": "ready-for-release",
-            "198.18.0.12": "released", "198.18.0.13": "do-not-release",
+            "198.18.1.12": "released", "198.18.0.13": "do-not-release",
         },
         "conditions": [{
             "type": "PoolReady", "status": "True", "reason": "Filled",
@@ -332,7 +334,7 @@ async fn an_agent_changes_only_usage_and_its_release_answers() -> anyhow::Result
         "release": {
             "198.18.0.10": "ready-for-release",
             "198.18.0.11": "do-not-release",
-            "198.18.0.12": null,
+            "198.18.1.12": null,
         },
     }});
     let r = status_patch(&n.agent_a, &n.a, &answers, false).await?;
@@ -591,9 +593,9 @@ async fn the_real_agent_reports_and_answers_the_handshake_under_the_policy() -> 
         "{answered}"
     );
 
-    // The operator gives .12 back: it leaves the pool, and the agent drops
+    // The operator gives 198.18.1.12 back: it leaves the pool, and the agent drops
     // its `released` entry (the one deletion the policy lets it make).
-    let gone = json!({"status": {"pool": {"198.18.0.12": null}}});
+    let gone = json!({"status": {"pool": {"198.18.1.12": null}}});
     api.patch_status(&n.a, &PatchParams::default(), &Patch::Merge(&gone))
         .await?;
     eventually(
@@ -601,7 +603,7 @@ async fn the_real_agent_reports_and_answers_the_handshake_under_the_policy() -> 
         "the agent dropping the released entry",
         || async {
             let st = serde_json::to_value(api.get(&n.a).await?)?["status"].clone();
-            Ok(st["release"].get("198.18.0.12").is_none().then_some(()))
+            Ok(st["release"].get("198.18.1.12").is_none().then_some(()))
         },
     )
     .await
