@@ -14,7 +14,10 @@ use sextant_kit::{duration, lease::LeaseConfig};
 use crate::sim::{DEFAULT_SIM_VPC, SimArgs};
 use crate::{
     ipam::{gc::GcPolicy, watermark::IpamDefaults},
-    node_network::node_watch::NodeNetworkDefaults,
+    node_network::{
+        node_watch::{NodeNetworkDefaults, PodCidrAllocator},
+        pod_cidr::{PodCidrPool, PoolError},
+    },
 };
 
 /// The clouds the operator takes ENIs from.
@@ -24,6 +27,9 @@ pub enum CloudProvider {
     Aws,
     /// Alibaba Cloud ECS.
     Alibaba,
+    /// Bare metal: no cloud; each node's pod CIDRs (from
+    /// `Node.spec.podCIDRs`, or cut from `--pod-cidr-pool`) are its pool.
+    Static,
     /// The embedded simulated cloud, seeded, its VPC from the `--sim-*`
     /// flags: the suite on a real API server without a cloud account.
     ///
@@ -45,6 +51,7 @@ impl From<CloudProvider> for Provider {
         match p {
             CloudProvider::Aws | CloudProvider::Sim => Provider::Aws,
             CloudProvider::Alibaba => Provider::Alibaba,
+            CloudProvider::Static => Provider::Static,
         }
     }
 }
@@ -85,7 +92,7 @@ impl RateLimitArgs {
     /// The provider's preset with the overrides applied.
     pub(crate) fn limits(&self, provider: CloudProvider) -> RateLimits {
         let preset = match provider {
-            CloudProvider::Aws | CloudProvider::Sim => RateLimits::aws(),
+            CloudProvider::Aws | CloudProvider::Sim | CloudProvider::Static => RateLimits::aws(),
             CloudProvider::Alibaba => RateLimits::alibaba(),
         };
         let apply = |l: RateLimit, qps: Option<f64>, burst: Option<u32>| RateLimit {
@@ -159,6 +166,18 @@ pub struct Args {
     /// Most leaked ENIs deleted per full resync.
     #[arg(long, env = "SEXTANT_GC_BATCH", default_value_t = 20)]
     pub(crate) gc_batch: usize,
+    /// Bare metal (`--provider static`): CIDRs cut into per-node pod CIDRs
+    /// for nodes the controller-manager gives no `podCIDR`, comma-separated.
+    /// Empty: such nodes wait for one.
+    #[arg(long, env = "SEXTANT_POD_CIDR_POOL", value_delimiter = ',')]
+    pub(crate) pod_cidr_pool: Vec<String>,
+    /// Prefix length of each node's block from `--pod-cidr-pool`.
+    #[arg(long, env = "SEXTANT_POD_CIDR_MASK_SIZE", default_value_t = 24)]
+    pub(crate) pod_cidr_mask_size: u8,
+    /// How long a block freed by a deleted node waits before it is handed
+    /// out again (its pods are being removed meanwhile).
+    #[arg(long, env = "SEXTANT_POD_CIDR_QUARANTINE", default_value = "5m", value_parser = duration::parse)]
+    pub(crate) pod_cidr_quarantine: Duration,
     /// Client-side cloud API rate limits.
     #[command(flatten)]
     pub(crate) rate_limits: RateLimitArgs,
@@ -220,6 +239,29 @@ impl Args {
                 ..IpamSpec::default()
             },
         }
+    }
+
+    /// The pod CIDR allocator `--pod-cidr-pool` asks for, if any.
+    pub(crate) fn pod_cidr_allocator(
+        &self,
+    ) -> Result<Option<std::sync::Arc<PodCidrAllocator>>, PodCidrArgError> {
+        let pool: Vec<String> = self
+            .pod_cidr_pool
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if pool.is_empty() {
+            return Ok(None);
+        }
+        if self.provider != CloudProvider::Static {
+            return Err(PodCidrArgError::NotStatic);
+        }
+        let pool = PodCidrPool::new(&pool, self.pod_cidr_mask_size)?;
+        Ok(Some(std::sync::Arc::new(PodCidrAllocator::new(
+            pool,
+            self.pod_cidr_quarantine,
+        ))))
     }
 
     /// Garbage collection settings.
@@ -425,4 +467,15 @@ pub(crate) mod tests {
         argv[4] = "gcp";
         assert!(Args::try_parse_from(argv).is_err());
     }
+}
+
+/// Why `--pod-cidr-pool` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PodCidrArgError {
+    /// The pool is only for bare metal.
+    #[error("--pod-cidr-pool is for --provider static (cloud nodes take ENI addresses)")]
+    NotStatic,
+    /// The pool or mask is malformed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
 }

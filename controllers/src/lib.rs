@@ -18,6 +18,7 @@
 
 mod apiserver;
 pub mod args;
+mod bare_metal;
 pub mod fixed_ip;
 mod metrics;
 pub mod node_network;

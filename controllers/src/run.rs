@@ -60,7 +60,7 @@ use crate::{
         controller::{self as nn_controller, Context, RequeuePolicy},
         directory::NodeNetworkDirectory,
         full_resync::{FullResync, FullResyncConfig, FullResyncMetrics},
-        node_watch::{self, NodeContext, NodeNetworkDefaults, NodeWatchMetrics},
+        node_watch::{self, NodeContext, NodeNetworkDefaults, NodeWatchMetrics, PodCidrAllocator},
     },
     policy_status::{
         controller::{self as policy_controller, PolicyContext},
@@ -74,6 +74,9 @@ pub enum RunError {
     /// No Kubernetes client configuration (in-cluster or kubeconfig).
     #[error("configuring the Kubernetes client")]
     Kube(#[source] kube::Error),
+    /// `--pod-cidr-pool` cannot be used.
+    #[error(transparent)]
+    PodCidr(#[from] crate::args::PodCidrArgError),
     /// The cloud's credentials are missing or cannot work (a variable not
     /// set, a token file that cannot be read).
     #[error(transparent)]
@@ -139,6 +142,7 @@ impl Args {
                 })?;
                 Arc::new(AlibabaCloud::new(config).map_err(RunError::AlibabaClient)?)
             }
+            CloudProvider::Static => Arc::new(crate::bare_metal::NoCloud),
             #[cfg(not(feature = "sim"))]
             CloudProvider::Sim => {
                 let _ = nodes;
@@ -204,6 +208,7 @@ impl Args {
 
     /// Runs the operator until SIGTERM or Ctrl-C.
     pub async fn run(self) -> Result<(), RunError> {
+        let pod_cidrs = self.pod_cidr_allocator()?;
         let client = sextant_kit::client::client()
             .await
             .map_err(RunError::Kube)?;
@@ -231,6 +236,7 @@ impl Args {
         let nodes = NodeNetworkDirectory::default();
         let cloud = self.cloud(cloud_metrics, &nodes).await?;
         let ipam = Arc::new(self.node_ipam(cloud.clone(), ipam_metrics));
+        let attaching = ipam.attaching().clone();
 
         let listener = tokio::net::TcpListener::bind(self.listen_addr)
             .await
@@ -289,6 +295,7 @@ impl Args {
             nodes,
             concurrency: self.reconcile_concurrency,
             node_metrics,
+            pod_cidrs,
             resync: Arc::new(FullResync::new(
                 client,
                 cloud,
@@ -300,7 +307,8 @@ impl Args {
                 },
                 clock,
                 resync_metrics,
-            )),
+            )
+            .with_attaching(attaching)),
         };
 
         let mut shutdown =
@@ -343,6 +351,8 @@ struct Leading {
     concurrency: u16,
     resync: Arc<FullResync>,
     node_metrics: NodeWatchMetrics,
+    /// Bare metal: Sextant's pod CIDR pool, when `--pod-cidr-pool` is set.
+    pod_cidrs: Option<Arc<PodCidrAllocator>>,
 }
 
 impl Leading {
@@ -378,6 +388,7 @@ impl Leading {
                 node_networks: nn_store.clone(),
                 retry: Backoff::default(),
                 metrics: self.node_metrics.clone(),
+                pod_cidrs: self.pod_cidrs.clone(),
             }),
             16,
         );

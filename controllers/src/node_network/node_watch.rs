@@ -11,7 +11,7 @@
 //! Existing NodeNetworks are never rewritten here: their spec belongs to the
 //! platform team once created (per-node overrides).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -31,7 +31,10 @@ use prometheus_client::{
 };
 use sextant_cloud::Backoff;
 use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
+use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
+
+use super::pod_cidr::{Allocations, Cidr, PodCidrPool};
 
 use sextant_crds::wellknown::{FIELD_MANAGER_OPERATOR, LABEL_MANAGED_BY};
 use sextant_kit::ErrorChain;
@@ -291,6 +294,29 @@ pub(crate) struct NodeContext {
     pub(crate) retry: Backoff,
     /// Metrics.
     pub(crate) metrics: NodeWatchMetrics,
+    /// Sextant's pod CIDR pool for bare-metal nodes the controller-manager
+    /// gives no `podCIDR` (`--pod-cidr-pool`); `None`: such nodes wait.
+    pub(crate) pod_cidrs: Option<Arc<PodCidrAllocator>>,
+}
+
+/// Hands out pod CIDR blocks to bare-metal nodes, one at a time.
+pub(crate) struct PodCidrAllocator {
+    pool: PodCidrPool,
+    quarantine: Duration,
+    /// Held across choosing a block and creating the NodeNetwork that
+    /// records it: two nodes never get the same block.
+    state: tokio::sync::Mutex<Allocations>,
+}
+
+impl PodCidrAllocator {
+    /// An allocator over `pool`; a freed block waits `quarantine`.
+    pub(crate) fn new(pool: PodCidrPool, quarantine: Duration) -> Self {
+        PodCidrAllocator {
+            pool,
+            quarantine,
+            state: tokio::sync::Mutex::default(),
+        }
+    }
 }
 
 /// Why a node did not get its NodeNetwork.
@@ -299,6 +325,18 @@ pub(crate) enum NodeReconcileError {
     /// The node cannot be turned into a NodeNetwork.
     #[error(transparent)]
     Node(#[from] NodeWatchError),
+    /// Every block of the pod CIDR pool is taken.
+    #[error(
+        "node {node}: the pod CIDR pool has no free /{mask} block ({blocks} blocks, all taken or in quarantine); add a CIDR to --pod-cidr-pool"
+    )]
+    PodCidrPoolFull {
+        /// Node name.
+        node: String,
+        /// The node block size.
+        mask: u8,
+        /// Blocks in the pool.
+        blocks: u64,
+    },
     /// Creating the NodeNetwork failed.
     #[error("node {node}: creating its NodeNetwork")]
     Create {
@@ -315,6 +353,7 @@ impl NodeReconcileError {
     pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             NodeReconcileError::Node(e) => e.metric_label(),
+            NodeReconcileError::PodCidrPoolFull { .. } => "pod_cidr_pool_full",
             NodeReconcileError::Create { .. } => "kube_create",
         }
     }
@@ -345,6 +384,14 @@ pub(crate) async fn ensure_node_network(
     {
         return Ok(NodeOutcome::Exists);
     }
+    if let Some(pool) = ctx
+        .pod_cidrs
+        .as_ref()
+        .filter(|_| ctx.provider == Provider::Static)
+        && node_pod_cidrs(node).is_empty()
+    {
+        return create_with_pool_cidr(node, ctx, pool).await;
+    }
     let Some(nn) = node_network_for(node, ctx.provider, &ctx.defaults)? else {
         debug!("node does not name its instance yet; waiting for its next update");
         return Ok(NodeOutcome::Waiting);
@@ -370,6 +417,76 @@ pub(crate) async fn ensure_node_network(
     }
 }
 
+/// `Node.spec.podCIDRs`, or its `podCIDR`.
+fn node_pod_cidrs(node: &Node) -> Vec<String> {
+    let spec = node.spec.as_ref();
+    let cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+    if cidrs.is_empty() {
+        spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect()
+    } else {
+        cidrs
+    }
+}
+
+/// Creates a bare-metal node's NodeNetwork with a block of the pool,
+/// choosing the block and creating under the allocator's lock.
+async fn create_with_pool_cidr(
+    node: &Node,
+    ctx: &NodeContext,
+    pool: &PodCidrAllocator,
+) -> Result<NodeOutcome, NodeReconcileError> {
+    let name = node.name_any();
+    let mut state = pool.state.lock().await;
+    let cached: BTreeMap<String, Vec<Cidr>> = ctx
+        .node_networks
+        .state()
+        .iter()
+        .map(|nn| {
+            let cidrs = nn
+                .spec
+                .pod_cidrs
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect();
+            (nn.name_any(), cidrs)
+        })
+        .collect();
+    let Some(block) = state.allocate(&pool.pool, &name, &cached, Instant::now(), pool.quarantine)
+    else {
+        return Err(NodeReconcileError::PodCidrPoolFull {
+            node: name,
+            mask: pool.pool.node_len(),
+            blocks: pool.pool.blocks(),
+        });
+    };
+    let mut with_cidr = node.clone();
+    with_cidr.spec.get_or_insert_default().pod_cidrs = Some(vec![block.to_string()]);
+    let Some(nn) = node_network_for(&with_cidr, ctx.provider, &ctx.defaults)? else {
+        state.abandon(&name);
+        return Ok(NodeOutcome::Waiting);
+    };
+    let api: Api<NodeNetwork> = Api::all(ctx.client.clone());
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER_OPERATOR.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&pp, &nn).await {
+        Ok(_) => {
+            info!(pod_cidr = %block, "created NodeNetwork with a pod CIDR from the pool");
+            ctx.metrics.created.inc();
+            Ok(NodeOutcome::Created)
+        }
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            state.abandon(&name);
+            Ok(NodeOutcome::Exists)
+        }
+        Err(source) => {
+            state.abandon(&name);
+            Err(NodeReconcileError::Create { node: name, source })
+        }
+    }
+}
+
 /// [`ensure_node_network`] with retries of failed creates (jittered
 /// backoff); a node that cannot be turned into a NodeNetwork is reported
 /// and left until it changes.
@@ -387,8 +504,11 @@ pub(crate) async fn handle_node(node: &Node, ctx: &NodeContext) {
             })
             .inc();
         attempt += 1;
-        let retry =
-            matches!(err, NodeReconcileError::Create { .. }) && attempt < ctx.retry.max_attempts;
+        // A full pod CIDR pool may drain (a node deleted, a quarantine over).
+        let retry = matches!(
+            err,
+            NodeReconcileError::Create { .. } | NodeReconcileError::PodCidrPoolFull { .. }
+        ) && attempt < ctx.retry.max_attempts;
         warn!(node = %node.name_any(), error = %ErrorChain(&err), attempt, retry, "node without NodeNetwork");
         if !retry {
             return;
@@ -686,6 +806,7 @@ mod tests {
                 ..Backoff::default()
             },
             metrics: NodeWatchMetrics::default(),
+            pod_cidrs: None,
         };
         (ctx, server)
     }
@@ -855,6 +976,60 @@ mod tests {
         tokio::join!(handle_node(&node, &ctx), script);
         assert_eq!(errors(&ctx, "kube_create"), 3);
         assert_eq!(ctx.metrics.created.get(), 0);
+        drop(ctx);
+        server.expect_no_more().await;
+    }
+
+    /// Bare metal with Sextant's pool: nodes without a podCIDR get distinct
+    /// blocks, also when the cache has not shown the first create yet; a
+    /// full pool is a clear error; a node with its own podCIDR keeps it.
+    #[tokio::test]
+    async fn bare_metal_nodes_get_distinct_blocks_from_the_pool() {
+        let (mut ctx, mut server) = node_ctx(&[]);
+        ctx.provider = Provider::Static;
+        let pool = PodCidrPool::new(&["10.244.0.0/24".to_owned()], 25).unwrap();
+        ctx.pod_cidrs = Some(Arc::new(PodCidrAllocator::new(
+            pool,
+            Duration::from_secs(300),
+        )));
+        let created = serde_json::json!({
+            "apiVersion": "sextant.io/v1alpha1", "kind": "NodeNetwork",
+            "metadata": { "name": "metal" }, "spec": { "provider": "static" },
+        });
+        let mut got = Vec::new();
+        for name in ["metal-1", "metal-2"] {
+            let node = mk_node(name, None, &[]);
+            let (outcome, seen) = tokio::join!(
+                ensure_node_network(&node, &ctx),
+                server.expect(Method::POST, NODE_NETWORKS, 201, created.clone()),
+            );
+            assert_eq!(outcome.unwrap(), NodeOutcome::Created);
+            assert_eq!(seen.body["spec"]["provider"], "static");
+            got.push(
+                seen.body["spec"]["podCIDRs"][0]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(got, ["10.244.0.0/25", "10.244.0.128/25"]);
+        let full = ensure_node_network(&mk_node("metal-3", None, &[]), &ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(full.metric_label(), "pod_cidr_pool_full");
+        assert!(full.to_string().contains("--pod-cidr-pool"), "{full}");
+        // The controller-manager's podCIDR wins over the pool.
+        let mut own = mk_node("metal-4", None, &[]);
+        own.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.9.0.0/24".into()]);
+        let (outcome, seen) = tokio::join!(
+            ensure_node_network(&own, &ctx),
+            server.expect(Method::POST, NODE_NETWORKS, 201, created.clone()),
+        );
+        assert_eq!(outcome.unwrap(), NodeOutcome::Created);
+        assert_eq!(
+            seen.body["spec"]["podCIDRs"],
+            serde_json::json!(["10.9.0.0/24"])
+        );
         drop(ctx);
         server.expect_no_more().await;
     }
