@@ -1,7 +1,7 @@
 //! `sextantctl`: run Sextant's node IPAM against a simulated cloud
 //! (`simulate`, `roll`), print the benchmark figures (`bench`), show a node
-//! in network namespaces (`lab`) and convert CiliumNetworkPolicy YAML for
-//! Sextant (`policy convert`).
+//! in network namespaces (`lab`), convert CiliumNetworkPolicy YAML for
+//! Sextant (`policy convert`) and show flows from an observer (`observe`).
 //!
 //! Boundaries: it drives the core crates (`sextant-ipam`, `sextant-cloud`'s
 //! `sim`, `sextant-policy`) and, for `lab`, the `sextant-lab` binary; never
@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod herd;
 pub mod lab;
+pub mod observe;
 pub mod policy;
 pub mod roll;
 pub mod simulate;
@@ -44,6 +45,8 @@ enum Command {
     /// Network policy tools: convert CiliumNetworkPolicy YAML for Sextant.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Show flows from a node's observer or the relay, like `hubble observe`.
+    Observe(observe::ObserveArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -271,5 +274,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(&args),
         Command::Policy(cmd) => policy::run(&cmd),
+        Command::Observe(args) => observe::run(&args),
     }
 }
