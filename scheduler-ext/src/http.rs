@@ -82,7 +82,20 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Connections open at once on the extender port.
     pub max_connections: usize,
+    /// How long a filter call for a fixed-IP pod the index cannot place yet
+    /// (its FixedIP not reserved or not listed yet) waits for the index
+    /// before refusing every node. The FixedIP controller reserves a
+    /// StatefulSet's addresses as its pods are created, so the race is
+    /// usually lost by milliseconds; a refused pod waits for kube-scheduler's
+    /// next flush of unschedulable pods (up to 5 minutes). kube-scheduler
+    /// schedules one pod at a time: keep this short, and below `httpTimeout`.
+    pub held_wait: Duration,
 }
+
+/// Default `--fixed-ip-wait`.
+pub const DEFAULT_HELD_WAIT: Duration = Duration::from_secs(1);
+/// How often a held filter call looks at the index again.
+const HELD_POLL: Duration = Duration::from_millis(25);
 
 /// Default `--max-body-bytes`: 4 MiB. A `nodeCacheCapable` filter call at
 /// 20,000 nodes is 0.95 MB with 45-character node names and a 48 kB pod
@@ -113,6 +126,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(4),
             header_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            held_wait: DEFAULT_HELD_WAIT,
         }
     }
 }
@@ -258,7 +272,7 @@ impl Extender {
     {
         let _timer = self.metrics.filter_timer();
         let answer = match self.read_body(body).await {
-            Ok(bytes) => parse_args(&bytes).and_then(|args| self.filter_args(args)),
+            Ok(bytes) => self.filter_waiting(&bytes).await,
             Err(e) => Err(e),
         };
         match answer {
@@ -285,6 +299,20 @@ impl Extender {
                 warn!(error = %ErrorChain(&e), reason = e.metric_label(), "filter failed");
                 json(&ExtenderFilterResult::error(ErrorChain(&e).to_string()))
             }
+        }
+    }
+
+    /// [`filter_args`](Self::filter_args), looked at again for up to
+    /// [`ServerConfig::held_wait`] while the answer holds a fixed-IP pod the
+    /// index cannot place yet.
+    async fn filter_waiting(&self, bytes: &[u8]) -> Result<FilterAnswer> {
+        let deadline = tokio::time::Instant::now() + self.config.held_wait;
+        loop {
+            let answer = parse_args(bytes).and_then(|args| self.filter_args(args))?;
+            if answer.basis != Basis::Held || tokio::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            tokio::time::sleep(HELD_POLL.min(self.config.held_wait)).await;
         }
     }
 

@@ -104,6 +104,12 @@ pub struct Args {
     /// longest is closed for the newcomer.
     #[arg(long, env = "SEXTANT_SCHEDULER_EXT_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// How long a filter call for a fixed-IP pod whose FixedIP is not in the
+    /// index yet waits for it before refusing every node (kube-scheduler
+    /// then retries at its next flush, up to 5 minutes later). Keep it well
+    /// below the scheduler's `httpTimeout`: kube-scheduler waits meanwhile.
+    #[arg(long, env = "SEXTANT_SCHEDULER_EXT_FIXED_IP_WAIT", default_value = "1s", value_parser = sextant_kit::duration::parse)]
+    pub fixed_ip_wait: Duration,
     /// Deprecated: `--request-timeout` in milliseconds. Still read so an
     /// existing Deployment keeps working through an upgrade; wins when set.
     #[arg(long, env = "SEXTANT_SCHEDULER_EXT_REQUEST_TIMEOUT_MS", hide = true)]
@@ -162,6 +168,7 @@ impl Args {
             request_timeout,
             header_timeout: self.header_timeout,
             max_connections: self.max_connections,
+            held_wait: self.fixed_ip_wait,
         };
         let listener = bind(self.listen).await?;
         let admin_listener = bind(self.admin_listen).await?;

@@ -319,6 +319,47 @@ async fn an_annotated_pod_without_its_fixed_ip_is_refused_everywhere_not_answere
     }
 }
 
+/// A fixed-IP pod whose FixedIP lands in the index while its filter call
+/// waits is placed, not refused: refused, kube-scheduler would retry it only
+/// at its next flush of unschedulable pods, up to 5 minutes later (the
+/// chaos soak's 30 StatefulSet pods stayed Pending for 240 s that way).
+#[tokio::test]
+async fn a_fixed_ip_reserved_while_the_filter_waits_places_the_pod() {
+    let server = start(cluster(), ServerConfig::default()).await;
+    let pod = json!({"Pod": {"metadata": {"name": "web-9", "namespace": "db",
+                                          "annotations": {"sextant.io/fixed-ip": "true"}}},
+                     "NodeNames": [N10, N11, N20]});
+    let index = server.index.clone();
+    let reserve = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        index
+            .write()
+            .expect("not poisoned")
+            .apply_fixed_ip(&mk_fixed_ip(
+                "db",
+                "web-9",
+                "10.0.1.78",
+                "us-east-1a",
+                "subnet-1a",
+            ));
+    });
+    let started = std::time::Instant::now();
+    let (status, body) = post(&server, "/filter", &pod.to_string()).await;
+    let took = started.elapsed();
+    reserve.await.expect("reserved");
+    assert_eq!(status, 200);
+    let v = parse(&body);
+    let placed = v["NodeNames"].as_array().cloned().unwrap_or_default();
+    assert!(
+        placed.contains(&json!(N10)) && !placed.contains(&json!(N20)),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(200) && took < DEFAULT_HELD_WAIT,
+        "answered after {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_url_prefix_moves_the_verbs_and_only_post_is_served_there() {
     let config = ServerConfig {
