@@ -5,8 +5,9 @@
 //! plugin once a test installs it ([`install_cni`]).
 //!
 //! ```text
-//!  supervisor ─┬─ containerd  <node>/containerd.sock, root/state under <node>/,
-//!              │              CNI bin <node>/cni/bin, conf <node>/cni/net.d,
+//!  supervisor ─┬─ containerd  <node>/containerd.sock (<node> = <dir>/node-<pid>),
+//!              │              root/state under <node>/, CNI bin <node>/cni/bin,
+//!              │              conf <node>/cni/net.d,
 //!              │              sandbox image sextant.test/pause:v1 (imported)
 //!              └─ kubelet     system:node:<name> (client cert), node IP on a
 //!                             bridge of its own without ports (/24 in
@@ -67,6 +68,7 @@ const NODE_NET_THIRD: std::ops::Range<u32> = 128..255;
 /// Names of host objects the node owns end in the supervisor's pid.
 const LINK_PREFIX: &str = "sxn";
 const CGROUP_PREFIX: &str = "sextant-node-";
+const NODE_DIR_PREFIX: &str = "node-";
 /// The kubelet's device-plugin directory: a constant in the kubelet (not
 /// under `--root-dir`), so every kubelet on a machine shares it and clears
 /// it when it starts. Hence one real node per machine at a time
@@ -114,6 +116,9 @@ pub struct NodeInfo {
     pub kubelet_kubeconfig: PathBuf,
     /// The kubelet's and containerd's logs.
     pub logs: Vec<PathBuf>,
+    /// The kubelet's cgroupRoot, without its leading `/`, in every hierarchy.
+    #[serde(default)]
+    pub cgroup: String,
 }
 
 /// The running node; torn down (processes, mounts, cgroups, link) on drop.
@@ -207,9 +212,10 @@ impl Node {
 
         let me = std::process::id();
         let name = format!("real-node-{me}");
-        let dir = cluster_dir.join("node");
+        // Named after its owner, so a sweep knows whose it is even from
+        // what a partial removal left.
+        let dir = cluster_dir.join(format!("{NODE_DIR_PREFIX}{me}"));
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("owner.pid"), me.to_string())?;
         let images = Images::build()?;
 
         let link = format!("{LINK_PREFIX}{me}");
@@ -234,6 +240,7 @@ impl Node {
                     cluster_dir.join("logs/containerd.log"),
                     cluster_dir.join("logs/kubelet.log"),
                 ],
+                cgroup: cgroup.clone(),
             },
             containerd: None,
             kubelet: None,
@@ -814,24 +821,35 @@ pub fn sweep_stale() {
             {
                 continue;
             }
-            let node_dir = e.path().join("node");
-            let Some(owner) = std::fs::read_to_string(node_dir.join("owner.pid"))
-                .ok()
-                .and_then(|t| t.trim().parse::<u32>().ok())
-            else {
+            let Ok(inside) = std::fs::read_dir(e.path()) else {
                 continue;
             };
-            if alive(owner) {
-                continue;
+            let mut stale = false;
+            for n in inside.flatten() {
+                let name = n.file_name().to_string_lossy().into_owned();
+                let Some(owner) = name
+                    .strip_prefix(NODE_DIR_PREFIX)
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if alive(owner) {
+                    continue;
+                }
+                stale = true;
+                // Its kubelet, containerd and shims outlive a supervisor
+                // killed with SIGKILL; each names a file of the node's
+                // directory.
+                let node_dir = n.path();
+                let needle = format!("{}/", node_dir.display());
+                kill_matching(|cmdline| cmdline.contains(&needle));
+                kill_cgroup(&format!("{CGROUP_PREFIX}{owner}"));
+                unmount_under(&node_dir);
+                remove_cgroup(&format!("{CGROUP_PREFIX}{owner}"));
             }
-            // Its kubelet, containerd and shims outlive a supervisor killed
-            // with SIGKILL; each names a file in the node's directory.
-            let needle = format!("{}/", node_dir.display());
-            kill_matching(|cmdline| cmdline.contains(&needle));
-            kill_cgroup(&format!("{CGROUP_PREFIX}{owner}"));
-            unmount_under(&node_dir);
-            remove_cgroup(&format!("{CGROUP_PREFIX}{owner}"));
-            let _ = std::fs::remove_dir_all(e.path());
+            if stale {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
     }
     // Cgroups and links whose owner is gone even without a directory left.
@@ -930,4 +948,52 @@ pub fn install_without_workloads(
         .collect();
     install::apply(cluster, &kept.join("\n---"), false)?;
     Ok(rendered)
+}
+
+/// What of the node `info` is still on this machine: processes naming a
+/// file of its directory (kubelet, containerd, shims), mounts under it,
+/// its cgroups, its link. Empty once it is torn down or swept.
+pub fn traces(info: &NodeInfo) -> Vec<String> {
+    let mut out = Vec::new();
+    let needle = format!("{}/", info.dir.display());
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for e in procs.flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&needle) {
+                    out.push(format!("process {pid}: {}", cmdline.trim()));
+                }
+            }
+        }
+    }
+    let prefix = info.dir.display().to_string();
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        out.extend(
+            text.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| *p == prefix || p.starts_with(&needle))
+                .map(|p| format!("mount {p}")),
+        );
+    }
+    if !info.cgroup.is_empty() {
+        out.extend(
+            cgroup_dirs(&info.cgroup)
+                .into_iter()
+                .map(|d| format!("cgroup {}", d.display())),
+        );
+    }
+    if Command::new("ip")
+        .args(["link", "show", &info.link])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        out.push(format!("link {}", info.link));
+    }
+    out
 }
