@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use sextant_cloud::{RateLimit, RateLimits};
 use sextantctl::simulate::{self, SimulateConfig, Strategy};
 
 #[test]
@@ -97,4 +98,41 @@ fn instance_scoped_resync_sends_fewer_describes_than_per_subnet_on_the_same_seed
         describes(&ours),
         describes(&theirs)
     );
+}
+
+/// Attaches queued behind a slow client-side limiter (as 6,000 nodes queue
+/// behind EC2's 5 mutations a second): ENIs wait created-but-unattached for
+/// longer than the GC's grace. The collector must not take them from under
+/// the attach, and the simulation must not end with them stranded.
+#[test]
+fn enis_waiting_long_for_their_attach_are_neither_collected_nor_leaked() {
+    let mut limits = RateLimits::aws();
+    limits.mutate_other = RateLimit {
+        per_second: 0.1,
+        burst: 1,
+    };
+    let report = simulate::run(
+        SimulateConfig {
+            nodes: 40,
+            burst: 40,
+            run_for: Duration::from_secs(900),
+            seed: 7,
+            client_limits: Some(limits),
+            ..SimulateConfig::default()
+        },
+        None,
+    )
+    .expect("simulation runs");
+    assert_eq!(
+        report.surfaced.get("not_found"),
+        None,
+        "an attach found its ENI deleted: {:?}",
+        report.surfaced
+    );
+    assert_eq!(
+        (report.leaked_ips, report.leaked_enis),
+        (0, 0),
+        "nothing leaked"
+    );
+    assert_eq!(report.double_allocations, 0);
 }

@@ -23,7 +23,7 @@ pub use world::run;
 
 use std::time::Duration;
 
-use sextant_cloud::sim::SimProvider;
+use sextant_cloud::{RateLimits, sim::SimProvider};
 
 /// How the reconciler refreshes an instance after mutating it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +86,9 @@ pub struct SimulateConfig {
     pub full_resync_interval: Duration,
     /// Resync strategy after mutations.
     pub strategy: Strategy,
+    /// The operator's client-side rate limits; `None` takes the provider's
+    /// defaults ([`RateLimits::aws`], [`RateLimits::alibaba`]).
+    pub client_limits: Option<RateLimits>,
 }
 
 impl Default for SimulateConfig {
@@ -109,6 +112,7 @@ impl Default for SimulateConfig {
             agent_report_interval: Duration::from_secs(15),
             full_resync_interval: Duration::from_secs(300),
             strategy: Strategy::InstanceScoped,
+            client_limits: None,
         }
     }
 }

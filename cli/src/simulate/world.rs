@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -18,7 +18,7 @@ use sextant_cloud::{
 use sextant_crds::{IpamSpec, NodeNetwork, NodeNetworkSpec, Provider};
 use sextant_ipam::{
     Error as IpamError,
-    gc::{GcPolicy, GcState},
+    gc::{GcPolicy, GcRound, GcState},
     metrics::IpamMetrics,
     node::{IpamConfig, NodeIpam},
     resync::{InstanceResync, InstanceScoped, apply_enis, by_instance, eni_statuses, list_vpc},
@@ -60,6 +60,10 @@ struct World {
     agents: Mutex<BTreeMap<String, Agent>>,
     surfaced: Mutex<BTreeMap<&'static str, u64>>,
     reconciles: AtomicU64,
+    /// Set at the end: workers take no new reconcile.
+    stopping: AtomicBool,
+    /// Reconciles running now.
+    in_progress: AtomicUsize,
     gc: Mutex<GcState>,
     start: Instant,
     epoch: jiff::Timestamp,
@@ -126,7 +130,12 @@ impl World {
         let mut attempts = HashMap::new();
         loop {
             let name = self.queue.pop().await;
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            self.in_progress.fetch_add(1, Ordering::Relaxed);
             self.reconcile_one(&name, &mut attempts).await;
+            self.in_progress.fetch_sub(1, Ordering::Relaxed);
             self.queue.done(&name);
         }
     }
@@ -197,8 +206,9 @@ impl World {
     }
 
     /// The periodic full resync: one paged VPC listing for every node, then
-    /// garbage collection of leaked ENIs from the same listing.
-    async fn full_resync(&self, gc_now: jiff::Timestamp) -> anyhow::Result<usize> {
+    /// garbage collection of leaked ENIs from the same listing; the round's
+    /// decision and how many of its deletions succeeded (a NotFound is one).
+    async fn full_resync(&self, gc_now: jiff::Timestamp) -> anyhow::Result<(GcRound, usize)> {
         let enis = list_vpc(self.ipam.cloud().as_ref(), VPC).await?;
         let by_inst = by_instance(enis.clone());
         for nn in self.store.all() {
@@ -229,14 +239,16 @@ impl World {
             gc_now,
             GcPolicy::default(),
             &Default::default(),
+            &self.ipam.attaching().ids(),
         );
         let mut deleted = 0;
-        for id in round.delete {
-            if self.ipam.cloud().delete_eni(&id).await.is_ok() {
-                deleted += 1;
+        for id in &round.delete {
+            match self.ipam.cloud().delete_eni(id).await {
+                Ok(()) | Err(sextant_cloud::Error::NotFound { .. }) => deleted += 1,
+                Err(_) => {}
             }
         }
-        Ok(deleted)
+        Ok((round, deleted))
     }
 }
 
@@ -270,10 +282,10 @@ async fn simulate(
         subnets.push(sim.add_subnet(VPC, ZONE, &cidr, Tags::new())?);
     }
     sim.add_security_group(VPC, "pods", Tags::new());
-    let limits = match config.provider {
+    let limits = config.client_limits.unwrap_or(match config.provider {
         SimProvider::Aws => RateLimits::aws(),
         SimProvider::Alibaba => RateLimits::alibaba(),
-    };
+    });
     let cloud_metrics = CloudMetrics::default();
     let cloud = Arc::new(Cloud::new(
         sim.clone(),
@@ -323,6 +335,8 @@ async fn simulate(
         agents: Mutex::default(),
         surfaced: Mutex::default(),
         reconciles: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+        in_progress: AtomicUsize::new(0),
         gc: Mutex::default(),
         start: Instant::now(),
         epoch: "2026-01-01T00:00:00Z".parse()?,
@@ -358,7 +372,10 @@ async fn simulate(
             next_wave += config.wave_interval;
         }
         if t >= next_full {
-            gc_deleted += world.full_resync(world.now()).await.unwrap_or(0);
+            gc_deleted += world
+                .full_resync(world.now())
+                .await
+                .map_or(0, |(_, deleted)| deleted);
             next_full += config.full_resync_interval;
         }
         world.agents_step();
@@ -373,21 +390,45 @@ async fn simulate(
         }
         tokio::time::sleep(AGENT_TICK).await;
     }
-    // Quiesce: a full resync now (every unattached ENI seen) and one as if
-    // the grace period had passed since, then audit.
-    let later = world
-        .now()
-        .checked_add(jiff::SignedDuration::from_secs(3600))
-        .unwrap_or(world.now());
-    gc_deleted += world.full_resync(world.now()).await.unwrap_or(0);
-    gc_deleted += world.full_resync(later).await.unwrap_or(0);
-    for w in workers {
-        w.abort();
-    }
+    gc_deleted += quiesce(&world, workers).await;
     if let Some(p) = &progress {
         p.finish_and_clear();
     }
     Ok(report(&world, &cloud_metrics, all_ready_at, gc_deleted))
+}
+
+/// Stops the operator as a rollout would, without cutting a reconcile in
+/// half: workers take nothing new and the running reconciles finish (an
+/// aborted one would strand the ENI it had created and not yet attached).
+/// Then the collector runs as the operator's does, a round every full-resync
+/// interval, until nothing is waiting out its grace or due: a leftover of a
+/// failed rollback is collected, not counted as leaked; whatever stays
+/// unattached after that is a leak the collector cannot see. Returns the
+/// ENIs collected.
+async fn quiesce(world: &Arc<World>, workers: Vec<tokio::task::JoinHandle<()>>) -> usize {
+    /// Most rounds: with `per_round` deletions each, a leak of a thousand
+    /// ENIs drains; a larger one is reported.
+    const MAX_ROUNDS: usize = 64;
+    world.stopping.store(true, Ordering::Relaxed);
+    let give_up = Instant::now() + Duration::from_secs(3600);
+    while world.in_progress.load(Ordering::Relaxed) > 0 && Instant::now() < give_up {
+        tokio::time::sleep(AGENT_TICK).await;
+    }
+    for w in workers {
+        w.abort();
+    }
+    let mut deleted = 0;
+    for _ in 0..MAX_ROUNDS {
+        let Ok((round, n)) = world.full_resync(world.now()).await else {
+            break;
+        };
+        deleted += n;
+        if round.waiting == 0 && round.delete.is_empty() {
+            break;
+        }
+        tokio::time::sleep(world.config.full_resync_interval).await;
+    }
+    deleted
 }
 
 fn report(

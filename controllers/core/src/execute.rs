@@ -5,7 +5,7 @@ use sextant_cloud::{AssignIps, CreateEni, EniCloud, EniTags, Error as CloudError
 use sextant_crds::{NodeNetworkStatus, ReleaseState};
 use tracing::{info, warn};
 
-use super::plan::Step;
+use super::{gc::Attaching, plan::Step};
 
 /// Who the ENIs are for.
 #[derive(Clone, Copy, Debug)]
@@ -16,6 +16,9 @@ pub struct Target<'a> {
     pub node: &'a str,
     /// Instance id.
     pub instance_id: &'a str,
+    /// Where a created ENI is registered until its attach ends, so the
+    /// collector leaves it alone however long the attach waits.
+    pub attaching: &'a Attaching,
 }
 
 /// What happened.
@@ -101,7 +104,8 @@ pub async fn execute(
 
 /// Creates an ENI and attaches it; if the attach fails the ENI is deleted
 /// again (best effort: a leftover carries our tags and the collector removes
-/// it after the grace period).
+/// it after the grace period; a NotFound means it is gone already). From
+/// its creation to the end of this the ENI is in [`Target::attaching`].
 async fn create_and_attach(
     cloud: &dyn EniCloud,
     target: Target<'_>,
@@ -109,6 +113,7 @@ async fn create_and_attach(
     device_index: u32,
 ) -> Result<(), CloudError> {
     let eni = cloud.create_eni(&request).await?;
+    let _attaching = target.attaching.begin(&eni.id);
     match cloud
         .attach_eni(&eni.id, target.instance_id, device_index)
         .await
@@ -118,8 +123,11 @@ async fn create_and_attach(
             Ok(())
         }
         Err(e) => {
-            if let Err(del) = cloud.delete_eni(&eni.id).await {
-                warn!(node = target.node, eni = %eni.id, error = %del, "rollback of unattached ENI failed; garbage collection will remove it");
+            match cloud.delete_eni(&eni.id).await {
+                Ok(()) | Err(CloudError::NotFound { .. }) => {}
+                Err(del) => {
+                    warn!(node = target.node, eni = %eni.id, error = %del, "rollback of unattached ENI failed; garbage collection will remove it")
+                }
             }
             Err(e)
         }

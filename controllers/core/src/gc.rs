@@ -4,16 +4,72 @@
 //! ([`GcState`]), never from its creation; an ENI holding an address a
 //! FixedIP names is never deleted (its address waits to be parked or
 //! moved). Untagged ENIs, parking ENIs, and those of other clusters are
-//! never touched.
+//! never touched, nor are ENIs the operator made and is still attaching
+//! ([`Attaching`]): at scale an attach can wait in the client's rate limiter
+//! for longer than the grace, and a collector that took such an ENI turned
+//! the attach into a NotFound and the node's creation into a wasted pair of
+//! mutations.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use jiff::Timestamp;
 use sextant_cloud::{Eni, EniState, EniTags, ROLE_PARKING, TAG_ROLE};
+use sextant_kit::sync::lock;
+
+/// ENIs this process created and has not yet attached (or rolled back):
+/// shared by node IPAM, which registers each between its create and the
+/// end of its attach, and the collector, which never takes them. Clones
+/// share one set.
+#[derive(Clone, Debug, Default)]
+pub struct Attaching {
+    ids: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Attaching {
+    /// Registers `eni_id` until the returned guard is dropped (also when
+    /// the reconcile holding it is cancelled: then nobody attaches the ENI
+    /// any more and the collector may take it after its grace).
+    pub fn begin(&self, eni_id: &str) -> AttachingGuard {
+        lock(&self.ids).insert(eni_id.to_owned());
+        AttachingGuard {
+            attaching: self.clone(),
+            eni_id: eni_id.to_owned(),
+        }
+    }
+
+    /// The ENIs being attached now.
+    pub fn ids(&self) -> BTreeSet<String> {
+        lock(&self.ids).clone()
+    }
+
+    /// How many ENIs are being attached now.
+    pub fn len(&self) -> usize {
+        lock(&self.ids).len()
+    }
+
+    /// Whether no ENI is being attached.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.ids).is_empty()
+    }
+}
+
+/// Keeps one ENI in [`Attaching`] while it lives.
+#[derive(Debug)]
+pub struct AttachingGuard {
+    attaching: Attaching,
+    eni_id: String,
+}
+
+impl Drop for AttachingGuard {
+    fn drop(&mut self) {
+        lock(&self.attaching.ids).remove(&self.eni_id);
+    }
+}
 
 /// Settings of the collector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +115,10 @@ impl GcState {
     /// Decides this round over a VPC listing `enis` at `now`: Sextant ENIs
     /// of `cluster` (never parking ENIs) seen unattached for at least the
     /// grace, at most `per_round`, never one holding an address of
-    /// `fixed_ips` (primary or secondary). Remembers first sightings and
-    /// forgets ENIs that are attached again or gone.
+    /// `fixed_ips` (primary or secondary) nor one in `attaching` (created
+    /// by this process and on its way to an instance: its grace starts
+    /// over once it leaves the set still unattached). Remembers first
+    /// sightings and forgets ENIs that are attached again or gone.
     pub fn plan(
         &mut self,
         enis: &[Eni],
@@ -68,6 +126,7 @@ impl GcState {
         now: Timestamp,
         policy: GcPolicy,
         fixed_ips: &BTreeSet<Ipv4Addr>,
+        attaching: &BTreeSet<String>,
     ) -> GcRound {
         let grace =
             jiff::SignedDuration::try_from(policy.grace).unwrap_or(jiff::SignedDuration::MAX);
@@ -76,6 +135,7 @@ impl GcState {
             .filter(|e| e.state == EniState::Available && e.attachment.is_none())
             .filter(|e| e.tags.get(TAG_ROLE).map(String::as_str) != Some(ROLE_PARKING))
             .filter(|e| EniTags::parse(&e.tags).is_some_and(|t| t.cluster == cluster))
+            .filter(|e| !attaching.contains(&e.id))
             .collect();
         let ids: BTreeSet<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
         self.detached_since
@@ -284,19 +344,41 @@ mod state_tests {
             ts("2026-11-25T12:00:00Z"),
             policy,
             &none,
+            &BTreeSet::new(),
         );
         assert!(r.delete.is_empty());
         // The instance is terminated: the ENI is unattached, a year after
         // its creation. The first round must not delete it.
         let detached = [old_eni("eni-1", false, &[5])];
-        let r = gc.plan(&detached, "prod", ts("2026-11-25T12:01:00Z"), policy, &none);
+        let r = gc.plan(
+            &detached,
+            "prod",
+            ts("2026-11-25T12:01:00Z"),
+            policy,
+            &none,
+            &BTreeSet::new(),
+        );
         assert!(
             r.delete.is_empty(),
             "deleted in the first round after detachment: {r:?}"
         );
-        let r = gc.plan(&detached, "prod", ts("2026-11-25T12:05:59Z"), policy, &none);
+        let r = gc.plan(
+            &detached,
+            "prod",
+            ts("2026-11-25T12:05:59Z"),
+            policy,
+            &none,
+            &BTreeSet::new(),
+        );
         assert!(r.delete.is_empty(), "within the grace: {r:?}");
-        let r = gc.plan(&detached, "prod", ts("2026-11-25T12:06:00Z"), policy, &none);
+        let r = gc.plan(
+            &detached,
+            "prod",
+            ts("2026-11-25T12:06:00Z"),
+            policy,
+            &none,
+            &BTreeSet::new(),
+        );
         assert_eq!(r.delete, ["eni-1"]);
     }
 
@@ -309,8 +391,22 @@ mod state_tests {
             old_eni("eni-fixed", false, &[6, 7]),
             old_eni("eni-plain", false, &[8]),
         ];
-        gc.plan(&enis, "prod", ts("2026-11-25T12:00:00Z"), policy, &fixed);
-        let r = gc.plan(&enis, "prod", ts("2026-11-25T13:00:00Z"), policy, &fixed);
+        gc.plan(
+            &enis,
+            "prod",
+            ts("2026-11-25T12:00:00Z"),
+            policy,
+            &fixed,
+            &BTreeSet::new(),
+        );
+        let r = gc.plan(
+            &enis,
+            "prod",
+            ts("2026-11-25T13:00:00Z"),
+            policy,
+            &fixed,
+            &BTreeSet::new(),
+        );
         assert_eq!(r.delete, ["eni-plain"], "{r:?}");
         assert_eq!(r.held, ["eni-fixed"]);
         // Once the address is parked elsewhere, the ENI goes.
@@ -319,6 +415,7 @@ mod state_tests {
             "prod",
             ts("2026-11-25T13:05:00Z"),
             policy,
+            &BTreeSet::new(),
             &BTreeSet::new(),
         );
         assert_eq!(r.delete, ["eni-fixed"]);
@@ -335,6 +432,7 @@ mod state_tests {
             ts("2026-11-25T12:00:00Z"),
             policy,
             &none,
+            &BTreeSet::new(),
         );
         gc.plan(
             &[old_eni("eni-1", true, &[])],
@@ -342,6 +440,7 @@ mod state_tests {
             ts("2026-11-25T12:04:00Z"),
             policy,
             &none,
+            &BTreeSet::new(),
         );
         assert_eq!(gc.tracked(), 0);
         let r = gc.plan(
@@ -350,8 +449,54 @@ mod state_tests {
             ts("2026-11-25T12:06:00Z"),
             policy,
             &none,
+            &BTreeSet::new(),
         );
         assert!(r.delete.is_empty(), "{r:?}");
         assert_eq!(r.waiting, 1);
+    }
+
+    #[test]
+    fn an_eni_being_attached_is_never_collected_and_its_grace_starts_over_after() {
+        let mut gc = GcState::default();
+        let policy = GcPolicy::default();
+        let none = BTreeSet::new();
+        let attaching = Attaching::default();
+        let unattached = [old_eni("eni-new", false, &[5])];
+        // Created, its attach queued behind the rate limiter for longer
+        // than the grace: before, the second round deleted it and the
+        // attach failed with NotFound.
+        let guard = attaching.begin("eni-new");
+        for at in [
+            "2026-11-25T12:00:00Z",
+            "2026-11-25T12:10:00Z",
+            "2026-11-25T12:20:00Z",
+        ] {
+            let r = gc.plan(&unattached, "prod", ts(at), policy, &none, &attaching.ids());
+            assert!(r.delete.is_empty(), "collected while attaching: {r:?}");
+            assert_eq!(r.waiting, 0);
+        }
+        assert_eq!(gc.tracked(), 0);
+        // The attach was given up (the reconcile was cancelled): the ENI is
+        // a leftover now, collected a grace after it left the set.
+        drop(guard);
+        assert!(attaching.is_empty());
+        let r = gc.plan(
+            &unattached,
+            "prod",
+            ts("2026-11-25T12:25:00Z"),
+            policy,
+            &none,
+            &attaching.ids(),
+        );
+        assert!(r.delete.is_empty(), "{r:?}");
+        let r = gc.plan(
+            &unattached,
+            "prod",
+            ts("2026-11-25T12:30:00Z"),
+            policy,
+            &none,
+            &attaching.ids(),
+        );
+        assert_eq!(r.delete, ["eni-new"]);
     }
 }

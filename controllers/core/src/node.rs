@@ -19,6 +19,7 @@ use tracing::debug;
 
 use super::{
     execute::{Target, execute},
+    gc::Attaching,
     plan::{Plan, PlanInput, ReleasedBound, Step, instance_capacity, plan, pod_cidr_capacity},
     resync::{
         InstanceResync, InstanceScoped, apply_enis, eni_statuses, refresh_summary, set_capacity,
@@ -83,6 +84,7 @@ pub struct NodeIpam {
     /// node was first seen (the CRD keeps no time; after a restart the
     /// bound starts over, which only delays the drop).
     released_since: Mutex<HashMap<String, BTreeMap<String, Timestamp>>>,
+    attaching: Attaching,
     metrics: IpamMetrics,
 }
 
@@ -170,8 +172,15 @@ impl NodeIpam {
             vpcs: Mutex::default(),
             instance_vpc: Mutex::default(),
             released_since: Mutex::default(),
+            attaching: Attaching::default(),
             metrics,
         }
+    }
+
+    /// ENIs this node IPAM created and is still attaching: hand it to the
+    /// ENI collector ([`crate::gc::GcState::plan`]), which must not take them.
+    pub fn attaching(&self) -> &Attaching {
+        &self.attaching
     }
 
     /// Settings.
@@ -456,6 +465,7 @@ impl NodeIpam {
                 cluster: &self.config.cluster,
                 node: name,
                 instance_id: &instance_id,
+                attaching: &self.attaching,
             },
             the_plan.steps.clone(),
             &mut status,

@@ -44,7 +44,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::{
     apiserver::{Clock, is_conflict},
     ipam::{
-        gc::{GcPolicy, GcState},
+        gc::{Attaching, GcPolicy, GcState},
         resync::{apply_enis, by_instance, eni_statuses, list_vpc},
     },
     make_status_patch,
@@ -215,6 +215,7 @@ pub(crate) struct FullResync {
     clock: Clock,
     metrics: FullResyncMetrics,
     gc: Mutex<GcState>,
+    attaching: Attaching,
 }
 
 /// Whether `eni` could be collected at all (ours, unattached): only then
@@ -241,7 +242,15 @@ impl FullResync {
             clock,
             metrics,
             gc: Mutex::default(),
+            attaching: Attaching::default(),
         }
+    }
+
+    /// The ENIs node IPAM is attaching ([`sextant_ipam::node::NodeIpam::attaching`]):
+    /// the collector never takes them, however long their attach waits.
+    pub(crate) fn with_attaching(mut self, attaching: Attaching) -> Self {
+        self.attaching = attaching;
+        self
     }
 
     /// Every address a FixedIP names, in any namespace.
@@ -299,6 +308,7 @@ impl FullResync {
                 now,
                 self.config.gc,
                 fixed.as_ref().unwrap_or(&BTreeSet::new()),
+                &self.attaching.ids(),
             );
             self.metrics.gc_held_fixed.inc_by(round.held.len() as u64);
             report.held = round.held;
@@ -687,6 +697,35 @@ mod tests {
         assert_eq!(parked.deleted, std::slice::from_ref(&pod_eni.id));
         assert!(sim.all_enis().iter().all(|e| e.attachment.is_some()));
         let _ = instance;
+        drop(resync);
+        server.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn an_eni_node_ipam_is_attaching_is_never_collected() {
+        let Vpc { sim, leaked, .. } = vpc().await;
+        let attaching = Attaching::default();
+        let (resync, mut server, clock) = full_resync_with_clock(&sim);
+        let resync = resync.with_attaching(attaching.clone());
+        // Created, its attach waiting in the rate limiter past the grace:
+        // before, the second round deleted it and the attach got NotFound.
+        let guard = attaching.begin(&leaked);
+        gc_round(&resync, &mut server, &[]).await;
+        *lock(&clock) = ts("2026-11-25T12:05:00Z");
+        let r = gc_round(&resync, &mut server, &[]).await;
+        assert!(r.deleted.is_empty(), "collected while attaching: {r:?}");
+        *lock(&clock) = ts("2026-11-25T12:10:00Z");
+        let r = gc_round(&resync, &mut server, &[]).await;
+        assert!(r.deleted.is_empty(), "{r:?}");
+        assert!(sim.all_enis().iter().any(|e| e.id == leaked));
+        // Given up: a leftover now, collected a grace after.
+        drop(guard);
+        *lock(&clock) = ts("2026-11-25T12:15:00Z");
+        let r = gc_round(&resync, &mut server, &[]).await;
+        assert!(r.deleted.is_empty(), "{r:?}");
+        *lock(&clock) = ts("2026-11-25T12:20:00Z");
+        let r = gc_round(&resync, &mut server, &[]).await;
+        assert_eq!(r.deleted, std::slice::from_ref(&leaked));
         drop(resync);
         server.expect_no_more().await;
     }
