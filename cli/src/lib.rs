@@ -46,7 +46,7 @@ enum Command {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Show flows from a node's observer or the relay, like `hubble observe`.
-    Observe(observe::ObserveArgs),
+    Observe(Box<observe::ObserveArgs>),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

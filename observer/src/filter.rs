@@ -553,7 +553,7 @@ impl Check {
             Side::Destination => f.destination.as_ref(),
         };
         match self {
-            Check::Uuid(us) => us.iter().any(|u| *u == f.uuid),
+            Check::Uuid(us) => us.contains(&f.uuid),
             Check::Ip(side, nets) => {
                 let ip = f.ip.as_ref().map(|ip| match side {
                     Side::Source => ip.source.as_str(),
