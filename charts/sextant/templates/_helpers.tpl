@@ -36,7 +36,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
 {{- define "sextant.operatorEnabled" -}}
-{{- if and .Values.operator.enabled (ne .Values.provider "static") -}}true{{- end -}}
+{{- if .Values.operator.enabled -}}true{{- end -}}
 {{- end -}}
 
 {{- define "sextant.imagePullSecrets" -}}

@@ -247,13 +247,8 @@ fn device_plugin_mounts_the_kubelet_directory_not_the_socket() {
 #[test]
 fn operator_runs_two_replicas_with_lease_and_anti_affinity() {
     for r in sets() {
-        let op = deployment(&r, "sextant-operator");
-        if r.set == "static" {
-            assert!(op.is_none(), "bare metal runs no operator");
-            assert!(cluster_role(&r, "sextant-operator").is_none());
-            continue;
-        }
-        let op = op.expect("operator Deployment");
+        // Bare metal too: the operator creates NodeNetworks with pod CIDRs.
+        let op = deployment(&r, "sextant-operator").expect("operator Deployment");
         assert_eq!(
             op.spec.as_ref().and_then(|s| s.replicas),
             Some(2),
@@ -281,8 +276,19 @@ fn operator_runs_two_replicas_with_lease_and_anti_affinity() {
                 .any(|e| e.name == "SEXTANT_POD_NAME" && e.value_from.is_some())
         );
         let args = c.args.clone().unwrap_or_default();
-        let provider = if r.set == "alibaba" { "alibaba" } else { "aws" };
+        let provider = match r.set.as_str() {
+            "alibaba" => "alibaba",
+            "static" => "static",
+            _ => "aws",
+        };
         assert_eq!(args, vec![format!("--provider={provider}")], "{}", r.set);
+        if r.set == "static" {
+            assert_eq!(env(c, "SEXTANT_POD_CIDR_POOL"), Some("10.244.0.0/16"));
+            assert_eq!(env(c, "SEXTANT_POD_CIDR_MASK_SIZE"), Some("25"));
+            assert_eq!(env(c, "SEXTANT_REGION"), Some("bare-metal"));
+        } else {
+            assert_eq!(env(c, "SEXTANT_POD_CIDR_POOL"), None, "{}", r.set);
+        }
         let sc = c.security_context.as_ref().expect("security context");
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
