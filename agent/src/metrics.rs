@@ -244,9 +244,15 @@ impl Metrics {
         report: &crate::policy::PolicyReport,
         contents: &sextant_policy::MapContents,
     ) {
+        let too_large = report
+            .rejected
+            .iter()
+            .filter(|r| r.reason == crate::policy::REASON_TOO_LARGE)
+            .count();
         for (state, n) in [
             ("enforced", report.enforced.len()),
             ("rejected", report.rejected.len()),
+            ("too_large", too_large),
         ] {
             self.policies
                 .get_or_create(&PoolLabels { state })

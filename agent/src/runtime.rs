@@ -113,6 +113,15 @@ pub struct Args {
     /// opens; empty opens every policy-selected pod on the node.
     #[arg(long, env = "SEXTANT_POLICY_FAIL_OPEN_SELECTOR", value_delimiter = ',')]
     pub policy_fail_open_selector: Vec<String>,
+    /// Most policy map entries one network policy may expand to on this
+    /// node (the map holds 262,144); a policy past it is refused with a
+    /// `PolicyTooLarge` Event while the others keep working. 0: no cap.
+    #[arg(
+        long,
+        env = "SEXTANT_POLICY_MAX_ENTRIES_PER_POLICY",
+        default_value_t = 65_536
+    )]
+    pub policy_max_entries_per_policy: usize,
     /// Integer-seconds flags of earlier agents, still read so that an
     /// existing DaemonSet keeps working; each wins over its new flag.
     #[command(flatten)]
@@ -342,6 +351,7 @@ impl Args {
             listener,
             std::sync::Arc::new(access),
         ));
+        agent.set_policy_entry_budget(self.policy_max_entries_per_policy);
         agent.restore().await?;
         readiness.set(true);
         let selector = parse_labels(&self.policy_fail_open_selector)?;

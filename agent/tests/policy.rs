@@ -651,3 +651,84 @@ fn a_pod_sending_from_an_address_not_its_own_is_dropped_and_counted() {
     server(&lab.pods[victim].name, victim_ip, 8080, "v");
     assert!(reaches(&forger, SocketAddrV4::new(victim_ip, 8080)));
 }
+
+#[test]
+fn an_oversized_policy_is_refused_while_the_others_keep_enforcing() {
+    if !kernel("budget") {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        prefix: format!("spbu{}", std::process::id() % 100_000),
+        agent_bin: env!("CARGO_BIN_EXE_sextant-agent").into(),
+        cni_bin: env!("CARGO_BIN_EXE_sextant-cni").into(),
+        pool: "10.76.0.0/26".into(),
+        pods: 3,
+        datapath: true,
+    })
+    .expect("lab namespaces");
+    lab.start_agent_with(&["--policy-max-entries-per-policy", "50"])
+        .expect("agent starts");
+    for i in 0..3 {
+        lab.add(i).expect("ADD");
+    }
+    let (employee, db, visitor) = (0, 1, 2);
+    let ip = |i: usize| lab.pods[i].ip.expect("ip");
+    server(&lab.pods[db].name, ip(db), 6379, "redis");
+    server(&lab.pods[employee].name, ip(employee), 7000, "emp");
+    // 200 single ports on the employee pod: 200 entries, over the budget of 50.
+    let ports: Vec<Value> = (1000..1200)
+        .map(|p| json!({"port": p.to_string(), "protocol": "TCP"}))
+        .collect();
+    let huge = json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "huge", "namespace": "lab"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "employee"}},
+            "ingress": [{"toPorts": [{"ports": ports}]}]
+        }
+    });
+    let report = put_policy(
+        &lab,
+        &json!({
+            "policies": [seed_policy(), huge],
+            "pods": [
+                pod(&lab, employee, json!({"app": "employee"})),
+                pod(&lab, db, json!({"app": "protected-db"})),
+                pod(&lab, visitor, json!({"app": "visitor"})),
+            ],
+        }),
+    );
+    let rejected = report["rejected"].as_array().expect("rejected");
+    assert_eq!(rejected.len(), 1, "{report}");
+    assert_eq!(rejected[0]["policy"], "SextantNetworkPolicy/lab/huge");
+    assert_eq!(rejected[0]["reason"], "TooLarge");
+    assert!(
+        rejected[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("200 policy map entries")),
+        "{report}"
+    );
+    assert_eq!(
+        report["enforced"],
+        json!(["SextantNetworkPolicy/lab/protected-db"])
+    );
+    assert!(
+        report["policyEntries"].as_u64().unwrap_or(u64::MAX) < 50,
+        "{report}"
+    );
+    // The other policy keeps enforcing; the refused one is not applied.
+    let redis = SocketAddrV4::new(ip(db), 6379);
+    assert!(reaches(&lab.pods[employee].name, redis));
+    assert!(!reaches(&lab.pods[visitor].name, redis));
+    assert!(
+        reaches(
+            &lab.pods[visitor].name,
+            SocketAddrV4::new(ip(employee), 7000)
+        ),
+        "the refused policy's subject is not default-deny"
+    );
+    assert_eq!(
+        metric(&lab, "sextant_agent_policies{state=\"too_large\"}"),
+        1
+    );
+}

@@ -18,7 +18,7 @@ use crate::{
         Direction, LabelIndex, MapContents, MapDiff, Nodes, PolicyKey, View, compute, diff_into,
         ipcache_value,
     },
-    identity::{CidrIdentities, Prefix, is_cluster_identity},
+    identity::{CIDR_IDENTITY_MAX, CidrIdentities, Prefix, is_cluster_identity},
     labels::Labels,
     model::{Entity, Peer, Peers, Policy, PolicyRef},
 };
@@ -243,6 +243,40 @@ impl PolicyEngine {
             return MapDiff::default();
         }
         self.finish(BTreeSet::from([id]), MapDiff::default())
+    }
+
+    /// The allow entries `policy` alone would put in the policy map on this
+    /// node with local identities `locals` (the engine's identities must
+    /// know their labels): what a per-policy budget is checked against
+    /// before the policy is applied. CIDRs it names that have no identity
+    /// yet are counted as if they had one.
+    pub fn expansion(&self, policy: &Policy, locals: &BTreeSet<u32>) -> usize {
+        let mut cidrs = self.cidrs.clone();
+        let mut placeholder = CIDR_IDENTITY_MAX;
+        for p in policy.cidrs() {
+            if p != Prefix::ALL && !cidrs.contains_key(&p) {
+                // Numbers from the top of the range, only for counting.
+                cidrs.insert(p, placeholder);
+                placeholder = placeholder.saturating_sub(1);
+            }
+        }
+        let view = View {
+            identities: &self.identities,
+            index: &self.index,
+            cidrs: &cidrs,
+        };
+        let mut total = 0;
+        let selected = locals.iter().copied().filter(|id| {
+            self.identities
+                .get(id)
+                .is_some_and(|l| policy.specs.iter().any(|s| s.subject.matches(l)))
+        });
+        for local in selected {
+            let mut entries = BTreeMap::new();
+            view.local_entries(std::iter::once((0, policy)), local, &mut entries);
+            total += entries.len();
+        }
+        total
     }
 
     /// Local identities some spec of `policy` selects.

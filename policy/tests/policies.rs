@@ -679,3 +679,26 @@ fn lists_of_policies_expand_into_their_items() {
     assert_eq!(policy_documents(&example()).len(), 1);
     assert!(policy_documents(&Value::Null).is_empty());
 }
+
+#[test]
+fn expansion_counts_the_entries_a_policy_would_add_before_it_is_applied() {
+    let p = parse_value(&yaml(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: wide, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromCIDR: [203.0.113.0/24, 198.51.100.7/32]
+    toPorts: [{ports: [{port: "8000", endPort: 8099, protocol: TCP}]}]
+  - fromEntities: [host, remote-node]
+"#,
+    ))
+    .expect("valid");
+    let before = engine(&[]);
+    let predicted = before.expansion(&p, before.local_identities());
+    let after = engine(std::slice::from_ref(&p));
+    assert_eq!(predicted, after.contents().policy.len());
+    assert!(predicted > 2, "{predicted}");
+}

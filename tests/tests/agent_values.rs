@@ -71,3 +71,13 @@ fn fail_open_values_become_the_agent_flags() {
         "app=pay,tier=critical"
     );
 }
+
+#[test]
+fn the_per_policy_entry_budget_reaches_the_agent() {
+    let env = agent_env(None);
+    assert_eq!(env["SEXTANT_POLICY_MAX_ENTRIES_PER_POLICY"], "65536");
+    let env = agent_env(Some(
+        "agent:\n  policy:\n    maxEntriesPerPolicy: 1000\n".into(),
+    ));
+    assert_eq!(env["SEXTANT_POLICY_MAX_ENTRIES_PER_POLICY"], "1000");
+}

@@ -145,6 +145,16 @@ impl Agent {
         let local_ips: BTreeSet<Ipv4Addr> = local.values().copied().collect();
         let names_before = ps.node.engine().contents().policy_names.clone();
         let (diffs, report) = ps.node.sync(&snap, &local_ips);
+        for (policy, entries) in ps.node.newly_over_budget().to_vec() {
+            warn!(%policy, entries, "policy refused: over the per-policy entry budget");
+            ps.events.push(PolicyEvent {
+                warning: true,
+                reason: "PolicyTooLarge",
+                note: format!(
+                    "{policy} expands to {entries} policy map entries on this node, over the per-policy budget; refused, other policies unaffected"
+                ),
+            });
+        }
         // A deleted policy's verdict series goes with it, and a slot it
         // freed starts from zero for the next policy given it.
         let names = &ps.node.engine().contents().policy_names;
@@ -184,6 +194,11 @@ impl Agent {
         self.metrics
             .policy_sync(&report, ps.node.engine().contents());
         Ok(report)
+    }
+
+    /// Caps the policy map entries one policy may expand to (0: no cap).
+    pub fn set_policy_entry_budget(&self, max: usize) {
+        lock(&self.policy).node.set_entry_budget(max);
     }
 
     /// Turns on the last-resort fail-open mode.

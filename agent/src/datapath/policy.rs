@@ -58,9 +58,24 @@ impl PolicyEntry {
     }
 }
 
+/// The verdict counter slot of policy `index`: the index itself while it
+/// fits the counter array; past it, `NO_VERDICT_SLOT`, which the program's
+/// lookup misses, so such a policy counts nothing instead of crediting
+/// another policy's counter (never `index % POLICY_SLOTS`).
+pub fn verdict_slot(index: u32) -> u32 {
+    if index < POLICY_SLOTS {
+        index
+    } else {
+        NO_VERDICT_SLOT
+    }
+}
+
+/// The slot of a policy past the counter array (out of its bounds).
+pub const NO_VERDICT_SLOT: u32 = u32::MAX;
+
 fn policy_value(index: u32) -> [u8; 8] {
     let mut b = [0u8; 8];
-    b[0..4].copy_from_slice(&index.to_ne_bytes());
+    b[0..4].copy_from_slice(&verdict_slot(index).to_ne_bytes());
     b
 }
 
@@ -68,7 +83,7 @@ impl Datapath {
     /// Adds or replaces one policy allow entry, counted in verdict slot `index`.
     pub fn upsert_policy(&mut self, entry: &PolicyEntry, index: u32) -> Result<()> {
         self.policy
-            .insert(&entry.key(), policy_value(index % POLICY_SLOTS), 0)
+            .insert(&entry.key(), policy_value(index), 0)
             .map_err(|e| Error::bpf(format!("writing policy entry {entry:?}"), e))
     }
 
@@ -159,5 +174,25 @@ impl Datapath {
                 (n > 0).then_some((i, n))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_slots_never_alias_past_the_counter_array() {
+        assert_eq!(verdict_slot(0), 0);
+        assert_eq!(verdict_slot(POLICY_SLOTS - 1), POLICY_SLOTS - 1);
+        // Before: index % POLICY_SLOTS credited policy 16389's packets to policy 5.
+        for index in [POLICY_SLOTS, POLICY_SLOTS + 5, u32::MAX - 1] {
+            let slot = verdict_slot(index);
+            assert!(slot >= POLICY_SLOTS, "{index} -> {slot}");
+            assert_eq!(
+                u32::from_ne_bytes(policy_value(index)[0..4].try_into().unwrap()),
+                slot
+            );
+        }
     }
 }

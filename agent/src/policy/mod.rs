@@ -17,5 +17,6 @@ mod sync;
 pub(crate) mod watch;
 
 pub use sync::{
-    NodePolicy, PodInfo, PolicyReport, PolicySnapshot, Rejected, write_all, write_diff,
+    NodePolicy, PodInfo, PolicyReport, PolicySnapshot, REASON_TOO_LARGE, Rejected, write_all,
+    write_diff,
 };

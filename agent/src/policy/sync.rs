@@ -116,7 +116,16 @@ pub struct NodePolicy {
     host: BTreeSet<Ipv4Addr>,
     identities_in_engine: BTreeSet<u32>,
     rejected: Vec<Rejected>,
+    /// Most allow entries one policy may expand to on this node; `None`: no cap.
+    entry_budget: Option<usize>,
+    /// Policies refused for their size, `kind/namespace/name` -> entries:
+    /// an Event is due when one appears (or grows) here.
+    over_budget: BTreeMap<String, usize>,
+    fresh_over_budget: Vec<(String, usize)>,
 }
+
+/// `Rejected::reason` of a policy refused for expanding past the budget.
+pub const REASON_TOO_LARGE: &str = "TooLarge";
 
 impl NodePolicy {
     /// The engine (map contents, policy names).
@@ -134,6 +143,25 @@ impl NodePolicy {
     /// Policies refused by the last sync.
     pub fn rejected(&self) -> &[Rejected] {
         &self.rejected
+    }
+
+    /// Caps the allow entries one policy may expand to on this node
+    /// (`--policy-max-entries-per-policy`); 0 lifts the cap. A policy that
+    /// would expand past it is refused (`TooLarge`) and not applied: its
+    /// last accepted version, if any, stays; every other policy is unaffected.
+    pub fn set_entry_budget(&mut self, max: usize) {
+        self.entry_budget = (max > 0).then_some(max);
+    }
+
+    /// Policies refused for their size by the last sync that were not
+    /// refused at that size by the one before: `(policy, entries)`, for Events.
+    pub fn newly_over_budget(&self) -> &[(String, usize)] {
+        &self.fresh_over_budget
+    }
+
+    /// Policies refused for their size now.
+    pub fn over_budget(&self) -> usize {
+        self.over_budget.len()
     }
 
     /// Brings the engine to `snap`, with `local` the pod IPs on this node.
@@ -205,6 +233,58 @@ impl NodePolicy {
                 self.parsed.insert(name, (doc.clone(), outcome));
             }
         }
+        // Budget: a changed policy that would expand past it is refused and
+        // keeps its last accepted version (if any); nothing else is touched.
+        let mut over_budget = BTreeMap::new();
+        if let Some(budget) = self.entry_budget {
+            // Measured against the local identities this sync ends with.
+            let locals: BTreeSet<u32> = local
+                .iter()
+                .filter_map(|ip| pods.get(ip))
+                .copied()
+                .collect();
+            let changed: Vec<PolicyRef> = wanted
+                .iter()
+                .filter(|(id, p)| self.policies.get(*id) != Some(*p))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in changed {
+                let n = wanted
+                    .get(&id)
+                    .map_or(0, |p| self.engine.expansion(p, &locals));
+                if n <= budget {
+                    continue;
+                }
+                let name = id.to_string();
+                self.rejected.push(Rejected {
+                    policy: name.clone(),
+                    reason: REASON_TOO_LARGE.to_string(),
+                    message: format!(
+                        "expands to {n} policy map entries on this node, over the per-policy budget of {budget} (--policy-max-entries-per-policy); {}",
+                        if self.policies.contains_key(&id) {
+                            "its last accepted version stays enforced"
+                        } else {
+                            "not enforced"
+                        }
+                    ),
+                });
+                over_budget.insert(name, n);
+                match self.policies.get(&id) {
+                    Some(old) => {
+                        wanted.insert(id, old.clone());
+                    }
+                    None => {
+                        wanted.remove(&id);
+                    }
+                }
+            }
+        }
+        self.fresh_over_budget = over_budget
+            .iter()
+            .filter(|(p, n)| self.over_budget.get(*p) != Some(*n))
+            .map(|(p, n)| (p.clone(), *n))
+            .collect();
+        self.over_budget = over_budget;
         for (id, p) in wanted.iter() {
             report.enforced.push(id.to_string());
             // An unchanged policy costs nothing: only changes reach the engine.
@@ -636,5 +716,99 @@ mod tests {
         assert_eq!(report.enforced.len(), 1);
         assert_eq!(np.parsed["SextantNetworkPolicy/prod/db"].0, changed);
         assert_ne!(np.parsed["SextantNetworkPolicy/prod/db"].1, first.1);
+    }
+
+    fn ports_policy(name: &str, app: &str, ports: std::ops::Range<u16>) -> serde_json::Value {
+        let ports: Vec<serde_json::Value> = ports
+            .map(|p| serde_json::json!({"port": p.to_string(), "protocol": "TCP"}))
+            .collect();
+        serde_json::json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": name, "namespace": "prod"},
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": app}},
+                "ingress": [{"toPorts": [{"ports": ports}]}]
+            }
+        })
+    }
+
+    #[test]
+    fn a_policy_past_the_entry_budget_is_refused_and_keeps_its_last_accepted_version() {
+        let mut np = NodePolicy::default();
+        np.set_entry_budget(50);
+        let pods = vec![
+            pod("prod", "db-0", "protected-db", [10, 1, 0, 2]),
+            pod("prod", "emp", "employee", [10, 1, 0, 3]),
+            pod("prod", "web", "web", [10, 1, 0, 4]),
+        ];
+        let local: BTreeSet<Ipv4Addr> = [[10, 1, 0, 2], [10, 1, 0, 3], [10, 1, 0, 4]]
+            .map(Ipv4Addr::from)
+            .into();
+        let snap = |policies| PolicySnapshot {
+            policies,
+            pods: pods.clone(),
+            ..Default::default()
+        };
+        // 60 single ports: 60 entries, over 50; the small policies fit.
+        let (_, report) = np.sync(
+            &snap(vec![
+                protected_db(),
+                ports_policy("web", "web", 8000..8010),
+                ports_policy("huge", "employee", 1000..1060),
+            ]),
+            &local,
+        );
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        let r = &report.rejected[0];
+        assert_eq!(r.policy, "SextantNetworkPolicy/prod/huge");
+        assert_eq!(r.reason, REASON_TOO_LARGE);
+        assert!(r.message.contains("60 policy map entries"), "{}", r.message);
+        assert_eq!(report.enforced.len(), 2, "the others are enforced");
+        assert_eq!(
+            np.newly_over_budget(),
+            &[("SextantNetworkPolicy/prod/huge".to_string(), 60)]
+        );
+        let c = np.engine().contents();
+        let emp = report.identities["prod/emp"];
+        let web = report.identities["prod/web"];
+        assert!(
+            !c.enforced.contains_key(&emp),
+            "the refused policy is not applied"
+        );
+        assert!(c.verdict(web, Direction::Ingress, 6, emp, 8005).is_some());
+        assert!(c.verdict(web, Direction::Ingress, 6, emp, 8015).is_none());
+
+        // Shrunk under the budget it is applied; grown again, the accepted
+        // version stays and the Event is not repeated for the same size.
+        np.sync(
+            &snap(vec![
+                protected_db(),
+                ports_policy("huge", "employee", 1000..1005),
+            ]),
+            &local,
+        );
+        assert!(
+            np.engine()
+                .contents()
+                .verdict(emp, Direction::Ingress, 6, web, 1004)
+                .is_some()
+        );
+        let grown = snap(vec![
+            protected_db(),
+            ports_policy("huge", "employee", 1000..1100),
+        ]);
+        let (_, report) = np.sync(&grown, &local);
+        assert!(
+            report.rejected[0]
+                .message
+                .contains("last accepted version stays")
+        );
+        assert_eq!(np.newly_over_budget().len(), 1);
+        let c = np.engine().contents();
+        assert!(c.verdict(emp, Direction::Ingress, 6, web, 1004).is_some());
+        assert!(c.verdict(emp, Direction::Ingress, 6, web, 1050).is_none());
+        np.sync(&grown, &local);
+        assert!(np.newly_over_budget().is_empty(), "one Event per refusal");
+        assert_eq!(np.over_budget(), 1);
     }
 }
