@@ -37,6 +37,8 @@
 //! access) and, having no RBAC binding of its own for SubjectAccessReviews,
 //! authorizes every authenticated client (`AlwaysAllow`).
 
+pub mod workloads;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
