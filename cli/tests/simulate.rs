@@ -136,3 +136,56 @@ fn enis_waiting_long_for_their_attach_are_neither_collected_nor_leaked() {
     );
     assert_eq!(report.double_allocations, 0);
 }
+
+/// ENI mutations (create, attach, assign) per node of a run.
+fn mutations_per_node(r: &simulate::Report) -> f64 {
+    use sextant_cloud::Action;
+    let n: u64 = [Action::CreateEni, Action::AttachEni, Action::AssignIps]
+        .iter()
+        .map(|a| r.by_action.get(a).copied().unwrap_or(0))
+        .sum();
+    n as f64 / r.nodes as f64
+}
+
+#[test]
+fn the_primary_enis_slots_save_a_create_and_an_attach_per_node() {
+    let base = SimulateConfig {
+        nodes: 100,
+        burst: 100,
+        run_for: Duration::from_secs(300),
+        seed: 7,
+        ..SimulateConfig::default()
+    };
+    let pod_enis_only = simulate::run(base.clone(), None).expect("index 1 run");
+    let primary_too = simulate::run(
+        SimulateConfig {
+            first_interface_index: Some(0),
+            ..base
+        },
+        None,
+    )
+    .expect("index 0 run");
+    for r in [&pod_enis_only, &primary_too] {
+        assert!(r.is_clean(), "{r:?}");
+        assert_eq!(r.nodes_ready, 100);
+    }
+    let creates = |r: &simulate::Report| {
+        r.by_action
+            .get(&sextant_cloud::Action::CreateEni)
+            .copied()
+            .unwrap_or(0)
+    };
+    // m5.4xlarge: 29 secondaries per ENI, 38 addresses per node.
+    assert!(
+        creates(&primary_too) * 2 <= creates(&pod_enis_only) + 10,
+        "creates {} with the primary vs {} without",
+        creates(&primary_too),
+        creates(&pod_enis_only)
+    );
+    assert!(
+        mutations_per_node(&primary_too) < mutations_per_node(&pod_enis_only),
+        "{} vs {}",
+        mutations_per_node(&primary_too),
+        mutations_per_node(&pod_enis_only)
+    );
+}

@@ -89,6 +89,9 @@ pub struct SimulateConfig {
     /// The operator's client-side rate limits; `None` takes the provider's
     /// defaults ([`RateLimits::aws`], [`RateLimits::alibaba`]).
     pub client_limits: Option<RateLimits>,
+    /// Every node's `ipam.firstInterfaceIndex` (`None`: unset, the CRD's
+    /// default of 1, the primary ENI left alone; 0 uses its secondary slots).
+    pub first_interface_index: Option<u32>,
 }
 
 impl Default for SimulateConfig {
@@ -113,6 +116,7 @@ impl Default for SimulateConfig {
             full_resync_interval: Duration::from_secs(300),
             strategy: Strategy::InstanceScoped,
             client_limits: None,
+            first_interface_index: None,
         }
     }
 }

@@ -155,7 +155,10 @@ impl World {
                 instance_type: Some(self.config.instance_type.clone()),
                 zone: Some(ZONE.into()),
                 vpc_id: Some(VPC.into()),
-                ipam: IpamSpec::default(),
+                ipam: IpamSpec {
+                    first_interface_index: self.config.first_interface_index,
+                    ..IpamSpec::default()
+                },
                 pod_cidrs: vec![],
             },
         );

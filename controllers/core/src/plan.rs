@@ -367,7 +367,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
             }
         }
-        grow(input, &pool, remaining, &mut out);
+        // The cloud is called anyway: one call fills to the high watermark
+        // (a call costs the same for one address or many; the next few pods
+        // or cooling addresses then need none).
+        // Never past the high watermark (else the excess would be marked
+        // at once): a deficit from minAllocate alone takes no headroom.
+        let high = wanted.saturating_add(w.max_above_watermark);
+        let headroom = high.saturating_sub(available.saturating_add(deficit));
+        grow(input, &pool, remaining, headroom, &mut out);
     } else {
         let high = wanted.saturating_add(w.max_above_watermark);
         let excess = available
@@ -445,8 +452,10 @@ pub fn pod_cidr_capacity(cidrs: &[String]) -> u32 {
         })
 }
 
-/// Adds assign / create steps for `wanted` more addresses.
-fn grow(input: &PlanInput<'_>, pool: &Pool<'_>, wanted: u32, out: &mut Plan) {
+/// Adds assign / create steps for `wanted` more addresses and, in the same
+/// calls where there is room, up to `headroom` beyond them (never past the
+/// instance's capacity or `maxAllocate`; only `wanted` unmet is a limit).
+fn grow(input: &PlanInput<'_>, pool: &Pool<'_>, wanted: u32, headroom: u32, out: &mut Plan) {
     if wanted == 0 {
         return;
     }
@@ -467,10 +476,15 @@ fn grow(input: &PlanInput<'_>, pool: &Pool<'_>, wanted: u32, out: &mut Plan) {
         limit = Limit::MaxAllocate(max);
     }
     let room_total = cap.saturating_sub(pool_len);
-    let mut remaining = wanted.min(room_total);
-    if remaining < wanted {
+    let needed = wanted.min(room_total);
+    if needed < wanted {
         out.limit = Some(limit);
     }
+    // `remaining` counts down what to ask for; the first `needed` of it is
+    // owed, the rest headroom.
+    let mut remaining = needed.saturating_add(headroom.min(room_total - needed));
+    let extra = remaining - needed;
+    let owed = |remaining: u32| remaining.saturating_sub(extra);
 
     // Fill attached ENIs first: one call each, lowest device index first.
     let mut enis = pool.pod_enis.clone();
@@ -490,16 +504,22 @@ fn grow(input: &PlanInput<'_>, pool: &Pool<'_>, wanted: u32, out: &mut Plan) {
         }
     }
 
-    // Then one new ENI per plan: the next plan sees it after the resync.
-    if remaining > 0 {
+    // Then one new ENI per plan, for owed addresses only: the next plan
+    // sees it after the resync.
+    if owed(remaining) > 0 {
         let used_slots: BTreeSet<u32> = input.status.enis.iter().map(|e| e.device_index).collect();
         let free_slot = (first..limits.max_enis).find(|i| !used_slots.contains(i));
         match free_slot {
             None => out.limit = Some(limit),
             Some(device_index) => {
                 let ips = remaining.min(per_eni).min(MAX_IPS_AT_CREATE);
-                match choose_subnet(input, ips + 1) {
-                    Some(subnet) => {
+                let owed_ips = owed(remaining).min(ips);
+                // A subnet short of the headroom still takes what is owed.
+                let chosen = choose_subnet(input, ips + 1)
+                    .map(|s| (s, ips))
+                    .or_else(|| choose_subnet(input, owed_ips + 1).map(|s| (s, owed_ips)));
+                match chosen {
+                    Some((subnet, ips)) => {
                         out.steps.push(Step::CreateEni {
                             subnet_id: subnet.id.clone(),
                             security_groups: choose_security_groups(input),
@@ -513,7 +533,7 @@ fn grow(input: &PlanInput<'_>, pool: &Pool<'_>, wanted: u32, out: &mut Plan) {
             }
         }
     }
-    out.counts.unmet = remaining + (wanted - wanted.min(room_total));
+    out.counts.unmet = owed(remaining) + (wanted - needed);
 }
 
 /// The subnet for a new ENI: matching the spec's ids and tags, in the node's

@@ -854,3 +854,124 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_call_made_anyway_fills_the_pool_to_the_high_watermark() {
+    // 2 addresses, both used; preAllocate 2, maxAboveWatermark 4: 2 are
+    // owed, and the same call takes 4 more (before: exactly 2, and the next
+    // pods or cooling addresses cost another call).
+    let status = mk_status(vec![mk_eni("eni-1", 1, 10, 2)], &["10.0.1.10", "10.0.1.11"]);
+    let p = run(&mk_spec(), &status, wm(2, 0, None, 4), &default_subnets());
+    assert_eq!(
+        p.steps,
+        vec![Step::AssignIps {
+            eni_id: "eni-1".into(),
+            count: 6
+        }]
+    );
+    assert_eq!((p.limit, p.counts.unmet), (None, 0));
+}
+
+#[test]
+fn a_new_nodes_first_eni_carries_the_headroom_up_to_the_eni_limit() {
+    // m5.large: 9 secondaries per ENI; 8 owed + 8 headroom -> one full ENI
+    // (before: 8, then an assign of one more on the next deficit).
+    let p = run(
+        &mk_spec(),
+        &mk_status(vec![], &[]),
+        wm(8, 0, None, 8),
+        &default_subnets(),
+    );
+    assert_eq!(
+        p.steps,
+        vec![Step::CreateEni {
+            subnet_id: "s1".into(),
+            security_groups: vec!["sg-primary".into()],
+            device_index: 1,
+            ips: 9,
+        }]
+    );
+    assert_eq!((p.limit, p.counts.unmet), (None, 0));
+}
+
+#[test]
+fn headroom_alone_never_creates_an_eni_nor_reports_a_limit() {
+    // eni-1 has room for 3; 2 are owed, 4 would be headroom: one assign of
+    // 3, no second ENI for headroom, no limit.
+    let status = mk_status(
+        vec![mk_eni("eni-1", 1, 10, 6)],
+        &[
+            "10.0.1.10",
+            "10.0.1.11",
+            "10.0.1.12",
+            "10.0.1.13",
+            "10.0.1.14",
+            "10.0.1.15",
+        ],
+    );
+    let p = run(&mk_spec(), &status, wm(2, 0, None, 4), &default_subnets());
+    assert_eq!(
+        p.steps,
+        vec![Step::AssignIps {
+            eni_id: "eni-1".into(),
+            count: 3
+        }]
+    );
+    assert_eq!((p.limit, p.counts.unmet), (None, 0));
+    // With maxAllocate 8 the headroom stops at the cap, silently.
+    let p = run(
+        &mk_spec(),
+        &status,
+        wm(2, 0, Some(8), 4),
+        &default_subnets(),
+    );
+    assert_eq!(
+        p.steps,
+        vec![Step::AssignIps {
+            eni_id: "eni-1".into(),
+            count: 2
+        }]
+    );
+    assert_eq!((p.limit, p.counts.unmet), (None, 0));
+}
+
+#[test]
+fn first_interface_index_zero_fills_the_primary_eni_before_creating_one() {
+    let mut spec = mk_spec();
+    spec.ipam.first_interface_index = Some(0);
+    let p = run(
+        &spec,
+        &mk_status(vec![], &[]),
+        wm(8, 0, None, 0),
+        &default_subnets(),
+    );
+    assert_eq!(
+        p.steps,
+        vec![Step::AssignIps {
+            eni_id: "eni-primary".into(),
+            count: 8
+        }]
+    );
+    // Past the primary's 9 secondaries, a pod ENI at index 1 takes the rest.
+    let p = run(
+        &spec,
+        &mk_status(vec![], &[]),
+        wm(12, 0, None, 0),
+        &default_subnets(),
+    );
+    assert_eq!(
+        p.steps,
+        vec![
+            Step::AssignIps {
+                eni_id: "eni-primary".into(),
+                count: 9
+            },
+            Step::CreateEni {
+                subnet_id: "s1".into(),
+                security_groups: vec!["sg-primary".into()],
+                device_index: 1,
+                ips: 3,
+            },
+        ]
+    );
+}
