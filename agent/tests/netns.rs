@@ -3,6 +3,7 @@
 //! removes it on drop, so tests run in parallel. Without root they fail with
 //! the reason, unless `SEXTANT_SKIP=kernel` (see `sextant-testkit`).
 
+use sextant_testkit::prometheus::{Prometheus, wait_for};
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
@@ -104,7 +105,7 @@ fn admin_get(lab: &Lab, addr: SocketAddrV4, path: &'static str) -> String {
 
 /// What Prometheus scrapes: the agent's series on TCP (the chart's host
 /// port), fresh at every scrape, a datapath counter among them that moves
-/// when pods talk; readiness there too.
+/// when pods talk, seen moving by a real Prometheus; readiness there too.
 #[test]
 fn the_agent_serves_metrics_on_tcp_and_a_datapath_counter_moves_with_traffic() {
     let Some(mut lab) = lab("mtcp", 2) else {
@@ -124,10 +125,40 @@ fn the_agent_serves_metrics_on_tcp_and_a_datapath_counter_moves_with_traffic() {
         first.contains("sextant_agent_pool_ips{state=\"allocated\"} 2"),
         "pool gauges refreshed at scrape time: {first}"
     );
+    // A real Prometheus (Debian's) in the node's namespace scrapes it.
+    let prom = Prometheus::start(
+        &[("sextant-agent", addr.to_string())],
+        19_964,
+        Some(&std::path::Path::new("/var/run/netns").join(&lab.node)),
+    )
+    .expect("prometheus starts");
+    let series = "sextant_agent_datapath_packets_total{job=\"sextant-agent\",verdict=\"forward\"}";
+    let scraped = |min: f64| {
+        prom.query(series)
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .filter(|v| *v >= min)
+    };
+    let seen_before = wait_for(
+        Duration::from_secs(60),
+        "Prometheus to scrape the agent",
+        || {
+            prom.query("up{job=\"sextant-agent\"}")
+                .filter(|(_, v)| v == "1")
+                .and_then(|_| scraped(0.0))
+        },
+    )
+    .expect("the agent scraped");
     let before = packets(&first, "forward");
     assert_eq!(hello_from_pod_0(&lab, server), "b hello");
     let after = packets(&admin_get(&lab, addr, "/metrics"), "forward");
     assert!(after > before, "forwarded packets {before} -> {after}");
+    let seen_after = wait_for(
+        Duration::from_secs(30),
+        "Prometheus to see the forwarded packets",
+        || scraped(seen_before + 1.0),
+    )
+    .expect("the counter moved in Prometheus");
+    assert!(seen_after > seen_before, "{seen_before} -> {seen_after}");
 }
 
 #[test]

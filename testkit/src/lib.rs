@@ -10,6 +10,8 @@
 //! whether or not it could run here, so the summary lists every test that
 //! did not run. An unknown name fails the test rather than skipping nothing.
 
+pub mod prometheus;
+
 use std::{
     fmt,
     fs::OpenOptions,
