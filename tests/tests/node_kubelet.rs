@@ -20,10 +20,13 @@
 //! server to the kubelet), and deleting a pod frees its address.
 
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
 };
 use sextant_crds::NodeNetwork;
 use sextant_e2e::cluster::{
@@ -199,6 +202,74 @@ async fn walk(c: &Cluster) -> anyhow::Result<()> {
         "b reached {ip_a}:8080 but not pod a: {ba}"
     );
     print!("a -> b: {ab}b -> a: {ba}");
+
+    // A ClusterIP Service whose EndpointSlice the real controller-manager
+    // writes from b's readiness; a reaches b through the service VIP.
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "b"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))?;
+    let vip = Api::<Service>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &svc)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("Service web without a ClusterIP")?;
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &ns);
+    eventually(
+        SLOW,
+        "the controller-manager's EndpointSlice for web naming b",
+        || {
+            let slices = slices.clone();
+            let ip_b = ip_b.clone();
+            async move {
+                let list = slices
+                    .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                    .await?;
+                Ok(list
+                    .items
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter().flatten())
+                    .any(|e| e.addresses.contains(&ip_b))
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    let via_vip = eventually(SLOW, &format!("a reaching web at {vip}:80"), || {
+        let (ns, vip) = (ns.clone(), vip.clone());
+        async move {
+            let out = c.kubectl(
+                &[
+                    "exec",
+                    "-n",
+                    &ns,
+                    "a",
+                    "--",
+                    "/netcheck",
+                    "probe",
+                    "-timeout",
+                    "3s",
+                    &format!("{vip}:80"),
+                ],
+                None,
+            )?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            ensure!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(Some(text))
+        }
+    })
+    .await?;
+    ensure!(
+        via_vip.contains("hello from b "),
+        "{vip}:80 answered, not as b: {via_vip}"
+    );
+    print!("a -> web {vip}:80: {via_vip}");
 
     // The agent reports both in use; deleting b frees its address (CNI DEL).
     let report = |want_used: Vec<String>, want_cooling: Option<String>| {
