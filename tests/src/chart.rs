@@ -79,6 +79,8 @@ pub enum Object {
     ValidatingAdmissionPolicyBinding(Box<ValidatingAdmissionPolicyBinding>),
     /// cert-manager `Issuer` / `Certificate` (no `k8s-openapi` type).
     CertManager(serde_json::Value),
+    /// Prometheus Operator `PodMonitor` (no `k8s-openapi` type).
+    PodMonitor(serde_json::Value),
 }
 
 impl Object {
@@ -111,6 +113,7 @@ impl Object {
                 Self::ValidatingAdmissionPolicyBinding(typed(doc)?)
             }
             ("cert-manager.io/v1", "Issuer" | "Certificate") => Self::CertManager(doc),
+            ("monitoring.coreos.com/v1", "PodMonitor") => Self::PodMonitor(doc),
             _ => bail!("unexpected object {api_version} {kind}"),
         };
         Ok(obj)

@@ -96,3 +96,46 @@ fn dashboards_ship_as_a_configmap_the_grafana_sidecar_loads() {
         Some("Sextant")
     );
 }
+
+/// Off by default (the CRDs may be absent); on, one PodMonitor per
+/// component with a metrics port, selecting exactly that component's pods on
+/// the port the pods name `metrics`, with the labels a Prometheus selects by.
+#[test]
+fn pod_monitors_scrape_the_agent_and_operator_when_asked() {
+    let monitors = |r: &Rendered| -> Vec<serde_json::Value> {
+        r.all(|o| match o {
+            Object::PodMonitor(v) => Some(v),
+            _ => None,
+        })
+        .into_iter()
+        .cloned()
+        .collect()
+    };
+    for r in sets() {
+        assert!(monitors(&r).is_empty(), "{}: off by default", r.set);
+    }
+    let values = "podMonitor:\n  enabled: true\n  labels:\n    release: kube-prometheus-stack\n";
+    let r = render_values(&[("pod-monitor", Some(values.to_owned()))])
+        .expect("helm ran")
+        .remove(0)
+        .expect("rendered");
+    let got = monitors(&r);
+    let names: Vec<&str> = got
+        .iter()
+        .filter_map(|m| m["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["sextant-agent", "sextant-operator"]);
+    for m in &got {
+        let component = m["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("sextant-")
+            .to_owned();
+        assert_eq!(m["metadata"]["labels"]["release"], "kube-prometheus-stack");
+        assert_eq!(
+            m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+            format!("sextant-{component}")
+        );
+        assert_eq!(m["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    }
+}

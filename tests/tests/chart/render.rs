@@ -30,7 +30,7 @@ fn every_object_has_a_name_and_sextant_labels() {
                 Object::MutatingWebhookConfiguration(o) => &o.metadata,
                 Object::ValidatingAdmissionPolicy(o) => &o.metadata,
                 Object::ValidatingAdmissionPolicyBinding(o) => &o.metadata,
-                Object::CertManager(_) => continue,
+                Object::CertManager(_) | Object::PodMonitor(_) => continue,
             };
             assert!(
                 !name_of(meta).is_empty(),
