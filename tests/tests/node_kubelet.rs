@@ -17,7 +17,11 @@
 //! CNI, its allocatable `sextant.io/ip` is what the agent reports, two pods
 //! get addresses of the NodeNetwork's pool and talk TCP from inside their
 //! network namespaces (`kubectl exec … /netcheck probe`, through the API
-//! server to the kubelet), and deleting a pod frees its address.
+//! server to the kubelet), a ClusterIP Service whose EndpointSlice the real
+//! kube-controller-manager writes is reached through its VIP, deleting a pod
+//! frees its address, and the seed's `protected-db` policy (the
+//! SextantNetworkPolicy of `docs/examples/sextant-db-policy.yaml`) lets only
+//! `app=employee` reach the database on TCP 6379.
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::{
@@ -29,20 +33,24 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams},
 };
 use sextant_crds::NodeNetwork;
-use sextant_e2e::cluster::{
-    Cluster, Options, eventually, install,
-    node::{
-        self,
-        workloads::{
-            SLOW, ip_quantity, netcheck_pod, node_network, probe, ready, running_ip, start_agent,
-            start_device_plugin,
+use sextant_e2e::{
+    chart::repo_root,
+    cluster::{
+        Cluster, Options, eventually, install,
+        node::{
+            self,
+            workloads::{
+                SLOW, ip_quantity, netcheck_pod, netcheck_pod_with, node_network, probe, probe_to,
+                ready, running_ip, start_agent, start_device_plugin,
+            },
         },
     },
 };
 use sextant_testkit::Tier;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pods_on_the_real_node_get_pool_addresses_talk_tcp_and_free_them_on_delete() {
+async fn pods_on_the_real_node_get_pool_addresses_talk_tcp_reach_a_service_obey_protected_db_and_free_them()
+ {
     let test = sextant_testkit::current_test("node_kubelet");
     if !sextant_testkit::require(Tier::Kernel, sextant_testkit::root_unavailable(), &test) {
         return;
@@ -314,6 +322,72 @@ async fn walk(c: &Cluster) -> anyhow::Result<()> {
         h["ipam"]["allocated"]
     );
     println!("pod b deleted: {ip_b} cooling, agent allocated = 1");
+
+    // The seed's protected-db policy, as the SextantNetworkPolicy of
+    // docs/examples, through the API server: only app=employee reaches
+    // app=protected-db, on TCP 6379.
+    for (name, app) in [
+        ("db", "protected-db"),
+        ("employee", "employee"),
+        ("visitor", "visitor"),
+    ] {
+        pods.create(
+            &PostParams::default(),
+            &netcheck_pod_with(name, &node, app, 6379)?,
+        )
+        .await
+        .with_context(|| format!("creating pod {name}"))?;
+    }
+    let ip_db = running_ip(c, &pods, &ns, "db").await?;
+    for name in ["employee", "visitor"] {
+        running_ip(c, &pods, &ns, name).await?;
+    }
+    let db = format!("{ip_db}:6379");
+    let before = probe_to(c, &ns, "visitor", &db, "5s")
+        .context("without a policy, visitor must reach db (else the policy check shows nothing)")?;
+    ensure!(
+        before.contains("hello from db "),
+        "visitor reached {db}, not db: {before}"
+    );
+    let example =
+        std::fs::read_to_string(repo_root().join("docs/examples/sextant-db-policy.yaml"))?;
+    let policy = example.replace("namespace: default", &format!("namespace: {ns}"));
+    ensure!(
+        policy != example,
+        "docs/examples/sextant-db-policy.yaml names no namespace: default"
+    );
+    c.kubectl_ok(&["apply", "-f", "-"], Some(&policy))?;
+    eventually(
+        SLOW,
+        &format!("visitor refused at {db} once protected-db applies"),
+        || {
+            let (ns, db) = (ns.clone(), db.clone());
+            async move {
+                Ok(probe_to(c, &ns, "visitor", &db, "2s")
+                    .is_err()
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    let refused = probe_to(c, &ns, "visitor", &db, "2s")
+        .err()
+        .map(|e| format!("{e:#}"))
+        .context("visitor reached db again under the policy")?;
+    let allowed = probe_to(c, &ns, "employee", &db, "5s")
+        .context("employee must reach db under protected-db")?;
+    ensure!(
+        allowed.contains("hello from db "),
+        "employee reached {db}, not db: {allowed}"
+    );
+    println!(
+        "protected-db: employee -> db: {}",
+        allowed.lines().next().unwrap_or_default()
+    );
+    println!(
+        "protected-db: visitor -> db refused: {}",
+        refused.lines().next().unwrap_or_default()
+    );
 
     pods.delete("a", &DeleteParams::default()).await?;
     for r in [&operator, &agent.running] {

@@ -205,19 +205,25 @@ pub fn ip_quantity(n: &Node, allocatable: bool) -> Option<i64> {
     map.get("sextant.io/ip")?.0.parse().ok()
 }
 
-/// A pod running the test image's server on the node.
+/// A pod running the test image's server on the node, on port 8080,
+/// labelled `app: <name>`.
 pub fn netcheck_pod(name: &str, node: &NodeInfo) -> anyhow::Result<Pod> {
+    netcheck_pod_with(name, node, name, 8080)
+}
+
+/// A pod running the test image's server on `port`, labelled `app: <app>`.
+pub fn netcheck_pod_with(name: &str, node: &NodeInfo, app: &str, port: u16) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
+        "metadata": {"name": name, "labels": {"app": app}},
         "spec": {
             "terminationGracePeriodSeconds": 2,
             "containers": [{
                 "name": "netcheck",
                 "image": node.netcheck_image,
                 "imagePullPolicy": "Never",
-                "args": ["serve", "-port", "8080"],
-                "ports": [{"containerPort": 8080}],
+                "args": ["serve", "-port", port.to_string()],
+                "ports": [{"containerPort": port}],
             }],
         },
     }))?)
@@ -254,7 +260,18 @@ pub async fn running_ip(
 /// `kubectl exec <from> -- /netcheck probe <to_ip>:8080`: a TCP connection
 /// made inside `from`'s network namespace; its output.
 pub fn probe(c: &Cluster, ns: &str, from: &str, to_ip: &str) -> anyhow::Result<String> {
-    let target = format!("{to_ip}:8080");
+    probe_to(c, ns, from, &format!("{to_ip}:8080"), "5s")
+}
+
+/// `kubectl exec <from> -- /netcheck probe -timeout <timeout> <target>`
+/// (`target` is `host:port`): its output, or an error with what it said.
+pub fn probe_to(
+    c: &Cluster,
+    ns: &str,
+    from: &str,
+    target: &str,
+    timeout: &str,
+) -> anyhow::Result<String> {
     let out = c.kubectl(
         &[
             "exec",
@@ -265,8 +282,8 @@ pub fn probe(c: &Cluster, ns: &str, from: &str, to_ip: &str) -> anyhow::Result<S
             "/netcheck",
             "probe",
             "-timeout",
-            "5s",
-            &target,
+            timeout,
+            target,
         ],
         None,
     )?;
