@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use sextant_agent::datapath::{CtTimeouts, Datapath};
+use sextant_agent::datapath::{CtTimeouts, Datapath, Endpoint};
 use sextant_agent_api::{Backend, Frontend, Proto, ServiceSpec};
 use sextant_lab::{Lab, LabConfig, in_netns, line_server};
 
@@ -730,5 +730,67 @@ fn an_oversized_policy_is_refused_while_the_others_keep_enforcing() {
     assert_eq!(
         metric(&lab, "sextant_agent_policies{state=\"too_large\"}"),
         1
+    );
+}
+
+#[test]
+fn entries_of_objects_deleted_while_the_agent_was_down_are_gone_after_a_restart() {
+    let Some(mut lab) = lab("stale", 3) else {
+        return;
+    };
+    let (employee, db, visitor) = (0, 1, 2);
+    let db_ip = lab.pods[db].ip.expect("ip");
+    server(&lab.pods[db].name, db_ip, 6379, "redis");
+    let redis = SocketAddrV4::new(db_ip, 6379);
+    let pods = json!([
+        pod(&lab, employee, json!({"app": "employee"})),
+        pod(&lab, db, json!({"app": "protected-db"})),
+        pod(&lab, visitor, json!({"app": "visitor"})),
+    ]);
+    let gone_node = Ipv4Addr::new(192, 0, 2, 50);
+    let report = put_policy(
+        &lab,
+        &json!({"policies": [seed_policy()], "pods": pods, "nodes": [gone_node.to_string()]}),
+    );
+    assert_eq!(report["rejected"], json!([]), "{report}");
+    assert!(!reaches(&lab.pods[visitor].name, redis), "enforced");
+
+    // The agent goes away; meanwhile the policy and a node are deleted and a
+    // pod of this node is gone (its endpoint left in the pinned map).
+    lab.kill_agent();
+    let gone_pod = Ipv4Addr::new(10, 76, 0, 50);
+    {
+        let mut dp = Datapath::open(&lab.bpf_root).expect("the pinned datapath");
+        dp.upsert_endpoint(
+            gone_pod,
+            &Endpoint {
+                ifindex: 999_999,
+                identity: 4242,
+                mac: [2, 0, 0, 0, 0, 1],
+                host_mac: [2, 0, 0, 0, 0, 2],
+            },
+        )
+        .expect("endpoint");
+        assert!(dp.policy_count() > 0 && !dp.enforced().is_empty());
+    }
+    lab.start_agent().expect("agent restarts");
+    let dp = Datapath::open(&lab.bpf_root).expect("the pinned datapath");
+    assert!(
+        !dp.endpoint_ips().contains(&gone_pod),
+        "a stale endpoint is removed before the agent reports ready"
+    );
+    assert!(dp.endpoint_ips().contains(&db_ip), "live endpoints stay");
+
+    // The control plane's state now: no policy, no such node.
+    put_policy(&lab, &json!({"policies": [], "pods": pods}));
+    assert_eq!(dp.policy_count(), 0, "stale allow entries");
+    assert!(dp.enforced().is_empty(), "stale default-deny");
+    assert!(
+        !dp.ipcache_keys().contains(&(gone_node, 32)),
+        "stale ipcache entry of the deleted node"
+    );
+    assert!(
+        reaches(&lab.pods[visitor].name, redis),
+        "the deleted policy no longer denies"
     );
 }

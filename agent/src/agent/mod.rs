@@ -153,6 +153,9 @@ impl Agent {
             },
             None => None,
         };
+        // Pinned maps of an earlier agent may hold entries of objects deleted
+        // while none ran: the first policy sync reconciles them all.
+        let adopted = datapath.as_ref().is_some_and(Datapath::adopted);
         let netlink = veth::connect()?;
         let metrics = Metrics::default();
         let registry = Arc::new(metrics.registry());
@@ -173,7 +176,7 @@ impl Agent {
                 fail_open: None,
                 engaged: false,
                 events: Vec::new(),
-                rewrite: false,
+                rewrite: adopted,
             }),
             netlink,
             save_lock: tokio::sync::Mutex::new(()),
@@ -187,6 +190,20 @@ impl Agent {
     /// whose netns or interface is gone, and turns the agent ready.
     pub async fn restore(self: &Arc<Self>) -> Result<()> {
         let (kept, dropped) = self.sweep(None).await?;
+        // Endpoints of pods this node no longer has (deleted while no agent
+        // ran) leave the datapath before the agent reports ready.
+        let live: std::collections::BTreeSet<std::net::Ipv4Addr> = lock(&self.state)
+            .node
+            .pool()
+            .allocations()
+            .map(|a| a.ip)
+            .collect();
+        if let Some(dp) = lock(&self.datapath).as_mut() {
+            let stale = dp.retain_endpoints(&live)?;
+            if stale > 0 {
+                info!(stale, "stale endpoints removed from the pinned datapath");
+            }
+        }
         {
             let mut st = lock(&self.state);
             if st.phase == Phase::Restoring {

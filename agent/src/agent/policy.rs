@@ -177,7 +177,10 @@ impl Agent {
                     policy::write_diff(dp, d)?;
                 }
                 if ps.rewrite {
-                    policy::write_all(dp, ps.node.engine())?;
+                    let stale = policy::write_all(dp, ps.node.engine())?;
+                    if stale > 0 {
+                        tracing::info!(stale, "stale policy map entries removed");
+                    }
                 }
                 for ((ns, name), ip) in &local {
                     if let Some(id) = ps.node.identity_of_pod(ns, name) {

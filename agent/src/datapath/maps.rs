@@ -113,6 +113,34 @@ impl Datapath {
         }
     }
 
+    /// Removes every endpoint whose IP is not in `keep` (pods deleted while
+    /// no agent ran); returns how many went.
+    pub fn retain_endpoints(
+        &mut self,
+        keep: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<usize> {
+        let stale: Vec<Ipv4Addr> = self
+            .endpoints
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(Ipv4Addr::from)
+            .filter(|ip| !keep.contains(ip))
+            .collect();
+        for ip in &stale {
+            self.remove_endpoint(*ip)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Pod IPs with an endpoint.
+    pub fn endpoint_ips(&self) -> Vec<Ipv4Addr> {
+        self.endpoints
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(Ipv4Addr::from)
+            .collect()
+    }
+
     /// Endpoints in the map.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.keys().filter(|k| k.is_ok()).count()

@@ -136,6 +136,73 @@ impl Datapath {
         }
     }
 
+    /// Removes every `POLICY` entry not in `keep`; returns how many went.
+    pub fn retain_policy(&mut self, keep: &[PolicyEntry]) -> Result<usize> {
+        let keep: std::collections::BTreeSet<(u32, [u8; 12])> = keep
+            .iter()
+            .map(|e| {
+                let k = e.key();
+                (k.prefix_len(), k.data())
+            })
+            .collect();
+        let stale: Vec<Key<[u8; 12]>> = self
+            .policy
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in &stale {
+            match self.policy.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::bpf("removing a stale policy entry", e)),
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes every `IPCACHE` entry not in `keep` (`(address, prefix length)`);
+    /// returns how many went.
+    pub fn retain_ipcache(
+        &mut self,
+        keep: &std::collections::BTreeSet<(Ipv4Addr, u8)>,
+    ) -> Result<usize> {
+        let stale: Vec<(Ipv4Addr, u8)> = self
+            .ipcache_keys()
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for (addr, len) in &stale {
+            self.remove_ipcache(*addr, *len)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Every `IPCACHE` key, `(address, prefix length)`.
+    pub fn ipcache_keys(&self) -> Vec<(Ipv4Addr, u8)> {
+        self.ipcache
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| {
+                let len = u8::try_from(k.prefix_len().min(32)).unwrap_or(32);
+                (Ipv4Addr::from(k.data()), len)
+            })
+            .collect()
+    }
+
+    /// Zeroes the verdict counters of every slot not in `keep` that counted
+    /// anything (slots of policies gone while no agent ran); returns how many.
+    pub fn retain_verdicts(&mut self, keep: &std::collections::BTreeSet<u32>) -> Result<usize> {
+        let stale: Vec<u32> = self
+            .policy_verdicts(0..POLICY_SLOTS)
+            .into_keys()
+            .filter(|s| !keep.contains(s))
+            .collect();
+        for slot in &stale {
+            self.reset_verdicts(*slot)?;
+        }
+        Ok(stale.len())
+    }
+
     /// Entries in the `POLICY` map.
     pub fn policy_count(&self) -> usize {
         self.policy.keys().filter(|k| k.is_ok()).count()

@@ -461,9 +461,14 @@ pub fn write_diff(dp: &mut Datapath, d: &MapDiff) -> Result<usize> {
     Ok(d.len())
 }
 
-/// Loads the whole of `contents` (after an agent restart the maps may hold
-/// anything: entries not in `contents` are removed).
-pub fn write_all(dp: &mut Datapath, engine: &PolicyEngine) -> Result<()> {
+/// Reconciles every policy map with the engine: loads the whole of its
+/// contents, then removes what the maps hold beyond it (after an agent
+/// restart the pinned maps may hold entries of policies, identities and pods
+/// deleted while no agent ran; after a failed write, entries a lost diff
+/// should have removed). In the order that never drops an allowed packet:
+/// ipcache and allow entries in, enforcement set, stale enforcement out,
+/// stale allow entries and ipcache out. Returns the stale entries removed.
+pub fn write_all(dp: &mut Datapath, engine: &PolicyEngine) -> Result<usize> {
     let c = engine.contents();
     for ((addr, len), id) in &c.ipcache {
         dp.upsert_ipcache(*addr, *len, *id)?;
@@ -474,12 +479,18 @@ pub fn write_all(dp: &mut Datapath, engine: &PolicyEngine) -> Result<()> {
     for (id, bits) in &c.enforced {
         dp.set_enforced(*id, u32::from(*bits))?;
     }
+    let mut removed = 0;
     for (id, _) in dp.enforced() {
         if !c.enforced.contains_key(&id) {
             dp.set_enforced(id, 0)?;
+            removed += 1;
         }
     }
-    Ok(())
+    let keep: Vec<PolicyEntry> = c.policy.keys().map(entry).collect();
+    removed += dp.retain_policy(&keep)?;
+    removed += dp.retain_ipcache(&c.ipcache.keys().copied().collect())?;
+    removed += dp.retain_verdicts(&c.policy_names.keys().copied().collect())?;
+    Ok(removed)
 }
 
 #[cfg(test)]
