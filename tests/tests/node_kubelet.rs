@@ -23,6 +23,8 @@
 //! SextantNetworkPolicy of `docs/examples/sextant-db-policy.yaml`) lets only
 //! `app=employee` reach the database on TCP 6379.
 
+use std::time::Duration;
+
 use anyhow::{Context, ensure};
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
@@ -41,7 +43,7 @@ use sextant_e2e::{
             self,
             workloads::{
                 SLOW, ip_quantity, netcheck_pod, netcheck_pod_with, node_network, probe, probe_to,
-                ready, running_ip, start_agent, start_device_plugin,
+                ready, running_ip, start_agent, start_agent_on, start_device_plugin,
             },
         },
     },
@@ -388,6 +390,53 @@ async fn walk(c: &Cluster) -> anyhow::Result<()> {
         "protected-db: visitor -> db refused: {}",
         refused.lines().next().unwrap_or_default()
     );
+
+    // An established flow between two pods survives the agent's SIGKILL and
+    // restart: the datapath stays pinned, the new agent adopts the pins and
+    // restores its pods from the checkpoint.
+    let allocated = agent.healthz().await?["ipam"]["allocated"].clone();
+    let held = tokio::process::Command::new(&c.info.kubectl)
+        .arg(format!(
+            "--kubeconfig={}",
+            c.info.admin_kubeconfig.display()
+        ))
+        .args([
+            "exec",
+            "-n",
+            &ns,
+            "employee",
+            "--",
+            "/netcheck",
+            "hold",
+            "-for",
+            "15s",
+        ])
+        .args(["-every", "100ms", "-timeout", "3s", &format!("{ip_a}:8080")])
+        .kill_on_drop(true)
+        .output();
+    let held = tokio::spawn(held);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pins = agent.kill9()?;
+    println!("agent killed with SIGKILL while employee holds a flow to a");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let agent = start_agent_on(c, &rendered, &node, pins).await?;
+    let restored = agent.healthz().await?;
+    ensure!(
+        restored["ipam"]["allocated"] == allocated,
+        "the restarted agent counts {} allocated, {allocated} before its kill: {restored}",
+        restored["ipam"]["allocated"]
+    );
+    let out = held.await??;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && said.contains("none missed"),
+        "the flow employee -> a did not survive the agent's kill -9 and restart: {said}"
+    );
+    print!("after the agent's kill -9 and restart ({allocated} allocated kept): {said}");
 
     pods.delete("a", &DeleteParams::default()).await?;
     for r in [&operator, &agent.running] {

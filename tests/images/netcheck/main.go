@@ -6,6 +6,11 @@
 //	netcheck probe [-timeout 5s] ADDR    connects to ADDR (host:port), sends a
 //	                                     line, prints what came back; exit 1
 //	                                     with the reason when it fails
+//	netcheck hold [-for 20s] [-every 100ms] [-timeout 2s] ADDR
+//	                                     one connection held open: a line out
+//	                                     and its echo back every -every for
+//	                                     -for; exit 1 at the first echo that
+//	                                     misses -timeout, saying after how many
 //
 // Tests run `serve` as the container's command and exec `probe` inside
 // another pod (kubectl exec), so a connection is made from a pod's own
@@ -44,13 +49,26 @@ func main() {
 			fmt.Fprintf(os.Stderr, "probe %s: %v\n", fs.Arg(0), err)
 			os.Exit(1)
 		}
+	case "hold":
+		fs := flag.NewFlagSet("hold", flag.ExitOnError)
+		total := fs.Duration("for", 20*time.Second, "how long to hold the connection")
+		every := fs.Duration("every", 100*time.Millisecond, "pause between round trips")
+		timeout := fs.Duration("timeout", 2*time.Second, "deadline of each round trip")
+		_ = fs.Parse(os.Args[2:])
+		if fs.NArg() != 1 {
+			usage()
+		}
+		if err := hold(fs.Arg(0), *total, *every, *timeout); err != nil {
+			fmt.Fprintf(os.Stderr, "hold %s: %v\n", fs.Arg(0), err)
+			os.Exit(1)
+		}
 	default:
 		usage()
 	}
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: netcheck serve [-port N] | netcheck probe [-timeout D] HOST:PORT")
+	fmt.Fprintln(os.Stderr, "usage: netcheck serve [-port N] | netcheck probe [-timeout D] HOST:PORT | netcheck hold [-for D] [-every D] [-timeout D] HOST:PORT")
 	os.Exit(2)
 }
 
@@ -106,5 +124,42 @@ func probe(addr string, timeout time.Duration) error {
 		return fmt.Errorf("reading the echo: %w", err)
 	}
 	fmt.Printf("%sfrom %s: %s", greeting, conn.LocalAddr(), echo)
+	return nil
+}
+
+func hold(addr string, total, every, timeout time.Duration) error {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	if _, err := r.ReadString('\n'); err != nil {
+		return fmt.Errorf("reading the greeting: %w", err)
+	}
+	start := time.Now()
+	trips := 0
+	for time.Since(start) < total {
+		if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+			return err
+		}
+		want := fmt.Sprintf("trip %d", trips)
+		if _, err := fmt.Fprintf(conn, "%s\n", want); err != nil {
+			return fmt.Errorf("after %d round trips (%v): writing: %w", trips, time.Since(start).Round(time.Millisecond), err)
+		}
+		got, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("after %d round trips (%v): reading: %w", trips, time.Since(start).Round(time.Millisecond), err)
+		}
+		if got != want+"\n" {
+			return fmt.Errorf("after %d round trips: echo %q, want %q", trips, got, want)
+		}
+		trips++
+		time.Sleep(every)
+	}
+	fmt.Printf("held %s -> %s for %v: %d round trips, none missed\n", conn.LocalAddr(), conn.RemoteAddr(), time.Since(start).Round(time.Millisecond), trips)
 	return nil
 }

@@ -39,7 +39,7 @@ pub struct Agent {
     pub running: Running,
     /// Its API socket.
     pub socket: PathBuf,
-    _bpf: BpfRoot,
+    bpf: Option<BpfRoot>,
 }
 
 impl Drop for Agent {
@@ -49,6 +49,28 @@ impl Drop for Agent {
 }
 
 impl Agent {
+    /// Kills it with SIGKILL, as a crash would: no shutdown, its pins, state
+    /// and socket file left as they are. Returns the pins' guard for the
+    /// next agent ([`start_agent_on`]).
+    pub fn kill9(mut self) -> anyhow::Result<BpfRoot> {
+        let pid = self.running.process.pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()?;
+        ensure!(status.success(), "kill -KILL {pid} failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.running.process.exited().is_none() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the agent {pid} outlived SIGKILL for 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.bpf
+            .take()
+            .context("the agent's pins guard was taken already")
+    }
+
     /// `GET /v1/healthz` on its socket.
     pub async fn healthz(&self) -> anyhow::Result<Value> {
         let out = tokio::process::Command::new("curl")
@@ -81,14 +103,26 @@ pub async fn start_agent(
     rendered: &Rendered,
     node: &NodeInfo,
 ) -> anyhow::Result<Agent> {
-    let dir = install::scratch(c, "node-agent")?;
-    let (kubeconfig, _) = c
-        .bound_service_account_kubeconfig(NAMESPACE, "sextant-agent", BoundTo::Node(&node.name))
-        .await?;
     let bpf = BpfRoot(PathBuf::from(format!(
         "/sys/fs/bpf/sextant-e2e-node-{}",
         std::process::id()
     )));
+    start_agent_on(c, rendered, node, bpf).await
+}
+
+/// [`start_agent`] with the pins under `bpf`: a restarted agent gets its
+/// predecessor's ([`Agent::kill9`]), and its state directory is the same
+/// (the checkpoint it restores from).
+pub async fn start_agent_on(
+    c: &Cluster,
+    rendered: &Rendered,
+    node: &NodeInfo,
+    bpf: BpfRoot,
+) -> anyhow::Result<Agent> {
+    let dir = install::scratch(c, "node-agent")?;
+    let (kubeconfig, _) = c
+        .bound_service_account_kubeconfig(NAMESPACE, "sextant-agent", BoundTo::Node(&node.name))
+        .await?;
     let overrides: Vec<(&str, String)> = vec![
         (
             "SEXTANT_AGENT_SOCKET",
@@ -121,19 +155,21 @@ pub async fn start_agent(
         std::env::var("SEXTANT_E2E_LOG").unwrap_or_else(|_| "info".into()),
     ));
     let args = container.args.clone().unwrap_or_default();
-    let process = c.spawn(
-        "sextant-agent",
-        &install::bin("sextant-agent")?,
-        &args,
-        &env,
-    )?;
+    // Each start its own log: a restarted agent's must not truncate its
+    // predecessor's.
+    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let log_name = match STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+        0 => "sextant-agent".to_owned(),
+        n => format!("sextant-agent-{}", n + 1),
+    };
+    let process = c.spawn(&log_name, &install::bin("sextant-agent")?, &args, &env)?;
     let mut agent = Agent {
         running: Running {
             process,
             kubeconfig: Some(kubeconfig),
         },
         socket: node.agent_socket.clone(),
-        _bpf: bpf,
+        bpf: Some(bpf),
     };
     let deadline = std::time::Instant::now() + SLOW;
     loop {
