@@ -33,5 +33,7 @@ pub mod shutdown;
 pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use errors::{Chain as ErrorChain, exit};

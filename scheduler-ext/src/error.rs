@@ -100,59 +100,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A TLS file (serving certificate, key, client CA) could not be read.
-    #[error("reading {}", path.display())]
-    TlsRead {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A TLS file is not the PEM it should be.
-    #[error("{}: no usable PEM {what}", path.display())]
-    TlsPem {
-        /// The file.
-        path: std::path::PathBuf,
-        /// `certificate` or `private key`.
-        what: &'static str,
-        /// The PEM reader's complaint.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// The certificate file holds no certificate.
-    #[error("{}: no PEM certificate in the file", path.display())]
-    TlsNoCertificate {
-        /// The file.
-        path: std::path::PathBuf,
-    },
-    /// The certificate and key do not make a usable pair.
-    #[error("{} and {} are not a usable certificate and key pair", cert.display(), key.display())]
-    TlsPair {
-        /// The certificate file.
-        cert: std::path::PathBuf,
-        /// The key file.
-        key: std::path::PathBuf,
-        /// rustls' complaint.
-        #[source]
-        source: rustls::Error,
-    },
-    /// The client CA cannot verify client certificates.
-    #[error("{}: not a usable client CA (--tls-client-ca)", path.display())]
-    TlsClientCa {
-        /// The file.
-        path: std::path::PathBuf,
-        /// rustls' complaint.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// rustls refused the protocol configuration.
-    #[error("building the TLS configuration")]
-    TlsConfig {
-        /// rustls' complaint.
-        #[source]
-        source: rustls::Error,
-    },
+    /// A TLS file or the TLS configuration cannot be used.
+    #[error(transparent)]
+    Tls(#[from] sextant_kit::tls::TlsError),
     /// No Kubernetes client could be built (no kubeconfig, no in-cluster env).
     #[error("building the Kubernetes client")]
     Kube {
@@ -179,12 +129,7 @@ impl Error {
             Error::Encode { .. } => "encode",
             Error::Bind { .. } => "bind",
             Error::Signal { .. } => "signal",
-            Error::TlsRead { .. } => "tls_read",
-            Error::TlsPem { .. } => "tls_pem",
-            Error::TlsNoCertificate { .. } => "tls_no_certificate",
-            Error::TlsPair { .. } => "tls_pair",
-            Error::TlsClientCa { .. } => "tls_client_ca",
-            Error::TlsConfig { .. } => "tls_config",
+            Error::Tls(e) => e.metric_label(),
             Error::Kube { .. } => "kube",
         }
     }

@@ -182,7 +182,7 @@ impl Args {
         let (serving, reload) = match tls {
             Some((cert, acceptor)) => (
                 tokio::spawn(serve_tls(listener, extender, acceptor)),
-                Some(tokio::spawn(cert.watch(self.tls_reload_interval))),
+                Some(tokio::spawn(cert.watch(self.tls_reload_interval, |_| {}))),
             ),
             None => (tokio::spawn(serve(listener, extender)), None),
         };

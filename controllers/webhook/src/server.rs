@@ -103,10 +103,11 @@ impl WebhookArgs {
             metrics_listener,
             Admin::new(registry, Readiness::ready()),
         ));
-        let reload_task = tokio::spawn(
-            cert.clone()
-                .watch(self.tls_reload_interval, metrics.clone()),
-        );
+        let reload_task = tokio::spawn(crate::tls::watch(
+            cert.clone(),
+            self.tls_reload_interval,
+            metrics.clone(),
+        ));
         let server = WebhookServer::new(
             cert,
             ReviewConfig {

@@ -332,7 +332,11 @@ async fn certificate_is_reloaded_when_the_files_change() {
     let old = TestPki::new("old CA");
     let hook = TestWebhook::start(&old).await;
     let metrics = hook.metrics.clone();
-    let watcher = tokio::spawn(hook.cert.clone().watch(Duration::from_millis(50), metrics));
+    let watcher = tokio::spawn(sextant_webhook::tls::watch(
+        hook.cert.clone(),
+        Duration::from_millis(50),
+        metrics,
+    ));
     let answer = post_review(&old.client(), &hook, &pod_create_review()).await;
     assert_eq!(answer["response"]["allowed"], true);
 
@@ -378,7 +382,7 @@ async fn certificate_is_reloaded_when_the_files_change() {
         "{text}"
     );
     assert!(
-        text.contains(r#"sextant_webhook_tls_reloads_total{result="no_key"}"#),
+        text.contains(r#"sextant_webhook_tls_reloads_total{result="tls_pem"}"#),
         "{text}"
     );
     watcher.abort();
