@@ -794,3 +794,123 @@ fn entries_of_objects_deleted_while_the_agent_was_down_are_gone_after_a_restart(
         "the deleted policy no longer denies"
     );
 }
+
+/// Program ids of the tc filters (ingress, egress) on every host veth of the lab node.
+fn filter_ids(lab: &Lab) -> Vec<(String, String, u32)> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.node, "-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut ids = Vec::new();
+    for name in links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("sx"))
+    {
+        for dir in ["ingress", "egress"] {
+            let out = std::process::Command::new("tc")
+                .args(["-n", &lab.node, "filter", "show", "dev", &name, dir])
+                .output()
+                .expect("tc");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let id = text
+                .split_whitespace()
+                .skip_while(|w| *w != "id")
+                .nth(1)
+                .and_then(|w| w.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("no bpf filter on {name} {dir}: {text}"));
+            ids.push((name.clone(), dir.to_string(), id));
+        }
+    }
+    ids
+}
+
+/// TCP segments retransmitted in netns `ns` so far.
+fn retransmits(ns: &str) -> u64 {
+    in_netns(ns, || {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
+        let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+        let (names, values) = (tcp[0].split_whitespace(), tcp[1].split_whitespace());
+        names
+            .zip(values)
+            .find(|(n, _)| *n == "RetransSegs")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("RetransSegs")
+    })
+    .expect("netns")
+}
+
+#[test]
+fn an_agent_of_another_build_replaces_the_programs_in_place_without_dropping_a_flow() {
+    let Some(mut lab) = lab("upg", 2) else {
+        return;
+    };
+    let ip1 = lab.pods[1].ip.expect("ip");
+    server(&lab.pods[1].name, ip1, 7000, "b");
+    let client = lab.pods[0].name.clone();
+    let mut flow = open(&client, SocketAddrV4::new(ip1, 7000)).expect("flow");
+    assert_eq!(flow.ask("a").expect("answer"), "b a");
+    let version = sextant_agent::datapath::program_version();
+    assert_eq!(
+        sextant_agent::datapath::pinned_version(&lab.bpf_root),
+        Some(version.clone())
+    );
+    let before = filter_ids(&lab);
+    assert_eq!(before.len(), 4, "two pods, two filters each: {before:?}");
+
+    // The pins now say another build loaded them (as after an upgrade).
+    std::fs::rename(
+        lab.bpf_root.join(format!("version-{version}")),
+        lab.bpf_root.join("version-0123456789abcdef"),
+    )
+    .expect("rename the version record");
+    let retrans = retransmits(&client);
+    // The flow keeps talking while the agent restarts and swaps programs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut answered = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let m = format!("m{answered}");
+                match flow.ask(&m) {
+                    Ok(a) if a == format!("b {m}") => answered += 1,
+                    other => return Err(format!("after {answered}: {other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(answered)
+        })
+    };
+    lab.kill_agent();
+    lab.start_agent().expect("the new agent starts");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = talker
+        .join()
+        .expect("talker")
+        .expect("the established flow kept answering");
+    assert!(answered > 10, "{answered}");
+    assert_eq!(
+        retransmits(&client),
+        retrans,
+        "no segment was retransmitted"
+    );
+
+    let after = filter_ids(&lab);
+    assert_eq!(after.len(), before.len());
+    for ((name, dir, old), (_, _, new)) in before.iter().zip(&after) {
+        assert_ne!(old, new, "{name} {dir} still runs the old program");
+    }
+    assert_eq!(
+        sextant_agent::datapath::pinned_version(&lab.bpf_root),
+        Some(version),
+        "the new version is recorded"
+    );
+    assert!(
+        reaches(&client, SocketAddrV4::new(ip1, 7000)),
+        "new flows work"
+    );
+}

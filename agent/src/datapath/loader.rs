@@ -9,14 +9,14 @@ use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
-        tc::{NlOptions, TcAttachOptions, TcError, TcHandle},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
 
 use super::Datapath;
 use crate::{
     error::{Error, Result},
-    paths::{LINKS_DIR, PROG_PIN, PROG_TO_POD_PIN},
+    paths::{HOST_VETH_PREFIX, LINKS_DIR, PROG_PIN, PROG_TO_POD_PIN},
 };
 
 /// Priority and handle of Sextant's filter on each host veth's ingress.
@@ -90,18 +90,42 @@ impl Datapath {
         ensure_bpffs(root)?;
         fs::create_dir_all(root.join(LINKS_DIR))
             .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-        let pinned_all = PROGRAMS.iter().all(|(_, pin)| root.join(pin).exists())
-            && MAPS.iter().all(|m| root.join(m).exists());
-        let adopted = pinned_all;
-        if !adopted && let Err(e) = Self::load_and_pin(root) {
-            // Roll back a partial load so the next start loads cleanly.
-            for (_, pin) in PROGRAMS {
-                let _ = fs::remove_file(root.join(pin));
+        let programs_pinned = PROGRAMS.iter().all(|(_, pin)| root.join(pin).exists());
+        let pinned_all = programs_pinned && MAPS.iter().all(|m| root.join(m).exists());
+        let version = program_version();
+        let adopted = programs_pinned;
+        let mut upgraded = false;
+        if !programs_pinned {
+            if let Err(e) = Self::load_and_pin(root, "") {
+                // Roll back a partial load so the next start loads cleanly.
+                for (_, pin) in PROGRAMS {
+                    let _ = fs::remove_file(root.join(pin));
+                }
+                for m in MAPS {
+                    let _ = fs::remove_file(root.join(m));
+                }
+                return Err(e);
             }
-            for m in MAPS {
-                let _ = fs::remove_file(root.join(m));
+        } else if !pinned_all || pinned_version(root).as_deref() != Some(version.as_str()) {
+            // Pins of another build: load this build's programs beside them
+            // (maps are shared by name; new ones are created), then swap the
+            // pins. The filters still run the old programs until replaced below.
+            match Self::load_and_pin(root, NEW_SUFFIX) {
+                Ok(()) => {
+                    for (_, pin) in PROGRAMS {
+                        fs::rename(root.join(format!("{pin}{NEW_SUFFIX}")), root.join(pin))
+                            .map_err(|e| Error::io(format!("replacing the pin {pin}"), e))?;
+                    }
+                    upgraded = true;
+                }
+                Err(e) => {
+                    // The old programs keep running: better than no datapath.
+                    for (_, pin) in PROGRAMS {
+                        let _ = fs::remove_file(root.join(format!("{pin}{NEW_SUFFIX}")));
+                    }
+                    tracing::warn!(error = %sextant_kit::ErrorChain(&e), %version, "loading this build's datapath programs failed; keeping the pinned ones");
+                }
             }
-            return Err(e);
         }
         let program = |pin: &str| {
             let path = root.join(pin);
@@ -148,6 +172,13 @@ impl Datapath {
             next_service_id: 1,
             adopted,
         };
+        if upgraded {
+            let replaced = dp.replace_filters()?;
+            tracing::info!(%version, replaced, "datapath programs upgraded in place");
+        }
+        if upgraded || !programs_pinned {
+            mark_version(root, &version)?;
+        }
         dp.next_service_id = dp
             .services
             .iter()
@@ -159,7 +190,9 @@ impl Datapath {
         Ok(dp)
     }
 
-    fn load_and_pin(root: &Path) -> Result<()> {
+    /// Loads `datapath.o` (maps pinned by name under `root`, existing pins
+    /// reused) and pins its programs at their pin paths plus `suffix`.
+    fn load_and_pin(root: &Path, suffix: &str) -> Result<()> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(root)
             .load(OBJECT)
@@ -177,7 +210,7 @@ impl Datapath {
                 .map_err(|e| Error::bpf(format!("program {name}"), e))?;
             prog.load()
                 .map_err(|e| Error::bpf(format!("verifying {name}"), e))?;
-            prog.pin(root.join(pin))
+            prog.pin(root.join(format!("{pin}{suffix}")))
                 .map_err(|e| Error::bpf(format!("pinning {name}"), e))?;
         }
         Ok(())
@@ -233,6 +266,55 @@ impl Datapath {
         Ok(())
     }
 
+    /// Points the filters on every host veth (`HOST_VETH_PREFIX*`) at this
+    /// datapath's programs, in place: the same filter (priority, handle) gets
+    /// the new program atomically, so packets never meet a missing filter and
+    /// established flows keep their conntrack and policy state (the maps are
+    /// the same). Returns the filters replaced.
+    pub fn replace_filters(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for ifname in host_veths()? {
+            for (prog, dir) in [
+                (&mut self.prog, TcAttachType::Ingress),
+                (&mut self.to_pod, TcAttachType::Egress),
+            ] {
+                let Ok(link) = SchedClassifierLink::attached(
+                    &ifname,
+                    dir,
+                    FILTER_PRIORITY,
+                    FILTER_HANDLE,
+                    None,
+                ) else {
+                    continue; // gone meanwhile
+                };
+                let id = match prog.attach_to_link(link) {
+                    Ok(id) => id,
+                    // No filter of ours there (or the veth went away): nothing to replace.
+                    Err(e)
+                        if matches!(
+                            raw_os_error(&e),
+                            Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(Error::bpf(
+                            format!("replacing the filter on {ifname} {dir:?}"),
+                            e,
+                        ));
+                    }
+                };
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| Error::bpf(format!("taking link of {ifname}"), e))?;
+                std::mem::forget(link);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Forgets `ifname`: its filter goes with the interface; a tcx link
     /// pinned by an older agent is unpinned.
     pub fn detach(&mut self, ifname: &str) -> Result<()> {
@@ -242,6 +324,66 @@ impl Datapath {
             Err(e) => Err(Error::io(format!("removing link pin of {ifname}"), e)),
         }
     }
+}
+
+/// Suffix of the pins of a build's programs while they replace another's.
+const NEW_SUFFIX: &str = "_new"; // bpffs names take no dots
+/// Prefix of the bpffs directory whose name records the programs' version.
+const VERSION_PREFIX: &str = "version-";
+
+/// The version of the embedded datapath object: FNV-1a (64 bits) of its
+/// bytes, so two builds with different programs or map layouts differ.
+pub fn program_version() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in OBJECT {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The version recorded under `root` (an empty `version-<hash>` directory:
+/// bpffs holds no regular files), if any.
+pub fn pinned_version(root: &Path) -> Option<String> {
+    fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(VERSION_PREFIX)
+                .map(str::to_string)
+        })
+        .next()
+}
+
+/// Records `version` under `root`, replacing any other.
+fn mark_version(root: &Path, version: &str) -> Result<()> {
+    if let Ok(entries) = fs::read_dir(root) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(VERSION_PREFIX) && name != format!("{VERSION_PREFIX}{version}") {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+    match fs::create_dir(root.join(format!("{VERSION_PREFIX}{version}"))) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("recording the datapath version", e)),
+    }
+}
+
+/// Host-side pod veths in this netns (from `/proc/self/net/dev`).
+fn host_veths() -> Result<Vec<String>> {
+    let dev =
+        fs::read_to_string("/proc/self/net/dev").map_err(|e| Error::io("listing interfaces", e))?;
+    Ok(dev
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
+        .filter(|n| n.starts_with(HOST_VETH_PREFIX))
+        .collect())
 }
 
 /// Removes every pin under `root` (tests and `sextantctl lab` cleanup).

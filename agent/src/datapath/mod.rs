@@ -37,7 +37,7 @@ mod policy;
 mod services;
 
 pub use conntrack::{CtSweep, CtTimeouts};
-pub use loader::{ensure_bpffs, remove_pins};
+pub use loader::{ensure_bpffs, pinned_version, program_version, remove_pins};
 pub use maps::{COUNTER_NAMES, DropReason, Endpoint};
 pub use policy::{ENFORCE_EGRESS, ENFORCE_INGRESS, POLICY_SLOTS, PolicyEntry};
 
