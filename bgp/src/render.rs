@@ -9,7 +9,7 @@
 //! unreachable so that, should the route ever reach a FIB, an address with
 //! no pod is dropped quietly instead of drawing ICMP errors from the node.
 
-use std::fmt::Write;
+use std::{fmt::Write, net::Ipv4Addr};
 
 use crate::{Desired, Peer};
 
@@ -17,6 +17,20 @@ use crate::{Desired, Peer};
 pub const STATIC_PROTOCOL: &str = "sextant_static";
 /// Name of the export filter every peer uses.
 pub const EXPORT_FILTER: &str = "sextant_export";
+
+/// Name of the device protocol. It must be the same in [`bootstrap`] and
+/// [`render`]: BIRD 2.0.12 replacing one device protocol by another of a
+/// different name on `configure` forgets every interface until the next
+/// scan (60 s), and BGP sessions stay Idle meanwhile (seen in the lab).
+pub const DEVICE_PROTOCOL: &str = "sextant_device";
+
+/// The file BIRD starts with before the agent first configures it: the
+/// router id and the device protocol, nothing announced, no peers.
+pub fn bootstrap(router_id: Ipv4Addr) -> String {
+    format!(
+        "# Bootstrap written for sextant-bgp; the agent replaces it.\nrouter id {router_id};\n\nprotocol device {DEVICE_PROTOCOL} {{\n}}\n"
+    )
+}
 
 /// The whole configuration file.
 pub fn render(d: &Desired) -> String {
@@ -30,7 +44,7 @@ pub fn render(d: &Desired) -> String {
     let _ = writeln!(out, "log stderr {{ warning, error, fatal, bug }};");
     let _ = writeln!(out, "router id {};", d.router_id);
     let _ = writeln!(out);
-    let _ = writeln!(out, "protocol device sextant_device {{\n}}");
+    let _ = writeln!(out, "protocol device {DEVICE_PROTOCOL} {{\n}}");
     if d.peers.iter().any(|p| p.bfd.is_some()) {
         let _ = writeln!(out, "\nprotocol bfd sextant_bfd {{\n}}");
     }
@@ -96,8 +110,6 @@ fn render_peer(out: &mut String, p: &Peer) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use proptest::prelude::*;
 
     use super::*;
@@ -156,6 +168,15 @@ mod tests {
             "BIRD must not write the FIB:\n{text}"
         );
         assert_eq!(render(&two_peers()), text, "deterministic");
+    }
+
+    #[test]
+    fn bootstrap_keeps_the_device_protocol_name_of_the_rendered_config() {
+        let boot = bootstrap(Ipv4Addr::new(10, 0, 0, 2));
+        let device = "protocol device sextant_device {\n}\n";
+        assert!(boot.contains(device), "{boot}");
+        assert!(render(&two_peers()).contains(device));
+        assert!(boot.contains("router id 10.0.0.2;\n"), "{boot}");
     }
 
     #[test]
