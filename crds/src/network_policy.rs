@@ -289,7 +289,7 @@ pub struct IngressRule {
         skip_serializing_if = "Option::is_none"
     )]
     pub from_cidr_set: Option<Vec<CidrRule>>,
-    /// Entities allowed to connect: `all`, `world`, `cluster`, `host`.
+    /// Entities allowed to connect: `all`, `world`, `cluster`, `host` (this node), `remote-node` (other nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_entities: Option<Vec<String>>,
     /// Ports the peers may connect to; absent or empty: every port and protocol.
@@ -314,7 +314,7 @@ pub struct EgressRule {
     /// IPv4 CIDRs with exceptions the selected endpoints may connect to.
     #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Option::is_none")]
     pub to_cidr_set: Option<Vec<CidrRule>>,
-    /// Entities the selected endpoints may connect to: `all`, `world`, `cluster`, `host`.
+    /// Entities the selected endpoints may connect to: `all`, `world`, `cluster`, `host` (this node), `remote-node` (other nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_entities: Option<Vec<String>>,
     /// Ports that may be connected to; absent or empty: every port and protocol.
