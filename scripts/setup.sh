@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 bird2 prometheus python3-venv protobuf-compiler containernetworking-plugins iptables openssl curl containerd runc)
+APT_PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 bird2 nftables prometheus python3-venv protobuf-compiler containernetworking-plugins iptables openssl curl containerd runc)
 PY_PACKAGES=("moto[server]==5.*" "helm-python-sdk")
 
 missing=()

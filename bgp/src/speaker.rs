@@ -314,7 +314,8 @@ impl Speaker {
         })
     }
 
-    /// Runs until `shutdown` turns true: applies each new desired state as
+    /// Runs until `shutdown` turns true or the sender of `desired` is
+    /// dropped (its owner is gone): applies each new desired state as
     /// soon as it arrives, reads state back every `interval` (every
     /// `fast_interval` while an advertisement is awaited). Errors are
     /// logged and counted, never fatal: BIRD may be restarting.
