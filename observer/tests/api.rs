@@ -399,3 +399,65 @@ async fn the_relay_merges_nodes_in_time_order_and_names_the_unreachable_one() {
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+#[test]
+fn metrics_follow_the_store_account_exactly() {
+    let hub = Hub::new(
+        "n",
+        StoreConfig {
+            normal: 10,
+            priority: 5,
+        },
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    hub.metrics.register(&mut registry);
+    let msgs = (0..25u64)
+        .map(|seq| {
+            sextant_observer::source::SourceMsg::Flow(FlowEvent {
+                cpu: 0,
+                seq: if seq < 20 { seq } else { seq + 3 },
+                record: mk_record(
+                    seq,
+                    if seq % 5 == 0 {
+                        sextant_observer::record::Verdict::Dropped(133)
+                    } else {
+                        sextant_observer::record::Verdict::Forwarded
+                    },
+                    SystemTime::now(),
+                ),
+            })
+        })
+        .collect();
+    hub.apply(msgs, &NoEnrichment);
+    let s = hub.status();
+    assert_eq!((s.seen, s.kept, s.lost), (28, 15, 13));
+    let text = sextant_kit::admin::metrics_text(&registry).expect("encode");
+    for line in [
+        "sextant_observer_flows_seen_total 28",
+        "sextant_observer_flows_lost_total{stage=\"store\",reason=\"normal_lane_full\"} 10",
+        "sextant_observer_flows_unexplained_gap 3",
+        "sextant_observer_store_flows{lane=\"priority\"} 5",
+        "sextant_observer_store_flows{lane=\"normal\"} 10",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    // A late report moves the gap to its stage; counters only grow.
+    hub.apply(
+        vec![sextant_observer::source::SourceMsg::Lost {
+            cpu: 0,
+            stage: sextant_observer::source::LossStage::Ring,
+            reason: "ring_full",
+            count: 3,
+        }],
+        &NoEnrichment,
+    );
+    hub.status();
+    let text = sextant_kit::admin::metrics_text(&registry).expect("encode");
+    for line in [
+        "sextant_observer_flows_seen_total 28",
+        "sextant_observer_flows_lost_total{stage=\"ring\",reason=\"ring_full\"} 3",
+        "sextant_observer_flows_unexplained_gap 0",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+}
