@@ -137,6 +137,10 @@ struct SimulateArgs {
     /// Run only Sextant's strategy, without the two baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// Every node's ipam.firstInterfaceIndex (unset: the CRD default 1, the
+    /// primary ENI left alone; 0 fills the primary's secondary slots first).
+    #[arg(long)]
+    first_interface_index: Option<u32>,
 }
 
 impl SimulateArgs {
@@ -162,6 +166,7 @@ impl SimulateArgs {
             subnets: self.subnets,
             pre_allocate: self.pre_allocate,
             run_for: Duration::from_secs(self.run_for),
+            first_interface_index: self.first_interface_index,
             ..SimulateConfig::default()
         }
     }
