@@ -386,3 +386,76 @@ pub fn events_of(c: &Cluster, ns: &str, name: &str) -> String {
     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     .unwrap_or_else(|e| format!("(kubectl get events: {e:#})"))
 }
+
+/// Sextant on the real node, every component a host process under its chart
+/// identity: the chart (minus workloads) on the simulated cloud with `values`
+/// appended, the operator, the webhook (chart `webhook.url`), the extender
+/// on `extender_port` (the cluster's kube-scheduler calls it), the CNI, the
+/// agent and the device plugin; returned once the node is Ready.
+pub struct SextantOnNode {
+    /// The chart as rendered.
+    pub rendered: Rendered,
+    /// The node's agent.
+    pub agent: Agent,
+    /// Operator, webhook, extender, device plugin.
+    pub components: Vec<Running>,
+}
+
+/// Starts [`SextantOnNode`].
+pub async fn sextant_on_node(
+    c: &Cluster,
+    node: &NodeInfo,
+    extender_port: u16,
+    values: &str,
+) -> anyhow::Result<SextantOnNode> {
+    let webhook_port = crate::cluster::supervisor::free_port()?;
+    let rendered = super::install_without_workloads(
+        c,
+        Some(format!(
+            "provider: sim\nregion: us-east-1\nclusterName: node\nvpcId: vpc-sim\n\
+             operator:\n  replicas: 1\nwebhook:\n  url: https://127.0.0.1:{webhook_port}/mutate\n{values}"
+        )),
+    )?;
+    let (operator, _) =
+        install::run_operator(c, &rendered, "sextant-operator-node", vec![]).await?;
+    let webhook = start_webhook(c, &rendered, webhook_port).await?;
+    let extender = install::run_scheduler_ext(
+        c,
+        &rendered,
+        "sextant-scheduler-ext-node",
+        &format!("127.0.0.1:{extender_port}"),
+    )
+    .await?;
+    let admin = c.admin().await?;
+    eventually(
+        SLOW,
+        "the node's NodeNetwork with an ENI and a pool",
+        || {
+            let admin = admin.clone();
+            let name = node.name.clone();
+            async move {
+                let s = node_network(&admin, &name)
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                Ok((!s.enis.is_empty() && !s.pool.is_empty()).then_some(()))
+            }
+        },
+    )
+    .await?;
+    super::install_cni(node, &rendered)?;
+    let agent = start_agent(c, &rendered, node).await?;
+    let device_plugin = start_device_plugin(c, &rendered, node).await?;
+    let nodes: Api<Node> = Api::all(c.admin().await?);
+    eventually(SLOW, &format!("node {} Ready", node.name), || {
+        let nodes = nodes.clone();
+        let name = node.name.clone();
+        async move { Ok(ready(&nodes.get(&name).await?).then_some(())) }
+    })
+    .await?;
+    Ok(SextantOnNode {
+        rendered,
+        agent,
+        components: vec![operator, webhook, extender, device_plugin],
+    })
+}
