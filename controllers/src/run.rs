@@ -296,19 +296,21 @@ impl Args {
             concurrency: self.reconcile_concurrency,
             node_metrics,
             pod_cidrs,
-            resync: Arc::new(FullResync::new(
-                client,
-                cloud,
-                FullResyncConfig {
-                    interval: self.full_resync_interval,
-                    cluster: self.cluster_name.clone(),
-                    gc: self.gc_policy(),
-                    vpcs: self.vpc().into_iter().collect(),
-                },
-                clock,
-                resync_metrics,
-            )
-            .with_attaching(attaching)),
+            resync: Arc::new(
+                FullResync::new(
+                    client,
+                    cloud,
+                    FullResyncConfig {
+                        interval: self.full_resync_interval,
+                        cluster: self.cluster_name.clone(),
+                        gc: self.gc_policy(),
+                        vpcs: self.vpc().into_iter().collect(),
+                    },
+                    clock,
+                    resync_metrics,
+                )
+                .with_attaching(attaching),
+            ),
         };
 
         let mut shutdown =
