@@ -365,7 +365,157 @@ impl Speaker {
 
 #[cfg(test)]
 mod tests {
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+        net::UnixListener,
+    };
+
     use super::*;
+    use crate::PeerSpec;
+
+    /// A stand-in for BIRD's control socket: greets, then answers each
+    /// command by `answer`, recording the commands.
+    fn fake_bird(
+        path: &std::path::Path,
+        answer: fn(&str) -> String,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(path).expect("bind");
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let Ok((stream, _)) = listener.accept().await else {
+                return seen;
+            };
+            let (r, mut w) = stream.into_split();
+            let _ = w.write_all(b"0001 BIRD fake ready.\n").await;
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(cmd)) = lines.next_line().await {
+                let reply = answer(&cmd);
+                seen.push(cmd);
+                if w.write_all(reply.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            seen
+        })
+    }
+
+    fn desired() -> Desired {
+        Desired::new(
+            std::net::Ipv4Addr::new(10, 0, 0, 2),
+            &["10.128.7.0/25".into()],
+            &[],
+            &[PeerSpec {
+                address: "10.0.0.1".into(),
+                asn: 65000,
+                local_asn: 65001,
+                ..PeerSpec::default()
+            }],
+        )
+        .expect("valid")
+    }
+
+    #[tokio::test]
+    async fn a_rejected_config_keeps_the_running_file_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("bird.ctl");
+        let conf = dir.path().join("bird.conf");
+        std::fs::write(&conf, "last good\n").expect("write");
+        let server = fake_bird(&sock, |cmd| {
+            if cmd.starts_with("configure check") {
+                "0002-Reading configuration\n8002 bird.conf.candidate:3:1 Router ID must be set\n"
+                    .into()
+            } else {
+                "0003 Reconfigured\n".into()
+            }
+        });
+        let metrics = Metrics::default();
+        let mut sp = Speaker::new(SpeakerConfig::new(sock, conf.clone()), metrics.clone());
+        let e = sp
+            .apply(&desired(), Instant::now())
+            .await
+            .expect_err("rejected");
+        assert!(matches!(e, Error::Rejected { .. }), "{e}");
+        assert!(
+            sp.last_error()
+                .is_some_and(|w| w.contains("Router ID must be set"))
+        );
+        assert_eq!(std::fs::read_to_string(&conf).expect("read"), "last good\n");
+        assert!(
+            !conf.with_extension("conf.candidate").exists(),
+            "candidate removed"
+        );
+        let failures = metrics
+            .config_apply_failures
+            .get_or_create(&ReasonLabels {
+                reason: "rejected".into(),
+            })
+            .get();
+        assert_eq!(failures, 1);
+        assert!(!sp.is_pending(), "nothing awaited from a rejected config");
+        drop(sp);
+        let seen = server.await.expect("server");
+        assert_eq!(seen.len(), 1, "no configure after a failed check: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn an_accepted_config_is_renamed_into_place_then_applied_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("bird.ctl");
+        let conf = dir.path().join("bird.conf");
+        let server = fake_bird(&sock, |cmd| {
+            if cmd.starts_with("configure check") {
+                "0002-Reading configuration\n0020 Configuration OK\n".into()
+            } else {
+                "0002-Reading configuration\n0003 Reconfigured\n".into()
+            }
+        });
+        let mut sp = Speaker::new(SpeakerConfig::new(sock, conf.clone()), Metrics::default());
+        let d = desired();
+        assert_eq!(
+            sp.apply(&d, Instant::now()).await.expect("ok"),
+            Applied::Reconfigured
+        );
+        assert_eq!(
+            sp.apply(&d, Instant::now()).await.expect("ok"),
+            Applied::Unchanged
+        );
+        assert_eq!(std::fs::read_to_string(&conf).expect("read"), render(&d));
+        assert!(sp.is_pending(), "the new prefix is awaited at the peer");
+        drop(sp);
+        let seen = server.await.expect("server");
+        let candidate = conf.with_extension("conf.candidate");
+        assert_eq!(
+            seen,
+            [
+                format!("configure check \"{}\"", candidate.display()),
+                format!("configure \"{}\"", conf.display()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn bird_down_is_counted_and_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("bird.conf");
+        let metrics = Metrics::default();
+        let mut sp = Speaker::new(
+            SpeakerConfig::new(dir.path().join("absent.ctl"), conf.clone()),
+            metrics.clone(),
+        );
+        let e = sp
+            .apply(&desired(), Instant::now())
+            .await
+            .expect_err("no BIRD");
+        assert!(matches!(e, Error::Socket { .. }), "{e}");
+        assert!(!conf.exists());
+        let failures = metrics
+            .config_apply_failures
+            .get_or_create(&ReasonLabels {
+                reason: "socket".into(),
+            })
+            .get();
+        assert_eq!(failures, 1);
+    }
 
     fn nets(v: &[&str]) -> BTreeSet<Ipv4Net> {
         v.iter().map(|s| Ipv4Net::parse(s).expect("net")).collect()
