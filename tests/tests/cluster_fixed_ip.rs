@@ -334,8 +334,16 @@ async fn a_moved_fixed_ip_is_named_on_the_new_node_first_and_leaves_the_old_node
         &[(ip, &owner)],
     )
     .await;
-    let from_rv = put_node_network(&nns, new, &i2, eni_status(&eni2, &subnet, &on_new), &[])
+    put_node_network(&nns, new, &i2, eni_status(&eni2, &subnet, &on_new), &[]).await;
+    // The new node was resynced by its node IPAM once already.
+    let from_rv = nns
+        .patch_status(
+            new,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": { "lastResync": "2026-12-07T00:00:00Z" } })),
+        )
         .await
+        .expect("lastResync")
         .metadata
         .resource_version
         .expect("resourceVersion");
@@ -413,6 +421,12 @@ async fn a_moved_fixed_ip_is_named_on_the_new_node_first_and_leaves_the_old_node
         new_status.fixed_ips.get(&ip_s),
         Some(&owner),
         "the new node names the pod"
+    );
+    assert_eq!(
+        new_status.last_resync, None,
+        "the new node's IPAM is asked to resync its instance, which puts the moved address \
+         in its pool now, not at the next full resync minutes later (the pod's CNI ADD \
+         waits for it)"
     );
     let fip = fips.get("web-0").await.expect("read");
     let s = fip.status.clone().unwrap_or_default();

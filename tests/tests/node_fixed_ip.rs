@@ -19,17 +19,11 @@ use sextant_e2e::cluster::{
 };
 use sextant_testkit::Tier;
 
-// Ignored: a defect outside the harness, found by this test (issue 18).
-// The operator reserves each ordinal's address in the node's subnet and
-// records "moved to eni-… on node real-node-…" (Event Moved, FixedIP move
-// logged), but 130 s later the node's NodeNetwork still lists neither the
-// address in that ENI's `addresses` nor in `pool`; the agent's CNI ADD waits
-// for it there ("waiting for the pod's fixed IP to reach this node") and
-// answers 503 "fixed IP 10.0.0.15 for <ns>/web-0 not on this node after
-// 30s" on every kubelet retry, so the pods never start. Run it with
-// `--ignored` once the operator puts a moved fixed address in the
-// destination's pool.
-#[ignore = "operator defect: a fixed IP moved to the node never reaches its NodeNetwork pool (see the comment)"]
+// Found an operator defect (issue 18): a fixed IP moved to the node reached
+// its NodeNetwork pool only at the next full resync (5 minutes by default),
+// so the pod's CNI ADD answered 503 "fixed IP … not on this node after 30s"
+// on every kubelet retry. The FixedIP controller now asks the node's IPAM to
+// resync the instance right after the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fixed_ip_statefulset_on_the_real_node_keeps_each_pods_address_across_deletion() {
     let test = sextant_testkit::current_test("node_fixed_ip");

@@ -576,6 +576,15 @@ impl FixedIpController {
                         .await
                         .map_err(err(&format!("NodeNetwork {from}")))?;
                 }
+                // The address is on the new node's ENI now. Its node IPAM
+                // lists it in the pool (guarded by the fixedIps entry
+                // `claims` wrote) only when it resyncs the instance: asked
+                // for here, the reconcile this write triggers does it within
+                // seconds, instead of the next full resync (5 minutes by
+                // default) while the pod's CNI ADD waits for the address.
+                self.node_resync(node)
+                    .await
+                    .map_err(err(&format!("NodeNetwork {node}")))?;
                 let mut s = status_after(&old, o, uid_of.get(pod.as_str()).copied());
                 set_condition(
                     &mut s.conditions,
@@ -728,6 +737,19 @@ impl FixedIpController {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Clears a NodeNetwork's `status.lastResync`, so node IPAM resyncs the
+    /// instance from the cloud at its next reconcile. A node that is gone
+    /// has nothing to resync.
+    async fn node_resync(&self, node: &str) -> Result<(), kube::Error> {
+        let api: Api<NodeNetwork> = Api::all(self.client.clone());
+        let patch = serde_json::json!({ "status": { "lastResync": null } });
+        match api.patch_status(node, &pp(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
