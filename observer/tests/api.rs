@@ -461,3 +461,121 @@ fn metrics_follow_the_store_account_exactly() {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_follows_nodes_in_time_order_within_its_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut a, _hub_a, path_a) = node(dir.path(), "node-a", StoreConfig::default(), 64).await;
+    // node-b can be stopped.
+    let (mut b, source_b) = channel(1_024);
+    let hub_b = Hub::new("node-b", StoreConfig::default());
+    tokio::spawn(ingest(source_b, hub_b.clone(), Arc::new(NoEnrichment)));
+    let path_b = dir.path().join("node-b.sock");
+    let (stop_b, stopped_b) = tokio::sync::oneshot::channel::<()>();
+    let service_b = ObserverService::new(hub_b).into_server();
+    let p = path_b.clone();
+    let server_b = tokio::spawn(async move {
+        serve_unix(service_b, &p, async {
+            let _ = stopped_b.await;
+        })
+        .await
+    });
+    wait_for_socket(&path_b).await;
+
+    let relay = RelayService::new(
+        vec![
+            Peer {
+                name: "node-a".into(),
+                address: Address::Unix(path_a),
+            },
+            Peer {
+                name: "node-b".into(),
+                address: Address::Unix(path_b),
+            },
+        ],
+        RelayConfig {
+            timeout: Duration::from_secs(1),
+            window: Duration::from_millis(100),
+            ..RelayConfig::default()
+        },
+    );
+    let relay_path = dir.path().join("relay.sock");
+    let p = relay_path.clone();
+    let server = relay.into_server();
+    tokio::spawn(async move { serve_unix(server, &p, std::future::pending()).await });
+    wait_for_socket(&relay_path).await;
+    let mut stream = client(&relay_path)
+        .await
+        .get_flows(GetFlowsRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("get_flows")
+        .into_inner();
+    match stream
+        .message()
+        .await
+        .expect("stream")
+        .and_then(|r| r.response_types)
+    {
+        Some(ResponseTypes::NodeStatus(s)) => {
+            assert_eq!(s.state_change, NodeState::NodeConnected as i32);
+            assert_eq!(s.node_names.len(), 2);
+        }
+        other => panic!("first a node status, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // node-b's flows are older than node-a's interleaved ones but arrive later.
+    let t0 = SystemTime::now();
+    for i in 0..4u64 {
+        let at = t0 + Duration::from_millis(2 * i + 1);
+        assert_eq!(
+            a.send(FlowEvent {
+                cpu: 0,
+                seq: i,
+                record: mk_record(i, sextant_observer::record::Verdict::Forwarded, at),
+            }),
+            Sent::Queued
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..4u64 {
+        let at = t0 + Duration::from_millis(2 * i);
+        assert_eq!(
+            b.send(FlowEvent {
+                cpu: 0,
+                seq: i,
+                record: mk_record(i, sextant_observer::record::Verdict::Forwarded, at),
+            }),
+            Sent::Queued
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        let r = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("flows within the window")
+            .expect("stream")
+            .expect("open");
+        if let Some(ResponseTypes::Flow(f)) = r.response_types {
+            got.push((
+                SystemTime::try_from(f.time.expect("time")).expect("valid"),
+                f.node_name,
+            ));
+        }
+    }
+    assert!(
+        got.windows(2).all(|w| w[0].0 <= w[1].0),
+        "time order: {got:?}"
+    );
+    let nodes: Vec<&str> = got.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        nodes,
+        [
+            "node-b", "node-a", "node-b", "node-a", "node-b", "node-a", "node-b", "node-a"
+        ]
+    );
+    drop(stop_b);
+    server_b.abort();
+}
