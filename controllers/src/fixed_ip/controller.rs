@@ -1289,6 +1289,12 @@ mod tests {
             let from = server
                 .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n1/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n1"))
                 .await;
+            // n2's IPAM is asked to resync: the moved address reaches its
+            // pool now, not at the next full resync.
+            let resync = server
+                .expect(Method::PATCH, "/apis/sextant.io/v1alpha1/nodenetworks/n2/status?&fieldManager=sextant-fixed-ip", 200, nn_reply("n2"))
+                .await;
+            assert_eq!(resync.body, json!({ "status": { "lastResync": null } }));
             let fip = server
                 .expect(
                     Method::PATCH,
