@@ -39,7 +39,7 @@ bench: setup
 	$(CARGO) bench -q -p sextant-agent --bench p4b_policy
 	$(CARGO) bench -q -p sextant-webhook --bench p5_webhook
 	$(CARGO) bench -q -p sextant-scheduler-ext --bench p6_filter
-	$(CARGO) bench -q -p sextant-observer --bench p10_flow_store
+	$(CARGO) bench -q -p sextant-observer --bench p8s_flow_store
 	$(CARGO) build --release -q -p sextant-operator -p sextant-webhook -p sextant-scheduler-ext --bins
 	$(CARGO) bench -q -p sextant-e2e --bench p9_kwok
 

@@ -1,4 +1,4 @@
-//! P10: the flow store's ingest rate and GetFlows throughput, each with a
+//! P8s: the flow store's ingest rate and GetFlows throughput, each with a
 //! baseline measured in the same run.
 //!
 //! - ingest: 500,000 flow events through `Hub::apply` in the ingest task's
@@ -9,7 +9,7 @@
 //! - GetFlows: 100,000 stored flows read by a client over a unix socket,
 //!   against a baseline of only protobuf-encoding the same flows.
 //!
-//! Prints `P10 ...` lines; loss must be zero and every flow read.
+//! Prints `P8s ...` lines; loss must be zero and every flow read.
 
 use std::{
     collections::VecDeque,
@@ -156,27 +156,27 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            println!("P10: FAILED: {e}");
+            println!("P8s: FAILED: {e}");
             return;
         }
     };
     let (sextant, seen, lost) = sextant_ingest();
     if seen != INGEST || lost != 0 {
-        println!("P10: FAILED: the store saw {seen} of {INGEST} flows, lost {lost}");
+        println!("P8s: FAILED: the store saw {seen} of {INGEST} flows, lost {lost}");
         return;
     }
     let baseline = baseline_ingest();
     println!(
-        "P10 flow-store ingest: sextant {:.0}/s on one core ({INGEST} events in batches of 256: Hubble flow built, sequence checked, two-lane store, accounting; seen {seen}, lost {lost}), baseline {:.0}/s (the same flows built and pushed into one VecDeque, no lanes, no accounting), ratio {:.2}",
+        "P8s flow-store ingest: sextant {:.0}/s on one core ({INGEST} events in batches of 256: Hubble flow built, sequence checked, two-lane store, accounting; seen {seen}, lost {lost}), baseline {:.0}/s (the same flows built and pushed into one VecDeque, no lanes, no accounting), ratio {:.2}",
         sextant,
         baseline,
         sextant / baseline
     );
     match get_flows(&rt) {
         Ok((read, encode)) => println!(
-            "P10 GetFlows: {read:.0} flows/s to one client over a unix socket ({READ} stored flows), baseline protobuf encoding alone {encode:.0} flows/s, ratio {:.2}",
+            "P8s GetFlows: {read:.0} flows/s to one client over a unix socket ({READ} stored flows), baseline protobuf encoding alone {encode:.0} flows/s, ratio {:.2}",
             read / encode
         ),
-        Err(e) => println!("P10 GetFlows: FAILED: {e:#}"),
+        Err(e) => println!("P8s GetFlows: FAILED: {e:#}"),
     }
 }
