@@ -101,7 +101,9 @@ async fn node_with_network(admin: &Client, name: &str) -> anyhow::Result<()> {
     let nn: NodeNetwork = serde_json::from_value(json!({
         "apiVersion": "sextant.io/v1alpha1", "kind": "NodeNetwork",
         "metadata": {"name": name},
-        "spec": {"provider": "static", "podCIDRs": ["198.18.0.0/24"]},
+        // An ENI node whose pool the tests write as the operator would
+        // (a static node's agent would serve its whole pod CIDR besides).
+        "spec": {"provider": "aws", "instanceId": format!("i-{name}")},
     }))?;
     Api::<NodeNetwork>::all(admin.clone())
         .create(&PostParams::default(), &nn)
