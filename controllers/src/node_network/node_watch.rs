@@ -171,11 +171,7 @@ pub fn node_network_for(
     let zone_label = labels.get(LABEL_ZONE).filter(|z| !z.is_empty()).cloned();
     let spec = match provider {
         Provider::Static => {
-            let cidrs: Vec<String> = node
-                .spec
-                .as_ref()
-                .and_then(|s| s.pod_cidrs.clone())
-                .unwrap_or_default();
+            let cidrs = node_pod_cidrs(node);
             if cidrs.is_empty() {
                 return Ok(None);
             }
@@ -751,6 +747,21 @@ mod tests {
             .unwrap();
         assert_eq!(nn.spec.pod_cidrs, ["10.1.0.0/24"]);
         assert!(nn.spec.validate().is_ok());
+    }
+
+    /// A node with only the singular `spec.podCIDR` is as good as one with
+    /// `podCIDRs`: the pool allocator skips it as having a CIDR, so the
+    /// NodeNetwork must take it (it waited forever before).
+    #[test]
+    fn a_static_node_with_only_pod_cidr_takes_it() {
+        let mut node = mk_node("bm-2", None, &[]);
+        if let Some(spec) = node.spec.as_mut() {
+            spec.pod_cidr = Some("10.2.0.0/24".into());
+        }
+        let nn = node_network_for(&node, Provider::Static, &NodeNetworkDefaults::default())
+            .unwrap()
+            .expect("a NodeNetwork for a node with spec.podCIDR");
+        assert_eq!(nn.spec.pod_cidrs, ["10.2.0.0/24"]);
     }
 
     #[test]
